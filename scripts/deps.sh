@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install the Debian packages that the quickstart, the tests and the benchmarks use.
+# Idempotent: does nothing when everything is already there.
+set -euo pipefail
+need=()
+for pair in nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd-bin qemu-img:qemu-utils \
+            qemu-io:qemu-utils qemu-nbd:qemu-utils nbd-server:nbd-server nbd-client:nbd-client \
+            nbdkit:nbdkit fio:fio fusermount3:fuse3 iperf3:iperf3 mkfs.ext4:e2fsprogs \
+            losetup:mount; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "deps: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
+fi
