@@ -1,1 +1,53 @@
-pub fn x(){}
+//! GNBD export server: serves files and block devices over the NBD protocol with an io_uring
+//! data path, and manages exports at run time through a control socket.
+//!
+//! - [`server::run`] is the daemon (`gnbd_serv`): listeners, handshake threads (driving
+//!   `nbd_proto::ServerHandshake`), worker threads that own one io_uring each, the control
+//!   socket, and orderly shutdown on SIGTERM;
+//! - [`Registry`] / [`Export`]: the exports and their open backing stores;
+//! - [`control`]: the JSON-lines control protocol (`gnbd_export` today, fence orders next);
+//! - [`admin`]: the `gnbd_export` verbs;
+//! - [`state`]: the persisted export list.
+//!
+//! All `unsafe` code lives in the private `sys` module (io_uring, aligned buffers, a few
+//! syscalls).
+//!
+//! ```no_run
+//! use gnbd_serv::server::{run, ServeConfig};
+//! let cfg = ServeConfig {
+//!     state_dir: "/var/lib/gnbd".into(),
+//!     bind: "127.0.0.1".parse().unwrap(),
+//!     port: 10809,
+//!     unix: None,
+//!     threads: 0,
+//!     default_export: None,
+//! };
+//! run(cfg, |line| println!("{line}")).unwrap();
+//! ```
+
+pub mod admin;
+pub mod control;
+mod export;
+mod handshake;
+mod request;
+pub mod server;
+pub mod state;
+mod sys;
+mod worker;
+
+pub use export::{Export, ExportError, ExportSpec, Registry, DIRECT_ALIGN, MAX_PAYLOAD, PREFERRED_BLOCK};
+pub use handshake::{negotiate, HandshakeFailure, HANDSHAKE_TIMEOUT};
+pub use request::{validate, Limits, Refused};
+
+/// Starts `tracing` output on stderr; `RUST_LOG` overrides `default_level`.
+pub fn init_tracing(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+/// Daemonisation for `gnbd_serv` without `--foreground`.
+pub mod daemon {
+    pub use crate::sys::{detach, fork, wait_child, Forked};
+}

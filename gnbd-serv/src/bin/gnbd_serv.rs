@@ -1,0 +1,173 @@
+//! `gnbd_serv`: the export daemon. Flags and daemonisation only; the server is
+//! `gnbd_serv::server::run`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser};
+use gnbd_serv::daemon::{detach, fork, wait_child, Forked};
+use gnbd_serv::server::{run, ServeConfig, DEFAULT_PORT};
+
+const AFTER_HELP: &str = "\
+DESCRIPTION
+    gnbd_serv serves regular files and block devices to NBD clients (gnbd_import, nbd-client,
+    qemu, nbdcopy, nbdinfo, fio) using the fixed-newstyle NBD protocol: structured replies,
+    extended headers, base:allocation block status, multi-conn, TRIM, WRITE_ZEROES, FUA and
+    FLUSH. The data path runs on io_uring, one ring per worker thread. Exports are added and
+    removed at run time with gnbd_export and persist in the state directory, so a restarted
+    server serves the same exports. By default exports are uncached (O_DIRECT), as with GNBD;
+    an acknowledged FLUSH or FUA write is on stable storage.
+
+EXAMPLES
+    Start a server for local tests and export a file:
+        gnbd_serv --state-dir /tmp/gnbd -p 10809 --bind 127.0.0.1
+        gnbd_export --state-dir /tmp/gnbd -e disk0 -d /srv/disk0.img
+        nbdinfo nbd://127.0.0.1:10809/disk0
+
+    Run attached to the terminal with debug logs, on a free port:
+        RUST_LOG=debug gnbd_serv --state-dir /tmp/gnbd -p 0 --foreground
+
+FILES
+    STATE_DIR/gnbd_serv.sock    control socket used by gnbd_export
+    STATE_DIR/exports.json      persisted exports
+    STATE_DIR/gnbd_serv.pid     pid of the running server (locked while it runs)
+    STATE_DIR/gnbd_serv.log     log of a daemonised server
+
+SIGNALS
+    SIGTERM, SIGINT   stop accepting, finish and answer in-flight requests, exit 0.
+
+EXIT STATUS
+    0   stopped cleanly (or, daemonising, the daemon is ready)
+    1   could not start: the message says why (port in use, state directory locked, ...)";
+
+/// GNBD export server: serve files and block devices over NBD.
+#[derive(Debug, Parser)]
+#[command(name = "gnbd_serv", version, after_long_help = AFTER_HELP)]
+struct Args {
+    /// Directory for the control socket, persisted exports, pid file and log.
+    #[arg(long, value_name = "DIR", default_value = gnbd_serv::server::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// TCP port to listen on; 0 picks a free port (printed in the ready line).
+    #[arg(short = 'p', long, value_name = "PORT", default_value_t = DEFAULT_PORT)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// Also listen on this Unix socket (nbd+unix:///NAME?socket=PATH).
+    #[arg(long, value_name = "PATH")]
+    unix: Option<PathBuf>,
+    /// Stay attached: log to stderr and print a line containing `ready` on stdout once
+    /// connections are accepted.
+    #[arg(short = 'f', long)]
+    foreground: bool,
+    /// Worker threads, each with its own io_uring (0: one per CPU).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
+    /// Export served to clients that ask for the empty name (default: the only export, if
+    /// there is exactly one).
+    #[arg(long, value_name = "NAME")]
+    default_export: Option<String>,
+    /// More log output (-v: debug, -vv: trace); RUST_LOG overrides.
+    #[arg(short, long, action = ArgAction::Count)]
+    verbose: u8,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let level = match args.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let cfg = ServeConfig {
+        state_dir: gnbd_serv::state::absolute_dir(&args.state_dir),
+        bind: args.bind,
+        port: args.port,
+        unix: args.unix.clone(),
+        threads: args.threads,
+        default_export: args.default_export.clone(),
+    };
+    if args.foreground {
+        gnbd_serv::init_tracing(level);
+        return finish(run(cfg, |line| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }));
+    }
+    daemonize(cfg, level)
+}
+
+fn finish(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gnbd_serv: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Classic daemon start: the parent returns once the child accepts connections (printing
+/// its ready line), or fails with the child's error.
+fn daemonize(cfg: ServeConfig, level: &str) -> ExitCode {
+    if let Err(e) = std::fs::create_dir_all(&cfg.state_dir) {
+        eprintln!("gnbd_serv: cannot create state directory {}: {e}", cfg.state_dir.display());
+        return ExitCode::FAILURE;
+    }
+    let log_path = cfg.state_dir.join("gnbd_serv.log");
+    let log = match std::fs::OpenOptions::new().create(true).append(true).open(&log_path) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("gnbd_serv: cannot open log {}: {e}", log_path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let (reader, mut writer) = match std::io::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("gnbd_serv: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match fork() {
+        Err(e) => {
+            eprintln!("gnbd_serv: fork failed: {e}");
+            ExitCode::FAILURE
+        }
+        Ok(Forked::Parent { child }) => {
+            drop(writer);
+            let mut line = String::new();
+            let _ = BufReader::new(reader).read_line(&mut line);
+            if line.contains("ready") {
+                print!("{line}");
+                return ExitCode::SUCCESS;
+            }
+            let status = wait_child(child);
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last: Vec<&str> = tail.lines().rev().take(5).collect();
+            eprintln!("gnbd_serv: the daemon failed to start (exit status {status}); from {}:", log_path.display());
+            for l in last.iter().rev() {
+                eprintln!("  {l}");
+            }
+            ExitCode::FAILURE
+        }
+        Ok(Forked::Child) => {
+            drop(reader);
+            if let Err(e) = detach(&log) {
+                let _ = writeln!(writer, "error: {e}");
+                return ExitCode::FAILURE;
+            }
+            gnbd_serv::init_tracing(level);
+            let r = run(cfg, |line| {
+                let _ = writeln!(writer, "{line}");
+            });
+            if let Err(e) = &r {
+                tracing::error!("{e:#}");
+            }
+            finish(r)
+        }
+    }
+}

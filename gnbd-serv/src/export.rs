@@ -1,0 +1,330 @@
+//! Exports: what is served (the persisted [`ExportSpec`]), the open backing files, the
+//! connected clients, and the [`Registry`] that the handshake, the control socket and the
+//! data path share.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::fd::RawFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use nbd_proto::consts::*;
+use nbd_proto::{ExportCatalog, ExportInfo, Refusal, ServerEntry};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tracing::warn;
+
+use crate::sys;
+
+/// Largest READ or WRITE payload accepted, and the maximum block size advertised.
+pub const MAX_PAYLOAD: u32 = 64 * 1024 * 1024;
+/// Preferred block size advertised to clients.
+pub const PREFERRED_BLOCK: u32 = 4096;
+/// Requests aligned to this go straight to the O_DIRECT descriptor; others through the page cache.
+pub const DIRECT_ALIGN: u64 = 4096;
+
+/// An export as the operator defined it; this is what the state file keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSpec {
+    /// NBD export name (`nbd://host/NAME`).
+    pub name: String,
+    /// Backing regular file or block device (absolute path).
+    pub path: PathBuf,
+    /// Serve through the page cache instead of O_DIRECT.
+    #[serde(default)]
+    pub cached: bool,
+    /// Refuse writes.
+    #[serde(default)]
+    pub readonly: bool,
+    /// Free text shown by `nbdinfo --list` and friends.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Why an export cannot be created.
+#[derive(Debug, Error)]
+pub enum ExportError {
+    #[error("export name '{name}' is invalid: {why}")]
+    BadName { name: String, why: &'static str },
+    #[error("an export named '{name}' already exists")]
+    NameTaken { name: String },
+    #[error("export '{name}' does not exist")]
+    UnknownExport { name: String },
+    #[error("cannot open {path}: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("{path} is neither a regular file nor a block device")]
+    NotABlockStore { path: PathBuf },
+    #[error("export '{name}' has {clients} connected client(s); disconnect them first or force the removal (-O)")]
+    InUse { name: String, clients: usize },
+}
+
+impl ExportSpec {
+    pub fn validate(&self) -> Result<(), ExportError> {
+        let bad = |why| Err(ExportError::BadName { name: self.name.clone(), why });
+        if self.name.is_empty() {
+            return bad("it is empty (the empty name is how clients ask for the default export)");
+        }
+        if self.name.len() > 256 {
+            return bad("it is longer than 256 bytes");
+        }
+        if self.name.chars().any(|c| c.is_control()) {
+            return bad("it contains control characters");
+        }
+        if self.description.len() > NBD_MAX_STRING {
+            return bad("its description is longer than 4096 bytes");
+        }
+        Ok(())
+    }
+}
+
+/// One connected client, as listed by `gnbd_export -l`.
+#[derive(Debug, Clone)]
+pub struct ClientEntry {
+    pub id: u64,
+    pub peer: String,
+    /// Socket descriptor, owned by a worker thread; used only to shut the connection down.
+    fd: RawFd,
+}
+
+/// An open export.
+#[derive(Debug)]
+pub struct Export {
+    pub spec: ExportSpec,
+    pub size: u64,
+    /// Descriptor for aligned I/O: O_DIRECT for uncached exports when the filesystem allows it.
+    pub file: File,
+    /// Page-cache descriptor for unaligned requests on an O_DIRECT export.
+    pub buffered: Option<File>,
+    pub block_device: bool,
+    clients: Mutex<Vec<ClientEntry>>,
+    next_client: AtomicU64,
+}
+
+impl Export {
+    /// Opens the backing store.
+    pub fn open(spec: ExportSpec) -> Result<Export, ExportError> {
+        spec.validate()?;
+        let open = |direct: bool| {
+            let mut o = OpenOptions::new();
+            o.read(true).write(!spec.readonly);
+            if direct {
+                o.custom_flags(libc::O_DIRECT);
+            }
+            o.open(&spec.path).map_err(|source| ExportError::Open { path: spec.path.clone(), source })
+        };
+        let mut file = open(false)?;
+        let ft = file.metadata().map_err(|source| ExportError::Open { path: spec.path.clone(), source })?.file_type();
+        let block_device = ft.is_block_device();
+        if !ft.is_file() && !block_device {
+            return Err(ExportError::NotABlockStore { path: spec.path.clone() });
+        }
+        let size =
+            file.seek(SeekFrom::End(0)).map_err(|source| ExportError::Open { path: spec.path.clone(), source })?;
+        let mut buffered = None;
+        if !spec.cached {
+            match open(true) {
+                Ok(direct) => buffered = Some(std::mem::replace(&mut file, direct)),
+                Err(ExportError::Open { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+                    warn!(
+                        export = %spec.name,
+                        path = %spec.path.display(),
+                        "the filesystem refuses O_DIRECT (tmpfs?); serving this uncached export through the page cache"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Export {
+            spec,
+            size,
+            file,
+            buffered,
+            block_device,
+            clients: Mutex::default(),
+            next_client: AtomicU64::new(1),
+        })
+    }
+
+    /// Whether aligned requests bypass the page cache.
+    pub fn direct_io(&self) -> bool {
+        self.buffered.is_some()
+    }
+
+    /// Transmission flags (without `NBD_FLAG_SEND_DF`, which depends on the session).
+    pub fn transmission_flags(&self) -> u16 {
+        // Every connection shares one inode, so a flush on any connection covers writes
+        // completed on all of them: multi-conn is safe.
+        let mut f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
+        if self.spec.readonly {
+            f |= NBD_FLAG_READ_ONLY;
+        } else {
+            f |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
+        }
+        f
+    }
+
+    pub fn info(&self) -> ExportInfo {
+        ExportInfo {
+            name: self.spec.name.clone(),
+            description: self.spec.description.clone(),
+            size: self.size,
+            flags: self.transmission_flags(),
+            min_block: 1,
+            preferred_block: PREFERRED_BLOCK,
+            max_block: MAX_PAYLOAD,
+        }
+    }
+
+    /// Records a new connection; returns its id for [`Export::detach_client`].
+    pub fn attach_client(&self, peer: String, fd: RawFd) -> u64 {
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        self.clients.lock().expect("client list lock").push(ClientEntry { id, peer, fd });
+        id
+    }
+
+    /// Forgets a connection. Must be called before its socket is closed.
+    pub fn detach_client(&self, id: u64) {
+        self.clients.lock().expect("client list lock").retain(|c| c.id != id);
+    }
+
+    pub fn clients(&self) -> Vec<ClientEntry> {
+        self.clients.lock().expect("client list lock").clone()
+    }
+
+    /// Cuts every connection to this export (their in-flight requests still complete).
+    pub fn disconnect_all(&self) -> usize {
+        let clients = self.clients.lock().expect("client list lock");
+        for c in clients.iter() {
+            // The lock keeps the worker from closing the descriptor under us.
+            sys::shutdown(c.fd, libc::SHUT_RDWR);
+        }
+        clients.len()
+    }
+}
+
+/// An export in the state file that could not be opened at start-up.
+#[derive(Debug, Clone)]
+pub struct Offline {
+    pub spec: ExportSpec,
+    pub error: String,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    exports: BTreeMap<String, Arc<Export>>,
+    offline: BTreeMap<String, Offline>,
+}
+
+/// The set of exports, shared by every thread of the server.
+#[derive(Debug, Default)]
+pub struct Registry {
+    inner: RwLock<Inner>,
+    /// Export served to clients that ask for the empty name.
+    default_export: Option<String>,
+    shutting_down: AtomicBool,
+}
+
+impl Registry {
+    pub fn new(default_export: Option<String>) -> Self {
+        Self { default_export, ..Default::default() }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Export>> {
+        self.inner.read().expect("registry lock").exports.get(name).cloned()
+    }
+
+    /// Resolves a client's export name, the empty name included.
+    pub fn resolve(&self, name: &str) -> Option<Arc<Export>> {
+        let inner = self.inner.read().expect("registry lock");
+        if !name.is_empty() {
+            return inner.exports.get(name).cloned();
+        }
+        match &self.default_export {
+            Some(d) => inner.exports.get(d).cloned(),
+            // With a single export, that one is the default.
+            None if inner.exports.len() == 1 => inner.exports.values().next().cloned(),
+            None => None,
+        }
+    }
+
+    /// Adds an opened export; fails when the name is taken.
+    pub fn insert(&self, export: Export) -> Result<Arc<Export>, ExportError> {
+        let mut inner = self.inner.write().expect("registry lock");
+        let name = export.spec.name.clone();
+        if inner.exports.contains_key(&name) || inner.offline.contains_key(&name) {
+            return Err(ExportError::NameTaken { name });
+        }
+        let e = Arc::new(export);
+        inner.exports.insert(name, e.clone());
+        Ok(e)
+    }
+
+    pub fn insert_offline(&self, off: Offline) {
+        self.inner.write().expect("registry lock").offline.insert(off.spec.name.clone(), off);
+    }
+
+    /// Removes an export. Refused while clients are connected unless `force`, which cuts them.
+    pub fn remove(&self, name: &str, force: bool) -> Result<(), ExportError> {
+        let mut inner = self.inner.write().expect("registry lock");
+        if inner.offline.remove(name).is_some() {
+            return Ok(());
+        }
+        let Some(e) = inner.exports.get(name).cloned() else {
+            return Err(ExportError::UnknownExport { name: name.into() });
+        };
+        let clients = e.clients().len();
+        if clients > 0 && !force {
+            return Err(ExportError::InUse { name: name.into(), clients });
+        }
+        inner.exports.remove(name);
+        drop(inner);
+        e.disconnect_all();
+        Ok(())
+    }
+
+    pub fn exports(&self) -> Vec<Arc<Export>> {
+        self.inner.read().expect("registry lock").exports.values().cloned().collect()
+    }
+
+    pub fn offline(&self) -> Vec<Offline> {
+        self.inner.read().expect("registry lock").offline.values().cloned().collect()
+    }
+
+    /// Every spec, online or not, in name order: what the state file must hold.
+    pub fn specs(&self) -> Vec<ExportSpec> {
+        let inner = self.inner.read().expect("registry lock");
+        let mut v: Vec<ExportSpec> = inner.exports.values().map(|e| e.spec.clone()).collect();
+        v.extend(inner.offline.values().map(|o| o.spec.clone()));
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+}
+
+impl ExportCatalog for Registry {
+    fn lookup(&self, name: &str, _tls: bool) -> Result<ExportInfo, Refusal> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(Refusal::Shutdown);
+        }
+        self.resolve(name).map(|e| e.info()).ok_or(Refusal::Unknown)
+    }
+
+    fn list(&self, _tls: bool) -> Vec<ServerEntry> {
+        self.exports()
+            .iter()
+            .map(|e| ServerEntry { name: e.spec.name.clone(), description: e.spec.description.clone() })
+            .collect()
+    }
+}
+
+/// Makes `path` absolute without requiring it to exist.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}

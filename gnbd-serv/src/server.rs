@@ -1,0 +1,410 @@
+//! The `gnbd_serv` daemon: state directory, listeners, handshake threads, workers, the
+//! control socket and orderly shutdown.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use anyhow::{bail, Context};
+use nbd_proto::ServerConfig;
+use tracing::{debug, error, info, warn};
+
+use crate::control::{ControlRequest, ControlResponse, ExportStatus, CONTROL_SOCKET};
+use crate::export::{Export, ExportSpec, Offline, Registry};
+use crate::handshake::{negotiate, HandshakeFailure, HANDSHAKE_TIMEOUT};
+use crate::state;
+use crate::sys;
+use crate::worker::{NewConn, Workers};
+
+/// Default NBD port (IANA).
+pub const DEFAULT_PORT: u16 = 10809;
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/gnbd";
+/// Handshakes allowed at once; further connections are closed at once.
+const MAX_HANDSHAKES: usize = 1024;
+
+/// Everything `gnbd_serv` needs to start.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub state_dir: PathBuf,
+    pub bind: IpAddr,
+    pub port: u16,
+    pub unix: Option<PathBuf>,
+    pub threads: usize,
+    pub default_export: Option<String>,
+}
+
+struct Shared {
+    registry: Registry,
+    workers: Workers,
+    state_dir: PathBuf,
+    /// Serialises changes to the export set and the state file.
+    state_lock: Mutex<()>,
+    stopping: AtomicBool,
+    handshakes: AtomicUsize,
+    listening: Vec<String>,
+}
+
+/// Runs the server until SIGTERM or SIGINT. `ready` receives the readiness line once every
+/// listener accepts connections.
+pub fn run(cfg: ServeConfig, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
+    let signals = sys::block_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]).context("blocking signals")?;
+    sys::ignore_sigpipe();
+    fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
+    let _lock = lock_state_dir(&cfg.state_dir)?;
+
+    let registry = Registry::new(cfg.default_export.clone());
+    for spec in state::load(&cfg.state_dir)? {
+        let name = spec.name.clone();
+        match Export::open(spec.clone()) {
+            Ok(e) => {
+                info!(export = %name, path = %e.spec.path.display(), size = e.size, direct_io = e.direct_io(), "serving");
+                registry.insert(e)?;
+            }
+            Err(e) => {
+                error!(export = %name, error = %e, "export from the state file is offline");
+                registry.insert_offline(Offline { spec, error: e.to_string() });
+            }
+        }
+    }
+
+    let tcp = TcpListener::bind(SocketAddr::new(cfg.bind, cfg.port))
+        .with_context(|| format!("cannot listen on {}:{}", cfg.bind, cfg.port))?;
+    let tcp_addr = tcp.local_addr()?;
+    let mut listening = vec![format!("tcp={tcp_addr}")];
+    let unix = match &cfg.unix {
+        Some(p) => {
+            remove_stale_socket(p)?;
+            let l = UnixListener::bind(p).with_context(|| format!("cannot listen on {}", p.display()))?;
+            listening.push(format!("unix={}", p.display()));
+            Some(l)
+        }
+        None => None,
+    };
+    let control_path = cfg.state_dir.join(CONTROL_SOCKET);
+    remove_stale_socket(&control_path)?;
+    let control = UnixListener::bind(&control_path)
+        .with_context(|| format!("cannot create control socket {}", control_path.display()))?;
+
+    let threads = if cfg.threads == 0 { thread::available_parallelism().map_or(2, |n| n.get()) } else { cfg.threads };
+    let workers = Workers::spawn(threads).context("cannot start io_uring workers (is io_uring enabled?)")?;
+    let shared = Arc::new(Shared {
+        registry,
+        workers,
+        state_dir: cfg.state_dir.clone(),
+        state_lock: Mutex::new(()),
+        stopping: AtomicBool::new(false),
+        handshakes: AtomicUsize::new(0),
+        listening,
+    });
+
+    let tcp_fd = tcp.as_raw_fd();
+    let mut acceptors = Vec::new();
+    {
+        let sh = shared.clone();
+        acceptors.push(thread::Builder::new().name("gnbd-accept-tcp".into()).spawn(move || accept_tcp(tcp, sh))?);
+    }
+    let unix_fd = unix.as_ref().map(|u| u.as_raw_fd());
+    if let Some(u) = unix {
+        let sh = shared.clone();
+        acceptors.push(thread::Builder::new().name("gnbd-accept-unix".into()).spawn(move || accept_unix(u, sh))?);
+    }
+    let control_fd = control.as_raw_fd();
+    {
+        let sh = shared.clone();
+        acceptors.push(thread::Builder::new().name("gnbd-control".into()).spawn(move || control_loop(control, sh))?);
+    }
+
+    let line = format!("gnbd_serv: ready {}", shared.listening.join(" "));
+    info!(threads, "{line}");
+    ready(&line);
+
+    loop {
+        let sig = sys::wait_signal(&signals);
+        if sig == libc::SIGHUP {
+            info!("SIGHUP ignored (exports are managed with gnbd_export)");
+            continue;
+        }
+        info!(signal = sig, "shutting down: finishing in-flight requests");
+        break;
+    }
+    shared.stopping.store(true, Ordering::SeqCst);
+    shared.registry.set_shutting_down();
+    for fd in [Some(tcp_fd), unix_fd, Some(control_fd)].into_iter().flatten() {
+        // Wakes the accept() calls; the listeners are closed when their threads end.
+        sys::shutdown(fd, libc::SHUT_RDWR);
+    }
+    for a in acceptors {
+        let _ = a.join();
+    }
+    shared.workers.shutdown();
+    let _ = fs::remove_file(&control_path);
+    if let Some(p) = &cfg.unix {
+        let _ = fs::remove_file(p);
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn lock_state_dir(dir: &Path) -> anyhow::Result<File> {
+    let path = dir.join("gnbd_serv.pid");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if !sys::try_lock(&f)? {
+        let pid = fs::read_to_string(&path).unwrap_or_default();
+        bail!(
+            "another gnbd_serv (pid {}) is already using state directory {}; stop it first or use another --state-dir",
+            pid.trim(),
+            dir.display()
+        );
+    }
+    f.set_len(0)?;
+    writeln!(f, "{}", std::process::id())?;
+    Ok(f)
+}
+
+fn remove_stale_socket(p: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove stale socket {}", p.display())),
+    }
+}
+
+fn accept_tcp(l: TcpListener, sh: Arc<Shared>) {
+    loop {
+        match l.accept() {
+            Ok((s, peer)) => {
+                if sh.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                let _ = s.set_nodelay(true);
+                spawn_handshake(&sh, s, peer.to_string());
+            }
+            Err(e) => {
+                if sh.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                warn!(error = %e, "accept failed");
+                thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn accept_unix(l: UnixListener, sh: Arc<Shared>) {
+    let mut n = 0u64;
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                if sh.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                n += 1;
+                spawn_handshake(&sh, s, format!("unix#{n}"));
+            }
+            Err(e) => {
+                if sh.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                warn!(error = %e, "accept failed");
+                thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// A stream the handshake can run on and the data path can take over.
+trait Socket: std::io::Read + std::io::Write + Into<OwnedFd> + Send + 'static {
+    fn set_timeout(&self, t: std::time::Duration) -> std::io::Result<()>;
+}
+impl Socket for TcpStream {
+    fn set_timeout(&self, t: std::time::Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+}
+impl Socket for UnixStream {
+    fn set_timeout(&self, t: std::time::Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+}
+
+fn spawn_handshake<S: Socket>(sh: &Arc<Shared>, mut s: S, peer: String) {
+    if sh.handshakes.fetch_add(1, Ordering::SeqCst) >= MAX_HANDSHAKES {
+        sh.handshakes.fetch_sub(1, Ordering::SeqCst);
+        warn!(peer = %peer, "too many handshakes in progress; connection closed");
+        return;
+    }
+    let sh2 = sh.clone();
+    let r = thread::Builder::new().name("gnbd-handshake".into()).spawn(move || {
+        let sh = sh2;
+        let result = s
+            .set_timeout(HANDSHAKE_TIMEOUT)
+            .map_err(HandshakeFailure::Io)
+            .and_then(|()| negotiate(&mut s, &sh.registry, ServerConfig::default()));
+        sh.handshakes.fetch_sub(1, Ordering::SeqCst);
+        match result {
+            Ok((negotiated, leftover)) => {
+                let Some(export) = sh.registry.get(&negotiated.export.name) else {
+                    warn!(peer = %peer, export = %negotiated.export.name, "export removed during the handshake");
+                    return;
+                };
+                info!(peer = %peer, export = %export.spec.name, mode = ?negotiated.mode, "client connected");
+                let sock: OwnedFd = s.into();
+                let client_id = export.attach_client(peer.clone(), sock.as_raw_fd());
+                sh.workers.dispatch(NewConn { sock, peer, export, negotiated, leftover, client_id });
+            }
+            Err(HandshakeFailure::Aborted) => debug!(peer = %peer, "client ended the handshake"),
+            Err(HandshakeFailure::Vanished) => debug!(peer = %peer, "client left during the handshake"),
+            Err(e) => warn!(peer = %peer, error = %e, "handshake failed"),
+        }
+    });
+    if let Err(e) = r {
+        sh.handshakes.fetch_sub(1, Ordering::SeqCst);
+        warn!(error = %e, "cannot start a handshake thread");
+    }
+}
+
+fn control_loop(l: UnixListener, sh: Arc<Shared>) {
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                if sh.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                let sh = sh.clone();
+                let _ = thread::Builder::new().name("gnbd-control-conn".into()).spawn(move || control_conn(s, &sh));
+            }
+            Err(e) => {
+                if sh.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                warn!(error = %e, "control accept failed");
+                thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn control_conn(s: UnixStream, sh: &Shared) {
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(30)));
+    let mut reader = BufReader::new(match s.try_clone() {
+        Ok(c) => c,
+        Err(_) => return,
+    });
+    let mut writer = s;
+    let mut line = String::new();
+    // One request per line until the client hangs up; lines are bounded.
+    while reader.by_ref().take(1 << 20).read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+        let resp = match serde_json::from_str::<ControlRequest>(&line) {
+            Ok(req) => handle(req, sh),
+            Err(e) => ControlResponse::Error { message: format!("malformed control request: {e}") },
+        };
+        let mut out = serde_json::to_string(&resp).expect("responses always serialise");
+        out.push('\n');
+        if writer.write_all(out.as_bytes()).is_err() {
+            return;
+        }
+        line.clear();
+    }
+}
+
+fn handle(req: ControlRequest, sh: &Shared) -> ControlResponse {
+    let err = |message: String| ControlResponse::Error { message };
+    match req {
+        ControlRequest::Export { spec } => {
+            let _g = sh.state_lock.lock().expect("state lock");
+            let export = match Export::open(spec) {
+                Ok(e) => e,
+                Err(e) => return err(e.to_string()),
+            };
+            let (name, path, size) = (export.spec.name.clone(), export.spec.path.clone(), export.size);
+            let direct = export.direct_io();
+            if let Err(e) = sh.registry.insert(export) {
+                return err(e.to_string());
+            }
+            if let Err(e) = state::save(&sh.state_dir, &sh.registry.specs()) {
+                let _ = sh.registry.remove(&name, true);
+                return err(format!("export not created: {e}"));
+            }
+            info!(export = %name, path = %path.display(), size, direct_io = direct, "export created");
+            ControlResponse::Ok { message: format!("created export '{name}' ({}, {size} bytes)", path.display()) }
+        }
+        ControlRequest::Remove { name, force } => {
+            let _g = sh.state_lock.lock().expect("state lock");
+            if let Err(e) = sh.registry.remove(&name, force) {
+                return err(e.to_string());
+            }
+            if let Err(e) = state::save(&sh.state_dir, &sh.registry.specs()) {
+                return err(format!("export removed, but the state file was not updated: {e}"));
+            }
+            info!(export = %name, force, "export removed");
+            ControlResponse::Ok { message: format!("removed export '{name}'") }
+        }
+        ControlRequest::List => {
+            let mut exports: Vec<ExportStatus> = sh
+                .registry
+                .exports()
+                .iter()
+                .map(|e| ExportStatus {
+                    name: e.spec.name.clone(),
+                    path: e.spec.path.clone(),
+                    size: e.size,
+                    cached: e.spec.cached,
+                    readonly: e.spec.readonly,
+                    online: true,
+                    direct_io: e.direct_io(),
+                    error: None,
+                    clients: e.clients().into_iter().map(|c| c.peer).collect(),
+                })
+                .collect();
+            exports.extend(sh.registry.offline().into_iter().map(|o| ExportStatus {
+                name: o.spec.name.clone(),
+                path: o.spec.path.clone(),
+                size: 0,
+                cached: o.spec.cached,
+                readonly: o.spec.readonly,
+                online: false,
+                direct_io: false,
+                error: Some(o.error),
+                clients: Vec::new(),
+            }));
+            exports.sort_by(|a, b| a.name.cmp(&b.name));
+            ControlResponse::Exports { exports }
+        }
+        ControlRequest::Status => ControlResponse::Status {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            listening: sh.listening.clone(),
+        },
+    }
+}
+
+/// Builds an export spec as `gnbd_export -e` does: absolute path, checked to exist.
+pub fn spec_for(
+    name: &str,
+    path: &Path,
+    cached: bool,
+    readonly: bool,
+    description: String,
+) -> anyhow::Result<ExportSpec> {
+    let path = crate::export::absolute(path);
+    if !path.exists() {
+        bail!("{} does not exist", path.display());
+    }
+    Ok(ExportSpec { name: name.into(), path, cached, readonly, description })
+}

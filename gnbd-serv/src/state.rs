@@ -1,0 +1,98 @@
+//! The persisted server state: `STATE_DIR/exports.json`, rewritten atomically (temporary
+//! file, fsync, rename, fsync of the directory) after every change, so that a restarted
+//! server serves the same exports and a crash never leaves a torn file.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::export::ExportSpec;
+
+/// Name of the state file inside the state directory.
+pub const STATE_FILE: &str = "exports.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    /// Format version of this file.
+    version: u32,
+    exports: Vec<ExportSpec>,
+}
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is corrupt ({source}); move it aside to start with no exports")]
+    Corrupt { path: PathBuf, source: serde_json::Error },
+    #[error("{path} has format version {version}, which this gnbd_serv does not know")]
+    Version { path: PathBuf, version: u32 },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// Loads the exports of a state directory (none when there is no state file yet).
+pub fn load(dir: &Path) -> Result<Vec<ExportSpec>, StateError> {
+    let path = dir.join(STATE_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(StateError::Read { path, source }),
+    };
+    let state: StateFile =
+        serde_json::from_str(&text).map_err(|source| StateError::Corrupt { path: path.clone(), source })?;
+    if state.version != 1 {
+        return Err(StateError::Version { path, version: state.version });
+    }
+    Ok(state.exports)
+}
+
+/// Replaces the state file atomically and durably.
+pub fn save(dir: &Path, exports: &[ExportSpec]) -> Result<(), StateError> {
+    let path = dir.join(STATE_FILE);
+    let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+    let werr = |source| StateError::Write { path: path.clone(), source };
+    let text = serde_json::to_string_pretty(&StateFile { version: 1, exports: exports.to_vec() })
+        .expect("export specs always serialise");
+    let mut f = File::create(&tmp).map_err(werr)?;
+    f.write_all(text.as_bytes()).map_err(werr)?;
+    f.write_all(b"\n").map_err(werr)?;
+    f.sync_all().map_err(werr)?;
+    fs::rename(&tmp, &path).map_err(werr)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(werr)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_corruption() {
+        let dir = std::env::temp_dir().join(format!("gnbd-state-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        assert!(load(&dir).unwrap().is_empty());
+        let spec = ExportSpec {
+            name: "disk0".into(),
+            path: "/dev/null".into(),
+            cached: true,
+            readonly: false,
+            description: "test".into(),
+        };
+        save(&dir, std::slice::from_ref(&spec)).unwrap();
+        assert_eq!(load(&dir).unwrap(), vec![spec]);
+        fs::write(dir.join(STATE_FILE), "{ not json").unwrap();
+        let err = load(&dir).unwrap_err().to_string();
+        assert!(err.contains("corrupt"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// Makes a state directory path absolute (the daemon changes nothing, but logs and the
+/// control protocol carry absolute paths).
+pub fn absolute_dir(dir: &Path) -> PathBuf {
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
