@@ -8,21 +8,23 @@ use std::time::Duration;
 
 const SIZE: u64 = 64 << 20;
 
-fn fio(uri: &str, extra: &[&str]) -> Output {
+fn fio(server: &Server, uri: &str, extra: &[&str]) -> Output {
     let mut cmd = Command::new(require_tool("fio"));
-    cmd.args([
-        "--name=gnbd",
-        "--ioengine=nbd",
-        &format!("--uri={uri}"),
-        "--rw=randwrite",
-        "--bs=4k",
-        "--size=64M",
-        "--iodepth=16",
-        "--verify=crc32c",
-        "--randseed=4242",
-        "--output-format=json",
-    ])
-    .args(extra);
+    // fio drops verify state files (local-*-verify.state) into its working directory.
+    cmd.current_dir(server.dir())
+        .args([
+            "--name=gnbd",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bs=4k",
+            "--size=64M",
+            "--iodepth=16",
+            "--verify=crc32c",
+            "--randseed=4242",
+            "--output-format=json",
+        ])
+        .args(extra);
     run_timeout(&mut cmd, Duration::from_secs(180))
 }
 
@@ -57,12 +59,12 @@ fn fio_randwrite_then_verify() {
     server.export("fio", &disk, &[]);
     let uri = server.uri("fio");
 
-    let out = fio(&uri, &[]);
+    let out = fio(&server, &uri, &[]);
     out.assert_success("fio randwrite + verify");
     check_jobs(&parse_json(&out), SIZE, SIZE);
 
     // Read everything back on a new connection and check the crc32c headers.
-    let out = fio(&uri, &["--verify_only"]);
+    let out = fio(&server, &uri, &["--verify_only"]);
     out.assert_success("fio --verify_only");
     check_jobs(&parse_json(&out), 0, SIZE);
 }
