@@ -53,12 +53,21 @@ impl WorkerHandle {
     pub fn spawn(id: usize, ring_entries: u32) -> std::io::Result<WorkerHandle> {
         let (tx, rx) = channel();
         let wake = Arc::new(sys::eventfd()?);
-        let ring = Ring::new(ring_entries)?;
         let w = wake.clone();
+        let (ready_tx, ready_rx) = channel();
         let join = std::thread::Builder::new().name(format!("gnbd-worker-{id}")).spawn(move || {
-            let mut worker = Worker::new(ring, rx, w);
-            worker.run();
+            // The ring is made on the thread that uses it (single-issuer rings require it).
+            match Ring::new(ring_entries) {
+                Ok(ring) => {
+                    let _ = ready_tx.send(Ok(()));
+                    Worker::new(ring, rx, w).run();
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
         })?;
+        ready_rx.recv().map_err(|_| std::io::Error::other("worker thread died while starting"))??;
         Ok(WorkerHandle { tx, wake, join: std::sync::Mutex::new(Some(join)) })
     }
 

@@ -68,10 +68,6 @@ pub struct Ring {
     in_flight: usize,
 }
 
-// SAFETY: the raw pointers a Ring holds (in msghdr and iovec arrays) point only into memory
-// owned by its own slots, which moves with it; a Ring is used by one thread at a time.
-unsafe impl Send for Ring {}
-
 impl std::fmt::Debug for Ring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ring").field("in_flight", &self.in_flight).finish()
@@ -85,7 +81,15 @@ fn empty_msghdr() -> Box<libc::msghdr> {
 
 impl Ring {
     pub fn new(entries: u32) -> io::Result<Self> {
-        let ring = IoUring::builder().setup_cqsize(entries * 4).build(entries)?;
+        // Completions are only reaped by the thread that submits: let the kernel run task work
+        // at that point instead of interrupting the thread (fewer context switches). Older
+        // kernels refuse these flags; fall back to a plain ring there.
+        let ring = IoUring::builder()
+            .setup_cqsize(entries * 4)
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(entries)
+            .or_else(|_| IoUring::builder().setup_cqsize(entries * 4).build(entries))?;
         Ok(Self { ring, slots: Vec::new(), free: Vec::new(), spare: Vec::new(), in_flight: 0 })
     }
 
