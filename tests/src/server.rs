@@ -110,6 +110,8 @@ impl Server {
             .args(["-p", "0", "--bind", "127.0.0.1", "--foreground"])
             .args(&self.args)
             .env("RUST_BACKTRACE", "1")
+            // Plain logs in the log file (tracing-subscriber honours NO_COLOR).
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log.try_clone().expect("cloning a log file handle")));

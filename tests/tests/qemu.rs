@@ -159,6 +159,42 @@ fn qemu_io_negotiates_extended_headers() {
         trace.contains("Received option reply 11 (extended headers), type 1 (ack)"),
         "qemu did not get extended headers acknowledged (server advertises them):\n{trace}"
     );
+    // Block status over extended headers: 64-bit extents, holes reported as such.
+    let out = run(Command::new(require_tool("qemu-img")).args([
+        "--trace",
+        "nbd_*",
+        "map",
+        "--output=json",
+        "-f",
+        "raw",
+        &server.uri("disk"),
+    ]));
+    out.assert_success("qemu-img map");
+    let trace = out.stderr_str();
+    let status_lines: Vec<&str> = trace.lines().filter(|l| l.contains("block status")).collect();
+    println!("--- qemu-img map trace (block status) ---\n{}", status_lines.join("\n"));
+    assert!(
+        trace.contains("block status (64-bit)"),
+        "block status replies were not 64-bit (extended) chunks:\n{trace}"
+    );
+    let map: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad qemu-img map JSON ({e}): {}", out.describe()));
+    println!("{map}");
+    let data_at = |pos: u64| {
+        map.as_array()
+            .expect("map is an array")
+            .iter()
+            .find(|e| {
+                let start = e["start"].as_u64().expect("start");
+                (start..start + e["length"].as_u64().expect("length")).contains(&pos)
+            })
+            .map(|e| e["data"] == true)
+            .unwrap_or_else(|| panic!("offset {pos} not covered by {map}"))
+    };
+    assert!(data_at(0), "written data at 0 reported as a hole: {map}");
+    assert!(data_at(5 * MIB), "written data at 5 MiB reported as a hole: {map}");
+    assert!(!data_at(7 * MIB), "never-written 7 MiB reported as data: {map}");
+
     let data = std::fs::read(&disk).expect("read backing file");
     assert!(data[..64 << 10].iter().all(|&b| b == 0x5c));
     assert!(data[64 << 10..128 << 10].iter().all(|&b| b == 0));
