@@ -26,6 +26,8 @@ use crate::worker::{NewConn, Workers};
 pub const DEFAULT_PORT: u16 = 10809;
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/gnbd";
+/// How long SIGTERM waits for in-flight requests before cutting connections.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
 /// Handshakes allowed at once; further connections are closed at once.
 const MAX_HANDSHAKES: usize = 1024;
 
@@ -144,7 +146,7 @@ pub fn run(cfg: ServeConfig, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
     for a in acceptors {
         let _ = a.join();
     }
-    shared.workers.shutdown();
+    shared.workers.shutdown(SHUTDOWN_GRACE);
     let _ = fs::remove_file(&control_path);
     if let Some(p) = &cfg.unix {
         let _ = fs::remove_file(p);
@@ -191,6 +193,7 @@ fn accept_tcp(l: TcpListener, sh: Arc<Shared>) {
                     return;
                 }
                 let _ = s.set_nodelay(true);
+                sys::set_keepalive(&s);
                 spawn_handshake(&sh, s, peer.to_string());
             }
             Err(e) => {
@@ -228,18 +231,18 @@ fn accept_unix(l: UnixListener, sh: Arc<Shared>) {
 
 /// A stream the handshake can run on and the data path can take over.
 trait Socket: std::io::Read + std::io::Write + Into<OwnedFd> + Send + 'static {
-    fn set_timeout(&self, t: std::time::Duration) -> std::io::Result<()>;
+    fn set_timeout(&self, t: Option<std::time::Duration>) -> std::io::Result<()>;
 }
 impl Socket for TcpStream {
-    fn set_timeout(&self, t: std::time::Duration) -> std::io::Result<()> {
-        self.set_read_timeout(Some(t))?;
-        self.set_write_timeout(Some(t))
+    fn set_timeout(&self, t: Option<std::time::Duration>) -> std::io::Result<()> {
+        self.set_read_timeout(t)?;
+        self.set_write_timeout(t)
     }
 }
 impl Socket for UnixStream {
-    fn set_timeout(&self, t: std::time::Duration) -> std::io::Result<()> {
-        self.set_read_timeout(Some(t))?;
-        self.set_write_timeout(Some(t))
+    fn set_timeout(&self, t: Option<std::time::Duration>) -> std::io::Result<()> {
+        self.set_read_timeout(t)?;
+        self.set_write_timeout(t)
     }
 }
 
@@ -253,7 +256,7 @@ fn spawn_handshake<S: Socket>(sh: &Arc<Shared>, mut s: S, peer: String) {
     let r = thread::Builder::new().name("gnbd-handshake".into()).spawn(move || {
         let sh = sh2;
         let result = s
-            .set_timeout(HANDSHAKE_TIMEOUT)
+            .set_timeout(Some(HANDSHAKE_TIMEOUT))
             .map_err(HandshakeFailure::Io)
             .and_then(|()| negotiate(&mut s, &sh.registry, ServerConfig::default()));
         sh.handshakes.fetch_sub(1, Ordering::SeqCst);
@@ -264,6 +267,8 @@ fn spawn_handshake<S: Socket>(sh: &Arc<Shared>, mut s: S, peer: String) {
                     return;
                 };
                 info!(peer = %peer, export = %export.spec.name, mode = ?negotiated.mode, "client connected");
+                // The data path waits as long as it must; only the handshake is timed.
+                let _ = s.set_timeout(None);
                 let sock: OwnedFd = s.into();
                 let client_id = export.attach_client(peer.clone(), sock.as_raw_fd());
                 sh.workers.dispatch(NewConn { sock, peer, export, negotiated, leftover, client_id });

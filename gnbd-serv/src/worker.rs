@@ -39,6 +39,9 @@ pub enum WorkerMsg {
     Conn(Box<NewConn>),
     /// Stop reading new requests, finish and answer the in-flight ones, then exit.
     Shutdown,
+    /// The grace period is over: cut every connection (a client that does not read its
+    /// replies would otherwise hold the shutdown forever).
+    Abort,
 }
 
 /// The acceptor's handle on a worker thread.
@@ -75,6 +78,10 @@ impl WorkerHandle {
         if self.tx.send(msg).is_ok() {
             sys::eventfd_signal(self.wake.as_raw_fd());
         }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.join.lock().expect("join lock").as_ref().is_none_or(JoinHandle::is_finished)
     }
 
     /// Waits for the thread to finish.
@@ -279,6 +286,11 @@ impl Worker {
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
                 WorkerMsg::Conn(c) => self.add_conn(*c),
+                WorkerMsg::Abort => {
+                    for c in self.conns.iter_mut().flatten() {
+                        sys::shutdown(c.fd, libc::SHUT_RDWR);
+                    }
+                }
                 WorkerMsg::Shutdown => {
                     self.shutting_down = true;
                     for c in self.conns.iter_mut().flatten() {
@@ -899,10 +911,21 @@ impl Workers {
         self.workers[i].send(WorkerMsg::Conn(Box::new(conn)));
     }
 
-    /// Asks every worker to finish its in-flight requests and stop, and waits for them.
-    pub fn shutdown(&self) {
+    /// Asks every worker to finish its in-flight requests and stop, and waits for them; after
+    /// `grace`, connections still open are cut.
+    pub fn shutdown(&self, grace: std::time::Duration) {
         for w in &self.workers {
             w.send(WorkerMsg::Shutdown);
+        }
+        let deadline = std::time::Instant::now() + grace;
+        while !self.workers.iter().all(WorkerHandle::is_finished) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        for w in &self.workers {
+            if !w.is_finished() {
+                warn!("connections still busy after the shutdown grace period; cutting them");
+                w.send(WorkerMsg::Abort);
+            }
         }
         for w in &self.workers {
             w.join();

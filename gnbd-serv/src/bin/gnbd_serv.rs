@@ -146,11 +146,12 @@ fn daemonize(cfg: ServeConfig, level: &str) -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let status = wait_child(child);
-            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let last: Vec<&str> = tail.lines().rev().take(5).collect();
-            eprintln!("gnbd_serv: the daemon failed to start (exit status {status}); from {}:", log_path.display());
-            for l in last.iter().rev() {
-                eprintln!("  {l}");
+            match line.strip_prefix("error: ") {
+                Some(msg) => eprint!("gnbd_serv: {msg}"),
+                None => eprintln!(
+                    "gnbd_serv: the daemon exited with status {status} before it was ready; see {}",
+                    log_path.display()
+                ),
             }
             ExitCode::FAILURE
         }
@@ -166,6 +167,7 @@ fn daemonize(cfg: ServeConfig, level: &str) -> ExitCode {
             });
             if let Err(e) = &r {
                 tracing::error!("{e:#}");
+                let _ = writeln!(writer, "error: {e:#}");
             }
             finish(r)
         }

@@ -147,3 +147,24 @@ pub fn wait_child(pid: libc::pid_t) -> i32 {
         128 + libc::WTERMSIG(status)
     }
 }
+
+/// Turns on TCP keepalive with short timers (idle 30 s, then 3 probes 10 s apart), so a
+/// client node that dies without closing its connections is noticed within about a minute.
+pub fn set_keepalive(fd: &impl AsRawFd) {
+    let set = |level, opt, val: libc::c_int| {
+        // SAFETY: setsockopt with a pointer to a c_int and its size.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                level,
+                opt,
+                (&val as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 30);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
+}
