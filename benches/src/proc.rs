@@ -153,15 +153,17 @@ impl Drop for ChildGuard {
 
 /// Start a long-running process with stdout and stderr appended to `log`.
 pub fn spawn_logged(name: &str, cmd: &mut Command, log: &Path) -> Result<ChildGuard> {
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("cannot open log {}", log.display()))?;
-    let mut hdr = out.try_clone()?;
+    spawn_split(name, cmd, log, log)
+}
+
+/// Start a long-running process with stdout appended to `out` and stderr to `err`.
+pub fn spawn_split(name: &str, cmd: &mut Command, out: &Path, err: &Path) -> Result<ChildGuard> {
+    let open = |p: &Path| {
+        OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("cannot open log {}", p.display()))
+    };
+    let mut hdr = open(err)?;
     writeln!(hdr, "### {}", cmdline(cmd))?;
-    let err = out.try_clone()?;
-    cmd.stdout(out).stderr(err);
+    cmd.stdout(open(out)?).stderr(hdr);
     ChildGuard::spawn(name, cmd)
 }
 
@@ -269,7 +271,7 @@ pub fn wait_listening(what: &str, port: u16, timeout: Duration, mut alive: impl 
     }
 }
 
-/// Wait for a line containing `needle` to appear in `log`; returns that line.
+/// Wait for a line starting with `needle` to appear in `log`; returns that line.
 pub fn wait_log_line(
     what: &str,
     log: &Path,
@@ -280,7 +282,7 @@ pub fn wait_log_line(
     let end = Instant::now() + timeout;
     loop {
         if let Ok(text) = fs::read_to_string(log) {
-            if let Some(l) = text.lines().find(|l| l.contains(needle)) {
+            if let Some(l) = text.lines().find(|l| l.starts_with(needle)) {
                 return Ok(l.to_owned());
             }
         }

@@ -185,11 +185,13 @@ fn start_gnbd(mode: Mode, env: &Env, log: &Path) -> Result<Running> {
     cmd.arg("--state-dir").arg(&state);
     cmd.args(["-p", "0", "--bind", "127.0.0.1", "--foreground"]);
     let mut commands = vec![proc::cmdline(&cmd)];
-    let mut child = proc::spawn_logged("gnbd_serv", &mut cmd, log)?;
-    let line = proc::wait_log_line("gnbd_serv", log, "gnbd_serv: ready tcp=", START_TIMEOUT, || {
-        Ok(child.try_wait()?.is_none())
-    })?;
-    let addr = line.rsplit("tcp=").next().unwrap_or_default().trim();
+    // stdout carries only the ready line; stderr is the server's log.
+    let out = log.with_extension("stdout");
+    let mut child = proc::spawn_split("gnbd_serv", &mut cmd, &out, log)?;
+    let mut alive = || Ok(child.try_wait()?.is_none());
+    let line = proc::wait_log_line("gnbd_serv", &out, "gnbd_serv: ready tcp=", START_TIMEOUT, &mut alive)
+        .with_context(|| format!("gnbd_serv log:\n{}", proc::log_tail(log)))?;
+    let addr = line["gnbd_serv: ready tcp=".len()..].split_whitespace().next().unwrap_or_default();
     let addr: SocketAddr =
         addr.parse().with_context(|| format!("gnbd_serv printed an unparsable ready line: {line:?}"))?;
     if addr.ip().to_string() != "127.0.0.1" || addr.port() == 0 {
