@@ -204,6 +204,11 @@ fn need(prog: &str) -> Result<PathBuf> {
         .with_context(|| format!("{prog} is not installed (on PATH); run scripts/deps.sh to install the bench tools"))
 }
 
+/// The 1-minute load average.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
 /// Run the whole benchmark; `Ok(true)` if every measurement succeeded.
 fn run(cli: &Cli) -> Result<bool> {
     sys::install_stop_handlers().context("cannot install signal handlers")?;
@@ -345,6 +350,7 @@ fn run(cli: &Cli) -> Result<bool> {
         eprintln!("nbd-bench: cannot drop the page cache (not root?): caches stay warm between phases");
     }
 
+    res.load_before = load_average();
     match clients.iperf3(&work.path) {
         Ok(v) => {
             eprintln!("nbd-bench: loopback ceiling (iperf3): {v:.0} MB/s");
@@ -364,6 +370,7 @@ fn run(cli: &Cli) -> Result<bool> {
         }
     }
 
+    res.load_after = load_average();
     let failed = res.any_failed();
     if failed {
         work.keep = true;

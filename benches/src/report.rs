@@ -28,6 +28,10 @@ pub struct Results {
     pub commands: BTreeMap<(ServerKind, Mode), Vec<String>>,
     pub multi_conn: BTreeMap<(ServerKind, Mode), bool>,
     pub versions: BTreeMap<String, String>,
+    /// /proc/loadavg's 1-minute figure before the first and after the last measurement
+    /// (anything else running on the machine skews the figures).
+    pub load_before: Option<f64>,
+    pub load_after: Option<f64>,
     /// Free-form notes (failures, skipped servers, oddities).
     pub notes: Vec<String>,
     pub config: Value,
@@ -199,6 +203,12 @@ impl Results {
                     .to_owned(),
             );
         }
+        if let (Some(b), Some(a)) = (self.load_before, self.load_after) {
+            f.push(format!(
+                "1-minute load average {b:.2} before the first measurement and {a:.2} after the \
+                 last (other work on the machine skews the figures)."
+            ));
+        }
         f.extend(self.notes.iter().cloned());
         f
     }
@@ -255,6 +265,7 @@ impl Results {
             "config": self.config,
             "loopback_ceiling_mb_s": self.ceiling,
             "page_cache_dropped": self.cache_dropped,
+            "load_average_1m": {"before": self.load_before, "after": self.load_after},
             "tool_versions": self.versions,
             "servers": servers,
             "results": rows,
