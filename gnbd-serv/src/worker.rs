@@ -113,6 +113,8 @@ const RBUF_SIZE: usize = 128 * 1024;
 /// Per-connection limits before it stops reading new requests.
 const MAX_SLOTS: usize = 1024;
 const MAX_INFLIGHT_BYTES: u64 = 256 << 20;
+/// Direct reads of at least twice this size go to the device as parallel parts of this size.
+const SPLIT_READ: usize = 256 * 1024;
 /// Chunk used when zeroes must be written because the store cannot fallocate.
 const ZERO_CHUNK: usize = 1 << 20;
 
@@ -139,6 +141,8 @@ struct Slot {
     done: u64,
     /// Error to report once the payload has been drained.
     refused: Option<Refused>,
+    /// The read went to the device as several parallel parts.
+    split: bool,
     fd: RawFd,
 }
 
@@ -177,7 +181,7 @@ struct Conn {
 
 impl Conn {
     fn alloc_slot(&mut self, req: Request, fd: RawFd) -> usize {
-        let s = Slot { req, phase: Phase::Io, buf: None, done: 0, refused: None, fd };
+        let s = Slot { req, phase: Phase::Io, buf: None, done: 0, refused: None, split: false, fd };
         self.active += 1;
         if matches!(req.command, Command::Read | Command::Write) {
             self.inflight_bytes += req.length;
@@ -559,15 +563,22 @@ impl Worker {
         let conn = self.conn(ci);
         let t = tag(ci, conn.gen, KIND_FILE, si);
         let cached = conn.export.spec.cached || !conn.export.direct_io();
+        let direct_fd = !cached && conn.export.file.as_raw_fd() == conn.slots[si].as_ref().map_or(-1, |s| s.fd);
         conn.ops += 1;
         let slot = conn.slot(si);
         slot.phase = Phase::Io;
-        let (req, fd, done, buf) = (slot.req, slot.fd, slot.done, slot.buf.take());
+        let (req, fd, done, buf, was_split) = (slot.req, slot.fd, slot.done, slot.buf.take(), slot.split);
         match req.command {
             Command::Read => {
                 let len = req.length as usize;
                 let buf = buf.unwrap_or_else(|| self.pool.get(len));
-                self.ring.read(fd, buf, done as usize..len, req.offset + done, t);
+                if direct_fd && done == 0 && len >= 2 * SPLIT_READ && !was_split {
+                    // Devices serve large direct reads faster as parallel smaller ones.
+                    self.conn(ci).slot(si).split = true;
+                    self.ring.read_split(fd, buf, 0..len, req.offset, SPLIT_READ, t);
+                } else {
+                    self.ring.read(fd, buf, done as usize..len, req.offset + done, t);
+                }
             }
             Command::Write => {
                 let buf = buf.expect("write payload");
@@ -639,6 +650,12 @@ impl Worker {
                 if res == 0 {
                     // The backing file shrank under us.
                     self.finish_errno(ci, si, libc::EIO);
+                    return;
+                }
+                if slot.split && (res as u64) < req.length {
+                    // A part came back short: read it again in one piece.
+                    slot.done = 0;
+                    self.start(ci, si);
                     return;
                 }
                 slot.done += res as u64;

@@ -52,6 +52,10 @@ pub struct Completion {
 struct Slot {
     tag: u64,
     owned: Owned,
+    /// Completions still expected (an operation split into several entries).
+    pending: u32,
+    /// Sum of the parts' results, or the first error.
+    result: i32,
     iov: Vec<libc::iovec>,
     msg: Box<libc::msghdr>,
 }
@@ -100,7 +104,7 @@ impl Ring {
 
     fn slot(&mut self, tag: u64, owned: Owned) -> usize {
         let (iov, msg) = self.spare.pop().unwrap_or_else(|| (Vec::new(), empty_msghdr()));
-        let s = Slot { tag, owned, iov, msg };
+        let s = Slot { tag, owned, iov, msg, pending: 1, result: 0 };
         self.in_flight += 1;
         if let Some(i) = self.free.pop() {
             self.slots[i] = Some(s);
@@ -141,6 +145,39 @@ impl Ring {
         let e = opcode::Read::new(types::Fd(fd), ptr, range.len() as u32).offset(offset).build().user_data(i as u64);
         // SAFETY: the buffer lives in slot `i` until the completion is drained.
         unsafe { self.push(e) }
+    }
+
+    /// Reads `range` of `buf` from `fd` at `offset` as several concurrent reads of at most
+    /// `chunk` bytes. One completion arrives when all parts are done: the total byte count,
+    /// or the first error. A short part makes the total short (the caller retries unsplit).
+    pub fn read_split(
+        &mut self,
+        fd: RawFd,
+        mut buf: AlignedBuf,
+        range: Range<usize>,
+        offset: u64,
+        chunk: usize,
+        tag: u64,
+    ) {
+        assert!(range.end <= buf.capacity() && chunk > 0);
+        let base = buf.as_mut_ptr();
+        let parts = range.len().div_ceil(chunk);
+        let i = self.slot(tag, Owned::Buf(buf));
+        self.slots[i].as_mut().expect("slot just filled").pending = parts as u32;
+        let mut at = range.start;
+        while at < range.end {
+            let len = chunk.min(range.end - at);
+            // SAFETY: at + len <= range.end <= capacity, checked above.
+            let ptr = unsafe { base.add(at) };
+            let e = opcode::Read::new(types::Fd(fd), ptr, len as u32)
+                .offset(offset + (at - range.start) as u64)
+                .build()
+                .user_data(i as u64);
+            // SAFETY: the buffer lives in slot `i` until its last part completes; the parts
+            // write disjoint ranges.
+            unsafe { self.push(e) }
+            at += len;
+        }
     }
 
     /// Writes `range` of `buf` to `fd` at `offset`, with `preadv2`-style flags (RWF_DSYNC).
@@ -278,12 +315,20 @@ impl Ring {
         cq.sync();
         for cqe in &mut cq {
             let i = cqe.user_data() as usize;
-            let Some(slot) = self.slots.get_mut(i).and_then(Option::take) else {
+            let Some(Some(s)) = self.slots.get_mut(i) else {
                 continue; // not ours: cannot happen, every entry carries a slot index
             };
+            s.pending -= 1;
+            if s.result >= 0 {
+                s.result = if cqe.result() < 0 { cqe.result() } else { s.result + cqe.result() };
+            }
+            if s.pending > 0 {
+                continue;
+            }
+            let slot = self.slots[i].take().expect("checked above");
             self.free.push(i);
             self.in_flight -= 1;
-            out.push(Completion { tag: slot.tag, result: cqe.result(), owned: slot.owned });
+            out.push(Completion { tag: slot.tag, result: slot.result, owned: slot.owned });
             self.spare.push((slot.iov, slot.msg));
         }
     }

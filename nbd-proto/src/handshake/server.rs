@@ -64,7 +64,8 @@ pub enum TlsPolicy {
 #[derive(Debug, Clone, Copy)]
 pub struct ServerConfig {
     pub tls: TlsPolicy,
-    /// Options with longer data are skipped without being buffered and get `NBD_REP_ERR_TOO_BIG`.
+    /// Options with longer data get `NBD_REP_ERR_TOO_BIG` at once; their data is then
+    /// discarded as it arrives, without being buffered.
     pub max_option_len: u32,
 }
 
@@ -119,9 +120,8 @@ pub const BASE_ALLOCATION_ID: u32 = 1;
 enum State {
     ClientFlags,
     Option,
-    /// Discarding the data of an oversized option before refusing it.
+    /// Discarding the data of an oversized option (already refused).
     Skipping {
-        option: u32,
         remaining: u32,
     },
     Finished,
@@ -186,16 +186,15 @@ impl ServerHandshake {
                     self.no_zeroes = flags & NBD_FLAG_C_NO_ZEROES != 0;
                     self.state = State::Option;
                 }
-                State::Skipping { option, remaining } => {
+                State::Skipping { remaining } => {
                     let n = (remaining as usize).min(buf.len());
                     used += n;
                     let remaining = remaining - n as u32;
                     if remaining > 0 {
-                        self.state = State::Skipping { option, remaining };
+                        self.state = State::Skipping { remaining };
                         return Ok((used, ServerStatus::Continue));
                     }
                     self.state = State::Option;
-                    encode_option_error(&mut self.out, option, NBD_REP_ERR_TOO_BIG, "option data is too long");
                 }
                 State::Option => {
                     let hdr = match decode_option_header(buf) {
@@ -214,8 +213,11 @@ impl ServerHandshake {
                                 ServerStatus::Close("NBD_OPT_EXPORT_NAME with an oversized name".into()),
                             ));
                         }
+                        // Refuse at once (a client that never sends the data still gets its
+                        // answer), then discard the data as it arrives, without buffering it.
                         used += OPTION_HEADER_SIZE;
-                        self.state = State::Skipping { option: hdr.option, remaining: hdr.length };
+                        encode_option_error(&mut self.out, hdr.option, NBD_REP_ERR_TOO_BIG, "option data is too long");
+                        self.state = State::Skipping { remaining: hdr.length };
                         continue;
                     }
                     let total = OPTION_HEADER_SIZE + hdr.length as usize;
