@@ -66,6 +66,12 @@ pub fn save(dir: &Path, exports: &[ExportSpec]) -> Result<(), StateError> {
     Ok(())
 }
 
+/// Makes a state directory path absolute (the daemon changes nothing, but logs and the
+/// control protocol carry absolute paths).
+pub fn absolute_dir(dir: &Path) -> PathBuf {
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,10 +95,4 @@ mod tests {
         assert!(err.contains("corrupt"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-/// Makes a state directory path absolute (the daemon changes nothing, but logs and the
-/// control protocol carry absolute paths).
-pub fn absolute_dir(dir: &Path) -> PathBuf {
-    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }

@@ -551,7 +551,7 @@ impl Worker {
         match &e.buffered {
             Some(b)
                 if matches!(req.command, Command::Read | Command::Write)
-                    && (req.offset % DIRECT_ALIGN != 0 || req.length % DIRECT_ALIGN != 0) =>
+                    && (!req.offset.is_multiple_of(DIRECT_ALIGN) || !req.length.is_multiple_of(DIRECT_ALIGN)) =>
             {
                 b.as_raw_fd()
             }

@@ -429,7 +429,7 @@ pub fn decode_chunk(kind: u16, payload: &[u8], mode: ReplyMode) -> Result<Chunk<
         }
         NBD_REPLY_TYPE_BLOCK_STATUS if mode == ReplyMode::Structured => {
             let context_id = r.u32().ok_or(bad("BLOCK_STATUS", "too short"))?;
-            if r.remaining() == 0 || r.remaining() % 8 != 0 {
+            if r.remaining() == 0 || !r.remaining().is_multiple_of(8) {
                 return Err(bad("BLOCK_STATUS", "extents are not a non-empty multiple of 8 bytes"));
             }
             let mut extents = Vec::with_capacity(r.remaining() / 8);
