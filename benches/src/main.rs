@@ -50,6 +50,10 @@ mod sys;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::thread;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -415,13 +419,77 @@ fn bench_server(
     res.multi_conn.insert((kind, mode), srv.multi_conn);
     eprintln!("nbd-bench: [{tag}] {} (multi-conn: {})", srv.commands.join(" && "), srv.multi_conn);
 
+    // Watch how the server has the backing file open while the tests run (O_DIRECT or not).
+    let pid = srv.pid();
+    let done = AtomicBool::new(false);
+    let seen = Mutex::new((false, false));
+    let r = thread::scope(|sc| {
+        sc.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                let (d, b) = proc::open_modes(pid, &env.backing);
+                if let Ok(mut s) = seen.lock() {
+                    s.0 |= d;
+                    s.1 |= b;
+                }
+                thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let r = run_tests(&tag, kind, mode, &mut srv, env, clients, source, res);
+        done.store(true, Ordering::Relaxed);
+        r
+    });
+    let seen = seen.into_inner().unwrap_or_default();
+    res.open_modes.insert((kind, mode), seen);
+    if kind == ServerKind::Gnbd {
+        let wrong = match mode {
+            Mode::Direct if !seen.0 => Some("never had the backing file open with O_DIRECT"),
+            Mode::Cached if seen.0 => Some("had the backing file open with O_DIRECT"),
+            _ => None,
+        };
+        if let Some(w) = wrong {
+            res.notes.push(format!("{tag}: gnbd_serv {w} while the tests ran (from /proc/PID/fdinfo)"));
+        }
+    }
+    let died = r?;
+    match srv.stop() {
+        Ended::Early(st) if !died => {
+            res.notes.push(format!("{tag}: the server exited ({st}) before it was stopped"));
+        }
+        Ended::OnTerm(st) if st.code().is_some_and(|c| c != 0) => {
+            res.notes.push(format!("{tag}: exited with {st} on SIGTERM"));
+        }
+        Ended::Killed => res.notes.push(format!("{tag}: ignored SIGTERM for 10 s and was killed")),
+        _ => {}
+    }
+    let strays = proc::reap_strays();
+    if strays > 0 {
+        res.notes.push(format!("{tag}: left {strays} process(es) behind after stopping; killed"));
+    }
+    eprintln!("nbd-bench: [{tag}] stopped");
+    Ok(())
+}
+
+/// Run every test against a started server, recording values and failures; true if the
+/// server died on the way.
+#[allow(clippy::too_many_arguments)]
+fn run_tests(
+    tag: &str,
+    kind: ServerKind,
+    mode: Mode,
+    srv: &mut servers::Running,
+    env: &Env,
+    clients: &Clients,
+    source: &Path,
+    res: &mut Results,
+) -> Result<bool> {
     let mut died = None;
     for test in Test::ALL {
         proc::check_stop()?;
         if died.is_none() && !srv.alive() {
             let msg = format!(
-                "{tag}: the server exited during the run (before {}); log tail:\n{}",
+                "{tag}: the server exited during the run (before {}, {}); log tail:\n{}",
                 test.label(),
+                srv.exit_status().map_or("status unknown".into(), |s| s.to_string()),
                 proc::log_tail(&srv.log)
             );
             eprintln!("nbd-bench: {msg}");
@@ -457,22 +525,7 @@ fn bench_server(
             }
         }
     }
-    match srv.stop() {
-        Ended::Early(st) if died.is_none() => {
-            res.notes.push(format!("{tag}: the server exited ({st}) before it was stopped"));
-        }
-        Ended::OnTerm(st) if st.code().is_some_and(|c| c != 0) => {
-            res.notes.push(format!("{tag}: exited with {st} on SIGTERM"));
-        }
-        Ended::Killed => res.notes.push(format!("{tag}: ignored SIGTERM for 10 s and was killed")),
-        _ => {}
-    }
-    let strays = proc::reap_strays();
-    if strays > 0 {
-        res.notes.push(format!("{tag}: left {strays} process(es) behind after stopping; killed"));
-    }
-    eprintln!("nbd-bench: [{tag}] stopped");
-    Ok(())
+    Ok(died.is_some())
 }
 
 #[cfg(test)]

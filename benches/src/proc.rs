@@ -70,6 +70,8 @@ pub enum Ended {
 pub struct ChildGuard {
     name: String,
     child: Option<Child>,
+    /// How it exited, once reaped.
+    exited: Option<ExitStatus>,
 }
 
 impl ChildGuard {
@@ -78,17 +80,23 @@ impl ChildGuard {
         cmd.stdin(Stdio::null());
         sys::kill_with_parent(cmd);
         let child = cmd.spawn().with_context(|| format!("cannot start {name}: `{}`", cmdline(cmd)))?;
-        Ok(Self { name: name.to_owned(), child: Some(child) })
+        Ok(Self { name: name.to_owned(), child: Some(child), exited: None })
+    }
+
+    /// The child's pid, 0 once reaped.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
     }
 
     /// `Some(status)` once the child has exited (it is then reaped).
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         let Some(child) = self.child.as_mut() else {
-            bail!("{} was already reaped", self.name);
+            return Ok(self.exited);
         };
         let st = child.try_wait().with_context(|| format!("waitpid({})", self.name))?;
         if st.is_some() {
             self.child = None;
+            self.exited = st;
         }
         Ok(st)
     }
@@ -111,10 +119,11 @@ impl ChildGuard {
     /// SIGTERM, wait up to `grace`, then SIGKILL; always reaps.
     pub fn stop(&mut self, grace: Duration) -> Ended {
         let Some(child) = self.child.as_mut() else {
-            return Ended::Killed;
+            return self.exited.map_or(Ended::Killed, Ended::Early);
         };
         if let Ok(Some(st)) = child.try_wait() {
             self.child = None;
+            self.exited = Some(st);
             return Ended::Early(st);
         }
         let _ = sys::kill(child.id() as i32, libc::SIGTERM);
@@ -311,6 +320,8 @@ pub fn log_tail(log: &Path) -> String {
 pub struct DaemonGuard {
     name: String,
     pid: i32,
+    /// How it exited, if it was reaped before being stopped.
+    exited: Option<ExitStatus>,
 }
 
 impl DaemonGuard {
@@ -321,7 +332,7 @@ impl DaemonGuard {
             if let Ok(s) = fs::read_to_string(pidfile) {
                 if let Ok(pid) = s.trim().parse::<i32>() {
                     if pid > 0 && parent_of(pid) == Some(std::process::id() as i32) {
-                        return Ok(Self { name: name.to_owned(), pid });
+                        return Ok(Self { name: name.to_owned(), pid, exited: None });
                     }
                 }
             }
@@ -333,15 +344,41 @@ impl DaemonGuard {
         }
     }
 
+    /// The daemon's pid, 0 once stopped.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
     /// Whether the daemon is still running (reaps it if it exited).
     pub fn alive(&mut self) -> bool {
-        self.pid > 0 && matches!(sys::try_reap(self.pid), Ok(None))
+        use std::os::unix::process::ExitStatusExt;
+        if self.pid <= 0 || self.exited.is_some() {
+            return false;
+        }
+        match sys::try_reap(self.pid) {
+            Ok(None) => true,
+            Ok(Some(raw)) => {
+                self.exited = Some(ExitStatus::from_raw(raw));
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// How it exited, if it died before being stopped.
+    pub fn exited(&self) -> Option<ExitStatus> {
+        self.exited
     }
 
     /// Stop the daemon and its children: SIGTERM, bounded wait, SIGKILL; reaps all of them.
     pub fn stop(&mut self, grace: Duration) -> Ended {
         if self.pid <= 0 {
             return Ended::Killed;
+        }
+        if let Some(st) = self.exited {
+            // Already reaped; its orphaned children are ours now and go with reap_strays().
+            self.pid = 0;
+            return Ended::Early(st);
         }
         let kids = children_of(self.pid);
         let ended = stop_pid(self.pid, grace);
@@ -402,6 +439,36 @@ pub fn reap_strays() -> usize {
         stop_pid(k, Duration::from_secs(2));
     }
     kids.len()
+}
+
+/// How the processes of the tree rooted at `root` (the process and its children) have
+/// `file` open: `(any fd with O_DIRECT, any fd without)`, from /proc/PID/fdinfo.
+pub fn open_modes(root: i32, file: &Path) -> (bool, bool) {
+    let (mut direct, mut buffered) = (false, false);
+    if root <= 0 {
+        return (false, false);
+    }
+    let mut pids = vec![root];
+    pids.extend(children_of(root));
+    for pid in pids {
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for fd in fds.flatten() {
+            if fs::read_link(fd.path()).ok().as_deref() != Some(file) {
+                continue;
+            }
+            let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()));
+            let flags = info.ok().and_then(|t| {
+                let l = t.lines().find(|l| l.starts_with("flags:"))?;
+                i64::from_str_radix(l["flags:".len()..].trim(), 8).ok()
+            });
+            match flags {
+                Some(f) if f & i64::from(libc::O_DIRECT) != 0 => direct = true,
+                Some(_) => buffered = true,
+                None => {}
+            }
+        }
+    }
+    (direct, buffered)
 }
 
 /// The parent pid of `pid`, from /proc/PID/stat.

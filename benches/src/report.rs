@@ -28,6 +28,8 @@ pub struct Results {
     pub commands: BTreeMap<(ServerKind, Mode), Vec<String>>,
     pub multi_conn: BTreeMap<(ServerKind, Mode), bool>,
     pub versions: BTreeMap<String, String>,
+    /// How each server had the backing file open while tested: (with O_DIRECT, without).
+    pub open_modes: BTreeMap<(ServerKind, Mode), (bool, bool)>,
     /// /proc/loadavg's 1-minute figure before the first and after the last measurement
     /// (anything else running on the machine skews the figures).
     pub load_before: Option<f64>,
@@ -203,6 +205,31 @@ impl Results {
                     .to_owned(),
             );
         }
+        if !self.open_modes.is_empty() {
+            let mut parts = Vec::new();
+            for &m in &self.modes {
+                let v: Vec<String> = self
+                    .servers
+                    .iter()
+                    .filter_map(|&s| {
+                        let how = match self.open_modes.get(&(s, m))? {
+                            (true, false) => "yes",
+                            (false, true) => "no",
+                            (true, true) => "yes (plus a buffered fd)",
+                            (false, false) => "not seen open",
+                        };
+                        Some(format!("{} {how}", s.name()))
+                    })
+                    .collect();
+                parts.push(format!("{}: {}", m.name(), v.join(", ")));
+            }
+            f.push(format!(
+                "backing file open with O_DIRECT while tested (sampled from /proc/PID/fdinfo of \
+                 the server and its children every 200 ms; gnbd keeps a buffered fd for unaligned \
+                 requests by design): {}.",
+                parts.join("; ")
+            ));
+        }
         if let (Some(b), Some(a)) = (self.load_before, self.load_after) {
             f.push(format!(
                 "1-minute load average {b:.2} before the first measurement and {a:.2} after the \
@@ -256,9 +283,16 @@ impl Results {
                     mc.insert(m.name().into(), json!(v));
                 }
             }
+            let mut od = serde_json::Map::new();
+            for &m in &self.modes {
+                if let Some(&(d, b)) = self.open_modes.get(&(s, m)) {
+                    od.insert(m.name().into(), json!({"o_direct": d, "buffered": b}));
+                }
+            }
             servers.insert(
                 s.name().into(),
-                json!({"version": self.versions.get(s.name()), "commands": cmds, "multi_conn": mc}),
+                json!({"version": self.versions.get(s.name()), "commands": cmds, "multi_conn": mc,
+                       "backing_open": od}),
             );
         }
         json!({

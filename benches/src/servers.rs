@@ -131,6 +131,22 @@ impl Running {
         }
     }
 
+    /// How the server exited, if it died by itself.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        match &mut self.guard {
+            Guard::Child(c) => c.try_wait().ok().flatten(),
+            Guard::Daemon(d) => d.exited(),
+        }
+    }
+
+    /// The server's (main) pid.
+    pub fn pid(&self) -> i32 {
+        match &self.guard {
+            Guard::Child(c) => c.pid(),
+            Guard::Daemon(d) => d.pid(),
+        }
+    }
+
     /// Stop it; how it ended tells whether SIGTERM was honoured.
     pub fn stop(&mut self) -> Ended {
         let grace = Duration::from_secs(10);
