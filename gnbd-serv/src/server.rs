@@ -94,6 +94,9 @@ pub fn run(cfg: ServeConfig, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
     remove_stale_socket(&control_path)?;
     let control = UnixListener::bind(&control_path)
         .with_context(|| format!("cannot create control socket {}", control_path.display()))?;
+    // Only the server's own user may change exports (and, later, fence nodes).
+    fs::set_permissions(&control_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", control_path.display()))?;
 
     let threads = if cfg.threads == 0 { thread::available_parallelism().map_or(2, |n| n.get()) } else { cfg.threads };
     let workers = Workers::spawn(threads).context("cannot start io_uring workers (is io_uring enabled?)")?;

@@ -63,7 +63,13 @@ impl WorkerHandle {
             match Ring::new(ring_entries) {
                 Ok(ring) => {
                     let _ = ready_tx.send(Ok(()));
-                    Worker::new(ring, rx, w).run();
+                    let run = std::panic::AssertUnwindSafe(move || Worker::new(ring, rx, w).run());
+                    if std::panic::catch_unwind(run).is_err() {
+                        // A worker that died would leave its clients hanging and swallow new
+                        // ones: stop loudly so clients reconnect to a restarted server.
+                        tracing::error!("worker {id} crashed (a bug); aborting so that clients see the failure");
+                        std::process::abort();
+                    }
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
