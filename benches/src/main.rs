@@ -39,6 +39,38 @@
 //! Modules: [`servers`] starts and stops servers, [`clients`] runs nbdcopy, fio and iperf3,
 //! [`data`] makes the files, [`report`] prints the table and JSON, [`proc`] holds the
 //! process guards and [`sys`] the few raw syscalls.
+//!
+//! # Results
+//!
+//! 2026-11-22, workspace at 5c68f77, on a 2-vCPU VM (kernel 6.18, ext4 on a virtio disk),
+//! produced by `cargo build --release --workspace --bins && target/release/nbd-bench`
+//! (1 GiB, 10 s per fio job, about 9 minutes). Every server advertised multi-conn, so
+//! nbdcopy used several connections with each. nbd-server has no direct-I/O option and
+//! nbdkit's `cache=none` is not O_DIRECT, so in the direct rows only qemu-nbd is a
+//! like-for-like peer; the loopback "ceiling" (iperf3, one stream) was 3621 MB/s and is not
+//! a hard bound on this VM (nbdkit's cached sequential read exceeded it).
+//!
+//! ```text
+//! mode    test                   unit        gnbd nbd-server   qemu-nbd     nbdkit  best peer               ratio
+//! ---------------------------------------------------------------------------------------------------------------
+//! direct  nbdcopy write          MB/s        1817        528        856       1543  1543 (nbdkit)            1.18
+//! direct  nbdcopy read           MB/s        1171       1748        903       1955  1955 (nbdkit)            0.60
+//! direct  fio randread 4k qd32   IOPS       50143      40510      39535      31862  40510 (nbd-server)       1.24
+//! direct  fio randwrite 4k qd32  IOPS       33518      76022      24886      24411  76022 (nbd-server)       0.44
+//! direct  fio seqread 1M qd16    MB/s        1559       3266       1004       3403  3403 (nbdkit)            0.46
+//! direct  fio seqwrite 1M qd16   MB/s        3494       4783       2696       2940  4783 (nbd-server)        0.73
+//! direct  fio randread 4k qd1    us          90.6        123        147        160  123 (nbd-server)         1.35
+//! cached  nbdcopy write          MB/s         497        594        446        609  609 (nbdkit)             0.82
+//! cached  nbdcopy read           MB/s        1740       1884       1426       2295  2295 (nbdkit)            0.76
+//! cached  fio randread 4k qd32   IOPS       89365      38987      43944      77753  77753 (nbdkit)           1.15
+//! cached  fio randwrite 4k qd32  IOPS      103251      75856      38657      99831  99831 (nbdkit)           1.03
+//! cached  fio seqread 1M qd16    MB/s        3103       3204       2600       4551  4551 (nbdkit)            0.68
+//! cached  fio seqwrite 1M qd16   MB/s        5070       4731       3964       4617  4731 (nbd-server)        1.07
+//! cached  fio randread 4k qd1    us           102        136        150        118  118 (nbdkit)             1.16
+//!
+//! sequential read (fio 1M qd16) as a share of the loopback TCP ceiling (iperf3, 3621 MB/s): direct:
+//! gnbd 43% (best peer nbdkit 94%); cached: gnbd 86% (best peer nbdkit 126%)
+//! ```
 
 mod clients;
 mod data;
@@ -208,6 +240,27 @@ fn need(prog: &str) -> Result<PathBuf> {
         .with_context(|| format!("{prog} is not installed (on PATH); run scripts/deps.sh to install the bench tools"))
 }
 
+/// The client command lines, with the server's URI as a placeholder (for the JSON file).
+fn client_commands(clients: &Clients, source: &Path) -> serde_json::Value {
+    let uri = format!("nbd://127.0.0.1:PORT/{}", servers::EXPORT);
+    let mut m = serde_json::Map::new();
+    let copy = |args: [&std::ffi::OsStr; 2]| {
+        let mut c = std::process::Command::new(&clients.nbdcopy);
+        c.args(args);
+        proc::cmdline(&c)
+    };
+    m.insert(Test::CopyWrite.key().into(), json!(copy([source.as_os_str(), uri.as_ref()])));
+    m.insert(Test::CopyRead.key().into(), json!(copy([uri.as_ref(), "null:".as_ref()])));
+    for t in Test::ALL {
+        if let Some(c) = clients.fio_command(t, &uri) {
+            m.insert(t.key().into(), json!(proc::cmdline(&c)));
+        }
+    }
+    m.insert("iperf3-server".into(), json!("iperf3 -s -1 -p PORT -B 127.0.0.1"));
+    m.insert("iperf3-client".into(), json!(format!("iperf3 -c 127.0.0.1 -p PORT -t {} -J", clients.iperf_s)));
+    m.into()
+}
+
 /// The 1-minute load average.
 fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
@@ -337,6 +390,7 @@ fn run(cli: &Cli) -> Result<bool> {
         "dir": dir,
         "bin_dir": bin_dir,
         "smoke": cli.smoke,
+        "client_commands": client_commands(&clients, &source),
     });
 
     eprintln!(
