@@ -179,6 +179,8 @@ struct Conn {
     /// `process_input` is running for this connection (replies queued meanwhile must not
     /// re-enter it).
     parsing: bool,
+    /// Listed in `Worker::want_send`.
+    send_wanted: bool,
     /// No more requests will be read (disconnect, error, shutdown).
     eof: bool,
     /// The socket is broken: replies are dropped.
@@ -237,6 +239,8 @@ struct Worker {
     shutting_down: bool,
     wake_pending: bool,
     completions: Vec<Completion>,
+    /// Connections with replies queued since the last flush.
+    want_send: Vec<usize>,
 }
 
 impl Worker {
@@ -254,6 +258,7 @@ impl Worker {
             shutting_down: false,
             wake_pending: false,
             completions: Vec::new(),
+            want_send: Vec::new(),
         }
     }
 
@@ -270,6 +275,7 @@ impl Worker {
                 self.complete(c);
             }
             self.completions = comps;
+            self.flush_sends();
             if self.shutting_down && self.conns.iter().all(Option::is_none) {
                 break;
             }
@@ -344,6 +350,7 @@ impl Worker {
             ops: 0,
             recv_pending: false,
             parsing: false,
+            send_wanted: false,
             eof: self.shutting_down,
             dead: false,
         };
@@ -811,9 +818,25 @@ impl Worker {
             return;
         }
         conn.sendq.push(msg);
-        self.submit_send(ci);
+        // Sent once this round of completions is processed, so that replies finishing
+        // together leave in one sendmsg (fewer, larger segments for both ends).
+        if !conn.send_wanted {
+            conn.send_wanted = true;
+            self.want_send.push(ci);
+        }
         // A slot was freed: a paused connection may read again.
         self.process_input_if_idle(ci);
+    }
+
+    fn flush_sends(&mut self) {
+        let mut want = std::mem::take(&mut self.want_send);
+        for ci in want.drain(..) {
+            let Some(conn) = self.conns[ci].as_mut() else { continue };
+            conn.send_wanted = false;
+            self.submit_send(ci);
+            self.maybe_close(ci);
+        }
+        self.want_send = want;
     }
 
     fn process_input_if_idle(&mut self, ci: usize) {
