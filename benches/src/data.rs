@@ -42,8 +42,9 @@ pub fn create_random_file(path: &Path, size: u64, seed: u64) -> Result<()> {
     Ok(())
 }
 
-/// Read all of `path` so that it sits in the page cache (the nbdcopy source, so that the
-/// write test measures the server and not the local disk).
+/// Read all of `path` so that it sits in the page cache: the nbdcopy source, so that the
+/// write test measures the server and not the local disk, and in cached mode the backing
+/// file, so that each test starts with the export cached.
 pub fn warm(path: &Path) -> Result<()> {
     let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut buf = vec![0u8; CHUNK];

@@ -23,7 +23,8 @@ pub struct Results {
     pub cells: BTreeMap<(Mode, Test, ServerKind), Cell>,
     /// iperf3 loopback TCP throughput, MB/s.
     pub ceiling: Option<f64>,
-    /// Whether the page cache could be dropped before each phase.
+    /// Whether the page cache could be dropped before each phase of direct mode (cached mode
+    /// warms it instead).
     pub cache_dropped: bool,
     pub commands: BTreeMap<(ServerKind, Mode), Vec<String>>,
     pub multi_conn: BTreeMap<(ServerKind, Mode), bool>,
@@ -47,9 +48,14 @@ impl Results {
         }
     }
 
-    /// The best peer (not gnbd) for a row: name and value.
-    pub fn best_peer(&self, mode: Mode, test: Test) -> Option<(ServerKind, f64)> {
-        let peers = self.servers.iter().filter(|&&s| s != ServerKind::Gnbd);
+    /// Whether `s` was seen with the backing file open with O_DIRECT while tested in `mode`.
+    fn used_o_direct(&self, s: ServerKind, mode: Mode) -> bool {
+        self.open_modes.get(&(s, mode)).is_some_and(|&(direct, _)| direct)
+    }
+
+    /// The best of the peers (not gnbd) that `include` accepts, for a row: name and value.
+    fn best_of(&self, mode: Mode, test: Test, include: impl Fn(ServerKind) -> bool) -> Option<(ServerKind, f64)> {
+        let peers = self.servers.iter().filter(|&&s| s != ServerKind::Gnbd && include(s));
         let vals = peers.filter_map(|&s| Some((s, self.value(mode, test, s)?)));
         if test.higher_is_better() {
             vals.max_by(|a, b| a.1.total_cmp(&b.1))
@@ -58,12 +64,37 @@ impl Results {
         }
     }
 
-    /// gnbd against the best peer; above 1 always means gnbd is better.
-    pub fn ratio(&self, mode: Mode, test: Test) -> Option<f64> {
+    /// The best peer (not gnbd) for a row: name and value.
+    pub fn best_peer(&self, mode: Mode, test: Test) -> Option<(ServerKind, f64)> {
+        self.best_of(mode, test, |_| true)
+    }
+
+    /// The best peer for a row among those seen using O_DIRECT on the backing file in this
+    /// run; none in cached mode, where O_DIRECT is not what is compared.
+    pub fn best_o_direct_peer(&self, mode: Mode, test: Test) -> Option<(ServerKind, f64)> {
+        if mode != Mode::Direct {
+            return None;
+        }
+        self.best_of(mode, test, |s| self.used_o_direct(s, mode))
+    }
+
+    /// gnbd against `best`; above 1 always means gnbd is better.
+    fn ratio_against(&self, mode: Mode, test: Test, best: Option<(ServerKind, f64)>) -> Option<f64> {
         let ours = self.value(mode, test, ServerKind::Gnbd)?;
-        let (_, best) = self.best_peer(mode, test)?;
+        let (_, best) = best?;
         let r = if test.higher_is_better() { ours / best } else { best / ours };
         r.is_finite().then_some(r)
+    }
+
+    /// gnbd against the best peer, whatever its I/O path; above 1 means gnbd is better.
+    pub fn ratio_any(&self, mode: Mode, test: Test) -> Option<f64> {
+        self.ratio_against(mode, test, self.best_peer(mode, test))
+    }
+
+    /// gnbd against the best peer seen using O_DIRECT (direct mode only); above 1 means gnbd
+    /// is better.
+    pub fn ratio_direct_peers(&self, mode: Mode, test: Test) -> Option<f64> {
+        self.ratio_against(mode, test, self.best_o_direct_peer(mode, test))
     }
 
     /// True if any measurement failed.
@@ -78,7 +109,7 @@ impl Results {
         for s in &self.servers {
             let _ = write!(hdr, " {:>10}", s.name());
         }
-        let _ = write!(hdr, "  {:<22} {:>6}", "best peer", "ratio");
+        let _ = write!(hdr, "  {:<22} {:>17}  {:<23}", "best peer", "ratio vs any peer", "ratio vs O_DIRECT peers");
         let _ = writeln!(out, "{hdr}\n{}", "-".repeat(hdr.len()));
         for &mode in &self.modes {
             for test in Test::ALL {
@@ -95,8 +126,13 @@ impl Results {
                     Some((s, v)) => format!("{} ({})", fmt_num(v), s.name()),
                     None => "-".into(),
                 };
-                let ratio = self.ratio(mode, test).map_or("-".into(), |r| format!("{r:.2}"));
-                let _ = writeln!(out, "  {best:<22} {ratio:>6}");
+                let ratio = self.ratio_any(mode, test).map_or("-".into(), |r| format!("{r:.2}"));
+                let direct = match (self.ratio_direct_peers(mode, test), self.best_o_direct_peer(mode, test)) {
+                    (Some(r), Some((s, _))) => format!("{r:.2} ({})", s.name()),
+                    _ => "-".into(),
+                };
+                let line = format!("  {best:<22} {ratio:>17}  {direct:<23}");
+                let _ = writeln!(out, "{}", line.trim_end());
             }
         }
         out.push('\n');
@@ -136,8 +172,13 @@ impl Results {
         let mut f = vec!["MB/s = 10^6 bytes/s. nbdcopy: the whole export, wall-clock time of the nbdcopy \
              process (write: local file already in the page cache -> nbd://; read: nbd:// -> \
              null:). fio: nbd engine, one connection; latency = mean total latency (lat_ns), \
-             lower is better. ratio = gnbd / best peer (latency: best peer / gnbd): above 1 \
-             means gnbd is better."
+             lower is better. Both ratios are gnbd / peer (latency: peer / gnbd), so above 1 \
+             means gnbd is better. \"ratio vs any peer\" is against the best peer of the row, \
+             whatever its I/O path. \"ratio vs O_DIRECT peers\" (direct mode only) is against \
+             the best peer seen with the backing file open with O_DIRECT during this run (see \
+             the O_DIRECT footnote), named in brackets: like for like with gnbd's O_DIRECT \
+             export, whereas peers without O_DIRECT serve from the page cache; \"-\" in cached \
+             mode and when no peer used O_DIRECT or its measurement failed."
             .to_owned()];
         let has = |k: ServerKind| self.servers.contains(&k);
         let setting = |mode: Mode| -> String {
@@ -164,19 +205,22 @@ impl Results {
             v.join(", ")
         };
         if self.modes.contains(&Mode::Direct) {
-            f.push(format!("direct: {}.", setting(Mode::Direct)));
+            let cold = if self.cache_dropped {
+                "the page cache was dropped (sync; echo 1 > /proc/sys/vm/drop_caches) before \
+                 each phase, so peers that read through it start cold"
+            } else {
+                "the page cache could NOT be dropped: each phase ran with whatever the previous \
+                 one left in the cache, which flatters peers that read through it"
+            };
+            f.push(format!("direct: {}; {cold}.", setting(Mode::Direct)));
         }
         if self.modes.contains(&Mode::Cached) {
-            let warm = if self.cache_dropped {
-                "the page cache was dropped (sync; echo 1 > /proc/sys/vm/drop_caches) before \
-                 each phase, so each test starts cold and warms up during its run"
-            } else {
-                "the page cache could NOT be dropped: tests ran with whatever the previous \
-                 phase left in the cache (warm)"
-            };
-            f.push(format!("cached: {}; {warm}.", setting(Mode::Cached)));
-        } else if !self.cache_dropped {
-            f.push("the page cache could not be dropped between phases.".to_owned());
+            f.push(format!(
+                "cached: {}; before each phase dirty pages were written back (sync) and the whole \
+                 backing file was read once, so each test starts with the export in the page \
+                 cache.",
+                setting(Mode::Cached)
+            ));
         }
         let mc: Vec<&str> = self
             .servers
@@ -259,6 +303,7 @@ impl Results {
                     }
                 }
                 let best = self.best_peer(mode, test);
+                let direct = self.best_o_direct_peer(mode, test);
                 rows.push(json!({
                     "mode": mode.name(),
                     "test": test.key(),
@@ -267,7 +312,11 @@ impl Results {
                     "values": values,
                     "errors": errors,
                     "best_peer": best.map(|(s, v)| json!({"server": s.name(), "value": v})),
-                    "ratio": self.ratio(mode, test),
+                    "best_o_direct_peer": direct.map(|(s, v)| json!({"server": s.name(), "value": v})),
+                    "ratio_any": self.ratio_any(mode, test),
+                    "ratio_direct_peers": self.ratio_direct_peers(mode, test),
+                    // Same as ratio_any; kept for readers of older files.
+                    "ratio": self.ratio_any(mode, test),
                 }));
             }
         }
@@ -295,10 +344,23 @@ impl Results {
                        "backing_open": od}),
             );
         }
+        let cache_prep: serde_json::Map<String, Value> = self
+            .modes
+            .iter()
+            .map(|&m| {
+                let how = match m {
+                    Mode::Direct if self.cache_dropped => "dropped",
+                    Mode::Direct => "could not be dropped",
+                    Mode::Cached => "written back, then warmed (whole backing file read)",
+                };
+                (m.name().to_owned(), json!(how))
+            })
+            .collect();
         json!({
             "config": self.config,
             "loopback_ceiling_mb_s": self.ceiling,
             "page_cache_dropped": self.cache_dropped,
+            "page_cache_before_each_phase": cache_prep,
             "load_average_1m": {"before": self.load_before, "after": self.load_after},
             "tool_versions": self.versions,
             "servers": servers,
@@ -333,16 +395,90 @@ mod tests {
         r
     }
 
+    /// The table line of a row.
+    fn row(table: &str, mode: Mode, test: Test) -> String {
+        let prefix = format!("{:<7} {:<22}", mode.name(), test.label());
+        table.lines().find(|l| l.starts_with(&prefix)).expect("row in the table").to_owned()
+    }
+
     #[test]
     fn ratio_above_one_means_we_are_better() {
         let r = results();
         // Throughput: ours 50 against the best peer 100.
         assert_eq!(r.best_peer(Mode::Direct, Test::SeqRead), Some((ServerKind::QemuNbd, 100.0)));
-        assert_eq!(r.ratio(Mode::Direct, Test::SeqRead), Some(0.5));
+        assert_eq!(r.ratio_any(Mode::Direct, Test::SeqRead), Some(0.5));
         // Latency: ours 50 us against the best peer's 80 us.
         assert_eq!(r.best_peer(Mode::Direct, Test::Latency), Some((ServerKind::Nbdkit, 80.0)));
-        assert_eq!(r.ratio(Mode::Direct, Test::Latency), Some(1.6));
+        assert_eq!(r.ratio_any(Mode::Direct, Test::Latency), Some(1.6));
         assert!(r.any_failed());
-        assert!(r.table().contains("FAIL"));
+        let t = r.table();
+        assert!(t.contains("FAIL"));
+        assert!(t.contains("ratio vs any peer") && t.contains("ratio vs O_DIRECT peers"));
+    }
+
+    #[test]
+    fn ratio_vs_o_direct_peers_leaves_out_page_cache_peers() {
+        let mut r = results();
+        r.open_modes.insert((ServerKind::Gnbd, Mode::Direct), (true, true));
+        r.open_modes.insert((ServerKind::QemuNbd, Mode::Direct), (true, false));
+        r.open_modes.insert((ServerKind::Nbdkit, Mode::Direct), (false, true));
+        r.open_modes.insert((ServerKind::NbdServer, Mode::Direct), (false, true));
+        // Throughput: qemu-nbd (O_DIRECT) is also the best peer overall.
+        assert_eq!(r.best_o_direct_peer(Mode::Direct, Test::SeqRead), Some((ServerKind::QemuNbd, 100.0)));
+        assert_eq!(r.ratio_direct_peers(Mode::Direct, Test::SeqRead), Some(0.5));
+        // Latency: nbdkit (80 us, page cache) is the best peer overall, qemu-nbd (100 us) the
+        // best O_DIRECT peer.
+        assert_eq!(r.ratio_any(Mode::Direct, Test::Latency), Some(1.6));
+        assert_eq!(r.best_o_direct_peer(Mode::Direct, Test::Latency), Some((ServerKind::QemuNbd, 100.0)));
+        assert_eq!(r.ratio_direct_peers(Mode::Direct, Test::Latency), Some(2.0));
+        let t = r.table();
+        assert!(row(&t, Mode::Direct, Test::Latency).ends_with(" 1.60  2.00 (qemu-nbd)"), "{t}");
+        // No measurement at all: no ratio.
+        assert_eq!(r.ratio_direct_peers(Mode::Direct, Test::RandRead), None);
+        assert!(row(&t, Mode::Direct, Test::RandRead).ends_with(" -  -"), "{t}");
+
+        let j = r.to_json();
+        let lat = j["results"]
+            .as_array()
+            .expect("results array")
+            .iter()
+            .find(|x| x["test"] == Test::Latency.key())
+            .expect("latency row")
+            .clone();
+        assert_eq!(lat["ratio_any"], json!(1.6));
+        assert_eq!(lat["ratio"], json!(1.6));
+        assert_eq!(lat["ratio_direct_peers"], json!(2.0));
+        assert_eq!(lat["best_o_direct_peer"]["server"], json!("qemu-nbd"));
+    }
+
+    #[test]
+    fn no_o_direct_peer_gives_no_second_ratio() {
+        // Only peers serving from the page cache were seen.
+        let mut r = results();
+        r.open_modes.insert((ServerKind::QemuNbd, Mode::Direct), (false, true));
+        r.open_modes.insert((ServerKind::Nbdkit, Mode::Direct), (false, true));
+        assert_eq!(r.ratio_any(Mode::Direct, Test::SeqRead), Some(0.5));
+        assert_eq!(r.ratio_direct_peers(Mode::Direct, Test::SeqRead), None);
+        let t = r.table();
+        assert!(row(&t, Mode::Direct, Test::SeqRead).ends_with(" 0.50  -"), "{t}");
+        let seq = r.to_json()["results"]
+            .as_array()
+            .expect("results array")
+            .iter()
+            .find(|x| x["test"] == Test::SeqRead.key())
+            .expect("seqread row")
+            .clone();
+        assert_eq!(seq["ratio_any"], json!(0.5));
+        assert_eq!(seq["ratio_direct_peers"], Value::Null);
+
+        // Cached mode: "-" even for a peer that used O_DIRECT.
+        let mut c = Results { modes: vec![Mode::Cached], servers: ServerKind::ALL.to_vec(), ..Default::default() };
+        for (s, v) in [(ServerKind::Gnbd, 50.0), (ServerKind::QemuNbd, 100.0)] {
+            c.cells.insert((Mode::Cached, Test::SeqRead, s), Cell::Value(v));
+        }
+        c.open_modes.insert((ServerKind::QemuNbd, Mode::Cached), (true, false));
+        assert_eq!(c.ratio_any(Mode::Cached, Test::SeqRead), Some(0.5));
+        assert_eq!(c.ratio_direct_peers(Mode::Cached, Test::SeqRead), None);
+        assert!(row(&c.table(), Mode::Cached, Test::SeqRead).ends_with(" 0.50  -"));
     }
 }

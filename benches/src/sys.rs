@@ -2,7 +2,8 @@
 //!
 //! Everything here is a thin, safe wrapper over one libc call: signal flags for a clean
 //! shutdown, child-reaping helpers (the bench is a subreaper so that a daemonizing peer such
-//! as nbd-server stays reapable), `statfs` to refuse tmpfs, and page-cache dropping.
+//! as nbd-server stays reapable), `statfs` to refuse tmpfs, and page-cache writeback and
+//! dropping.
 
 use std::ffi::CString;
 use std::io;
@@ -128,11 +129,16 @@ pub fn fs_info(path: &Path) -> io::Result<FsInfo> {
     Ok(FsInfo { is_tmpfs: magic == TMPFS_MAGIC || magic == RAMFS_MAGIC, avail_bytes: avail })
 }
 
+/// Write back every dirty page (`sync(2)`).
+pub fn sync() {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
 /// Write back dirty pages, then ask the kernel to drop the clean page cache
 /// (`echo 1 > /proc/sys/vm/drop_caches`). Dropping clean pages loses no data. Returns false
 /// when not permitted (not root, read-only /proc in a container).
 pub fn drop_page_cache() -> bool {
-    // SAFETY: sync takes no arguments and cannot fail.
-    unsafe { libc::sync() };
+    sync();
     std::fs::write("/proc/sys/vm/drop_caches", b"1\n").is_ok()
 }
