@@ -70,6 +70,8 @@ pub struct Ring {
     free: Vec<usize>,
     spare: Vec<(Vec<libc::iovec>, Box<libc::msghdr>)>,
     in_flight: usize,
+    /// Completions reaped early (to make room while submitting), handed out by `drain`.
+    backlog: Vec<Completion>,
 }
 
 impl std::fmt::Debug for Ring {
@@ -94,7 +96,7 @@ impl Ring {
             .setup_defer_taskrun()
             .build(entries)
             .or_else(|_| IoUring::builder().setup_cqsize(entries * 4).build(entries))?;
-        Ok(Self { ring, slots: Vec::new(), free: Vec::new(), spare: Vec::new(), in_flight: 0 })
+        Ok(Self { ring, slots: Vec::new(), free: Vec::new(), spare: Vec::new(), in_flight: 0, backlog: Vec::new() })
     }
 
     /// Operations submitted whose completion has not been drained yet.
@@ -126,11 +128,16 @@ impl Ring {
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
-            if let Err(e) = self.ring.submit() {
-                // EBUSY: the completion queue is full; the caller drains it on the next turn.
-                if e.raw_os_error() != Some(libc::EBUSY) {
-                    panic!("io_uring submit failed: {e}");
+            match self.ring.submit() {
+                Ok(_) => {}
+                // The completion queue is full: reap it to make room, keep the results.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    let mut backlog = std::mem::take(&mut self.backlog);
+                    self.reap(&mut backlog);
+                    self.backlog = backlog;
                 }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) => {}
+                Err(e) => panic!("io_uring submit failed: {e}"),
             }
         }
     }
@@ -299,6 +306,8 @@ impl Ring {
 
     /// Submits queued operations and waits until at least `want` completions are ready.
     pub fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
+        // Completions already reaped count: do not sleep while they wait to be handed out.
+        let want = if self.backlog.is_empty() { want } else { 0 };
         loop {
             match self.ring.submit_and_wait(want) {
                 Ok(_) => return Ok(()),
@@ -311,6 +320,11 @@ impl Ring {
 
     /// Moves every ready completion into `out`, handing back the resources of each.
     pub fn drain(&mut self, out: &mut Vec<Completion>) {
+        out.append(&mut self.backlog);
+        self.reap(out);
+    }
+
+    fn reap(&mut self, out: &mut Vec<Completion>) {
         let mut cq = self.ring.completion();
         cq.sync();
         for cqe in &mut cq {
