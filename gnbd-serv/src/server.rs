@@ -188,48 +188,47 @@ fn remove_stale_socket(p: &Path) -> anyhow::Result<()> {
     }
 }
 
-fn accept_tcp(l: TcpListener, sh: Arc<Shared>) {
+/// Accepts until the server stops; a failed accept (EMFILE, ...) is logged and retried.
+fn accept_loop<T>(sh: &Shared, what: &str, mut accept: impl FnMut() -> std::io::Result<T>, mut serve: impl FnMut(T)) {
     loop {
-        match l.accept() {
-            Ok((s, peer)) => {
-                if sh.stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                let _ = s.set_nodelay(true);
-                sys::set_keepalive(&s);
-                spawn_handshake(&sh, s, peer.to_string());
-            }
+        let r = accept();
+        if sh.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        match r {
+            Ok(c) => serve(c),
             Err(e) => {
-                if sh.stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                warn!(error = %e, "accept failed");
+                warn!(listener = what, error = %e, "accept failed");
                 thread::sleep(std::time::Duration::from_millis(50));
             }
         }
     }
 }
 
+fn accept_tcp(l: TcpListener, sh: Arc<Shared>) {
+    accept_loop(
+        &sh,
+        "tcp",
+        || l.accept(),
+        |(s, peer)| {
+            let _ = s.set_nodelay(true);
+            sys::set_keepalive(&s);
+            spawn_handshake(&sh, s, peer.to_string());
+        },
+    );
+}
+
 fn accept_unix(l: UnixListener, sh: Arc<Shared>) {
     let mut n = 0u64;
-    loop {
-        match l.accept() {
-            Ok((s, _)) => {
-                if sh.stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                n += 1;
-                spawn_handshake(&sh, s, format!("unix#{n}"));
-            }
-            Err(e) => {
-                if sh.stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                warn!(error = %e, "accept failed");
-                thread::sleep(std::time::Duration::from_millis(50));
-            }
-        }
-    }
+    accept_loop(
+        &sh,
+        "unix",
+        || l.accept(),
+        |(s, _)| {
+            n += 1;
+            spawn_handshake(&sh, s, format!("unix#{n}"));
+        },
+    );
 }
 
 /// A stream the handshake can run on and the data path can take over.
@@ -288,24 +287,15 @@ fn spawn_handshake<S: Socket>(sh: &Arc<Shared>, mut s: S, peer: String) {
 }
 
 fn control_loop(l: UnixListener, sh: Arc<Shared>) {
-    loop {
-        match l.accept() {
-            Ok((s, _)) => {
-                if sh.stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                let sh = sh.clone();
-                let _ = thread::Builder::new().name("gnbd-control-conn".into()).spawn(move || control_conn(s, &sh));
-            }
-            Err(e) => {
-                if sh.stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                warn!(error = %e, "control accept failed");
-                thread::sleep(std::time::Duration::from_millis(50));
-            }
-        }
-    }
+    accept_loop(
+        &sh,
+        "control",
+        || l.accept(),
+        |(s, _)| {
+            let sh = sh.clone();
+            let _ = thread::Builder::new().name("gnbd-control-conn".into()).spawn(move || control_conn(s, &sh));
+        },
+    );
 }
 
 fn control_conn(s: UnixStream, sh: &Shared) {
