@@ -50,36 +50,32 @@
 //!
 //! # Results
 //!
-//! 2026-11-22, workspace at 5c68f77, on a 2-vCPU VM (kernel 6.18, ext4 on a virtio disk),
-//! produced by `cargo build --release --workspace --bins && target/release/nbd-bench`
-//! (1 GiB, 10 s per fio job, about 9 minutes). Every server advertised multi-conn, so
-//! nbdcopy used several connections with each. nbd-server has no direct-I/O option and
-//! nbdkit's `cache=none` is not O_DIRECT, so in the direct rows only qemu-nbd is a
-//! like-for-like peer; the loopback "ceiling" (iperf3, one stream) was 3621 MB/s and is not
-//! a hard bound on this VM (nbdkit's cached sequential read exceeded it). That run predates
-//! the "ratio vs O_DIRECT peers" column and still dropped the page cache before the cached
-//! phases too (they now start warm).
+//! 2026-11-22, workspace at 0ef7709, on a 2-vCPU VM (kernel 6.18, ext4 on a virtio disk that
+//! the host caches), produced by `cargo build --release --workspace --bins &&
+//! target/release/nbd-bench` (1 GiB, 10 s per fio job, about 9 minutes; the load average
+//! reached 2.4 during the cached phases, as other builds shared the machine). Every server
+//! advertised multi-conn, so nbdcopy used several connections with each. Run-to-run variation
+//! on this VM is large (10-30% on a row is common): compare rows within one run only.
 //!
 //! ```text
-//! mode    test                   unit        gnbd nbd-server   qemu-nbd     nbdkit  best peer               ratio
-//! ---------------------------------------------------------------------------------------------------------------
-//! direct  nbdcopy write          MB/s        1817        528        856       1543  1543 (nbdkit)            1.18
-//! direct  nbdcopy read           MB/s        1171       1748        903       1955  1955 (nbdkit)            0.60
-//! direct  fio randread 4k qd32   IOPS       50143      40510      39535      31862  40510 (nbd-server)       1.24
-//! direct  fio randwrite 4k qd32  IOPS       33518      76022      24886      24411  76022 (nbd-server)       0.44
-//! direct  fio seqread 1M qd16    MB/s        1559       3266       1004       3403  3403 (nbdkit)            0.46
-//! direct  fio seqwrite 1M qd16   MB/s        3494       4783       2696       2940  4783 (nbd-server)        0.73
-//! direct  fio randread 4k qd1    us          90.6        123        147        160  123 (nbd-server)         1.35
-//! cached  nbdcopy write          MB/s         497        594        446        609  609 (nbdkit)             0.82
-//! cached  nbdcopy read           MB/s        1740       1884       1426       2295  2295 (nbdkit)            0.76
-//! cached  fio randread 4k qd32   IOPS       89365      38987      43944      77753  77753 (nbdkit)           1.15
-//! cached  fio randwrite 4k qd32  IOPS      103251      75856      38657      99831  99831 (nbdkit)           1.03
-//! cached  fio seqread 1M qd16    MB/s        3103       3204       2600       4551  4551 (nbdkit)            0.68
-//! cached  fio seqwrite 1M qd16   MB/s        5070       4731       3964       4617  4731 (nbd-server)        1.07
-//! cached  fio randread 4k qd1    us           102        136        150        118  118 (nbdkit)             1.16
+//! mode    test                   unit        gnbd nbd-server   qemu-nbd     nbdkit  best peer              ratio vs any peer  ratio vs O_DIRECT peers
+//! ---------------------------------------------------------------------------------------------------------------------------------------------------
+//! direct  nbdcopy write          MB/s        1594        402        714       1638  1638 (nbdkit)                       0.97  2.23 (qemu-nbd)
+//! direct  nbdcopy read           MB/s        1465       1183        907       1545  1545 (nbdkit)                       0.95  1.62 (qemu-nbd)
+//! direct  fio randread 4k qd32   IOPS       47709      24831      32117      32052  32117 (qemu-nbd)                    1.49  1.49 (qemu-nbd)
+//! direct  fio randwrite 4k qd32  IOPS       23339      71729      22123      23561  71729 (nbd-server)                  0.33  1.06 (qemu-nbd)
+//! direct  fio seqread 1M qd16    MB/s        1779       2694       1264       3703  3703 (nbdkit)                       0.48  1.41 (qemu-nbd)
+//! direct  fio seqwrite 1M qd16   MB/s        3764       3794       2708       2927  3794 (nbd-server)                   0.99  1.39 (qemu-nbd)
+//! direct  fio randread 4k qd1    us           120        174        186        141  141 (nbdkit)                        1.18  1.56 (qemu-nbd)
+//! cached  nbdcopy write          MB/s        2399       2173        901       2019  2173 (nbd-server)                   1.10  -
+//! cached  nbdcopy read           MB/s        2888       2352       2005       2843  2843 (nbdkit)                       1.02  -
+//! cached  fio randread 4k qd32   IOPS      104382      46442      65058      99821  99821 (nbdkit)                      1.05  -
+//! cached  fio randwrite 4k qd32  IOPS       32235      23555      29489      24007  29489 (qemu-nbd)                    1.09  -
+//! cached  fio seqread 1M qd16    MB/s        2825       2431       2680       3645  3645 (nbdkit)                       0.77  -
+//! cached  fio seqwrite 1M qd16   MB/s        4205       2877       3036       4436  4436 (nbdkit)                       0.95  -
+//! cached  fio randread 4k qd1    us          89.5       88.6       77.5       62.4  62.4 (nbdkit)                       0.70  -
 //!
-//! sequential read (fio 1M qd16) as a share of the loopback TCP ceiling (iperf3, 3621 MB/s): direct:
-//! gnbd 43% (best peer nbdkit 94%); cached: gnbd 86% (best peer nbdkit 126%)
+//! sequential read (fio 1M qd16) as a share of the loopback TCP ceiling (iperf3, 2881 MB/s): direct: gnbd 62% (best peer nbdkit 129%); cached: gnbd 98% (best peer nbdkit 127%)
 //! ```
 
 mod clients;
