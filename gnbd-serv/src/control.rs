@@ -27,6 +27,12 @@ pub enum ControlRequest {
     List,
     /// Server identity and listening addresses.
     Status,
+    /// Fence a node: persist the ban, cut its connections, wait until its I/O has stopped.
+    Fence { node: String },
+    /// Lift a node's ban.
+    Unfence { node: String },
+    /// List fenced nodes.
+    Bans,
 }
 
 /// One export as `gnbd_export -l` shows it.
@@ -56,6 +62,7 @@ pub enum ControlResponse {
     Error { message: String },
     Exports { exports: Vec<ExportStatus> },
     Status { pid: u32, version: String, listening: Vec<String> },
+    Bans { nodes: Vec<String> },
 }
 
 /// Failure to talk to the server.

@@ -2,9 +2,10 @@
 //! connected clients, and the [`Registry`] that the handshake, the control socket and the
 //! data path share.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tracing::warn;
 
+use crate::fence::NodeTable;
 use crate::sys;
 
 /// Largest READ or WRITE payload accepted, and the maximum block size advertised.
@@ -86,8 +88,12 @@ impl ExportSpec {
 pub struct ClientEntry {
     pub id: u64,
     pub peer: String,
+    /// Cluster node the client's address belongs to, if any.
+    pub node: Option<String>,
     /// Socket descriptor, owned by a worker thread; used only to shut the connection down.
     fd: RawFd,
+    /// Set when the node is fenced: the data path starts no more I/O for this connection.
+    fenced: Arc<AtomicBool>,
 }
 
 /// An open export.
@@ -179,13 +185,6 @@ impl Export {
         }
     }
 
-    /// Records a new connection; returns its id for [`Export::detach_client`].
-    pub fn attach_client(&self, peer: String, fd: RawFd) -> u64 {
-        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
-        self.clients.lock().expect("client list lock").push(ClientEntry { id, peer, fd });
-        id
-    }
-
     /// Forgets a connection. Must be called before its socket is closed.
     pub fn detach_client(&self, id: u64) {
         self.clients.lock().expect("client list lock").retain(|c| c.id != id);
@@ -226,11 +225,113 @@ pub struct Registry {
     /// Export served to clients that ask for the empty name.
     default_export: Option<String>,
     shutting_down: AtomicBool,
+    /// Client addresses of the cluster's nodes.
+    nodes: NodeTable,
+    /// Refuse clients whose address is not in the node table.
+    cluster_mode: bool,
+    /// Fenced nodes. Held for reading while a connection is attached, for writing while a
+    /// fence order marks connections: no connection slips between the two.
+    bans: RwLock<BTreeSet<String>>,
+}
+
+/// A connection handed to the data path: its id in the export's client list and its fence
+/// flag.
+#[derive(Debug)]
+pub struct Attached {
+    pub client_id: u64,
+    pub fenced: Arc<AtomicBool>,
 }
 
 impl Registry {
-    pub fn new(default_export: Option<String>) -> Self {
-        Self { default_export, ..Default::default() }
+    pub fn new(default_export: Option<String>, nodes: NodeTable, cluster_mode: bool, bans: BTreeSet<String>) -> Self {
+        Self { default_export, nodes, cluster_mode, bans: RwLock::new(bans), ..Default::default() }
+    }
+
+    /// The node a client address belongs to.
+    pub fn node_of(&self, addr: Option<IpAddr>) -> Option<String> {
+        addr.and_then(|a| self.nodes.node_of(a)).map(str::to_string)
+    }
+
+    /// Whether a client may open exports at all (cluster membership and fencing).
+    pub fn admit(&self, peer: &str, node: Option<&str>) -> Result<(), Refusal> {
+        match node {
+            Some(n) if self.bans.read().expect("bans lock").contains(n) => {
+                Err(Refusal::Policy(format!("node '{n}' is fenced from this server; it must be unfenced first")))
+            }
+            None if self.cluster_mode => {
+                Err(Refusal::Policy(format!("client {peer} is not a node of this cluster (see the node table)")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a connection that finished its handshake, unless its node was fenced meanwhile.
+    pub fn attach(&self, export: &Export, peer: String, node: Option<String>, fd: RawFd) -> Result<Attached, Refusal> {
+        let bans = self.bans.read().expect("bans lock");
+        if let Some(n) = &node {
+            if bans.contains(n) {
+                return Err(Refusal::Policy(format!("node '{n}' is fenced")));
+            }
+        }
+        let id = export.next_client.fetch_add(1, Ordering::Relaxed);
+        let fenced = Arc::new(AtomicBool::new(false));
+        export.clients.lock().expect("client list lock").push(ClientEntry {
+            id,
+            peer,
+            node,
+            fd,
+            fenced: fenced.clone(),
+        });
+        Ok(Attached { client_id: id, fenced })
+    }
+
+    /// Fences `node`: the ban is persisted by `persist` first (nothing changes if that fails),
+    /// then every connection of the node stops issuing I/O and is cut. Returns how many were
+    /// cut; they are gone once [`Registry::node_connections`] says 0.
+    pub fn fence<E>(&self, node: &str, persist: impl FnOnce(&BTreeSet<String>) -> Result<(), E>) -> Result<usize, E> {
+        let mut bans = self.bans.write().expect("bans lock");
+        let mut next = bans.clone();
+        next.insert(node.to_string());
+        persist(&next)?;
+        *bans = next;
+        let mut cut = 0;
+        for e in self.exports() {
+            for c in e.clients.lock().expect("client list lock").iter() {
+                if c.node.as_deref() == Some(node) {
+                    c.fenced.store(true, Ordering::SeqCst);
+                    sys::shutdown(c.fd, libc::SHUT_RDWR);
+                    cut += 1;
+                }
+            }
+        }
+        Ok(cut)
+    }
+
+    /// Lifts the ban on `node` (persisted by `persist` before it takes effect).
+    pub fn unfence<E>(&self, node: &str, persist: impl FnOnce(&BTreeSet<String>) -> Result<(), E>) -> Result<bool, E> {
+        let mut bans = self.bans.write().expect("bans lock");
+        if !bans.contains(node) {
+            return Ok(false);
+        }
+        let mut next = bans.clone();
+        next.remove(node);
+        persist(&next)?;
+        *bans = next;
+        Ok(true)
+    }
+
+    pub fn bans(&self) -> Vec<String> {
+        self.bans.read().expect("bans lock").iter().cloned().collect()
+    }
+
+    /// Connections of `node` still open (a cut connection stays until its I/O has finished).
+    pub fn node_connections(&self, node: &str) -> usize {
+        self.exports()
+            .iter()
+            .map(|e| {
+                e.clients.lock().expect("client list lock").iter().filter(|c| c.node.as_deref() == Some(node)).count()
+            })
+            .sum()
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Export>> {
@@ -308,16 +409,29 @@ impl Registry {
     }
 }
 
-impl ExportCatalog for Registry {
+/// The registry as one client sees it during its handshake: who it is decides what it gets.
+#[derive(Debug)]
+pub struct Session<'a> {
+    pub registry: &'a Registry,
+    pub peer: &'a str,
+    pub node: Option<&'a str>,
+}
+
+impl ExportCatalog for Session<'_> {
     fn lookup(&self, name: &str, _tls: bool) -> Result<ExportInfo, Refusal> {
-        if self.shutting_down.load(Ordering::SeqCst) {
+        if self.registry.shutting_down.load(Ordering::SeqCst) {
             return Err(Refusal::Shutdown);
         }
-        self.resolve(name).map(|e| e.info()).ok_or(Refusal::Unknown)
+        self.registry.admit(self.peer, self.node)?;
+        self.registry.resolve(name).map(|e| e.info()).ok_or(Refusal::Unknown)
     }
 
     fn list(&self, _tls: bool) -> Vec<ServerEntry> {
-        self.exports()
+        if self.registry.admit(self.peer, self.node).is_err() {
+            return Vec::new();
+        }
+        self.registry
+            .exports()
             .iter()
             .map(|e| ServerEntry { name: e.spec.name.clone(), description: e.spec.description.clone() })
             .collect()

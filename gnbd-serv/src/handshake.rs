@@ -4,10 +4,8 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use nbd_proto::{Negotiated, ServerConfig, ServerHandshake, ServerStatus};
+use nbd_proto::{ExportCatalog, Negotiated, ServerConfig, ServerHandshake, ServerStatus};
 use thiserror::Error;
-
-use crate::export::Registry;
 
 /// Time a client has to finish option haggling.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -33,7 +31,7 @@ pub enum HandshakeFailure {
 /// client already sent for the transmission phase.
 pub fn negotiate<S: Read + Write>(
     stream: &mut S,
-    registry: &Registry,
+    catalog: &dyn ExportCatalog,
     cfg: ServerConfig,
 ) -> Result<(Negotiated, Vec<u8>), HandshakeFailure> {
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
@@ -58,7 +56,7 @@ pub fn negotiate<S: Read + Write>(
             Err(e) => return Err(e.into()),
         };
         buf.extend_from_slice(&chunk[..n]);
-        let (used, status) = hs.feed(&buf, registry)?;
+        let (used, status) = hs.feed(&buf, catalog)?;
         buf.drain(..used);
         match status {
             ServerStatus::Continue => {}

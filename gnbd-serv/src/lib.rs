@@ -21,6 +21,8 @@
 //!     unix: None,
 //!     threads: 0,
 //!     default_export: None,
+//!     nodes: None,
+//!     cluster: false,
 //! };
 //! run(cfg, |line| println!("{line}")).unwrap();
 //! ```
@@ -28,6 +30,7 @@
 pub mod admin;
 pub mod control;
 mod export;
+pub mod fence;
 mod handshake;
 mod request;
 pub mod server;
@@ -35,7 +38,7 @@ pub mod state;
 mod sys;
 mod worker;
 
-pub use export::{Export, ExportError, ExportSpec, Registry, DIRECT_ALIGN, MAX_PAYLOAD, PREFERRED_BLOCK};
+pub use export::{Export, ExportError, ExportSpec, Registry, Session, DIRECT_ALIGN, MAX_PAYLOAD, PREFERRED_BLOCK};
 pub use handshake::{negotiate, HandshakeFailure, HANDSHAKE_TIMEOUT};
 pub use request::{validate, Limits, Refused};
 

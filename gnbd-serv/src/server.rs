@@ -16,7 +16,8 @@ use nbd_proto::ServerConfig;
 use tracing::{debug, error, info, warn};
 
 use crate::control::{ControlRequest, ControlResponse, ExportStatus, CONTROL_SOCKET};
-use crate::export::{Export, ExportSpec, Offline, Registry};
+use crate::export::{Export, ExportSpec, Offline, Registry, Session};
+use crate::fence::{self, NodeTable};
 use crate::handshake::{negotiate, HandshakeFailure, HANDSHAKE_TIMEOUT};
 use crate::state;
 use crate::sys;
@@ -40,6 +41,10 @@ pub struct ServeConfig {
     pub unix: Option<PathBuf>,
     pub threads: usize,
     pub default_export: Option<String>,
+    /// Node table: client addresses of the cluster's nodes (`NODE ADDRESS...` per line).
+    pub nodes: Option<PathBuf>,
+    /// Refuse clients whose address is not in the node table.
+    pub cluster: bool,
 }
 
 struct Shared {
@@ -62,7 +67,18 @@ pub fn run(cfg: ServeConfig, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
     let _lock = lock_state_dir(&cfg.state_dir)?;
 
-    let registry = Registry::new(cfg.default_export.clone());
+    let nodes = match &cfg.nodes {
+        Some(p) => NodeTable::load(p)?,
+        None => NodeTable::default(),
+    };
+    if cfg.cluster && nodes.is_empty() {
+        bail!("--cluster needs a node table (--nodes FILE) listing the nodes' addresses");
+    }
+    let bans = fence::load_bans(&cfg.state_dir)?;
+    if !bans.is_empty() {
+        warn!(nodes = ?bans, "fenced nodes from the state directory stay fenced until unfenced");
+    }
+    let registry = Registry::new(cfg.default_export.clone(), nodes, cfg.cluster, bans);
     for spec in state::load(&cfg.state_dir)? {
         let name = spec.name.clone();
         match Export::open(spec.clone()) {
@@ -213,7 +229,8 @@ fn accept_tcp(l: TcpListener, sh: Arc<Shared>) {
         |(s, peer)| {
             let _ = s.set_nodelay(true);
             sys::set_keepalive(&s);
-            spawn_handshake(&sh, s, peer.to_string());
+            let node = sh.registry.node_of(Some(peer.ip()));
+            spawn_handshake(&sh, s, peer.to_string(), node);
         },
     );
 }
@@ -226,7 +243,7 @@ fn accept_unix(l: UnixListener, sh: Arc<Shared>) {
         || l.accept(),
         |(s, _)| {
             n += 1;
-            spawn_handshake(&sh, s, format!("unix#{n}"));
+            spawn_handshake(&sh, s, format!("unix#{n}"), None);
         },
     );
 }
@@ -248,7 +265,7 @@ impl Socket for UnixStream {
     }
 }
 
-fn spawn_handshake<S: Socket>(sh: &Arc<Shared>, mut s: S, peer: String) {
+fn spawn_handshake<S: Socket>(sh: &Arc<Shared>, mut s: S, peer: String, node: Option<String>) {
     if sh.handshakes.fetch_add(1, Ordering::SeqCst) >= MAX_HANDSHAKES {
         sh.handshakes.fetch_sub(1, Ordering::SeqCst);
         warn!(peer = %peer, "too many handshakes in progress; connection closed");
@@ -260,7 +277,10 @@ fn spawn_handshake<S: Socket>(sh: &Arc<Shared>, mut s: S, peer: String) {
         let result = s
             .set_timeout(Some(HANDSHAKE_TIMEOUT))
             .map_err(HandshakeFailure::Io)
-            .and_then(|()| negotiate(&mut s, &sh.registry, ServerConfig::default()));
+            .and_then(|()| {
+                let session = Session { registry: &sh.registry, peer: &peer, node: node.as_deref() };
+                negotiate(&mut s, &session, ServerConfig::default())
+            });
         sh.handshakes.fetch_sub(1, Ordering::SeqCst);
         match result {
             Ok((negotiated, leftover)) => {
@@ -268,12 +288,26 @@ fn spawn_handshake<S: Socket>(sh: &Arc<Shared>, mut s: S, peer: String) {
                     warn!(peer = %peer, export = %negotiated.export.name, "export removed during the handshake");
                     return;
                 };
-                info!(peer = %peer, export = %export.spec.name, mode = ?negotiated.mode, "client connected");
                 // The data path waits as long as it must; only the handshake is timed.
                 let _ = s.set_timeout(None);
                 let sock: OwnedFd = s.into();
-                let client_id = export.attach_client(peer.clone(), sock.as_raw_fd());
-                sh.workers.dispatch(NewConn { sock, peer, export, negotiated, leftover, client_id });
+                let attached = match sh.registry.attach(&export, peer.clone(), node.clone(), sock.as_raw_fd()) {
+                    Ok(a) => a,
+                    Err(r) => {
+                        warn!(peer = %peer, refusal = ?r, "connection refused after its handshake (fenced meanwhile)");
+                        return;
+                    }
+                };
+                info!(peer = %peer, node = ?node, export = %export.spec.name, mode = ?negotiated.mode, "client connected");
+                sh.workers.dispatch(NewConn {
+                    sock,
+                    peer,
+                    export,
+                    negotiated,
+                    leftover,
+                    client_id: attached.client_id,
+                    fenced: attached.fenced,
+                });
             }
             Err(HandshakeFailure::Aborted) => debug!(peer = %peer, "client ended the handshake"),
             Err(HandshakeFailure::Vanished) => debug!(peer = %peer, "client left during the handshake"),
@@ -384,12 +418,62 @@ fn handle(req: ControlRequest, sh: &Shared) -> ControlResponse {
             exports.sort_by(|a, b| a.name.cmp(&b.name));
             ControlResponse::Exports { exports }
         }
+        ControlRequest::Fence { node } => fence_node(sh, &node),
+        ControlRequest::Unfence { node } => {
+            if let Err(why) = fence::valid_node_name(&node) {
+                return err(format!("bad node name '{node}': {why}"));
+            }
+            let _g = sh.state_lock.lock().expect("state lock");
+            match sh.registry.unfence(&node, |set| fence::save_bans(&sh.state_dir, set)) {
+                Ok(true) => {
+                    info!(node = %node, "node unfenced");
+                    ControlResponse::Ok { message: format!("unfenced node '{node}'") }
+                }
+                Ok(false) => ControlResponse::Ok { message: format!("node '{node}' was not fenced") },
+                Err(e) => err(format!("node '{node}' is still fenced: {e}")),
+            }
+        }
+        ControlRequest::Bans => ControlResponse::Bans { nodes: sh.registry.bans() },
         ControlRequest::Status => ControlResponse::Status {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").into(),
             listening: sh.listening.clone(),
         },
     }
+}
+
+/// How long a fence order waits for the node's connections to finish their I/O.
+const FENCE_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Carries out a fence order; the reply comes only when the node can no longer write.
+fn fence_node(sh: &Shared, node: &str) -> ControlResponse {
+    if let Err(why) = fence::valid_node_name(node) {
+        return ControlResponse::Error { message: format!("bad node name '{node}': {why}") };
+    }
+    let _g = sh.state_lock.lock().expect("state lock");
+    let cut = match sh.registry.fence(node, |set| fence::save_bans(&sh.state_dir, set)) {
+        Ok(n) => n,
+        Err(e) => return ControlResponse::Error { message: format!("node '{node}' NOT fenced: {e}") },
+    };
+    warn!(node = %node, connections = cut, "fencing node: ban persisted, connections cut");
+    let deadline = std::time::Instant::now() + FENCE_DRAIN;
+    loop {
+        let left = sh.registry.node_connections(node);
+        if left == 0 {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return ControlResponse::Error {
+                message: format!(
+                    "node '{node}' is banned, but {left} of its connection(s) still have I/O in flight after \
+                     {FENCE_DRAIN:?}; the fence is not complete"
+                ),
+            };
+        }
+        thread::sleep(std::time::Duration::from_millis(5));
+    }
+    info!(node = %node, connections = cut, "node fenced");
+    ControlResponse::Ok { message: format!("fenced node '{node}' ({cut} connection(s) cut)") }
 }
 
 /// Builds an export spec as `gnbd_export -e` does: absolute path, checked to exist.

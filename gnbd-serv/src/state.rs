@@ -52,13 +52,20 @@ pub fn load(dir: &Path) -> Result<Vec<ExportSpec>, StateError> {
 
 /// Replaces the state file atomically and durably.
 pub fn save(dir: &Path, exports: &[ExportSpec]) -> Result<(), StateError> {
-    let path = dir.join(STATE_FILE);
-    let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-    let werr = |source| StateError::Write { path: path.clone(), source };
     let text = serde_json::to_string_pretty(&StateFile { version: 1, exports: exports.to_vec() })
         .expect("export specs always serialise");
+    write_atomically(dir, STATE_FILE, text.as_bytes())
+}
+
+/// Writes `dir/name` so that a crash leaves either the old or the new content, and the new
+/// content is on stable storage when this returns: temporary file, fsync, rename, fsync of
+/// the directory.
+pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StateError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let werr = |source| StateError::Write { path: path.clone(), source };
     let mut f = File::create(&tmp).map_err(werr)?;
-    f.write_all(text.as_bytes()).map_err(werr)?;
+    f.write_all(bytes).map_err(werr)?;
     f.write_all(b"\n").map_err(werr)?;
     f.sync_all().map_err(werr)?;
     fs::rename(&tmp, &path).map_err(werr)?;

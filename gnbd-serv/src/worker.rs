@@ -31,6 +31,8 @@ pub struct NewConn {
     /// Bytes received after the handshake's last message (early requests).
     pub leftover: Vec<u8>,
     pub client_id: u64,
+    /// Set by a fence order: start no more I/O for this connection.
+    pub fenced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Messages to a worker.
@@ -160,6 +162,7 @@ struct Conn {
     peer: String,
     export: Arc<Export>,
     client_id: u64,
+    fenced: Arc<std::sync::atomic::AtomicBool>,
     limits: Limits,
     rbuf: Option<Vec<u8>>,
     rstart: usize,
@@ -336,6 +339,7 @@ impl Worker {
             },
             export: nc.export,
             client_id: nc.client_id,
+            fenced: nc.fenced,
             rbuf: Some(rbuf),
             rstart: 0,
             rend: nc.leftover.len(),
@@ -573,6 +577,13 @@ impl Worker {
     }
 
     fn start(&mut self, ci: usize, si: usize) {
+        let conn = self.conn(ci);
+        if conn.fenced.load(std::sync::atomic::Ordering::SeqCst) {
+            // The node is fenced: not one more byte of its I/O may reach the store.
+            let req = conn.slot(si).req;
+            self.finish_error(ci, si, &req, NBD_EPERM, "this node has been fenced");
+            return;
+        }
         let conn = self.conn(ci);
         let t = tag(ci, conn.gen, KIND_FILE, si);
         let cached = conn.export.spec.cached || !conn.export.direct_io();

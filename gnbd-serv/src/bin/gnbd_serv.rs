@@ -32,8 +32,16 @@ EXAMPLES
 FILES
     STATE_DIR/gnbd_serv.sock    control socket used by gnbd_export
     STATE_DIR/exports.json      persisted exports
+    STATE_DIR/bans.json         fenced nodes (persisted before a fence is acknowledged)
     STATE_DIR/gnbd_serv.pid     pid of the running server (locked while it runs)
     STATE_DIR/gnbd_serv.log     log of a daemonised server
+
+FENCING
+    With --nodes, each client connection belongs to the cluster node its address is listed
+    for. A fence order (control socket verb `fence`; the fence_gnbd agent) persists the ban,
+    cuts the node's connections, waits until their in-flight I/O is finished, and only then
+    answers: from that moment not one byte from the node reaches an export. The node's new
+    connections are refused (NBD_REP_ERR_POLICY) until it is unfenced, across restarts.
 
 SIGNALS
     SIGTERM, SIGINT   stop accepting, finish and answer in-flight requests, exit 0.
@@ -69,6 +77,14 @@ struct Args {
     /// there is exactly one).
     #[arg(long, value_name = "NAME")]
     default_export: Option<String>,
+    /// Node table: one line per cluster node, `NODE ADDRESS [ADDRESS...]` (the addresses
+    /// cluster.conf gives the node). Connections are attributed to nodes by address, which is
+    /// what fence orders act on.
+    #[arg(long, value_name = "FILE")]
+    nodes: Option<PathBuf>,
+    /// Cluster mode: refuse clients whose address is not in the node table.
+    #[arg(long, requires = "nodes")]
+    cluster: bool,
     /// More log output (-v: debug, -vv: trace); RUST_LOG overrides.
     #[arg(short, long, action = ArgAction::Count)]
     verbose: u8,
@@ -88,6 +104,8 @@ fn main() -> ExitCode {
         unix: args.unix.clone(),
         threads: args.threads,
         default_export: args.default_export.clone(),
+        nodes: args.nodes.as_ref().map(|p| gnbd_serv::state::absolute_dir(p)),
+        cluster: args.cluster,
     };
     if args.foreground {
         gnbd_serv::init_tracing(level);
