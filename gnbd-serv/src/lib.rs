@@ -23,15 +23,19 @@
 //!     default_export: None,
 //!     nodes: None,
 //!     cluster: false,
+//!     cluster_key: None,
+//!     control_port: 10810,
 //! };
 //! run(cfg, |line| println!("{line}")).unwrap();
 //! ```
 
 pub mod admin;
+pub mod agent;
 pub mod control;
 mod export;
 pub mod fence;
 mod handshake;
+pub mod netctl;
 mod request;
 pub mod server;
 pub mod state;

@@ -19,6 +19,7 @@ use crate::control::{ControlRequest, ControlResponse, ExportStatus, CONTROL_SOCK
 use crate::export::{Export, ExportSpec, Offline, Registry, Session};
 use crate::fence::{self, NodeTable};
 use crate::handshake::{negotiate, HandshakeFailure, HANDSHAKE_TIMEOUT};
+use crate::netctl::{self, ClusterKey};
 use crate::state;
 use crate::sys;
 use crate::worker::{NewConn, Workers};
@@ -45,6 +46,10 @@ pub struct ServeConfig {
     pub nodes: Option<PathBuf>,
     /// Refuse clients whose address is not in the node table.
     pub cluster: bool,
+    /// Shared cluster key: enables the network control channel for fence orders.
+    pub cluster_key: Option<PathBuf>,
+    /// Port of the network control channel (0: a free port, shown in the ready line).
+    pub control_port: u16,
 }
 
 struct Shared {
@@ -106,6 +111,16 @@ pub fn run(cfg: ServeConfig, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let netctl = match &cfg.cluster_key {
+        Some(path) => {
+            let key = Arc::new(ClusterKey::load(path)?);
+            let l = TcpListener::bind(SocketAddr::new(cfg.bind, cfg.control_port))
+                .with_context(|| format!("cannot listen for control orders on {}:{}", cfg.bind, cfg.control_port))?;
+            listening.push(format!("control={}", l.local_addr()?));
+            Some((l, key))
+        }
+        None => None,
+    };
     let control_path = cfg.state_dir.join(CONTROL_SOCKET);
     remove_stale_socket(&control_path)?;
     let control = UnixListener::bind(&control_path)
@@ -137,6 +152,11 @@ pub fn run(cfg: ServeConfig, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
         let sh = shared.clone();
         acceptors.push(thread::Builder::new().name("gnbd-accept-unix".into()).spawn(move || accept_unix(u, sh))?);
     }
+    let netctl_fd = netctl.as_ref().map(|(l, _)| l.as_raw_fd());
+    if let Some((l, key)) = netctl {
+        let sh = shared.clone();
+        acceptors.push(thread::Builder::new().name("gnbd-netctl".into()).spawn(move || netctl_loop(l, key, sh))?);
+    }
     let control_fd = control.as_raw_fd();
     {
         let sh = shared.clone();
@@ -158,7 +178,7 @@ pub fn run(cfg: ServeConfig, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
     }
     shared.stopping.store(true, Ordering::SeqCst);
     shared.registry.set_shutting_down();
-    for fd in [Some(tcp_fd), unix_fd, Some(control_fd)].into_iter().flatten() {
+    for fd in [Some(tcp_fd), unix_fd, Some(control_fd), netctl_fd].into_iter().flatten() {
         // Wakes the accept() calls; the listeners are closed when their threads end.
         sys::shutdown(fd, libc::SHUT_RDWR);
     }
@@ -328,6 +348,20 @@ fn control_loop(l: UnixListener, sh: Arc<Shared>) {
         |(s, _)| {
             let sh = sh.clone();
             let _ = thread::Builder::new().name("gnbd-control-conn".into()).spawn(move || control_conn(s, &sh));
+        },
+    );
+}
+
+fn netctl_loop(l: TcpListener, key: Arc<ClusterKey>, sh: Arc<Shared>) {
+    accept_loop(
+        &sh,
+        "netctl",
+        || l.accept(),
+        |(s, _)| {
+            let (sh, key) = (sh.clone(), key.clone());
+            let _ = thread::Builder::new().name("gnbd-netctl-conn".into()).spawn(move || {
+                netctl::serve(s, &key, |req| handle(req, &sh));
+            });
         },
     );
 }

@@ -27,6 +27,11 @@ pub fn serv_bin() -> PathBuf {
     bin("gnbd_serv")
 }
 
+/// Path of the `fence_gnbd` agent; panics with a hint when it has not been built.
+pub fn fence_gnbd_bin() -> PathBuf {
+    bin("fence_gnbd")
+}
+
 /// Path of the `gnbd_export` binary; panics with a hint when it has not been built.
 pub fn export_bin() -> PathBuf {
     bin("gnbd_export")

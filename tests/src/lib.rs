@@ -40,13 +40,14 @@
 #![forbid(unsafe_code)]
 
 mod bins;
+pub mod cluster;
 mod data;
 mod process;
 pub mod rawclient;
 mod server;
 mod tempdir;
 
-pub use bins::{bin_dir, export_bin, serv_bin};
+pub use bins::{bin_dir, export_bin, fence_gnbd_bin, serv_bin};
 pub use data::{checksum, file_checksum, fill_pattern, pattern, write_pattern_file, Hasher64};
 pub use process::{require_tool, run, run_timeout, OutputExt, DEFAULT_TIMEOUT};
 pub use server::{gnbd_export_cmd, Server, ServerBuilder, READY_TIMEOUT};

@@ -62,7 +62,7 @@ impl ServerBuilder {
             args.push("--unix".into());
             args.push(path.into());
         }
-        let mut server = Server { child: None, port: 0, unix, args, state_dir, log_path, dir };
+        let mut server = Server { child: None, port: 0, unix, control: None, args, state_dir, log_path, dir };
         server.spawn();
         server
     }
@@ -78,6 +78,8 @@ pub struct Server {
     child: Option<Child>,
     port: u16,
     unix: Option<PathBuf>,
+    /// The network control channel (`--cluster-key`), from ` control=ADDR` in the ready line.
+    control: Option<SocketAddr>,
     args: Vec<OsString>,
     state_dir: PathBuf,
     log_path: PathBuf,
@@ -150,6 +152,7 @@ impl Server {
                     self.fail_start(&format!("ready line `{line}` lacks ` unix=PATH` although --unix was given"));
                 }
                 self.port = port;
+                self.control = parse_control(&line);
             }
             None => self.fail_start(&format!(
                 "unexpected ready line `{line}`; expected \
@@ -179,6 +182,11 @@ impl Server {
     /// `nbd://127.0.0.1:PORT/NAME`.
     pub fn uri(&self, name: &str) -> String {
         format!("nbd://127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// The network control channel's address, when started with `--cluster-key`.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control
     }
 
     /// The Unix socket path, when started with [`ServerBuilder::unix_socket`].
@@ -289,7 +297,12 @@ impl Server {
     }
 }
 
-/// Parses `gnbd_serv: ready tcp=127.0.0.1:PORT[ unix=PATH]`.
+/// The ` control=ADDR` of a ready line, if any.
+fn parse_control(line: &str) -> Option<SocketAddr> {
+    line.split_whitespace().find_map(|t| t.strip_prefix("control=")?.parse().ok())
+}
+
+/// Parses `gnbd_serv: ready tcp=127.0.0.1:PORT[ unix=PATH][ control=ADDR]`.
 fn parse_ready(line: &str) -> Option<(u16, Option<PathBuf>)> {
     let rest = line.trim_end().strip_prefix("gnbd_serv: ready ")?;
     let mut port = None;
@@ -303,6 +316,8 @@ fn parse_ready(line: &str) -> Option<(u16, Option<PathBuf>)> {
             port = Some(addr.port());
         } else if let Some(path) = token.strip_prefix("unix=") {
             unix = Some(PathBuf::from(path));
+        } else if token.starts_with("control=") {
+            // The network control channel; see `parse_control`.
         } else {
             return None;
         }

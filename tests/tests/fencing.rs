@@ -3,79 +3,12 @@
 //! byte of its I/O can reach the export; the other keeps working; the ban refuses the fenced
 //! node's new connections, survives a restart, and an unfence lets it back.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gnbd_tests::rawclient::{opt_go, start_handshake, RawClient};
+use gnbd_tests::cluster::{control, open_from, writer, BLOCK, HALF, NODE1, NODE2};
 use gnbd_tests::Server;
-use socket2::{Domain, Socket, Type};
-
-const NODE1: &str = "127.0.0.2";
-const NODE2: &str = "127.0.0.3";
-const HALF: u64 = 8 << 20;
-const BLOCK: usize = 4096;
-
-/// One request to the server's control socket; returns the JSON reply.
-fn control(state_dir: &Path, request: &str) -> serde_json::Value {
-    let mut s = UnixStream::connect(state_dir.join("gnbd_serv.sock")).expect("control socket");
-    s.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
-    s.write_all(format!("{request}\n").as_bytes()).expect("send control request");
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).expect("control reply");
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad control reply {line:?}: {e}"))
-}
-
-/// A TCP connection to the server from a chosen loopback address.
-fn connect_from(src: &str, server: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    s.bind(&SocketAddr::new(src.parse().expect("address"), 0).into())?;
-    s.connect_timeout(&server.into(), Duration::from_secs(10))?;
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    Ok(s)
-}
-
-/// Opens the export from `src`: Ok(client), or Err(the handshake's error).
-fn open_from(src: &str, server: SocketAddr) -> std::io::Result<RawClient> {
-    let mut s = connect_from(src, server)?;
-    start_handshake(&mut s)?;
-    let (size, flags) = opt_go(&mut s, "disk")?;
-    Ok(RawClient::from_stream(s, size, flags))
-}
-
-/// Writes `fill` blocks over `[base, base + HALF)` round and round with 16 writes in flight
-/// until the connection fails or `stop` is set. Counts acknowledged writes.
-fn writer(mut c: RawClient, base: u64, fill: u8, acked: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
-    let data = vec![fill; BLOCK];
-    let blocks = HALF / BLOCK as u64;
-    let mut next = 0u64;
-    let mut in_flight = 0;
-    loop {
-        while in_flight < 16 && !stop.load(Ordering::SeqCst) {
-            let off = base + (next % blocks) * BLOCK as u64;
-            next += 1;
-            if c.send_write(off, &data, 0).is_err() {
-                return;
-            }
-            in_flight += 1;
-        }
-        if in_flight == 0 {
-            return;
-        }
-        match c.recv_reply() {
-            Ok(r) if r.error == 0 => {
-                acked.fetch_add(1, Ordering::SeqCst);
-                in_flight -= 1;
-            }
-            _ => return,
-        }
-    }
-}
 
 #[test]
 fn fenced_node_is_cut_off_before_the_order_is_acknowledged() {

@@ -42,6 +42,9 @@ FENCING
     cuts the node's connections, waits until their in-flight I/O is finished, and only then
     answers: from that moment not one byte from the node reaches an export. The node's new
     connections are refused (NBD_REP_ERR_POLICY) until it is unfenced, across restarts.
+    With --cluster-key, fence orders also arrive over TCP (--control-port, default 10810),
+    signed with the cluster key (HMAC-SHA256 over a per-connection challenge): fence_gnbd on
+    any node can fence. Unsigned or forged orders are refused and logged.
 
 SIGNALS
     SIGTERM, SIGINT   stop accepting, finish and answer in-flight requests, exit 0.
@@ -85,6 +88,14 @@ struct Args {
     /// Cluster mode: refuse clients whose address is not in the node table.
     #[arg(long, requires = "nodes")]
     cluster: bool,
+    /// Cluster key file (root-only, at least 32 random bytes, the same on every node): turns on
+    /// the network control channel, which accepts fence, unfence and ban-list orders signed
+    /// with this key (fence_gnbd) and refuses all others.
+    #[arg(long, value_name = "FILE")]
+    cluster_key: Option<PathBuf>,
+    /// TCP port of the network control channel (0: a free port, shown in the ready line).
+    #[arg(long, value_name = "PORT", default_value_t = gnbd_serv::netctl::DEFAULT_CONTROL_PORT)]
+    control_port: u16,
     /// More log output (-v: debug, -vv: trace); RUST_LOG overrides.
     #[arg(short, long, action = ArgAction::Count)]
     verbose: u8,
@@ -106,6 +117,8 @@ fn main() -> ExitCode {
         default_export: args.default_export.clone(),
         nodes: args.nodes.as_ref().map(|p| gnbd_serv::state::absolute_dir(p)),
         cluster: args.cluster,
+        cluster_key: args.cluster_key.as_ref().map(|p| gnbd_serv::state::absolute_dir(p)),
+        control_port: args.control_port,
     };
     if args.foreground {
         gnbd_serv::init_tracing(level);

@@ -1,0 +1,220 @@
+//! `fence_gnbd`: the fence agent for gnbd exports. It speaks the standard fence agent
+//! interface (key=value lines on stdin, `action=off|on|reboot|status|monitor|list|metadata`)
+//! and sends signed orders to every gnbd server named in `servers=` through their network
+//! control channel ([`crate::netctl`]).
+
+use std::path::PathBuf;
+
+use crate::control::{ControlRequest, ControlResponse};
+use crate::netctl::{self, ClusterKey, DEFAULT_CONTROL_PORT};
+
+/// Default location of the cluster key.
+pub const DEFAULT_KEY: &str = "/etc/cluster/gnbd.key";
+
+/// What the agent was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentArgs {
+    pub action: String,
+    pub node: Option<String>,
+    pub servers: Vec<String>,
+    pub key: PathBuf,
+}
+
+/// Parses the agent's stdin: `key=value` lines; `#` comments and unknown keys (fenced passes
+/// `agent=` and device attributes it does not know about) are ignored.
+pub fn parse(text: &str) -> Result<AgentArgs, String> {
+    let mut a = AgentArgs { action: "reboot".into(), node: None, servers: Vec::new(), key: DEFAULT_KEY.into() };
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(format!("line '{line}' is not key=value"));
+        };
+        let v = v.trim();
+        match k.trim() {
+            "action" | "option" => a.action = v.to_string(),
+            "nodename" | "port" | "plug" => a.node = Some(v.to_string()),
+            "servers" | "ipaddr" => a.servers = split_servers(v),
+            "cluster_key" | "key" => a.key = v.into(),
+            _ => {}
+        }
+    }
+    Ok(a)
+}
+
+fn split_servers(v: &str) -> Vec<String> {
+    v.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
+/// `HOST` or `HOST:PORT` (IPv6 literals in brackets) with the default control port added.
+pub fn control_addr(server: &str) -> String {
+    if server.starts_with('[') && server.contains("]:") {
+        return server.to_string();
+    }
+    match server.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.parse::<u16>().is_ok() => server.to_string(),
+        _ if server.contains(':') => format!("[{server}]:{DEFAULT_CONTROL_PORT}"),
+        _ => format!("{server}:{DEFAULT_CONTROL_PORT}"),
+    }
+}
+
+/// The agent's XML self-description (`action=metadata`).
+pub fn metadata() -> String {
+    format!(
+        r#"<?xml version="1.0" ?>
+<resource-agent name="fence_gnbd" shortdesc="Fence agent for gnbd exports">
+<longdesc>fence_gnbd cuts a cluster node off the gnbd servers' exports: each server persists a ban on the node, cuts its connections and answers only once none of the node's I/O can reach an export any more. The node's new connections are refused until it is unfenced (action=on). Orders are signed with the cluster key.</longdesc>
+<parameters>
+	<parameter name="action" unique="0" required="1">
+		<getopt mixed="-o, --action=[action]" />
+		<content type="string" default="reboot" />
+		<shortdesc lang="en">Fencing action (off and reboot fence, on unfences)</shortdesc>
+	</parameter>
+	<parameter name="nodename" unique="0" required="0">
+		<getopt mixed="-n, --nodename=[node]" />
+		<content type="string" />
+		<shortdesc lang="en">Cluster node to fence (as in the servers' node tables)</shortdesc>
+	</parameter>
+	<parameter name="servers" unique="0" required="1">
+		<getopt mixed="-s, --servers=[host[:port] ...]" />
+		<content type="string" />
+		<shortdesc lang="en">gnbd servers, space or comma separated (control port {DEFAULT_CONTROL_PORT} by default)</shortdesc>
+	</parameter>
+	<parameter name="cluster_key" unique="0" required="0">
+		<getopt mixed="-k, --cluster-key=[file]" />
+		<content type="string" default="{DEFAULT_KEY}" />
+		<shortdesc lang="en">File holding the cluster key shared with the servers</shortdesc>
+	</parameter>
+</parameters>
+<actions>
+	<action name="on" />
+	<action name="off" />
+	<action name="reboot" />
+	<action name="status" />
+	<action name="monitor" />
+	<action name="list" />
+	<action name="metadata" />
+</actions>
+</resource-agent>
+"#
+    )
+}
+
+/// Outcome of one agent run: exit status (0 success; for `status` 0 = on, 2 = off; 1 failure)
+/// and what to print on stdout and stderr.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the agent.
+pub fn run(a: &AgentArgs) -> Outcome {
+    let mut out = Outcome::default();
+    let fail = |out: &mut Outcome, msg: String| {
+        out.stderr.push_str(&format!("fence_gnbd: {msg}\n"));
+        out.code = 1;
+    };
+    if a.action == "metadata" {
+        out.stdout = metadata();
+        return out;
+    }
+    if a.servers.is_empty() {
+        fail(&mut out, "no servers given (servers=HOST[:PORT] ...)".into());
+        return out;
+    }
+    let key = match ClusterKey::load(&a.key) {
+        Ok(k) => k,
+        Err(e) => {
+            fail(&mut out, e.to_string());
+            return out;
+        }
+    };
+    let node = || a.node.clone().filter(|n| !n.is_empty());
+    let req = match a.action.as_str() {
+        "off" | "reboot" | "on" | "status" => {
+            let Some(node) = node() else {
+                fail(&mut out, format!("action={} needs nodename=", a.action));
+                return out;
+            };
+            match a.action.as_str() {
+                "on" => ControlRequest::Unfence { node },
+                "status" => ControlRequest::Bans,
+                _ => ControlRequest::Fence { node },
+            }
+        }
+        "monitor" | "list" => ControlRequest::Bans,
+        other => {
+            fail(&mut out, format!("unknown action '{other}' (off, on, reboot, status, monitor, list, metadata)"));
+            return out;
+        }
+    };
+    let mut fenced_anywhere = false;
+    let mut banned = std::collections::BTreeSet::new();
+    for server in &a.servers {
+        let addr = control_addr(server);
+        match netctl::call(&addr, &key, &req) {
+            Ok(ControlResponse::Ok { message }) => out.stderr.push_str(&format!("fence_gnbd: {server}: {message}\n")),
+            Ok(ControlResponse::Bans { nodes }) => {
+                if let Some(n) = node() {
+                    fenced_anywhere |= nodes.contains(&n);
+                }
+                banned.extend(nodes);
+            }
+            Ok(ControlResponse::Error { message }) => fail(&mut out, format!("{server}: {message}")),
+            Ok(other) => fail(&mut out, format!("{server}: unexpected reply {other:?}")),
+            Err(e) => fail(&mut out, format!("{server}: {e}")),
+        }
+    }
+    if out.code == 0 {
+        match a.action.as_str() {
+            "status" => {
+                out.stdout = if fenced_anywhere { "Status: OFF\n".into() } else { "Status: ON\n".into() };
+                out.code = if fenced_anywhere { 2 } else { 0 };
+            }
+            "list" => {
+                for n in banned {
+                    out.stdout.push_str(&format!("{n},fenced\n"));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stdin_follows_the_agent_interface() {
+        let a = parse("# from fenced\nagent=fence_gnbd\naction=off\nnodename=node2\nservers=srv1 srv2:9000, [::1]:7\nsomething=else\n").unwrap();
+        assert_eq!(a.action, "off");
+        assert_eq!(a.node.as_deref(), Some("node2"));
+        assert_eq!(a.servers, ["srv1", "srv2:9000", "[::1]:7"]);
+        assert_eq!(a.key, PathBuf::from(DEFAULT_KEY));
+        assert!(parse("garbage\n").is_err());
+        let b = parse("option=on\nport=n1\nipaddr=s\n").unwrap();
+        assert_eq!((b.action.as_str(), b.node.as_deref()), ("on", Some("n1")));
+    }
+
+    #[test]
+    fn control_addresses_get_the_default_port() {
+        assert_eq!(control_addr("srv1"), "srv1:10810");
+        assert_eq!(control_addr("srv1:9000"), "srv1:9000");
+        assert_eq!(control_addr("::1"), "[::1]:10810");
+        assert_eq!(control_addr("[::1]:7"), "[::1]:7");
+    }
+
+    #[test]
+    fn metadata_is_xml_naming_the_agent() {
+        assert!(metadata().contains(r#"<resource-agent name="fence_gnbd""#));
+        let out =
+            run(&AgentArgs { action: "metadata".into(), node: None, servers: vec![], key: "/nonexistent".into() });
+        assert_eq!(out.code, 0);
+    }
+}

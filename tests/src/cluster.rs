@@ -1,0 +1,78 @@
+//! Helpers for tests with several cluster nodes on one machine: clients bound to a node's
+//! loopback address, the server's control socket, and a pipelined writer.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Socket, Type};
+
+use crate::rawclient::{opt_go, start_handshake, RawClient};
+
+/// Loopback addresses playing two cluster nodes.
+pub const NODE1: &str = "127.0.0.2";
+pub const NODE2: &str = "127.0.0.3";
+/// Each node writes its own half of a `2 * HALF` export, in `BLOCK`s.
+pub const HALF: u64 = 8 << 20;
+pub const BLOCK: usize = 4096;
+
+/// One request to the server's control socket; returns the JSON reply.
+pub fn control(state_dir: &Path, request: &str) -> serde_json::Value {
+    let mut s = UnixStream::connect(state_dir.join("gnbd_serv.sock")).expect("control socket");
+    s.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    s.write_all(format!("{request}\n").as_bytes()).expect("send control request");
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).expect("control reply");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad control reply {line:?}: {e}"))
+}
+
+/// A TCP connection to the server from a chosen loopback address.
+pub fn connect_from(src: &str, server: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    s.bind(&SocketAddr::new(src.parse().expect("address"), 0).into())?;
+    s.connect_timeout(&server.into(), Duration::from_secs(10))?;
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok(s)
+}
+
+/// Opens the export from `src`: Ok(client), or Err(the handshake's error).
+pub fn open_from(src: &str, server: SocketAddr) -> std::io::Result<RawClient> {
+    let mut s = connect_from(src, server)?;
+    start_handshake(&mut s)?;
+    let (size, flags) = opt_go(&mut s, "disk")?;
+    Ok(RawClient::from_stream(s, size, flags))
+}
+
+/// Writes `fill` blocks over `[base, base + HALF)` round and round with 16 writes in flight
+/// until the connection fails or `stop` is set. Counts acknowledged writes.
+pub fn writer(mut c: RawClient, base: u64, fill: u8, acked: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
+    let data = vec![fill; BLOCK];
+    let blocks = HALF / BLOCK as u64;
+    let mut next = 0u64;
+    let mut in_flight = 0;
+    loop {
+        while in_flight < 16 && !stop.load(Ordering::SeqCst) {
+            let off = base + (next % blocks) * BLOCK as u64;
+            next += 1;
+            if c.send_write(off, &data, 0).is_err() {
+                return;
+            }
+            in_flight += 1;
+        }
+        if in_flight == 0 {
+            return;
+        }
+        match c.recv_reply() {
+            Ok(r) if r.error == 0 => {
+                acked.fetch_add(1, Ordering::SeqCst);
+                in_flight -= 1;
+            }
+            _ => return,
+        }
+    }
+}

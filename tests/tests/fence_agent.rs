@@ -1,0 +1,131 @@
+//! `fence_gnbd`, the fence agent, against a server with a cluster key: the standard agent
+//! interface on stdin fences a node over the network (and the node's writes stop before the
+//! agent returns), `status` reports it, `on` unfences; orders signed with another key, or not
+//! signed at all, are refused and change nothing.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gnbd_tests::cluster::{control, open_from, writer, HALF, NODE1, NODE2};
+use gnbd_tests::{fence_gnbd_bin, OutputExt, Server, TempDir};
+
+fn key_file(dir: &Path, name: &str, byte: u8) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, vec![byte; 64]).expect("key");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    p
+}
+
+/// Runs the agent with `input` on stdin (bounded in time).
+fn agent(input: &str) -> Output {
+    let mut child = Command::new(fence_gnbd_bin())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start fence_gnbd");
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("agent input");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("fence_gnbd did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("agent output")
+}
+
+#[test]
+fn fence_gnbd_fences_over_the_network_and_refuses_forged_orders() {
+    let dir = TempDir::new();
+    let nodes = dir.path().join("nodes");
+    std::fs::write(&nodes, format!("node1 {NODE1}\nnode2 {NODE2}\n")).expect("node table");
+    let key = key_file(dir.path(), "cluster.key", 0x5a);
+    let wrong = key_file(dir.path(), "wrong.key", 0x33);
+    let server = Server::builder()
+        .arg("--nodes")
+        .arg(&nodes)
+        .arg("--cluster-key")
+        .arg(&key)
+        .arg("--control-port")
+        .arg("0")
+        .start();
+    let ctl = server.control_addr().expect("ready line names the control channel");
+    let disk = server.path("disk.img");
+    std::fs::write(&disk, vec![0u8; 2 * HALF as usize]).expect("backing file");
+    server.export("disk", &disk, &[]);
+    let addr = server.addr();
+    let servers = format!("servers=127.0.0.1:{}", ctl.port());
+
+    // Metadata needs no server.
+    let meta = agent("action=metadata\n");
+    meta.assert_success("fence_gnbd metadata");
+    assert!(meta.stdout_str().contains(r#"<resource-agent name="fence_gnbd""#));
+
+    // Forged orders: another key through the agent, and a raw unsigned one.
+    let forged = agent(&format!("action=off\nnodename=node1\n{servers}\ncluster_key={}\n", wrong.display()));
+    assert_eq!(forged.status.code(), Some(1), "{}", forged.describe());
+    assert!(forged.stderr_str().contains("authentication failed"), "{}", forged.describe());
+    let mut raw = TcpStream::connect(ctl).expect("control channel");
+    raw.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut r = BufReader::new(raw.try_clone().expect("clone"));
+    let mut hello = String::new();
+    r.read_line(&mut hello).expect("challenge");
+    assert!(hello.contains("challenge"), "{hello}");
+    raw.write_all(b"{\"request\":\"{\\\"verb\\\":\\\"fence\\\",\\\"node\\\":\\\"node1\\\"}\",\"mac\":\"00\"}\n")
+        .expect("send");
+    let mut reply = String::new();
+    r.read_line(&mut reply).expect("reply");
+    assert!(reply.contains("authentication failed"), "{reply}");
+    assert_eq!(control(server.state_dir(), r#"{"verb":"bans"}"#)["nodes"], serde_json::json!([]));
+
+    // Two nodes write; fence node1 with the agent while they do.
+    let a = open_from(NODE1, addr).expect("node1 opens the export");
+    let b = open_from(NODE2, addr).expect("node2 opens the export");
+    let (acked_a, acked_b) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ta = {
+        let (n, s) = (acked_a.clone(), stop.clone());
+        std::thread::spawn(move || writer(a, 0, 0xaa, n, s))
+    };
+    let tb = {
+        let (n, s) = (acked_b.clone(), stop.clone());
+        std::thread::spawn(move || writer(b, HALF, 0xbb, n, s))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked_a.load(Ordering::SeqCst) < 100 || acked_b.load(Ordering::SeqCst) < 100 {
+        assert!(Instant::now() < deadline, "writers made no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let off =
+        agent(&format!("agent=fence_gnbd\naction=off\nnodename=node1\n{servers}\ncluster_key={}\n", key.display()));
+    off.assert_success("fence_gnbd action=off");
+    let at_return = std::fs::read(&disk).expect("backing file");
+    ta.join().expect("node1 writer");
+    let b_then = acked_b.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked_b.load(Ordering::SeqCst) < b_then + 100 {
+        assert!(Instant::now() < deadline, "node2 stopped after node1 was fenced");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::SeqCst);
+    tb.join().expect("node2 writer");
+    let later = std::fs::read(&disk).expect("backing file");
+    assert!(at_return[..HALF as usize] == later[..HALF as usize], "node1's writes landed after fence_gnbd returned");
+    assert!(open_from(NODE1, addr).is_err(), "fenced node1 must be refused");
+
+    let status = agent(&format!("action=status\nnodename=node1\n{servers}\ncluster_key={}\n", key.display()));
+    assert_eq!(status.status.code(), Some(2), "status of a fenced node: {}", status.describe());
+    let on = agent(&format!("action=on\nnodename=node1\n{servers}\ncluster_key={}\n", key.display()));
+    on.assert_success("fence_gnbd action=on");
+    let status = agent(&format!("action=status\nnodename=node1\n{servers}\ncluster_key={}\n", key.display()));
+    assert_eq!(status.status.code(), Some(0), "status after unfencing: {}", status.describe());
+    assert!(open_from(NODE1, addr).is_ok(), "node1 is back after action=on");
+}
