@@ -3,7 +3,7 @@
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 need=()
-for pair in nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd-bin qemu-img:qemu-utils \
+for pair in nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd-bin nbdsh:python3-libnbd qemu-img:qemu-utils \
             qemu-io:qemu-utils qemu-nbd:qemu-utils nbd-server:nbd-server nbd-client:nbd-client \
             nbdkit:nbdkit fio:fio fusermount3:fuse3 iperf3:iperf3 mkfs.ext4:e2fsprogs \
             losetup:mount; do
