@@ -750,7 +750,9 @@ impl Worker {
         let Phase::ZeroFill { end } = slot.phase else { unreachable!("zero fill phase") };
         let at = slot.req.offset + slot.done;
         let len = (end - at).min(ZERO_CHUNK as u64) as usize;
-        let fd = slot.fd;
+        let slot_fd = slot.fd;
+        // Through the page cache: the range need not be aligned for O_DIRECT.
+        let fd = conn.export.buffered.as_ref().map_or(slot_fd, |b| b.as_raw_fd());
         self.ring.write_shared(fd, zeroes, len, at, 0, t);
     }
 
