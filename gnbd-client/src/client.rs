@@ -213,6 +213,8 @@ struct SlotState {
     /// Set when reconnecting cannot help (fenced, export gone): every request fails with it.
     terminal: Option<ClientError>,
     closing: bool,
+    /// Connections re-established after a loss.
+    reconnects: u64,
 }
 
 /// One connection's shared state.
@@ -517,6 +519,7 @@ async fn reconnect(slot: &Slot, opts: &ClientOptions, backoff: &mut Duration) ->
             None => continue,
             Some(Ok(s)) => {
                 info!(slot = slot.id, addr = %opts.addr, export = %opts.export, "reconnected");
+                slot.lock().reconnects += 1;
                 *backoff = opts.reconnect_min;
                 return Some(s);
             }
@@ -537,6 +540,17 @@ async fn reconnect(slot: &Slot, opts: &ClientOptions, backoff: &mut Duration) ->
             }
         }
     }
+}
+
+/// The health of a client's connections (for `gnbd_import -l`).
+#[derive(Debug, Clone)]
+pub enum ConnectionState {
+    Connected,
+    /// At least one connection is down and being re-established.
+    Reconnecting,
+    /// The server refused this client for good (fenced, export gone); I/O fails.
+    Failed(ClientError),
+    Closed,
 }
 
 /// What the handshake of the first connection established.
@@ -621,7 +635,13 @@ impl Client {
         for (id, s) in sessions.into_iter().enumerate() {
             let slot = Arc::new(Slot {
                 id,
-                state: Mutex::new(SlotState { queue: VecDeque::new(), conn: None, terminal: None, closing: false }),
+                state: Mutex::new(SlotState {
+                    queue: VecDeque::new(),
+                    conn: None,
+                    terminal: None,
+                    closing: false,
+                    reconnects: 0,
+                }),
                 wake_writer: Notify::new(),
                 wake_manager: Notify::new(),
             });
@@ -644,6 +664,32 @@ impl Client {
     /// The options this client was connected with.
     pub fn options(&self) -> &ClientOptions {
         &self.inner.opts
+    }
+
+    /// The state of the connections: `Connected` when all are up, `Failed` when any has
+    /// failed for good, `Closed` after [`Client::close`], else `Reconnecting`.
+    pub fn state(&self) -> ConnectionState {
+        let mut all_up = true;
+        for slot in &self.inner.slots {
+            let st = slot.lock();
+            if let Some(e) = &st.terminal {
+                return ConnectionState::Failed(e.clone());
+            }
+            if st.closing {
+                return ConnectionState::Closed;
+            }
+            all_up &= st.conn.is_some();
+        }
+        if all_up {
+            ConnectionState::Connected
+        } else {
+            ConnectionState::Reconnecting
+        }
+    }
+
+    /// How many times a lost connection has been re-established.
+    pub fn reconnects(&self) -> u64 {
+        self.inner.slots.iter().map(|s| s.lock().reconnects).sum()
     }
 
     /// Export size in bytes.

@@ -45,7 +45,7 @@ mod client;
 pub mod conn;
 mod error;
 
-pub use client::{list_exports, Client, ClientOptions, ExportInfo};
+pub use client::{list_exports, Client, ClientOptions, ConnectionState, ExportInfo};
 pub use conn::{Conn, ConnError, Op, Reply, RequestFailed};
 pub use error::ClientError;
 pub use nbd_proto::{Extent, ReplyMode, ServerEntry};

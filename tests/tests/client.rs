@@ -2,7 +2,7 @@
 //! trips checked against the backing file, deep pipelining, request splitting, multi-conn,
 //! reconnection with resubmission across a SIGKILL of the server, and the I/O timeout.
 
-use gnbd_client::{Client, ClientError, ClientOptions};
+use gnbd_client::{Client, ClientError, ClientOptions, ConnectionState};
 use gnbd_tests::{fill_pattern, pattern, write_pattern_file, Server};
 use nbd_proto::consts::{NBD_FLAG_CAN_MULTI_CONN, NBD_STATE_HOLE};
 use std::collections::HashMap;
@@ -282,6 +282,8 @@ fn sigkill_during_writes_reconnects_and_resubmits() {
         let last = writer.await.expect("writer task");
         assert_eq!(last.len() as u64, blocks, "every block was written");
         c.flush().await.expect("flush after reconnect");
+        assert!(c.reconnects() >= 1, "the client reconnected after the SIGKILL");
+        assert!(matches!(c.state(), ConnectionState::Connected), "{:?}", c.state());
         for (&i, &s) in &last {
             let off = i * block as u64;
             assert_same(&read_file_range(&disk, off, block), &pattern(s, off, block), &format!("block {i}"));
@@ -315,6 +317,7 @@ fn io_timeout_fails_requests_when_the_server_stays_away() {
             Err(ClientError::TimedOut(_)) => {}
             other => panic!("expected TimedOut, got {other:?}"),
         }
+        assert!(matches!(c.state(), ConnectionState::Reconnecting), "{:?}", c.state());
         // Later requests time out too (the server is still away).
         let r = tokio::time::timeout(Duration::from_secs(60), c.flush()).await.expect("flush must not hang");
         assert!(matches!(r, Err(ClientError::TimedOut(_))), "{r:?}");
