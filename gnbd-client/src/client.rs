@@ -488,10 +488,15 @@ async fn manage(slot: Arc<Slot>, opts: Arc<ClientOptions>, first: Session) {
                     _ => format!("{end:?}"),
                 };
                 warn!(slot = slot.id, %reason, resubmit = tags.len(), "connection lost; reconnecting");
+                // A lost connection gives the server a whole timeout to come back; requests
+                // that stalled have already waited that long and fail unless it is back at once.
+                let stalled = matches!(end, End::Stalled);
                 let now = Instant::now();
                 let mut st = slot.lock();
                 for mut p in tags.into_iter().rev() {
-                    p.since = now;
+                    if !stalled {
+                        p.since = now;
+                    }
                     st.queue.push_front(p);
                 }
             }
@@ -511,6 +516,7 @@ async fn reconnect(slot: &Slot, opts: &ClientOptions, backoff: &mut Duration) ->
             slot.fail_queue(&ClientError::Closed);
             return None;
         }
+        slot.expire(io_timeout);
         let attempt = tokio::select! {
             r = open(opts) => Some(r),
             _ = slot.expire_loop(io_timeout) => None,
