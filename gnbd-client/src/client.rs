@@ -58,6 +58,10 @@ pub struct ClientOptions {
     /// First delay between reconnection attempts; doubles up to `reconnect_max`.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// Ask for structured replies (needed for block status and sparse reads). Default on.
+    pub structured_replies: bool,
+    /// Ask for extended headers (64-bit lengths) before structured replies. Default on.
+    pub extended_headers: bool,
 }
 
 impl ClientOptions {
@@ -71,6 +75,8 @@ impl ClientOptions {
             connect_timeout: Duration::from_secs(10),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            structured_replies: true,
+            extended_headers: true,
         }
     }
 
@@ -135,11 +141,17 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn negotiate<S>(mut s: S, export: &str) -> Result<(S, ClientNegotiated), ClientError>
+async fn negotiate<S>(mut s: S, opts: &ClientOptions) -> Result<(S, ClientNegotiated), ClientError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match handshake(&mut s, ClientConfig::open(export)).await? {
+    let cfg = ClientConfig {
+        structured: opts.structured_replies,
+        extended: opts.extended_headers,
+        base_allocation: opts.structured_replies || opts.extended_headers,
+        ..ClientConfig::open(opts.export.clone())
+    };
+    match handshake(&mut s, cfg).await? {
         ClientStatus::Done(neg) => Ok((s, neg)),
         other => Err(ClientError::Protocol(format!("unexpected end of the handshake: {other:?}"))),
     }
@@ -149,13 +161,13 @@ where
 async fn open(opts: &ClientOptions) -> Result<Session, ClientError> {
     let attempt = async {
         if let Some(path) = unix_path(&opts.addr) {
-            let (s, neg) = negotiate(UnixStream::connect(path).await?, &opts.export).await?;
+            let (s, neg) = negotiate(UnixStream::connect(path).await?, opts).await?;
             let (r, w) = s.into_split();
             Ok::<_, ClientError>(Session { r: Box::new(r), w: Box::new(w), neg })
         } else {
             let s = TcpStream::connect(&opts.addr).await?;
             s.set_nodelay(true)?;
-            let (s, neg) = negotiate(s, &opts.export).await?;
+            let (s, neg) = negotiate(s, opts).await?;
             let (r, w) = s.into_split();
             Ok(Session { r: Box::new(r), w: Box::new(w), neg })
         }

@@ -2,7 +2,7 @@
 //! trips checked against the backing file, deep pipelining, request splitting, multi-conn,
 //! reconnection with resubmission across a SIGKILL of the server, and the I/O timeout.
 
-use gnbd_client::{Client, ClientError, ClientOptions, ConnectionState};
+use gnbd_client::{Client, ClientError, ClientOptions, ConnectionState, ReplyMode};
 use gnbd_tests::{fill_pattern, pattern, write_pattern_file, Server};
 use nbd_proto::consts::{NBD_FLAG_CAN_MULTI_CONN, NBD_STATE_HOLE};
 use std::collections::HashMap;
@@ -58,12 +58,31 @@ fn assert_same(got: &[u8], want: &[u8], what: &str) {
 }
 
 #[test]
-fn round_trips_match_the_backing_file() {
+fn round_trips_with_extended_headers() {
+    round_trips(ReplyMode::Extended);
+}
+
+#[test]
+fn round_trips_with_structured_replies() {
+    round_trips(ReplyMode::Structured);
+}
+
+#[test]
+fn round_trips_with_simple_replies() {
+    round_trips(ReplyMode::Simple);
+}
+
+/// Every command, checked against the backing file, in one reply mode.
+fn round_trips(mode: ReplyMode) {
     let size = 16 * MIB;
     let (server, disk) = server_with_disk(size, Server::builder());
     bounded(async {
-        let c = Client::connect(opts(&server, "disk")).await.expect("connect");
+        let mut o = opts(&server, "disk");
+        o.extended_headers = mode == ReplyMode::Extended;
+        o.structured_replies = mode != ReplyMode::Simple;
+        let c = Client::connect(o).await.expect("connect");
         assert_eq!(c.size(), size);
+        assert_eq!(c.info().mode, mode, "negotiated reply mode");
 
         // Read: aligned and unaligned, checked against the pattern.
         for (off, len) in [(0u64, 4096usize), (12345, 100_000), (size - 1, 1), (3 * MIB, MIB as usize)] {
@@ -92,24 +111,29 @@ fn round_trips_match_the_backing_file() {
         c.trim(8 * MIB, 2 * MIB).await.expect("trim");
         c.flush().await.expect("flush");
         assert!(read_file_range(&disk, 8 * MIB, 2 * MIB as usize).iter().all(|&b| b == 0), "trimmed range");
-        let extents = c.block_status(0, size).await.expect("block status");
-        assert_eq!(extents.iter().map(|e| e.length).sum::<u64>(), size, "extents cover the export: {extents:?}");
-        assert_eq!(extents[0].flags & u64::from(NBD_STATE_HOLE), 0, "data at 0 is not a hole: {extents:?}");
-        let mut at = 0;
-        for e in &extents {
-            let (s, end) = (at, at + e.length);
-            if s < 10 * MIB && end > 8 * MIB {
-                assert_ne!(
-                    e.flags & u64::from(NBD_STATE_HOLE),
-                    0,
-                    "extent {s}..{end} in the trimmed range: {extents:?}"
-                );
+        if mode == ReplyMode::Simple {
+            let r = c.block_status(0, size).await;
+            assert!(matches!(r, Err(ClientError::Unsupported(_))), "block status without structured replies: {r:?}");
+        } else {
+            let extents = c.block_status(0, size).await.expect("block status");
+            assert_eq!(extents.iter().map(|e| e.length).sum::<u64>(), size, "extents cover the export: {extents:?}");
+            assert_eq!(extents[0].flags & u64::from(NBD_STATE_HOLE), 0, "data at 0 is not a hole: {extents:?}");
+            let mut at = 0;
+            for e in &extents {
+                let (s, end) = (at, at + e.length);
+                if s < 10 * MIB && end > 8 * MIB {
+                    assert_ne!(
+                        e.flags & u64::from(NBD_STATE_HOLE),
+                        0,
+                        "extent {s}..{end} in the trimmed range: {extents:?}"
+                    );
+                }
+                at = end;
             }
-            at = end;
+            // A block-status query inside the export is clipped to the asked range.
+            let part = c.block_status(8 * MIB + 4096, 4096).await.expect("block status");
+            assert_eq!(part.iter().map(|e| e.length).sum::<u64>(), 4096);
         }
-        // A block-status query inside the export is clipped to the asked range.
-        let part = c.block_status(8 * MIB + 4096, 4096).await.expect("block status");
-        assert_eq!(part.iter().map(|e| e.length).sum::<u64>(), 4096);
 
         // Past the end: refused locally with a clear error.
         assert!(matches!(c.read(size - 10, 20).await, Err(ClientError::Invalid(_))));
