@@ -227,6 +227,8 @@ struct SlotState {
     closing: bool,
     /// Connections re-established after a loss.
     reconnects: u64,
+    /// Requests sent again after a connection was lost before their reply.
+    resubmitted: u64,
 }
 
 /// One connection's shared state.
@@ -505,6 +507,7 @@ async fn manage(slot: Arc<Slot>, opts: Arc<ClientOptions>, first: Session) {
                 let stalled = matches!(end, End::Stalled);
                 let now = Instant::now();
                 let mut st = slot.lock();
+                st.resubmitted += tags.len() as u64;
                 for mut p in tags.into_iter().rev() {
                     if !stalled {
                         p.since = now;
@@ -659,6 +662,7 @@ impl Client {
                     terminal: None,
                     closing: false,
                     reconnects: 0,
+                    resubmitted: 0,
                 }),
                 wake_writer: Notify::new(),
                 wake_manager: Notify::new(),
@@ -708,6 +712,11 @@ impl Client {
     /// How many times a lost connection has been re-established.
     pub fn reconnects(&self) -> u64 {
         self.inner.slots.iter().map(|s| s.lock().reconnects).sum()
+    }
+
+    /// How many requests were sent again after losing their connection.
+    pub fn resubmitted(&self) -> u64 {
+        self.inner.slots.iter().map(|s| s.lock().resubmitted).sum()
     }
 
     /// Export size in bytes.

@@ -307,6 +307,7 @@ fn sigkill_during_writes_reconnects_and_resubmits() {
         assert_eq!(last.len() as u64, blocks, "every block was written");
         c.flush().await.expect("flush after reconnect");
         assert!(c.reconnects() >= 1, "the client reconnected after the SIGKILL");
+        eprintln!("reconnects: {}, requests resubmitted: {}", c.reconnects(), c.resubmitted());
         assert!(matches!(c.state(), ConnectionState::Connected), "{:?}", c.state());
         for (&i, &s) in &last {
             let off = i * block as u64;
