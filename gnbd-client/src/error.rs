@@ -69,9 +69,14 @@ impl ClientError {
         }
     }
 
-    /// Whether reconnecting cannot help: the server answered, and said no.
+    /// Whether reconnecting cannot help: the server answered, and said no. A server that is
+    /// shutting down (`NBD_REP_ERR_SHUTDOWN`) is expected back, so that refusal is not final.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, ClientError::Refused { .. } | ClientError::Fenced { .. } | ClientError::ExportGone { .. })
+        match self {
+            ClientError::Refused { kind, .. } => *kind != NBD_REP_ERR_SHUTDOWN,
+            ClientError::Fenced { .. } | ClientError::ExportGone { .. } => true,
+            _ => false,
+        }
     }
 
     /// The Linux errno a block device would report for this error (`EIO` for most).
@@ -98,5 +103,34 @@ impl ClientError {
 impl From<std::io::Error> for ClientError {
     fn from(e: std::io::Error) -> Self {
         ClientError::Io(Arc::new(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_refusals_map_to_distinct_errors() {
+        let refused = |kind| nbd_proto::ClientError::Refused { option: NBD_OPT_GO, kind, message: "why".into() };
+        let fenced = ClientError::from_handshake(refused(NBD_REP_ERR_POLICY));
+        assert!(matches!(&fenced, ClientError::Fenced { message } if message == "why"));
+        assert!(fenced.is_permanent());
+        assert!(matches!(ClientError::from_handshake(refused(NBD_REP_ERR_UNKNOWN)), ClientError::ExportGone { .. }));
+        let tls = ClientError::from_handshake(refused(NBD_REP_ERR_TLS_REQD));
+        assert!(matches!(tls, ClientError::Refused { kind: NBD_REP_ERR_TLS_REQD, .. }));
+        assert!(tls.is_permanent());
+        assert!(!ClientError::from_handshake(refused(NBD_REP_ERR_SHUTDOWN)).is_permanent());
+        let bad = ClientError::from_handshake(nbd_proto::ClientError::BadGreeting);
+        assert!(matches!(bad, ClientError::Protocol(_)));
+        assert!(!bad.is_permanent());
+        assert!(!ClientError::TimedOut(Duration::from_secs(1)).is_permanent());
+    }
+
+    #[test]
+    fn errnos_for_a_block_device() {
+        assert_eq!(ClientError::Server { errno: NBD_ENOSPC, message: String::new() }.errno(), 28);
+        assert_eq!(ClientError::TimedOut(Duration::from_secs(1)).errno(), 5);
+        assert_eq!(ClientError::Fenced { message: String::new() }.errno(), 1);
     }
 }

@@ -348,3 +348,37 @@ fn io_timeout_fails_requests_when_the_server_stays_away() {
         assert!(matches!(r, Err(ClientError::TimedOut(_))), "{r:?}");
     });
 }
+
+#[test]
+fn requests_wait_through_a_graceful_restart() {
+    let (mut server, disk) = server_with_disk(4 * MIB, Server::builder().unix_socket());
+    let sock = server.unix_socket().expect("unix socket").display().to_string();
+    bounded(async move {
+        let c = Client::connect(ClientOptions::new(sock, "disk")).await.expect("connect");
+        c.write(0, &pattern(3, 0, 4096), false).await.expect("write before the stop");
+        let mut server = tokio::task::spawn_blocking(move || {
+            server.stop();
+            server
+        })
+        .await
+        .expect("stop");
+        // Issued while the server is down (no I/O timeout: it waits).
+        let pending = {
+            let c = c.clone();
+            tokio::spawn(async move { c.write(8192, &pattern(4, 8192, 4096), true).await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!pending.is_finished(), "the write cannot finish while the server is down");
+        let server = tokio::task::spawn_blocking(move || {
+            server.restart();
+            server
+        })
+        .await
+        .expect("restart");
+        pending.await.expect("task").expect("write after the restart");
+        assert_same(&read_file_range(&disk, 8192, 4096), &pattern(4, 8192, 4096), "FUA write after restart");
+        assert_same(&c.read(0, 4096).await.expect("read"), &pattern(3, 0, 4096), "write before the stop");
+        c.close().await;
+        drop(server);
+    });
+}
