@@ -235,6 +235,9 @@ struct SlotState {
 #[derive(Debug)]
 struct Slot {
     id: usize,
+    /// Export size and flags from the first handshake; a reconnect that finds others warns.
+    size: u64,
+    flags: u16,
     state: Mutex<SlotState>,
     wake_writer: Notify,
     wake_manager: Notify,
@@ -459,6 +462,16 @@ async fn manage(slot: Arc<Slot>, opts: Arc<ClientOptions>, first: Session) {
                 None => return,
             },
         };
+        if s.neg.size != slot.size || s.neg.flags != slot.flags {
+            warn!(
+                slot = slot.id,
+                size = s.neg.size,
+                was = slot.size,
+                flags = s.neg.flags,
+                was_flags = slot.flags,
+                "the export changed size or flags across a reconnect; requests keep the first limits"
+            );
+        }
         slot.lock().conn = Some(Conn::new(s.neg.mode));
         let mut wt = tokio::spawn(writer(slot.clone(), s.w));
         let mut rt = tokio::spawn(reader(slot.clone(), s.r, io_timeout));
@@ -656,6 +669,8 @@ impl Client {
         for (id, s) in sessions.into_iter().enumerate() {
             let slot = Arc::new(Slot {
                 id,
+                size: info.size,
+                flags: info.flags,
                 state: Mutex::new(SlotState {
                     queue: VecDeque::new(),
                     conn: None,

@@ -18,6 +18,11 @@
 //! - [`ClientError`]: refused, fenced (`NBD_REP_ERR_POLICY`), export gone, timed out,
 //!   protocol violation, I/O, and per-request server errors.
 //!
+//! Not yet done (see issue 3): TLS (STARTTLS), honouring a minimum block size above 1 by
+//! read-modify-write, `NBD_CMD_RESIZE` and size changes across reconnects (they are logged,
+//! and requests keep the limits of the first handshake), `NBD_CMD_CACHE`. A fenced client
+//! (or one whose export is gone) fails every request from then on; re-connect to resume.
+//!
 //! # Example
 //!
 //! ```no_run
