@@ -515,8 +515,9 @@ async fn manage(slot: Arc<Slot>, opts: Arc<ClientOptions>, first: Session) {
                     _ => format!("{end:?}"),
                 };
                 warn!(slot = slot.id, %reason, resubmit = tags.len(), "connection lost; reconnecting");
-                // A lost connection gives the server a whole timeout to come back; requests
-                // that stalled have already waited that long and fail unless it is back at once.
+                // A lost connection gives the server a whole timeout to come back. After a
+                // stall, requests keep their age: those that waited a whole timeout fail before
+                // the next connection attempt, younger ones are resubmitted.
                 let stalled = matches!(end, End::Stalled);
                 let now = Instant::now();
                 let mut st = slot.lock();
