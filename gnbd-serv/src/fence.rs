@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::state::{write_atomically, StateError};
+use crate::state::{read_json, write_atomically, StateError};
 
 /// File in the state directory holding the fenced nodes.
 pub const BANS_FILE: &str = "bans.json";
@@ -107,18 +107,7 @@ struct BansFile {
 
 /// Loads the fenced nodes of a state directory (none when the file does not exist yet).
 pub fn load_bans(dir: &Path) -> Result<BTreeSet<String>, StateError> {
-    let path = dir.join(BANS_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
-        Err(source) => return Err(StateError::Read { path, source }),
-    };
-    let f: BansFile =
-        serde_json::from_str(&text).map_err(|source| StateError::Corrupt { path: path.clone(), source })?;
-    if f.version != 1 {
-        return Err(StateError::Version { path, version: f.version });
-    }
-    Ok(f.nodes)
+    Ok(read_json::<BansFile>(dir, BANS_FILE, |f| f.version)?.map_or_else(BTreeSet::new, |f| f.nodes))
 }
 
 /// Replaces the bans file atomically and durably (fsync of file and directory).

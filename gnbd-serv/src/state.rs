@@ -36,18 +36,27 @@ pub enum StateError {
 
 /// Loads the exports of a state directory (none when there is no state file yet).
 pub fn load(dir: &Path) -> Result<Vec<ExportSpec>, StateError> {
-    let path = dir.join(STATE_FILE);
+    Ok(read_json::<StateFile>(dir, STATE_FILE, |f| f.version)?.map_or_else(Vec::new, |f| f.exports))
+}
+
+/// Reads a versioned JSON file of the state directory: `None` when it does not exist yet,
+/// an error naming the file when it is unreadable, corrupt or of an unknown version.
+pub fn read_json<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+    version: impl Fn(&T) -> u32,
+) -> Result<Option<T>, StateError> {
+    let path = dir.join(name);
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(StateError::Read { path, source }),
     };
-    let state: StateFile =
-        serde_json::from_str(&text).map_err(|source| StateError::Corrupt { path: path.clone(), source })?;
-    if state.version != 1 {
-        return Err(StateError::Version { path, version: state.version });
+    let value: T = serde_json::from_str(&text).map_err(|source| StateError::Corrupt { path: path.clone(), source })?;
+    match version(&value) {
+        1 => Ok(Some(value)),
+        v => Err(StateError::Version { path, version: v }),
     }
-    Ok(state.exports)
 }
 
 /// Replaces the state file atomically and durably.

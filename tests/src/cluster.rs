@@ -76,3 +76,60 @@ pub fn writer(mut c: RawClient, base: u64, fill: u8, acked: Arc<AtomicU64>, stop
         }
     }
 }
+
+/// node1 writing `0xaa` over `[0, HALF)` and node2 writing `0xbb` over `[HALF, 2*HALF)`,
+/// each 16 deep, from their own addresses.
+#[derive(Debug)]
+pub struct TwoWriters {
+    acked: [Arc<AtomicU64>; 2],
+    stop: Arc<AtomicBool>,
+    threads: [Option<std::thread::JoinHandle<()>>; 2],
+}
+
+impl TwoWriters {
+    /// Opens the export `disk` from both nodes, starts writing, and returns once each node
+    /// has had `warmup` writes acknowledged.
+    pub fn start(server: SocketAddr, warmup: u64) -> TwoWriters {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))];
+        let mut threads = [None, None];
+        for (i, (src, fill)) in [(NODE1, 0xaa), (NODE2, 0xbb)].into_iter().enumerate() {
+            let c = open_from(src, server).unwrap_or_else(|e| panic!("node{} opens the export: {e}", i + 1));
+            let (n, s) = (acked[i].clone(), stop.clone());
+            threads[i] = Some(std::thread::spawn(move || writer(c, i as u64 * HALF, fill, n, s)));
+        }
+        let w = TwoWriters { acked, stop, threads };
+        w.wait_more(0, warmup, "node1 writes");
+        w.wait_more(1, warmup, "node2 writes");
+        w
+    }
+
+    /// Writes of node `i` (0 or 1) acknowledged so far.
+    pub fn acked(&self, i: usize) -> u64 {
+        self.acked[i].load(Ordering::SeqCst)
+    }
+
+    /// Waits (at most 20 s) until node `i` has `n` more writes acknowledged.
+    pub fn wait_more(&self, i: usize, n: u64, what: &str) {
+        let target = self.acked(i) + n;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.acked(i) < target {
+            assert!(std::time::Instant::now() < deadline, "{what}: no progress within 20 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for node `i`'s writer to end (it ends when its connection is cut).
+    pub fn join(&mut self, i: usize) {
+        if let Some(t) = self.threads[i].take() {
+            t.join().expect("writer thread");
+        }
+    }
+
+    /// Stops both writers and waits for them.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.join(0);
+        self.join(1);
+    }
+}

@@ -8,11 +8,9 @@ use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gnbd_tests::cluster::{control, open_from, writer, HALF, NODE1, NODE2};
+use gnbd_tests::cluster::{control, open_from, TwoWriters, HALF, NODE1, NODE2};
 use gnbd_tests::{fence_gnbd_bin, OutputExt, Server, TempDir};
 
 fn key_file(dir: &Path, name: &str, byte: u8) -> std::path::PathBuf {
@@ -87,36 +85,14 @@ fn fence_gnbd_fences_over_the_network_and_refuses_forged_orders() {
     assert_eq!(control(server.state_dir(), r#"{"verb":"bans"}"#)["nodes"], serde_json::json!([]));
 
     // Two nodes write; fence node1 with the agent while they do.
-    let a = open_from(NODE1, addr).expect("node1 opens the export");
-    let b = open_from(NODE2, addr).expect("node2 opens the export");
-    let (acked_a, acked_b) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let stop = Arc::new(AtomicBool::new(false));
-    let ta = {
-        let (n, s) = (acked_a.clone(), stop.clone());
-        std::thread::spawn(move || writer(a, 0, 0xaa, n, s))
-    };
-    let tb = {
-        let (n, s) = (acked_b.clone(), stop.clone());
-        std::thread::spawn(move || writer(b, HALF, 0xbb, n, s))
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while acked_a.load(Ordering::SeqCst) < 100 || acked_b.load(Ordering::SeqCst) < 100 {
-        assert!(Instant::now() < deadline, "writers made no progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut writers = TwoWriters::start(addr, 100);
     let off =
         agent(&format!("agent=fence_gnbd\naction=off\nnodename=node1\n{servers}\ncluster_key={}\n", key.display()));
     off.assert_success("fence_gnbd action=off");
     let at_return = std::fs::read(&disk).expect("backing file");
-    ta.join().expect("node1 writer");
-    let b_then = acked_b.load(Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while acked_b.load(Ordering::SeqCst) < b_then + 100 {
-        assert!(Instant::now() < deadline, "node2 stopped after node1 was fenced");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    stop.store(true, Ordering::SeqCst);
-    tb.join().expect("node2 writer");
+    writers.join(0);
+    writers.wait_more(1, 100, "node2 after node1 was fenced");
+    writers.stop();
     let later = std::fs::read(&disk).expect("backing file");
     assert!(at_return[..HALF as usize] == later[..HALF as usize], "node1's writes landed after fence_gnbd returned");
     assert!(open_from(NODE1, addr).is_err(), "fenced node1 must be refused");

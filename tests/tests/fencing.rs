@@ -3,11 +3,7 @@
 //! byte of its I/O can reach the export; the other keeps working; the ban refuses the fenced
 //! node's new connections, survives a restart, and an unfence lets it back.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use gnbd_tests::cluster::{control, open_from, writer, BLOCK, HALF, NODE1, NODE2};
+use gnbd_tests::cluster::{control, open_from, TwoWriters, BLOCK, HALF, NODE1, NODE2};
 use gnbd_tests::Server;
 
 #[test]
@@ -21,35 +17,14 @@ fn fenced_node_is_cut_off_before_the_order_is_acknowledged() {
     server.export("disk", &disk, &[]);
     let addr = server.addr();
 
-    let a = open_from(NODE1, addr).expect("node1 opens the export");
-    let b = open_from(NODE2, addr).expect("node2 opens the export");
-    let (acked_a, acked_b) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let stop = Arc::new(AtomicBool::new(false));
-    let ta = {
-        let (n, s) = (acked_a.clone(), stop.clone());
-        std::thread::spawn(move || writer(a, 0, 0xaa, n, s))
-    };
-    let tb = {
-        let (n, s) = (acked_b.clone(), stop.clone());
-        std::thread::spawn(move || writer(b, HALF, 0xbb, n, s))
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while acked_a.load(Ordering::SeqCst) < 200 || acked_b.load(Ordering::SeqCst) < 200 {
-        assert!(Instant::now() < deadline, "writers made no progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut writers = TwoWriters::start(addr, 200);
 
     let reply = control(server.state_dir(), r#"{"verb":"fence","node":"node1"}"#);
     assert_eq!(reply["reply"], "ok", "fence order: {reply}");
     // From the acknowledgement on, node1's half of the export must not change.
     let at_ack = std::fs::read(&disk).expect("read backing file");
-    let b_at_fence = acked_b.load(Ordering::SeqCst);
-    ta.join().expect("node1 writer");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while acked_b.load(Ordering::SeqCst) < b_at_fence + 200 {
-        assert!(Instant::now() < deadline, "node2 stopped making progress after node1 was fenced");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    writers.join(0);
+    writers.wait_more(1, 200, "node2 after node1 was fenced");
     let later = std::fs::read(&disk).expect("read backing file");
     assert!(
         at_ack[..HALF as usize] == later[..HALF as usize],
@@ -66,8 +41,7 @@ fn fenced_node_is_cut_off_before_the_order_is_acknowledged() {
         "{refused}"
     );
 
-    stop.store(true, Ordering::SeqCst);
-    tb.join().expect("node2 writer");
+    writers.stop();
 
     // The ban survives a crash of the server.
     server.restart();
