@@ -226,11 +226,7 @@ impl<T> Conn<T> {
                     self.header(hdr, done)?;
                 }
                 Rx::SimpleData { cookie, pos, remaining } => {
-                    let n = input.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
-                    let e = self.entry(cookie)?;
-                    e.data[pos..pos + n].copy_from_slice(&input[..n]);
-                    e.covered += n as u64;
-                    *input = &input[n..];
+                    let n = self.copy_data(cookie, pos, remaining, input)?;
                     let remaining = remaining - n as u64;
                     if remaining == 0 {
                         self.rx = Rx::Header;
@@ -253,11 +249,7 @@ impl<T> Conn<T> {
                     self.rx = Rx::Data { cookie, flags, pos, remaining: data_len };
                 }
                 Rx::Data { cookie, flags, pos, remaining } => {
-                    let n = input.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
-                    let e = self.entry(cookie)?;
-                    e.data[pos..pos + n].copy_from_slice(&input[..n]);
-                    e.covered += n as u64;
-                    *input = &input[n..];
+                    let n = self.copy_data(cookie, pos, remaining, input)?;
                     let remaining = remaining - n as u64;
                     if remaining == 0 {
                         self.rx = Rx::Header;
@@ -301,6 +293,17 @@ impl<T> Conn<T> {
 
     fn entry(&mut self, cookie: u64) -> Result<&mut Entry<T>, ConnError> {
         self.inflight.get_mut(&cookie).ok_or(ConnError::UnknownCookie { cookie })
+    }
+
+    /// Copies the next read data bytes (at most `remaining`) from `input` into the buffer of
+    /// `cookie` at `pos`, consuming them; returns how many were copied.
+    fn copy_data(&mut self, cookie: u64, pos: usize, remaining: u64, input: &mut &[u8]) -> Result<usize, ConnError> {
+        let n = input.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        let e = self.entry(cookie)?;
+        e.data[pos..pos + n].copy_from_slice(&input[..n]);
+        e.covered += n as u64;
+        *input = &input[n..];
+        Ok(n)
     }
 
     /// Checks that `offset+length` lies inside the read `cookie`; returns the buffer position.

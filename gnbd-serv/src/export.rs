@@ -255,9 +255,7 @@ impl Registry {
     /// Whether a client may open exports at all (cluster membership and fencing).
     pub fn admit(&self, peer: &str, node: Option<&str>) -> Result<(), Refusal> {
         match node {
-            Some(n) if self.bans.read().expect("bans lock").contains(n) => {
-                Err(Refusal::Policy(format!("node '{n}' is fenced from this server; it must be unfenced first")))
-            }
+            Some(n) => fenced(&self.bans.read().expect("bans lock"), n),
             None if self.cluster_mode => {
                 Err(Refusal::Policy(format!("client {peer} is not a node of this cluster (see the node table)")))
             }
@@ -269,9 +267,7 @@ impl Registry {
     pub fn attach(&self, export: &Export, peer: String, node: Option<String>, fd: RawFd) -> Result<Attached, Refusal> {
         let bans = self.bans.read().expect("bans lock");
         if let Some(n) = &node {
-            if bans.contains(n) {
-                return Err(Refusal::Policy(format!("node '{n}' is fenced")));
-            }
+            fenced(&bans, n)?;
         }
         let id = export.next_client.fetch_add(1, Ordering::Relaxed);
         let fenced = Arc::new(AtomicBool::new(false));
@@ -407,6 +403,14 @@ impl Registry {
     pub fn set_shutting_down(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
+}
+
+/// Refuses a node that is in the ban set.
+fn fenced(bans: &BTreeSet<String>, node: &str) -> Result<(), Refusal> {
+    if bans.contains(node) {
+        return Err(Refusal::Policy(format!("node '{node}' is fenced from this server; it must be unfenced first")));
+    }
+    Ok(())
 }
 
 /// The registry as one client sees it during its handshake: who it is decides what it gets.
