@@ -1,0 +1,2 @@
+//! cluster (skeleton; being built).
+#![forbid(unsafe_code)]

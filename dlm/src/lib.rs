@@ -1,0 +1,2 @@
+//! dlm (skeleton; being built).
+#![forbid(unsafe_code)]

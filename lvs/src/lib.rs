@@ -1,0 +1,2 @@
+//! lvs (skeleton; being built).
+#![forbid(unsafe_code)]
