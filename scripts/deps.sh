@@ -6,10 +6,15 @@ need=()
 for pair in nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd-bin nbdsh:python3-libnbd qemu-img:qemu-utils \
             qemu-io:qemu-utils qemu-nbd:qemu-utils nbd-server:nbd-server nbd-client:nbd-client \
             nbdkit:nbdkit fio:fio fusermount3:fuse3 iperf3:iperf3 mkfs.ext4:e2fsprogs \
-            losetup:mount; do
+            losetup:mount corosync:corosync corosync-quorumtool:corosync pkg-config:pkg-config; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
+# Corosync client libraries the cluster crate links against (rust-corosync).
+for lib in cpg cfg cmap quorum votequorum; do
+  [ -e "/usr/lib/$(uname -m)-linux-gnu/lib$lib.so" ] || need+=("lib$lib-dev")
+done
+[ -e /usr/include/corosync/corotypes.h ] || need+=(libcorosync-common-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "deps: installing ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -1,0 +1,1377 @@
+//! `cluster.conf`: the model of the classic RHCS XML schema (the subset this suite uses), its
+//! parser and validator, and a writer ([`ClusterConf::to_xml`]) that the parser reads back.
+//!
+//! Parsing never stops at the first problem: [`parse`] returns every error it finds, each
+//! naming the element (with its line), the attribute and the problem, so an operator can fix a
+//! file in one pass. Unknown elements and attributes are errors, never silently ignored.
+//! Fence device and fence method device elements are the exception by design: their extra
+//! attributes are the agent's options and are passed to the agent as `key=value` lines.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// Largest cluster.conf accepted, in bytes.
+pub const MAX_CONF_BYTES: usize = 4 << 20;
+/// Largest node id corosync accepts in a nodelist.
+pub const MAX_NODEID: u32 = 0x7fff_ffff;
+
+/// A parsed and validated cluster.conf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConf {
+    /// `<cluster name>`: the cluster name (also corosync's `totem.cluster_name`).
+    pub name: String,
+    /// `<cluster config_version>`: increases with every change.
+    pub config_version: u64,
+    /// `<cman>`: quorum settings.
+    pub cman: Cman,
+    /// `<totem>`: corosync protocol settings.
+    pub totem: Totem,
+    /// `<fence_daemon>`: fenced delays.
+    pub fence_daemon: FenceDaemon,
+    /// `<clusternodes>`, in file order.
+    pub nodes: Vec<ClusterNode>,
+    /// `<fencedevices>`, in file order.
+    pub fence_devices: Vec<FenceDevice>,
+    /// `<rm>`: the service manager's configuration, if present.
+    pub rm: Option<Rm>,
+}
+
+/// `<cman expected_votes two_node>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cman {
+    /// Expected votes; `None` means the sum of all nodes' votes.
+    pub expected_votes: Option<u32>,
+    /// Two-node mode: either node alone is quorate (needs exactly two nodes of one vote).
+    pub two_node: bool,
+}
+
+/// `<totem token>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totem {
+    /// Token timeout in milliseconds (corosync's `token`); `None` means corosync's default.
+    pub token_ms: Option<u32>,
+}
+
+/// `<fence_daemon post_fail_delay post_join_delay>` (both in seconds, as in RHCS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceDaemon {
+    /// Seconds to wait after a member fails before fencing it (it may come back).
+    pub post_fail_delay_s: u32,
+    /// Seconds to wait after the domain forms before fencing members that have not joined.
+    pub post_join_delay_s: u32,
+}
+
+impl Default for FenceDaemon {
+    fn default() -> Self {
+        FenceDaemon { post_fail_delay_s: 0, post_join_delay_s: 6 }
+    }
+}
+
+/// `<clusternode name nodeid votes>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNode {
+    /// Node name, unique in the cluster.
+    pub name: String,
+    /// Node id, unique, 1..=0x7fffffff.
+    pub nodeid: u32,
+    /// Votes this node contributes to quorum (default 1).
+    pub votes: u32,
+    /// Address of the node's first corosync link; `None` means the name is resolved.
+    pub addr: Option<String>,
+    /// `<altname name>`: addresses of further corosync links, in order.
+    pub altnames: Vec<String>,
+    /// `<fence><method>`: fence methods, tried in order.
+    pub fence: Vec<FenceMethod>,
+}
+
+impl ClusterNode {
+    /// The address corosync uses for this node's first link.
+    pub fn ring0_addr(&self) -> &str {
+        self.addr.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// `<method name>`: a fence method succeeds when every one of its devices succeeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceMethod {
+    /// Method name (for logs).
+    pub name: String,
+    /// `<device name ...>`: devices, all of which must succeed.
+    pub devices: Vec<DeviceRef>,
+}
+
+/// `<device name ...attributes>` inside a fence method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRef {
+    /// Name of a `<fencedevice>`.
+    pub name: String,
+    /// Per-node agent options (`port`, `nodename`, ...).
+    pub options: BTreeMap<String, String>,
+}
+
+/// `<fencedevice name agent ...attributes>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceDevice {
+    /// Device name, unique.
+    pub name: String,
+    /// Agent program: found on PATH or in the agent directory.
+    pub agent: String,
+    /// Agent options shared by every node.
+    pub options: BTreeMap<String, String>,
+}
+
+/// `<rm>`: failover domains, resources and services.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rm {
+    /// `<failoverdomains>`.
+    pub failover_domains: Vec<FailoverDomain>,
+    /// `<resources>`: shared resource definitions, referenced from services by `ref`.
+    pub resources: Vec<Resource>,
+    /// `<service>` elements.
+    pub services: Vec<Service>,
+}
+
+/// `<failoverdomain name ordered restricted nofailback>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverDomain {
+    /// Domain name, unique.
+    pub name: String,
+    /// Nodes are preferred by priority (1 is highest).
+    pub ordered: bool,
+    /// Services may run only on the domain's nodes.
+    pub restricted: bool,
+    /// A service does not move back when a more preferred node returns.
+    pub nofailback: bool,
+    /// `<failoverdomainnode name priority>`.
+    pub nodes: Vec<DomainNode>,
+}
+
+/// `<failoverdomainnode name priority>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainNode {
+    /// A clusternode name.
+    pub name: String,
+    /// Priority, 1 (highest) to 100 (default 1).
+    pub priority: u32,
+}
+
+/// The resource types the service manager knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResourceKind {
+    /// `<ip address monitor_link>`: a floating IP address (keyed by `address`).
+    Ip,
+    /// `<script name file>`: an init-style script.
+    Script,
+    /// `<fs name device mountpoint fstype options force_unmount>`: a local filesystem.
+    Fs,
+    /// `<clusterfs name device mountpoint fstype options>`: a cluster filesystem.
+    ClusterFs,
+    /// `<nfsexport name>`.
+    NfsExport,
+    /// `<nfsclient name target options>`.
+    NfsClient,
+}
+
+impl ResourceKind {
+    /// All kinds.
+    pub const ALL: [ResourceKind; 6] = [
+        ResourceKind::Ip,
+        ResourceKind::Script,
+        ResourceKind::Fs,
+        ResourceKind::ClusterFs,
+        ResourceKind::NfsExport,
+        ResourceKind::NfsClient,
+    ];
+
+    /// The element name.
+    pub fn tag(self) -> &'static str {
+        match self {
+            ResourceKind::Ip => "ip",
+            ResourceKind::Script => "script",
+            ResourceKind::Fs => "fs",
+            ResourceKind::ClusterFs => "clusterfs",
+            ResourceKind::NfsExport => "nfsexport",
+            ResourceKind::NfsClient => "nfsclient",
+        }
+    }
+
+    /// Parses an element name.
+    pub fn from_tag(tag: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.tag() == tag)
+    }
+
+    /// The attribute naming the resource (`address` for ip, `name` otherwise).
+    pub fn key_attr(self) -> &'static str {
+        match self {
+            ResourceKind::Ip => "address",
+            _ => "name",
+        }
+    }
+
+    /// Attributes that must be present in a full definition (besides the key).
+    pub fn required(self) -> &'static [&'static str] {
+        match self {
+            ResourceKind::Ip | ResourceKind::NfsExport => &[],
+            ResourceKind::Script => &["file"],
+            ResourceKind::Fs | ResourceKind::ClusterFs => &["device", "mountpoint"],
+            ResourceKind::NfsClient => &["target"],
+        }
+    }
+
+    /// Every attribute a definition may carry (besides the key).
+    pub fn allowed(self) -> &'static [&'static str] {
+        match self {
+            ResourceKind::Ip => &["monitor_link", "sleeptime"],
+            ResourceKind::Script => &["file"],
+            ResourceKind::Fs => &["device", "mountpoint", "fstype", "options", "force_unmount", "self_fence"],
+            ResourceKind::ClusterFs => &["device", "mountpoint", "fstype", "options", "force_unmount"],
+            ResourceKind::NfsExport => &[],
+            ResourceKind::NfsClient => &["target", "options"],
+        }
+    }
+}
+
+/// A resource definition: kind, key (address or name) and its attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    /// Resource type.
+    pub kind: ResourceKind,
+    /// The key attribute's value (`address` for ip, `name` otherwise).
+    pub key: String,
+    /// The other attributes.
+    pub attrs: BTreeMap<String, String>,
+}
+
+/// A resource inside a service: a reference to `<resources>` or an inline definition, with
+/// child resources started after it and stopped before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceResource {
+    /// Resource type.
+    pub kind: ResourceKind,
+    /// `Ref(key)` for `<ip ref="..."/>`, `Inline(def)` for a full definition.
+    pub def: ResourceDef,
+    /// Nested resources.
+    pub children: Vec<ServiceResource>,
+}
+
+/// How a service names its resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceDef {
+    /// `ref="KEY"`: a resource of the same kind defined in `<resources>`.
+    Ref(String),
+    /// A full definition in place.
+    Inline(Resource),
+}
+
+/// Recovery policy of a service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Recovery {
+    /// Restart in place, then relocate.
+    #[default]
+    Restart,
+    /// Move to another node.
+    Relocate,
+    /// Stop and leave disabled.
+    Disable,
+}
+
+impl Recovery {
+    /// The attribute value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Recovery::Restart => "restart",
+            Recovery::Relocate => "relocate",
+            Recovery::Disable => "disable",
+        }
+    }
+}
+
+/// `<service name domain autostart exclusive recovery>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// Service name, unique.
+    pub name: String,
+    /// Failover domain name.
+    pub domain: Option<String>,
+    /// Start when the cluster forms (default true).
+    pub autostart: bool,
+    /// Run only on a node running no other service.
+    pub exclusive: bool,
+    /// Recovery policy.
+    pub recovery: Recovery,
+    /// Top-level resources.
+    pub resources: Vec<ServiceResource>,
+}
+
+impl ClusterConf {
+    /// Total votes of all configured nodes.
+    pub fn total_votes(&self) -> u32 {
+        self.nodes.iter().map(|n| n.votes).fold(0u32, u32::saturating_add)
+    }
+
+    /// Expected votes: `<cman expected_votes>` or the sum of all votes.
+    pub fn expected_votes(&self) -> u32 {
+        self.cman.expected_votes.unwrap_or_else(|| self.total_votes())
+    }
+
+    /// The node with this name.
+    pub fn node(&self, name: &str) -> Option<&ClusterNode> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The node with this id.
+    pub fn node_by_id(&self, nodeid: u32) -> Option<&ClusterNode> {
+        self.nodes.iter().find(|n| n.nodeid == nodeid)
+    }
+
+    /// The fence device with this name.
+    pub fn fence_device(&self, name: &str) -> Option<&FenceDevice> {
+        self.fence_devices.iter().find(|d| d.name == name)
+    }
+}
+
+/// One problem found in a cluster.conf.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct ConfError {
+    /// The element, as `<clusternode name="node2">`, or `document`.
+    pub element: String,
+    /// Line of the element's start (1-based), when known.
+    pub line: Option<u32>,
+    /// The attribute concerned, if any.
+    pub attr: Option<String>,
+    /// What is wrong and, where useful, what to do.
+    pub problem: String,
+}
+
+impl ConfError {
+    fn render(&self) -> String {
+        let mut s = String::new();
+        if let Some(line) = self.line {
+            s.push_str(&format!("line {line}: "));
+        }
+        s.push_str(&self.element);
+        if let Some(a) = &self.attr {
+            s.push_str(&format!(" attribute {a}"));
+        }
+        s.push_str(": ");
+        s.push_str(&self.problem);
+        s
+    }
+}
+
+/// Every problem found in a cluster.conf (never empty).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfErrors(pub Vec<ConfError>);
+
+impl fmt::Display for ConfErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses and validates cluster.conf text, returning every problem found.
+pub fn parse(text: &str) -> Result<ClusterConf, ConfErrors> {
+    if text.len() > MAX_CONF_BYTES {
+        return Err(ConfErrors(vec![ConfError {
+            element: "document".into(),
+            line: None,
+            attr: None,
+            problem: format!("{} bytes is larger than the {MAX_CONF_BYTES} bytes accepted", text.len()),
+        }]));
+    }
+    let opts = roxmltree::ParsingOptions { allow_dtd: false, nodes_limit: 1 << 20 };
+    let doc = match roxmltree::Document::parse_with_options(text, opts) {
+        Ok(d) => d,
+        Err(e) => {
+            let pos = e.pos();
+            return Err(ConfErrors(vec![ConfError {
+                element: "document".into(),
+                line: Some(pos.row),
+                attr: None,
+                problem: format!("not well-formed XML: {e}"),
+            }]));
+        }
+    };
+    let mut p = Parser { doc: &doc, errors: Vec::new() };
+    let conf = p.cluster(doc.root_element());
+    if p.errors.is_empty() {
+        Ok(conf.expect("a conf is built whenever no error was recorded"))
+    } else {
+        // In file order; cross-section checks may find the same problem twice.
+        let mut errors = p.errors;
+        errors.sort_by_key(|e| e.line);
+        errors.dedup();
+        Err(ConfErrors(errors))
+    }
+}
+
+/// Reads and parses a cluster.conf file.
+pub fn load(path: &std::path::Path) -> Result<ClusterConf, ConfErrors> {
+    let doc =
+        |problem: String| ConfErrors(vec![ConfError { element: "document".into(), line: None, attr: None, problem }]);
+    let meta = std::fs::metadata(path).map_err(|e| doc(format!("cannot read {}: {e}", path.display())))?;
+    if meta.len() > MAX_CONF_BYTES as u64 {
+        return Err(doc(format!("{} is larger than the {MAX_CONF_BYTES} bytes accepted", path.display())));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| doc(format!("cannot read {}: {e}", path.display())))?;
+    parse(&text)
+}
+
+type Node<'a, 'i> = roxmltree::Node<'a, 'i>;
+
+struct Parser<'a, 'i> {
+    doc: &'a roxmltree::Document<'i>,
+    errors: Vec<ConfError>,
+}
+
+/// Describes an element for messages: `<clusternode name="node2">`.
+fn describe(n: Node<'_, '_>) -> String {
+    let tag = n.tag_name().name();
+    for key in ["name", "address", "ref"] {
+        if let Some(v) = n.attribute(key) {
+            let v: String = v.chars().take(64).collect();
+            return format!("<{tag} {key}=\"{v}\">");
+        }
+    }
+    format!("<{tag}>")
+}
+
+fn is_option_key(k: &str) -> bool {
+    !k.is_empty() && k.len() <= 64 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl<'a, 'i> Parser<'a, 'i> {
+    fn err(&mut self, n: Node<'_, '_>, attr: Option<&str>, problem: impl Into<String>) {
+        let line = self.doc.text_pos_at(n.range().start).row;
+        self.errors.push(ConfError {
+            element: describe(n),
+            line: Some(line),
+            attr: attr.map(str::to_owned),
+            problem: problem.into(),
+        });
+    }
+
+    /// Reports attributes not in `allowed` (and namespaced ones).
+    fn check_attrs(&mut self, n: Node<'_, '_>, allowed: &[&str]) {
+        for a in n.attributes() {
+            if a.namespace().is_some() || !allowed.contains(&a.name()) {
+                let msg = if allowed.is_empty() {
+                    format!("unknown attribute; <{}> takes no attributes", n.tag_name().name())
+                } else {
+                    format!("unknown attribute; <{}> takes {}", n.tag_name().name(), allowed.join(", "))
+                };
+                self.err(n, Some(a.name()), msg);
+            }
+        }
+    }
+
+    /// Element children, reporting text content (other than whitespace) as an error.
+    fn children(&mut self, n: Node<'a, 'i>) -> Vec<Node<'a, 'i>> {
+        let mut out = Vec::new();
+        for c in n.children() {
+            if c.is_element() {
+                if c.tag_name().namespace().is_some() {
+                    self.err(c, None, "namespaced elements are not part of cluster.conf");
+                } else {
+                    out.push(c);
+                }
+            } else if c.is_text() && !c.text().unwrap_or("").trim().is_empty() {
+                self.err(n, None, "unexpected text content; values go in attributes");
+            }
+        }
+        out
+    }
+
+    fn unknown_child(&mut self, parent: Node<'_, '_>, c: Node<'_, '_>, allowed: &[&str]) {
+        let msg = if allowed.is_empty() {
+            format!("unknown element inside <{}>, which takes no child elements", parent.tag_name().name())
+        } else {
+            format!("unknown element inside <{}>; expected {}", parent.tag_name().name(), allowed.join(", "))
+        };
+        self.err(c, None, msg);
+    }
+
+    fn required(&mut self, n: Node<'_, '_>, attr: &str) -> Option<String> {
+        match n.attribute(attr) {
+            Some(v) if !v.trim().is_empty() => Some(v.to_owned()),
+            Some(_) => {
+                self.err(n, Some(attr), "must not be empty");
+                None
+            }
+            None => {
+                self.err(n, Some(attr), "missing (required)");
+                None
+            }
+        }
+    }
+
+    fn number<T: std::str::FromStr>(&mut self, n: Node<'_, '_>, attr: &str, what: &str) -> Option<T> {
+        let v = n.attribute(attr)?;
+        match v.trim().parse::<T>() {
+            Ok(x) => Some(x),
+            Err(_) => {
+                self.err(n, Some(attr), format!("\"{v}\" is not {what}"));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, n: Node<'_, '_>, attr: &str, default: bool) -> bool {
+        match n.attribute(attr).map(str::trim) {
+            None => default,
+            Some("1" | "yes" | "true" | "on") => true,
+            Some("0" | "no" | "false" | "off") => false,
+            Some(v) => {
+                self.err(n, Some(attr), format!("\"{v}\" is not a boolean (use 1 or 0)"));
+                default
+            }
+        }
+    }
+
+    /// A single optional child element of a kind; reports duplicates.
+    fn single<'b>(&mut self, seen: &mut BTreeSet<&'b str>, c: Node<'_, '_>, tag: &'b str) -> bool {
+        if !seen.insert(tag) {
+            self.err(c, None, format!("<{tag}> appears more than once; merge them into one"));
+            return false;
+        }
+        true
+    }
+
+    fn cluster(&mut self, root: Node<'a, 'i>) -> Option<ClusterConf> {
+        if root.tag_name().name() != "cluster" || root.tag_name().namespace().is_some() {
+            self.err(root, None, "the root element must be <cluster>");
+            return None;
+        }
+        self.check_attrs(root, &["name", "config_version", "alias"]);
+        let name = self.required(root, "name");
+        if let Some(n) = &name {
+            if n.len() > 64 || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.') {
+                self.err(root, Some("name"), "cluster names are 1-64 characters from A-Z a-z 0-9 _ - .");
+            }
+        }
+        let config_version = match root.attribute("config_version") {
+            None => {
+                self.err(root, Some("config_version"), "missing (required); start with 1");
+                None
+            }
+            Some(_) => self.number::<u64>(root, "config_version", "a non-negative integer"),
+        };
+        let mut cman = Cman::default();
+        let mut totem = Totem::default();
+        let mut fence_daemon = FenceDaemon::default();
+        let mut nodes = Vec::new();
+        let mut fence_devices = Vec::new();
+        let mut rm = None;
+        let mut seen = BTreeSet::new();
+        const TOP: &[&str] = &["cman", "totem", "fence_daemon", "clusternodes", "fencedevices", "rm"];
+        for c in self.children(root) {
+            let tag = c.tag_name().name();
+            match tag {
+                "cman" if self.single(&mut seen, c, "cman") => cman = self.cman(c),
+                "totem" if self.single(&mut seen, c, "totem") => totem = self.totem(c),
+                "fence_daemon" if self.single(&mut seen, c, "fence_daemon") => fence_daemon = self.fence_daemon(c),
+                "clusternodes" if self.single(&mut seen, c, "clusternodes") => nodes = self.clusternodes(c),
+                "fencedevices" if self.single(&mut seen, c, "fencedevices") => fence_devices = self.fencedevices(c),
+                "rm" if self.single(&mut seen, c, "rm") => rm = Some(self.rm(c)),
+                t if TOP.contains(&t) => {}
+                _ => self.unknown_child(root, c, TOP),
+            }
+        }
+        if !seen.contains("clusternodes") {
+            self.err(root, None, "no <clusternodes> section; a cluster needs at least one <clusternode>");
+        }
+        let conf = ClusterConf {
+            name: name.unwrap_or_default(),
+            config_version: config_version.unwrap_or_default(),
+            cman,
+            totem,
+            fence_daemon,
+            nodes,
+            fence_devices,
+            rm,
+        };
+        self.cross_checks(root, &conf);
+        if self.errors.is_empty() {
+            Some(conf)
+        } else {
+            None
+        }
+    }
+
+    fn cman(&mut self, n: Node<'a, 'i>) -> Cman {
+        self.check_attrs(n, &["expected_votes", "two_node"]);
+        for c in self.children(n) {
+            self.unknown_child(n, c, &[]);
+        }
+        let expected_votes = self.number::<u32>(n, "expected_votes", "a non-negative integer");
+        if expected_votes == Some(0) {
+            self.err(n, Some("expected_votes"), "must be at least 1");
+        }
+        Cman { expected_votes, two_node: self.boolean(n, "two_node", false) }
+    }
+
+    fn totem(&mut self, n: Node<'a, 'i>) -> Totem {
+        self.check_attrs(n, &["token"]);
+        for c in self.children(n) {
+            self.unknown_child(n, c, &[]);
+        }
+        let token_ms = self.number::<u32>(n, "token", "a number of milliseconds");
+        if let Some(t) = token_ms {
+            if !(100..=3_600_000).contains(&t) {
+                self.err(n, Some("token"), format!("{t} ms is out of range (100 to 3600000)"));
+            }
+        }
+        Totem { token_ms }
+    }
+
+    fn fence_daemon(&mut self, n: Node<'a, 'i>) -> FenceDaemon {
+        self.check_attrs(n, &["post_fail_delay", "post_join_delay"]);
+        for c in self.children(n) {
+            self.unknown_child(n, c, &[]);
+        }
+        let d = FenceDaemon::default();
+        FenceDaemon {
+            post_fail_delay_s: self
+                .number(n, "post_fail_delay", "a non-negative number of seconds")
+                .unwrap_or(d.post_fail_delay_s),
+            post_join_delay_s: self
+                .number(n, "post_join_delay", "a non-negative number of seconds")
+                .unwrap_or(d.post_join_delay_s),
+        }
+    }
+
+    fn clusternodes(&mut self, n: Node<'a, 'i>) -> Vec<ClusterNode> {
+        self.check_attrs(n, &[]);
+        let mut out = Vec::new();
+        let mut names: BTreeMap<String, u32> = BTreeMap::new();
+        let mut ids: BTreeMap<u32, String> = BTreeMap::new();
+        for c in self.children(n) {
+            if c.tag_name().name() != "clusternode" {
+                self.unknown_child(n, c, &["clusternode"]);
+                continue;
+            }
+            let Some(node) = self.clusternode(c) else { continue };
+            if names.insert(node.name.clone(), node.nodeid).is_some() {
+                self.err(c, Some("name"), format!("duplicate node name \"{}\"", node.name));
+            }
+            if let Some(other) = ids.insert(node.nodeid, node.name.clone()) {
+                if other != node.name {
+                    self.err(c, Some("nodeid"), format!("duplicate nodeid {} (also used by \"{other}\")", node.nodeid));
+                }
+            }
+            out.push(node);
+        }
+        if out.is_empty() && !self.errors.iter().any(|e| e.element.starts_with("<clusternode")) {
+            self.err(n, None, "no <clusternode>; a cluster needs at least one node");
+        }
+        out
+    }
+
+    fn clusternode(&mut self, n: Node<'a, 'i>) -> Option<ClusterNode> {
+        self.check_attrs(n, &["name", "nodeid", "votes", "addr"]);
+        let name = self.required(n, "name");
+        let nodeid = match n.attribute("nodeid") {
+            None => {
+                self.err(n, Some("nodeid"), "missing (required by corosync's nodelist)");
+                None
+            }
+            Some(_) => self.number::<u32>(n, "nodeid", "a positive integer"),
+        };
+        if let Some(id) = nodeid {
+            if id == 0 || id > MAX_NODEID {
+                self.err(n, Some("nodeid"), format!("{id} is out of range (1 to {MAX_NODEID})"));
+            }
+        }
+        let votes = self.number::<u32>(n, "votes", "a non-negative integer").unwrap_or(1);
+        if votes > 255 {
+            self.err(n, Some("votes"), format!("{votes} is more than the 255 votes a node may have"));
+        }
+        let addr = n.attribute("addr").map(str::to_owned);
+        let mut altnames = Vec::new();
+        let mut fence = Vec::new();
+        let mut seen = BTreeSet::new();
+        for c in self.children(n) {
+            match c.tag_name().name() {
+                "altname" => {
+                    self.check_attrs(c, &["name"]);
+                    for cc in self.children(c) {
+                        self.unknown_child(c, cc, &[]);
+                    }
+                    if let Some(a) = self.required(c, "name") {
+                        altnames.push(a);
+                    }
+                }
+                "fence" if self.single(&mut seen, c, "fence") => fence = self.fence(c),
+                "fence" => {}
+                _ => self.unknown_child(n, c, &["altname", "fence"]),
+            }
+        }
+        if altnames.len() > 7 {
+            self.err(n, None, "more than 8 corosync links (address plus 7 altnames)");
+        }
+        Some(ClusterNode { name: name?, nodeid: nodeid?, votes, addr, altnames, fence })
+    }
+
+    fn fence(&mut self, n: Node<'a, 'i>) -> Vec<FenceMethod> {
+        self.check_attrs(n, &[]);
+        let mut out: Vec<FenceMethod> = Vec::new();
+        for c in self.children(n) {
+            if c.tag_name().name() != "method" {
+                self.unknown_child(n, c, &["method"]);
+                continue;
+            }
+            self.check_attrs(c, &["name"]);
+            let name = self.required(c, "name");
+            let mut devices = Vec::new();
+            for d in self.children(c) {
+                if d.tag_name().name() != "device" {
+                    self.unknown_child(c, d, &["device"]);
+                    continue;
+                }
+                for cc in self.children(d) {
+                    self.unknown_child(d, cc, &[]);
+                }
+                let dname = self.required(d, "name");
+                let options = self.options(d, &["name"]);
+                if let Some(name) = dname {
+                    devices.push(DeviceRef { name, options });
+                }
+            }
+            if devices.is_empty() {
+                self.err(c, None, "a fence method needs at least one <device>");
+            }
+            if let Some(name) = name {
+                if out.iter().any(|m| m.name == name) {
+                    self.err(c, Some("name"), format!("duplicate method name \"{name}\" for this node"));
+                }
+                out.push(FenceMethod { name, devices });
+            }
+        }
+        out
+    }
+
+    /// Agent options: every attribute except `skip`; keys and values must fit a key=value line.
+    fn options(&mut self, n: Node<'_, '_>, skip: &[&str]) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for a in n.attributes() {
+            if skip.contains(&a.name()) {
+                continue;
+            }
+            if a.namespace().is_some() || !is_option_key(a.name()) {
+                self.err(n, Some(a.name()), "agent option names are A-Z a-z 0-9 _ - only");
+                continue;
+            }
+            if a.value().contains(['\n', '\r', '\0']) {
+                self.err(n, Some(a.name()), "agent option values must be one line (no newline or NUL)");
+                continue;
+            }
+            out.insert(a.name().to_owned(), a.value().to_owned());
+        }
+        out
+    }
+
+    fn fencedevices(&mut self, n: Node<'a, 'i>) -> Vec<FenceDevice> {
+        self.check_attrs(n, &[]);
+        let mut out: Vec<FenceDevice> = Vec::new();
+        for c in self.children(n) {
+            if c.tag_name().name() != "fencedevice" {
+                self.unknown_child(n, c, &["fencedevice"]);
+                continue;
+            }
+            for cc in self.children(c) {
+                self.unknown_child(c, cc, &[]);
+            }
+            let name = self.required(c, "name");
+            let agent = self.required(c, "agent");
+            if let Some(a) = &agent {
+                if a.contains('/') && !a.starts_with('/') || a.contains(char::is_whitespace) {
+                    self.err(c, Some("agent"), format!("\"{a}\" is not a program name or absolute path"));
+                }
+            }
+            let options = self.options(c, &["name", "agent"]);
+            if let (Some(name), Some(agent)) = (name, agent) {
+                if out.iter().any(|d| d.name == name) {
+                    self.err(c, Some("name"), format!("duplicate fence device name \"{name}\""));
+                }
+                out.push(FenceDevice { name, agent, options });
+            }
+        }
+        out
+    }
+
+    fn rm(&mut self, n: Node<'a, 'i>) -> Rm {
+        self.check_attrs(n, &["log_level", "central_processing"]);
+        let mut rm = Rm::default();
+        let mut seen = BTreeSet::new();
+        for c in self.children(n) {
+            match c.tag_name().name() {
+                "failoverdomains" if self.single(&mut seen, c, "failoverdomains") => {
+                    rm.failover_domains = self.failoverdomains(c)
+                }
+                "resources" if self.single(&mut seen, c, "resources") => rm.resources = self.resources(c),
+                "service" => {
+                    if let Some(s) = self.service(c) {
+                        if rm.services.iter().any(|o| o.name == s.name) {
+                            self.err(c, Some("name"), format!("duplicate service name \"{}\"", s.name));
+                        }
+                        rm.services.push(s);
+                    }
+                }
+                "failoverdomains" | "resources" => {}
+                _ => self.unknown_child(n, c, &["failoverdomains", "resources", "service"]),
+            }
+        }
+        rm
+    }
+
+    fn failoverdomains(&mut self, n: Node<'a, 'i>) -> Vec<FailoverDomain> {
+        self.check_attrs(n, &[]);
+        let mut out: Vec<FailoverDomain> = Vec::new();
+        for c in self.children(n) {
+            if c.tag_name().name() != "failoverdomain" {
+                self.unknown_child(n, c, &["failoverdomain"]);
+                continue;
+            }
+            self.check_attrs(c, &["name", "ordered", "restricted", "nofailback"]);
+            let name = self.required(c, "name");
+            let ordered = self.boolean(c, "ordered", false);
+            let restricted = self.boolean(c, "restricted", false);
+            let nofailback = self.boolean(c, "nofailback", false);
+            let mut nodes: Vec<DomainNode> = Vec::new();
+            for d in self.children(c) {
+                if d.tag_name().name() != "failoverdomainnode" {
+                    self.unknown_child(c, d, &["failoverdomainnode"]);
+                    continue;
+                }
+                self.check_attrs(d, &["name", "priority"]);
+                for cc in self.children(d) {
+                    self.unknown_child(d, cc, &[]);
+                }
+                let Some(dn) = self.required(d, "name") else { continue };
+                let priority = self.number::<u32>(d, "priority", "an integer from 1 to 100").unwrap_or(1);
+                if !(1..=100).contains(&priority) {
+                    self.err(d, Some("priority"), format!("{priority} is out of range (1 to 100)"));
+                }
+                if nodes.iter().any(|x| x.name == dn) {
+                    self.err(d, Some("name"), format!("node \"{dn}\" is listed twice in this domain"));
+                }
+                nodes.push(DomainNode { name: dn, priority });
+            }
+            if let Some(name) = name {
+                if out.iter().any(|d| d.name == name) {
+                    self.err(c, Some("name"), format!("duplicate failover domain name \"{name}\""));
+                }
+                out.push(FailoverDomain { name, ordered, restricted, nofailback, nodes });
+            }
+        }
+        out
+    }
+
+    fn resources(&mut self, n: Node<'a, 'i>) -> Vec<Resource> {
+        self.check_attrs(n, &[]);
+        let mut out: Vec<Resource> = Vec::new();
+        for c in self.children(n) {
+            let Some(kind) = ResourceKind::from_tag(c.tag_name().name()) else {
+                let tags: Vec<&str> = ResourceKind::ALL.iter().map(|k| k.tag()).collect();
+                self.unknown_child(n, c, &tags);
+                continue;
+            };
+            for cc in self.children(c) {
+                self.err(cc, None, "resources in <resources> cannot have children; nest them inside a <service>");
+            }
+            if c.attribute("ref").is_some() {
+                self.err(c, Some("ref"), "a definition in <resources> cannot be a reference");
+                continue;
+            }
+            let Some(r) = self.resource_def(c, kind) else { continue };
+            if out.iter().any(|o| o.kind == r.kind && o.key == r.key) {
+                self.err(c, Some(kind.key_attr()), format!("duplicate <{}> resource \"{}\"", kind.tag(), r.key));
+            }
+            out.push(r);
+        }
+        out
+    }
+
+    fn resource_def(&mut self, n: Node<'_, '_>, kind: ResourceKind) -> Option<Resource> {
+        let mut allowed = vec![kind.key_attr()];
+        allowed.extend_from_slice(kind.allowed());
+        self.check_attrs(n, &allowed);
+        let key = self.required(n, kind.key_attr());
+        let mut ok = key.is_some();
+        for r in kind.required() {
+            ok &= self.required(n, r).is_some();
+        }
+        let attrs: BTreeMap<String, String> = n
+            .attributes()
+            .filter(|a| a.namespace().is_none() && kind.allowed().contains(&a.name()))
+            .map(|a| (a.name().to_owned(), a.value().to_owned()))
+            .collect();
+        if kind == ResourceKind::Ip {
+            if let Some(k) = &key {
+                let addr = k.split('/').next().unwrap_or("");
+                if addr.parse::<std::net::IpAddr>().is_err() {
+                    self.err(n, Some("address"), format!("\"{k}\" is not an IP address (optionally /prefix)"));
+                    ok = false;
+                }
+            }
+        }
+        for b in ["monitor_link", "force_unmount", "self_fence"] {
+            if attrs.contains_key(b) {
+                self.boolean(n, b, false);
+            }
+        }
+        if let Some(mp) = attrs.get("mountpoint") {
+            if !mp.starts_with('/') {
+                self.err(n, Some("mountpoint"), format!("\"{mp}\" is not an absolute path"));
+            }
+        }
+        if ok {
+            Some(Resource { kind, key: key.expect("checked"), attrs })
+        } else {
+            None
+        }
+    }
+
+    fn service(&mut self, n: Node<'a, 'i>) -> Option<Service> {
+        self.check_attrs(n, &["name", "domain", "autostart", "exclusive", "recovery"]);
+        let name = self.required(n, "name");
+        let domain = n.attribute("domain").map(str::to_owned);
+        let autostart = self.boolean(n, "autostart", true);
+        let exclusive = self.boolean(n, "exclusive", false);
+        let recovery = match n.attribute("recovery") {
+            None | Some("restart") => Recovery::Restart,
+            Some("relocate") => Recovery::Relocate,
+            Some("disable") => Recovery::Disable,
+            Some(v) => {
+                self.err(n, Some("recovery"), format!("\"{v}\" is not restart, relocate or disable"));
+                Recovery::Restart
+            }
+        };
+        let resources = self.service_children(n, 0);
+        Some(Service { name: name?, domain, autostart, exclusive, recovery, resources })
+    }
+
+    fn service_children(&mut self, n: Node<'a, 'i>, depth: usize) -> Vec<ServiceResource> {
+        let mut out = Vec::new();
+        for c in self.children(n) {
+            let Some(kind) = ResourceKind::from_tag(c.tag_name().name()) else {
+                let tags: Vec<&str> = ResourceKind::ALL.iter().map(|k| k.tag()).collect();
+                self.unknown_child(n, c, &tags);
+                continue;
+            };
+            if depth >= 16 {
+                self.err(c, None, "resources nested more than 16 deep");
+                continue;
+            }
+            let def = if let Some(r) = c.attribute("ref") {
+                self.check_attrs(c, &["ref"]);
+                Some(ResourceDef::Ref(r.to_owned()))
+            } else {
+                self.resource_def(c, kind).map(ResourceDef::Inline)
+            };
+            let children = self.service_children(c, depth + 1);
+            if let Some(def) = def {
+                out.push(ServiceResource { kind, def, children });
+            }
+        }
+        out
+    }
+
+    /// Checks across sections: references resolve, votes and two-node mode make sense.
+    fn cross_checks(&mut self, root: Node<'a, 'i>, conf: &ClusterConf) {
+        let find = |tag: &str, attr: &str, value: &str| {
+            root.descendants().find(|d| d.tag_name().name() == tag && d.attribute(attr) == Some(value))
+        };
+        for node in &conf.nodes {
+            for m in &node.fence {
+                for d in &m.devices {
+                    if conf.fence_device(&d.name).is_none() {
+                        let el = find("clusternode", "name", &node.name).unwrap_or(root);
+                        let dn = el
+                            .descendants()
+                            .find(|x| x.tag_name().name() == "device" && x.attribute("name") == Some(&d.name))
+                            .unwrap_or(el);
+                        self.err(
+                            dn,
+                            Some("name"),
+                            format!(
+                                "node \"{}\" method \"{}\" names fence device \"{}\", which no <fencedevice> defines",
+                                node.name, m.name, d.name
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        let cman_el = root.children().find(|c| c.tag_name().name() == "cman").unwrap_or(root);
+        if conf.cman.two_node {
+            if conf.nodes.len() != 2 {
+                self.err(
+                    cman_el,
+                    Some("two_node"),
+                    format!("two_node=\"1\" needs exactly 2 clusternodes, found {}", conf.nodes.len()),
+                );
+            }
+            if conf.nodes.iter().any(|n| n.votes != 1) {
+                self.err(cman_el, Some("two_node"), "two_node=\"1\" needs both nodes to have votes=\"1\"");
+            }
+            if conf.cman.expected_votes.is_some_and(|e| e != 1) {
+                self.err(cman_el, Some("expected_votes"), "with two_node=\"1\", expected_votes must be 1");
+            }
+        }
+        if !conf.nodes.is_empty() && conf.total_votes() == 0 {
+            self.err(root, None, "every node has votes=\"0\"; the cluster could never be quorate");
+        }
+        if let Some(rm) = &conf.rm {
+            for d in &rm.failover_domains {
+                for dn in &d.nodes {
+                    if conf.node(&dn.name).is_none() {
+                        let el = find("failoverdomainnode", "name", &dn.name).unwrap_or(root);
+                        self.err(
+                            el,
+                            Some("name"),
+                            format!(
+                                "failover domain \"{}\" names node \"{}\", which is not a clusternode",
+                                d.name, dn.name
+                            ),
+                        );
+                    }
+                }
+            }
+            for s in &rm.services {
+                let el = find("service", "name", &s.name).unwrap_or(root);
+                if let Some(dom) = &s.domain {
+                    if !rm.failover_domains.iter().any(|d| &d.name == dom) {
+                        self.err(el, Some("domain"), format!("no <failoverdomain> is named \"{dom}\""));
+                    }
+                }
+                let mut stack: Vec<&ServiceResource> = s.resources.iter().collect();
+                while let Some(r) = stack.pop() {
+                    if let ResourceDef::Ref(key) = &r.def {
+                        if !rm.resources.iter().any(|x| x.kind == r.kind && &x.key == key) {
+                            let rel = el
+                                .descendants()
+                                .find(|x| x.tag_name().name() == r.kind.tag() && x.attribute("ref") == Some(key))
+                                .unwrap_or(el);
+                            self.err(
+                                rel,
+                                Some("ref"),
+                                format!("no <{}> in <resources> has {}=\"{key}\"", r.kind.tag(), r.kind.key_attr()),
+                            );
+                        }
+                    }
+                    stack.extend(r.children.iter());
+                }
+            }
+        }
+    }
+}
+
+/// Escapes an attribute value for XML.
+fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&apos;"),
+            '\t' => o.push_str("&#9;"),
+            '\n' => o.push_str("&#10;"),
+            '\r' => o.push_str("&#13;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn attrs_xml(map: &BTreeMap<String, String>) -> String {
+    map.iter().map(|(k, v)| format!(" {k}=\"{}\"", esc(v))).collect()
+}
+
+fn b(x: bool) -> &'static str {
+    if x {
+        "1"
+    } else {
+        "0"
+    }
+}
+
+impl ClusterConf {
+    /// Writes the configuration as cluster.conf XML that [`parse`] reads back unchanged.
+    pub fn to_xml(&self) -> String {
+        let mut o = String::new();
+        o.push_str("<?xml version=\"1.0\"?>\n");
+        o.push_str(&format!("<cluster name=\"{}\" config_version=\"{}\">\n", esc(&self.name), self.config_version));
+        o.push_str("  <cman");
+        if let Some(e) = self.cman.expected_votes {
+            o.push_str(&format!(" expected_votes=\"{e}\""));
+        }
+        o.push_str(&format!(" two_node=\"{}\"/>\n", b(self.cman.two_node)));
+        if let Some(t) = self.totem.token_ms {
+            o.push_str(&format!("  <totem token=\"{t}\"/>\n"));
+        }
+        o.push_str(&format!(
+            "  <fence_daemon post_fail_delay=\"{}\" post_join_delay=\"{}\"/>\n",
+            self.fence_daemon.post_fail_delay_s, self.fence_daemon.post_join_delay_s
+        ));
+        o.push_str("  <clusternodes>\n");
+        for n in &self.nodes {
+            o.push_str(&format!(
+                "    <clusternode name=\"{}\" nodeid=\"{}\" votes=\"{}\"",
+                esc(&n.name),
+                n.nodeid,
+                n.votes
+            ));
+            if let Some(a) = &n.addr {
+                o.push_str(&format!(" addr=\"{}\"", esc(a)));
+            }
+            o.push_str(">\n");
+            for a in &n.altnames {
+                o.push_str(&format!("      <altname name=\"{}\"/>\n", esc(a)));
+            }
+            o.push_str("      <fence>\n");
+            for m in &n.fence {
+                o.push_str(&format!("        <method name=\"{}\">\n", esc(&m.name)));
+                for d in &m.devices {
+                    o.push_str(&format!("          <device name=\"{}\"{}/>\n", esc(&d.name), attrs_xml(&d.options)));
+                }
+                o.push_str("        </method>\n");
+            }
+            o.push_str("      </fence>\n    </clusternode>\n");
+        }
+        o.push_str("  </clusternodes>\n  <fencedevices>\n");
+        for d in &self.fence_devices {
+            o.push_str(&format!(
+                "    <fencedevice name=\"{}\" agent=\"{}\"{}/>\n",
+                esc(&d.name),
+                esc(&d.agent),
+                attrs_xml(&d.options)
+            ));
+        }
+        o.push_str("  </fencedevices>\n");
+        if let Some(rm) = &self.rm {
+            o.push_str("  <rm>\n    <failoverdomains>\n");
+            for d in &rm.failover_domains {
+                o.push_str(&format!(
+                    "      <failoverdomain name=\"{}\" ordered=\"{}\" restricted=\"{}\" nofailback=\"{}\">\n",
+                    esc(&d.name),
+                    b(d.ordered),
+                    b(d.restricted),
+                    b(d.nofailback)
+                ));
+                for n in &d.nodes {
+                    o.push_str(&format!(
+                        "        <failoverdomainnode name=\"{}\" priority=\"{}\"/>\n",
+                        esc(&n.name),
+                        n.priority
+                    ));
+                }
+                o.push_str("      </failoverdomain>\n");
+            }
+            o.push_str("    </failoverdomains>\n    <resources>\n");
+            for r in &rm.resources {
+                o.push_str(&format!("      {}/>\n", resource_open(r)));
+            }
+            o.push_str("    </resources>\n");
+            for s in &rm.services {
+                o.push_str(&format!(
+                    "    <service name=\"{}\"{} autostart=\"{}\" exclusive=\"{}\" recovery=\"{}\">\n",
+                    esc(&s.name),
+                    s.domain.as_ref().map(|d| format!(" domain=\"{}\"", esc(d))).unwrap_or_default(),
+                    b(s.autostart),
+                    b(s.exclusive),
+                    s.recovery.as_str()
+                ));
+                for r in &s.resources {
+                    service_resource_xml(&mut o, r, 3);
+                }
+                o.push_str("    </service>\n");
+            }
+            o.push_str("  </rm>\n");
+        }
+        o.push_str("</cluster>\n");
+        o
+    }
+}
+
+fn resource_open(r: &Resource) -> String {
+    format!("<{} {}=\"{}\"{}", r.kind.tag(), r.kind.key_attr(), esc(&r.key), attrs_xml(&r.attrs))
+}
+
+fn service_resource_xml(o: &mut String, r: &ServiceResource, depth: usize) {
+    let pad = "  ".repeat(depth);
+    let open = match &r.def {
+        ResourceDef::Ref(k) => format!("<{} ref=\"{}\"", r.kind.tag(), esc(k)),
+        ResourceDef::Inline(def) => resource_open(def),
+    };
+    if r.children.is_empty() {
+        o.push_str(&format!("{pad}{open}/>\n"));
+    } else {
+        o.push_str(&format!("{pad}{open}>\n"));
+        for c in &r.children {
+            service_resource_xml(o, c, depth + 1);
+        }
+        o.push_str(&format!("{pad}</{}>\n", r.kind.tag()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"<?xml version="1.0"?>
+<cluster name="alpha" config_version="3">
+  <cman expected_votes="3"/>
+  <totem token="1000"/>
+  <fence_daemon post_fail_delay="0" post_join_delay="3"/>
+  <clusternodes>
+    <clusternode name="node1" nodeid="1" votes="1" addr="198.18.0.1">
+      <altname name="10.1.0.1"/>
+      <fence>
+        <method name="storage">
+          <device name="gnbd" nodename="node1"/>
+        </method>
+        <method name="human">
+          <device name="manual" nodename="node1"/>
+        </method>
+      </fence>
+    </clusternode>
+    <clusternode name="node2" nodeid="2"/>
+    <clusternode name="node3" nodeid="3"/>
+  </clusternodes>
+  <fencedevices>
+    <fencedevice name="gnbd" agent="fence_gnbd" servers="gnbd1 gnbd2"/>
+    <fencedevice name="manual" agent="fence_manual"/>
+  </fencedevices>
+  <rm>
+    <failoverdomains>
+      <failoverdomain name="web" ordered="1" restricted="0">
+        <failoverdomainnode name="node1" priority="1"/>
+        <failoverdomainnode name="node2" priority="2"/>
+      </failoverdomain>
+    </failoverdomains>
+    <resources>
+      <ip address="198.18.10.1/24" monitor_link="1"/>
+      <script name="httpd" file="/etc/init.d/httpd"/>
+    </resources>
+    <service name="www" domain="web" recovery="relocate">
+      <ip ref="198.18.10.1/24">
+        <script ref="httpd"/>
+      </ip>
+      <fs name="data" device="/dev/gnbd/data" mountpoint="/srv/www" fstype="ext4"/>
+    </service>
+  </rm>
+</cluster>
+"#;
+
+    fn errs(text: &str) -> Vec<ConfError> {
+        parse(text).expect_err("must be refused").0
+    }
+
+    #[test]
+    fn good_file_parses() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.name, "alpha");
+        assert_eq!(c.config_version, 3);
+        assert_eq!(c.expected_votes(), 3);
+        assert_eq!(c.totem.token_ms, Some(1000));
+        assert_eq!(c.fence_daemon.post_join_delay_s, 3);
+        assert_eq!(c.nodes.len(), 3);
+        assert_eq!(c.nodes[0].ring0_addr(), "198.18.0.1");
+        assert_eq!(c.nodes[1].ring0_addr(), "node2");
+        assert_eq!(c.nodes[0].fence[1].devices[0].options["nodename"], "node1");
+        assert_eq!(c.fence_device("gnbd").unwrap().options["servers"], "gnbd1 gnbd2");
+        let rm = c.rm.as_ref().unwrap();
+        assert_eq!(rm.services[0].recovery, Recovery::Relocate);
+        assert_eq!(rm.services[0].resources[0].children.len(), 1);
+        assert_eq!(parse(&c.to_xml()).unwrap(), c);
+    }
+
+    #[test]
+    fn duplicate_name_and_bad_version_are_both_reported() {
+        let e = errs(
+            r#"<cluster name="a" config_version="x1">
+              <clusternodes>
+                <clusternode name="n1" nodeid="1"/>
+                <clusternode name="n1" nodeid="2"/>
+              </clusternodes></cluster>"#,
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(e[0].attr.as_deref(), Some("config_version"));
+        assert!(e[0].problem.contains("\"x1\" is not a non-negative integer"));
+        assert_eq!(e[1].element, "<clusternode name=\"n1\">");
+        assert_eq!(e[1].line, Some(4));
+        assert!(e[1].problem.contains("duplicate node name"));
+    }
+
+    #[test]
+    fn unknown_elements_and_attributes() {
+        let e = errs(
+            r#"<cluster name="a" config_version="1" colour="red">
+              <clusternodes><clusternode name="n1" nodeid="1" vote="1"/></clusternodes>
+              <quorumdisk/></cluster>"#,
+        );
+        let text = ConfErrors(e.clone()).to_string();
+        assert!(text.contains("<cluster name=\"a\"> attribute colour: unknown attribute"), "{text}");
+        assert!(text.contains("attribute vote: unknown attribute"), "{text}");
+        assert!(text.contains("<quorumdisk>: unknown element inside <cluster>"), "{text}");
+        assert_eq!(e.len(), 3);
+    }
+
+    #[test]
+    fn references_must_resolve() {
+        let e = errs(
+            r#"<cluster name="a" config_version="1">
+              <clusternodes><clusternode name="n1" nodeid="1"><fence><method name="m">
+                <device name="nope"/></method></fence></clusternode></clusternodes>
+              <rm><service name="s" domain="d"><ip ref="10.0.0.1"/></service></rm></cluster>"#,
+        );
+        let text = ConfErrors(e).to_string();
+        assert!(text.contains("names fence device \"nope\", which no <fencedevice> defines"), "{text}");
+        assert!(text.contains("no <failoverdomain> is named \"d\""), "{text}");
+        assert!(text.contains("no <ip> in <resources> has address=\"10.0.0.1\""), "{text}");
+    }
+
+    #[test]
+    fn two_node_rules() {
+        let base = |nodes: &str, cman: &str| {
+            format!(
+                r#"<cluster name="a" config_version="1"><cman {cman}/><clusternodes>{nodes}</clusternodes></cluster>"#
+            )
+        };
+        let two = r#"<clusternode name="a" nodeid="1"/><clusternode name="b" nodeid="2"/>"#;
+        let c = parse(&base(two, r#"two_node="1" expected_votes="1""#)).unwrap();
+        assert!(c.cman.two_node);
+        let three = format!(r#"{two}<clusternode name="c" nodeid="3"/>"#);
+        let e = errs(&base(&three, r#"two_node="1""#));
+        assert!(e[0].problem.contains("exactly 2 clusternodes, found 3"), "{e:?}");
+        let e = errs(&base(two, r#"two_node="1" expected_votes="2""#));
+        assert!(e[0].problem.contains("expected_votes must be 1"), "{e:?}");
+    }
+
+    #[test]
+    fn malformed_xml_names_the_line() {
+        let e = errs("<cluster name=\"a\"\n config_version=\"1\">\n<clusternodes>\n</cluster>");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].problem.starts_with("not well-formed XML"), "{e:?}");
+        assert!(e[0].line.is_some());
+    }
+
+    #[test]
+    fn option_values_cannot_inject_lines() {
+        let e = errs(
+            r#"<cluster name="a" config_version="1"><clusternodes><clusternode name="n" nodeid="1"/></clusternodes>
+            <fencedevices><fencedevice name="d" agent="fence_x" ip="1.2.3.4&#10;action=on"/></fencedevices></cluster>"#,
+        );
+        assert!(e[0].problem.contains("must be one line"), "{e:?}");
+    }
+}
