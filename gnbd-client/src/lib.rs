@@ -49,6 +49,7 @@
 mod client;
 pub mod conn;
 mod error;
+pub mod import;
 
 pub use client::{list_exports, Client, ClientOptions, ConnectionState, ExportInfo};
 pub use conn::{Conn, ConnError, Op, Reply, RequestFailed};

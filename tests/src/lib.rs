@@ -42,6 +42,7 @@
 mod bins;
 pub mod cluster;
 mod data;
+pub mod import;
 mod process;
 pub mod rawclient;
 mod server;

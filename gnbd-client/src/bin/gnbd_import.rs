@@ -1,0 +1,207 @@
+//! `gnbd_import`: import gnbd (NBD) exports as local block devices, and fence nodes.
+
+use clap::{ArgGroup, Parser};
+use gnbd_client::import::admin::{run, Action, Env, DEFAULT_PORT};
+use gnbd_client::import::{run_device, DeviceConfig, DEFAULT_DEV_DIR, DEFAULT_STATE_DIR};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const AFTER_HELP: &str = "\
+DESCRIPTION
+    gnbd_import makes the exports of a gnbd server (gnbd_serv, or any NBD server) usable
+    as local block devices. Each imported export gets its own background process that
+    keeps the device alive after gnbd_import returns: it holds the connection(s) to the
+    server, reconnects when a connection drops and sends again every request that had no
+    answer, so a server restart is invisible to the device's users.
+
+    This kernel has no NBD driver, so the device is a loop device attached to a file
+    that the import process serves through FUSE; the stable name DEV_DIR/NAME
+    (/dev/gnbd/NAME) points at it. Reads, writes, flushes (fsync on the device reaches
+    the server's stable storage) and discards pass straight through; the importing
+    node keeps no cache of the export's data.
+
+    Without -t, I/O waits for an unreachable server forever (a cluster filesystem on
+    top then waits too). With -t SECS, requests fail with EIO once the server has been
+    unreachable for SECS seconds (GNBD's timeout mode). A node fenced by the server gets
+    EIO at once, for good, until it is unfenced and the export imported again.
+
+    The fencing verbs (-s, -u, -c) send signed orders to the servers' network control
+    channels (port 10810 unless SERVER says HOST:PORT), authenticated with the cluster
+    key (-k). They are what the fence_gnbd agent does, by hand.
+
+EXAMPLES
+    List what a server exports, then import all of it, or one export:
+        gnbd_import -e srv1
+        gnbd_import -i srv1
+        gnbd_import -i srv1 -n disk0 -t 30
+
+    Use the device, then remove the import:
+        mkfs.ext4 /dev/gnbd/disk0 && mount /dev/gnbd/disk0 /mnt
+        umount /mnt && gnbd_import -r disk0
+
+    See the imports and their connection state:
+        gnbd_import -l
+
+    Fence node3 on srv1, list srv1's bans, let node3 back:
+        gnbd_import -s node3 -t srv1
+        gnbd_import -c srv1
+        gnbd_import -u node3 -t srv1
+
+FILES
+    /var/lib/gnbd/imports/NAME.json   an import's record (--state-dir changes the root)
+    /var/lib/gnbd/imports/NAME.sock   its device process's control socket
+    /var/lib/gnbd/imports/NAME.log    its device process's log
+    /var/lib/gnbd/imports/NAME.mnt/   the FUSE mount holding the file the loop device uses
+    /dev/gnbd/NAME                    the stable device name (--dev-dir changes it)
+    /etc/cluster/gnbd.key             the cluster key for -s, -u and -c (-k changes it)
+
+EXIT STATUS
+    0   done
+    1   failed: the server cannot be reached or refused, the name is taken, the device
+        is in use, the order was refused, ...: the message says why
+    2   bad usage";
+
+/// Import gnbd exports as local block devices; fence nodes on gnbd servers.
+#[derive(Debug, Parser)]
+#[command(name = "gnbd_import", version, after_long_help = AFTER_HELP)]
+#[command(group(ArgGroup::new("action").required(true).args(
+    ["exports", "import", "list", "remove", "remove_all", "fence", "unfence", "bans", "run_device"]
+)))]
+struct Args {
+    /// List the exports SERVER offers.
+    #[arg(short = 'e', long = "exports", value_name = "SERVER")]
+    exports: Option<String>,
+    /// Import SERVER's exports (all of them, or the one named with -n).
+    #[arg(short = 'i', long = "import", value_name = "SERVER")]
+    import: Option<String>,
+    /// With -i: import only export NAME (also the device name: /dev/gnbd/NAME).
+    #[arg(short = 'n', long = "name", value_name = "NAME", requires = "import")]
+    name: Option<String>,
+    /// With -i: I/O timeout in seconds (0: wait for the server forever). With -s/-u: the
+    /// server to send the order to (HOST[:CONTROL_PORT]).
+    #[arg(short = 't', value_name = "SECS|SERVER")]
+    t: Option<String>,
+    /// With -i: connections per device when the server offers multi-conn.
+    #[arg(short = 'C', long = "connections", value_name = "N", default_value_t = 1, requires = "import")]
+    connections: usize,
+    /// With -i: import read-only.
+    #[arg(long = "read-only", requires = "import")]
+    read_only: bool,
+    /// List imported devices: name, state (connected, reconnecting, failed, dead),
+    /// device, loop device, size, server and export.
+    #[arg(short = 'l', long = "list")]
+    list: bool,
+    /// With -l: print JSON, with I/O counters.
+    #[arg(long, requires = "list")]
+    json: bool,
+    /// Remove import NAME: detach the loop device, remove /dev/gnbd/NAME, stop its process.
+    #[arg(short = 'r', long = "remove", value_name = "NAME")]
+    remove: Option<String>,
+    /// Remove every import.
+    #[arg(short = 'R', long = "remove-all")]
+    remove_all: bool,
+    /// With -r/-R: remove even while the device is mounted or open (its users get EIO).
+    #[arg(short = 'f', long = "force")]
+    force: bool,
+    /// Fence NODE on the server given with -t.
+    #[arg(short = 's', long = "fence", value_name = "NODE", requires = "t")]
+    fence: Option<String>,
+    /// Unfence NODE on the server given with -t.
+    #[arg(short = 'u', long = "unfence", value_name = "NODE", requires = "t")]
+    unfence: Option<String>,
+    /// List the nodes SERVER has banned (fenced).
+    #[arg(short = 'c', long = "bans", value_name = "SERVER")]
+    bans: Option<String>,
+    /// Cluster key file for -s, -u and -c (mode 0600, the servers' --cluster-key).
+    #[arg(short = 'k', long = "cluster-key", value_name = "FILE", default_value = gnbd_serv::agent::DEFAULT_KEY)]
+    key: PathBuf,
+    /// NBD port of servers given without one.
+    #[arg(short = 'p', long = "port", value_name = "PORT", default_value_t = DEFAULT_PORT)]
+    port: u16,
+    /// Directory for import records, control sockets, logs and FUSE mounts.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Directory of the stable device names.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DEV_DIR)]
+    dev_dir: PathBuf,
+    /// Internal: run as the device process described by the JSON argument.
+    #[arg(long, value_name = "JSON", hide = true)]
+    run_device: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let a = Args::parse();
+    if let Some(json) = a.run_device {
+        return device_process(&json);
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("gnbd_import"));
+    let env = Env { state_dir: absolute(a.state_dir), dev_dir: absolute(a.dev_dir), port: a.port, exe };
+    let action = if let Some(server) = a.exports {
+        Action::ListExports { server }
+    } else if let Some(server) = a.import {
+        let timeout_secs = match a.t.as_deref().map(str::parse::<u64>) {
+            None => 0,
+            Some(Ok(s)) => s,
+            Some(Err(_)) => return usage("with -i, -t takes the I/O timeout in seconds"),
+        };
+        Action::Import { server, name: a.name, timeout_secs, connections: a.connections, read_only: a.read_only }
+    } else if a.list {
+        Action::List { json: a.json }
+    } else if a.remove.is_some() || a.remove_all {
+        Action::Remove { name: a.remove, force: a.force }
+    } else if let Some(node) = a.fence.or(a.unfence.clone()) {
+        let action = if a.unfence.is_some() { "on" } else { "off" };
+        let server = a.t.expect("clap requires -t");
+        Action::Fence { action, node: Some(node), server, key: a.key }
+    } else if let Some(server) = a.bans {
+        Action::Fence { action: "list", node: None, server, key: a.key }
+    } else {
+        return usage("nothing to do");
+    };
+    match run(&env, action) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gnbd_import: {}", e.trim_end().replace('\n', "\ngnbd_import: "));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Records, mounts and links hold absolute paths: device processes and later runs may
+/// start from other directories.
+fn absolute(p: PathBuf) -> PathBuf {
+    std::path::absolute(&p).unwrap_or(p)
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("gnbd_import: {msg} (see gnbd_import --help)");
+    ExitCode::from(2)
+}
+
+fn device_process(json: &str) -> ExitCode {
+    gnbd_serv::init_tracing("info");
+    let cfg: DeviceConfig = match serde_json::from_str(json) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "bad device configuration");
+            return ExitCode::from(2);
+        }
+    };
+    let result = run_device(cfg, |record| {
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "ready {} {}", record.config.link().display(), record.loop_device.display());
+        let _ = out.flush();
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            let _ = writeln!(std::io::stdout(), "error {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

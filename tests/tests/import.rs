@@ -1,0 +1,273 @@
+//! `gnbd_import` end to end: listing, importing as loop devices over FUSE, I/O through the
+//! device reaching the export, a filesystem surviving a re-import, refusing to remove a
+//! mounted device, reconnecting across a SIGKILL of the server, the I/O timeout, and the
+//! fencing verbs. Mounts happen inside `unshare -m --propagation private`.
+
+use gnbd_tests::import::Imports;
+use gnbd_tests::{file_checksum, require_tool, run_timeout, write_pattern_file, OutputExt, Server, TempDir};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn import_one(imports: &Imports, server: &Server, name: &str, extra: &[&str]) {
+    let port = server.port().to_string();
+    let mut args = vec!["-i", "127.0.0.1", "-p", &port, "-n", name];
+    args.extend_from_slice(extra);
+    let out = imports.run(&args);
+    assert!(out.status.success(), "gnbd_import -i failed: {}\n{}", text(&out.stderr), imports.log(name));
+}
+
+fn sh(script: &str, args: &[&str], limit: Duration) -> std::process::Output {
+    run_timeout(
+        Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-euc", script, "sh"]).args(args),
+        limit,
+    )
+}
+
+#[test]
+fn lists_imports_uses_and_removes() {
+    let server = Server::start();
+    let a = server.path("a.img");
+    let b = server.path("b.img");
+    write_pattern_file(&a, 8 << 20, 1);
+    std::fs::write(&b, vec![0u8; 4 << 20]).unwrap();
+    server.export("alpha", &a, &["--description", "first disk"]);
+    server.export("beta", &b, &[]);
+    let imports = Imports::new();
+    let port = server.port().to_string();
+
+    let out = imports.run(&["-e", "127.0.0.1", "-p", &port]);
+    out.assert_success("gnbd_import -e");
+    let listed = text(&out.stdout);
+    assert!(listed.contains("alpha\tfirst disk") && listed.lines().any(|l| l == "beta"), "{listed}");
+
+    // Import everything the server offers.
+    let out = imports.run(&["-i", "127.0.0.1", "-p", &port]);
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), imports.log("alpha"));
+    let devs = imports.list();
+    assert_eq!(devs.len(), 2, "{devs:?}");
+    for d in &devs {
+        assert_eq!(d["state"], "connected", "{d}");
+        let dev = imports.device(d["name"].as_str().unwrap());
+        let target = std::fs::read_link(&dev).unwrap();
+        assert!(target.to_string_lossy().starts_with("/dev/loop"), "{} -> {}", dev.display(), target.display());
+    }
+    assert_eq!(devs.iter().find(|d| d["name"] == "alpha").unwrap()["size"], 8 << 20);
+    let table = text(&imports.run(&["-l"]).stdout);
+    assert!(table.contains("alpha") && table.contains("connected") && table.contains("/dev/loop"), "{table}");
+
+    // Reads through the device see the export; writes (with fsync) reach the backing file.
+    let alpha = imports.device("alpha");
+    let out = run_timeout(Command::new("cmp").arg(&alpha).arg(&a), Duration::from_secs(60));
+    out.assert_success("cmp device with the backing file");
+    let beta = imports.device("beta");
+    let out = run_timeout(
+        Command::new("dd").arg(format!("if={}", a.display())).arg(format!("of={}", beta.display())).args([
+            "bs=1M",
+            "count=4",
+            "oflag=direct",
+            "conv=fsync",
+        ]),
+        Duration::from_secs(60),
+    );
+    out.assert_success("dd onto the device");
+    let written = std::fs::read(&b).unwrap();
+    let source = std::fs::read(&a).unwrap();
+    assert!(written == source[..4 << 20], "the backing file holds what was written through the device");
+    // Discard passes through as a trim: the range reads back as zeroes.
+    let out =
+        run_timeout(Command::new("blkdiscard").args(["-o", "0", "-l", "1048576"]).arg(&beta), Duration::from_secs(30));
+    out.assert_success("blkdiscard");
+    assert!(std::fs::read(&b).unwrap()[..1 << 20].iter().all(|&x| x == 0), "discarded range is zero");
+
+    // A name in use is refused; removal detaches and cleans up.
+    let out = imports.run(&["-i", "127.0.0.1", "-p", &port, "-n", "alpha"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("already imported"), "{}", text(&out.stderr));
+    let loop_alpha = std::fs::read_link(&alpha).unwrap();
+    imports.run(&["-r", "alpha"]).assert_success("gnbd_import -r");
+    assert!(!alpha.exists(), "the device name is gone");
+    let back = std::fs::read_to_string(format!(
+        "/sys/block/{}/loop/backing_file",
+        loop_alpha.file_name().unwrap().to_string_lossy()
+    ))
+    .unwrap_or_default();
+    assert!(!back.contains("alpha.mnt"), "loop device detached, still backed by {back}");
+    assert_eq!(imports.list().len(), 1);
+    imports.run(&["-R"]).assert_success("gnbd_import -R");
+    assert!(imports.list().is_empty());
+    let out = imports.run(&["-r", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no import named 'nosuch'"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn ext4_on_the_device_survives_a_reimport_and_busy_devices_stay() {
+    require_tool("mkfs.ext4");
+    let server = Server::start();
+    let disk = server.path("disk.img");
+    std::fs::write(&disk, vec![0u8; 64 << 20]).unwrap();
+    let name = format!("t{}e", std::process::id());
+    server.export(&name, &disk, &[]);
+    // The real /dev/gnbd, as operators use it; the name is unique to this run.
+    let imports = Imports::with_dev_dir(Path::new("/dev/gnbd"));
+    let work = TempDir::new();
+    let src = work.join("src");
+    write_pattern_file(&src, 3 << 20, 9);
+    import_one(&imports, &server, &name, &[]);
+    let dev = imports.device(&name);
+    assert!(dev.starts_with("/dev/gnbd"));
+    let mnt = work.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let import_bin = gnbd_tests::import::import_bin();
+    let state = imports.state_dir();
+
+    // mkfs, mount, write, and while mounted, removal is refused; then unmount.
+    let script = r#"
+        dev=$1; mnt=$2; src=$3; imp=$4; state=$5; name=$6
+        mkfs.ext4 -q -F "$dev"
+        mount "$dev" "$mnt"
+        mkdir "$mnt/d"; cp "$src" "$mnt/d/file"; echo hello > "$mnt/d/small"
+        sync
+        if "$imp" --state-dir "$state" -r "$name" 2> "$mnt/../refused"; then echo "removed while mounted" >&2; exit 1; fi
+        umount "$mnt"
+    "#;
+    let out = sh(
+        script,
+        &[
+            dev.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+            src.to_str().unwrap(),
+            import_bin.to_str().unwrap(),
+            state.to_str().unwrap(),
+            &name,
+        ],
+        Duration::from_secs(180),
+    );
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), imports.log(&name));
+    let refused = std::fs::read_to_string(work.join("refused")).unwrap();
+    assert!(refused.contains("in use"), "{refused}");
+
+    // Re-import and read the files back through a fresh connection.
+    imports.run(&["-r", &name]).assert_success("gnbd_import -r");
+    import_one(&imports, &server, &name, &[]);
+    let script = r#"
+        dev=$1; mnt=$2; src=$3
+        e2fsck -fn "$dev"
+        mount -o ro "$dev" "$mnt"
+        cmp "$src" "$mnt/d/file"
+        grep -qx hello "$mnt/d/small"
+        umount "$mnt"
+    "#;
+    let out =
+        sh(script, &[dev.to_str().unwrap(), mnt.to_str().unwrap(), src.to_str().unwrap()], Duration::from_secs(180));
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), imports.log(&name));
+    imports.run(&["-r", &name]).assert_success("gnbd_import -r");
+}
+
+#[test]
+fn server_sigkill_during_writes_is_invisible_to_the_writer() {
+    // A Unix socket keeps its path across restarts (the TCP port changes).
+    let mut server = Server::builder().unix_socket().start();
+    let disk = server.path("disk.img");
+    std::fs::write(&disk, vec![0u8; 96 << 20]).unwrap();
+    server.export("d", &disk, &[]);
+    let imports = Imports::new();
+    let sock = format!("unix:{}", server.unix_socket().unwrap().display());
+    let out = imports.run(&["-i", &sock, "-n", "d"]);
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), imports.log("d"));
+    let work = TempDir::new();
+    let src = work.join("src");
+    write_pattern_file(&src, 96 << 20, 3);
+
+    let dev = imports.device("d");
+    let mut writer = Command::new("dd")
+        .arg(format!("if={}", src.display()))
+        .arg(format!("of={}", dev.display()))
+        .args(["bs=64k", "oflag=direct,sync", "conv=fsync", "status=none"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let some writes land, then cut the server's power twice.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read(&disk).unwrap()[4 << 20..(4 << 20) + 4096].iter().all(|&x| x == 0) {
+        assert!(Instant::now() < deadline, "no write reached the export");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..2 {
+        assert!(writer.try_wait().unwrap().is_none(), "the writer finished before the server was killed");
+        server.restart();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let status = loop {
+        if let Some(s) = writer.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = writer.kill();
+            panic!("the writer did not finish; import log:\n{}", imports.log("d"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(writer.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "dd failed across the restarts: {err}\n{}", imports.log("d"));
+    assert_eq!(file_checksum(&disk), file_checksum(&src), "every acknowledged write is on the export");
+    let d = imports.list().into_iter().find(|d| d["name"] == "d").unwrap();
+    assert_eq!(d["state"], "connected");
+    assert!(d["status"]["reconnects"].as_u64().unwrap() >= 1, "{d}");
+}
+
+#[test]
+fn with_a_timeout_an_absent_server_means_eio() {
+    let mut server = Server::start();
+    let disk = server.path("disk.img");
+    std::fs::write(&disk, vec![7u8; 4 << 20]).unwrap();
+    server.export("t", &disk, &[]);
+    let imports = Imports::new();
+    import_one(&imports, &server, "t", &["-t", "2"]);
+    server.kill();
+    let started = Instant::now();
+    let out = run_timeout(
+        Command::new("dd").arg(format!("if={}", imports.device("t").display())).args([
+            "of=/dev/null",
+            "bs=4k",
+            "count=1",
+            "skip=17",
+            "iflag=direct",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success(), "a read from an absent server must fail");
+    assert!(text(&out.stderr).contains("Input/output error"), "{}", text(&out.stderr));
+    eprintln!("read failed after {:?}", started.elapsed());
+    assert_eq!(imports.state("t").as_deref(), Some("reconnecting"));
+    imports.run(&["-r", "t"]).assert_success("gnbd_import -r with the server gone");
+}
+
+#[test]
+fn bad_usage_and_unreachable_servers_get_clear_errors() {
+    let imports = Imports::new();
+    let out = imports.run(&["-i", "127.0.0.1", "-p", "1", "-n", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot import 'x'"), "{}", text(&out.stderr));
+    assert!(imports.list().is_empty(), "a failed import leaves no record");
+    let out = imports.run(&["-e", "127.0.0.1", "-p", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot reach"), "{}", text(&out.stderr));
+    let out = imports.run(&["-i", "127.0.0.1", "-n", "../etc"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot name a device"), "{}", text(&out.stderr));
+    let out = imports.run(&["-i", "127.0.0.1", "-t", "soon"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = imports.run(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let help = imports.run(&["--help"]);
+    let help = text(&help.stdout);
+    assert!(help.contains("EXAMPLES") && help.contains("EXIT STATUS") && help.contains("/dev/gnbd/NAME"));
+}
