@@ -52,6 +52,10 @@ pub enum ClientError {
     /// The client was closed or dropped while the request waited.
     #[error("the client is closed")]
     Closed,
+    /// TLS failed: certificates that cannot be loaded, a server certificate that does not
+    /// verify, or a server that rejected this client's certificate.
+    #[error("TLS: {message}")]
+    Tls { message: String },
 }
 
 impl ClientError {
@@ -74,7 +78,7 @@ impl ClientError {
     pub fn is_permanent(&self) -> bool {
         match self {
             ClientError::Refused { kind, .. } => *kind != NBD_REP_ERR_SHUTDOWN,
-            ClientError::Fenced { .. } | ClientError::ExportGone { .. } => true,
+            ClientError::Fenced { .. } | ClientError::ExportGone { .. } | ClientError::Tls { .. } => true,
             _ => false,
         }
     }
@@ -102,6 +106,10 @@ impl ClientError {
 
 impl From<std::io::Error> for ClientError {
     fn from(e: std::io::Error) -> Self {
+        // tokio-rustls reports TLS failures (bad certificates, alerts) as I/O errors.
+        if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            return ClientError::Tls { message: tls.to_string() };
+        }
         ClientError::Io(Arc::new(e))
     }
 }

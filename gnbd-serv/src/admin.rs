@@ -11,7 +11,7 @@ use crate::export::ExportSpec;
 /// An administrative action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Create { name: String, path: PathBuf, cached: bool, readonly: bool, description: String },
+    Create { name: String, path: PathBuf, cached: bool, readonly: bool, description: String, tls: bool },
     Remove { name: String, force: bool },
     List { json: bool },
 }
@@ -31,13 +31,13 @@ pub enum AdminError {
 /// Performs `action` against the server of `state_dir`; returns what to print.
 pub fn run(state_dir: &Path, action: Action) -> Result<String, AdminError> {
     let req = match action {
-        Action::Create { name, path, cached, readonly, description } => {
+        Action::Create { name, path, cached, readonly, description, tls } => {
             let path = crate::export::absolute(&path);
             match std::fs::metadata(&path) {
                 Ok(_) => {}
                 Err(e) => return Err(AdminError::BadPath { path, why: e.to_string() }),
             }
-            ControlRequest::Export { spec: ExportSpec { name, path, cached, readonly, description } }
+            ControlRequest::Export { spec: ExportSpec { name, path, cached, readonly, description, tls } }
         }
         Action::Remove { name, force } => ControlRequest::Remove { name, force },
         Action::List { json } => {
@@ -92,7 +92,7 @@ pub fn format_table(exports: &[ExportStatus]) -> String {
             e.name.clone(),
             if e.online { human_size(e.size) } else { "-".into() },
             mode,
-            if e.readonly { "ro".into() } else { "rw".into() },
+            format!("{}{}", if e.readonly { "ro" } else { "rw" }, if e.tls { ",tls" } else { "" }),
             e.clients.len().to_string(),
             e.path.display().to_string(),
         ]);
@@ -141,6 +141,7 @@ mod tests {
             direct_io: true,
             error: None,
             clients: vec!["127.0.0.1:5555".into()],
+            tls: false,
         };
         let t = format_table(&[e]);
         let lines: Vec<&str> = t.lines().collect();

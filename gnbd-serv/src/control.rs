@@ -52,6 +52,9 @@ pub struct ExportStatus {
     pub error: Option<String>,
     /// Peer addresses of connected clients.
     pub clients: Vec<String>,
+    /// Served only over TLS.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// The server's answer.

@@ -45,6 +45,10 @@ pub struct ExportSpec {
     /// Free text shown by `nbdinfo --list` and friends.
     #[serde(default)]
     pub description: String,
+    /// Served only over TLS (`NBD_REP_ERR_TLS_REQD` for plain-text clients): with
+    /// `gnbd_serv --tls selective`, some exports need TLS and others do not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 /// Why an export cannot be created.
@@ -227,7 +231,8 @@ pub struct Registry {
     shutting_down: AtomicBool,
     /// Client addresses of the cluster's nodes.
     nodes: NodeTable,
-    /// Refuse clients whose address is not in the node table.
+    /// Refuse clients whose address is not in the node table (or whose certificate names
+    /// no node of it).
     cluster_mode: bool,
     /// Fenced nodes. Held for reading while a connection is attached, for writing while a
     /// fence order marks connections: no connection slips between the two.
@@ -250,6 +255,28 @@ impl Registry {
     /// The node a client address belongs to.
     pub fn node_of(&self, addr: Option<IpAddr>) -> Option<String> {
         addr.and_then(|a| self.nodes.node_of(a)).map(str::to_string)
+    }
+
+    /// The node of a client that presented a verified certificate naming `cert_node`, coming
+    /// from the node `addr_node` (by address, if its address is in the node table). A
+    /// certificate is the stronger proof, but it must not contradict the address: a node
+    /// cannot speak for another from that other node's address, nor with a name the cluster
+    /// does not know (cluster mode).
+    pub fn node_of_certificate(&self, cert_node: &str, addr_node: Option<&str>) -> Result<String, Refusal> {
+        if let Err(why) = crate::fence::valid_node_name(cert_node) {
+            return Err(Refusal::Policy(format!("the client certificate names '{cert_node}', not a node name: {why}")));
+        }
+        if let Some(a) = addr_node.filter(|a| *a != cert_node) {
+            return Err(Refusal::Policy(format!(
+                "the client certificate names node '{cert_node}' but the connection comes from node '{a}'"
+            )));
+        }
+        if self.cluster_mode && !self.nodes.has_node(cert_node) {
+            return Err(Refusal::Policy(format!(
+                "the client certificate names '{cert_node}', which is not a node of this cluster"
+            )));
+        }
+        Ok(cert_node.to_string())
     }
 
     /// Whether a client may open exports at all (cluster membership and fencing).
@@ -418,20 +445,37 @@ fn fenced(bans: &BTreeSet<String>, node: &str) -> Result<(), Refusal> {
 pub struct Session<'a> {
     pub registry: &'a Registry,
     pub peer: &'a str,
-    pub node: Option<&'a str>,
+    /// The client's node: by address, or after STARTTLS by certificate.
+    pub node: Option<String>,
+    /// Set when the client's identity was refused (e.g. a certificate that contradicts its
+    /// address): every export is refused with this policy message.
+    pub refused: Option<String>,
+}
+
+impl Session<'_> {
+    fn admit(&self) -> Result<(), Refusal> {
+        if let Some(why) = &self.refused {
+            return Err(Refusal::Policy(why.clone()));
+        }
+        self.registry.admit(self.peer, self.node.as_deref())
+    }
 }
 
 impl ExportCatalog for Session<'_> {
-    fn lookup(&self, name: &str, _tls: bool) -> Result<ExportInfo, Refusal> {
+    fn lookup(&self, name: &str, tls: bool) -> Result<ExportInfo, Refusal> {
         if self.registry.shutting_down.load(Ordering::SeqCst) {
             return Err(Refusal::Shutdown);
         }
-        self.registry.admit(self.peer, self.node)?;
-        self.registry.resolve(name).map(|e| e.info()).ok_or(Refusal::Unknown)
+        self.admit()?;
+        let export = self.registry.resolve(name).ok_or(Refusal::Unknown)?;
+        if export.spec.tls && !tls {
+            return Err(Refusal::TlsRequired);
+        }
+        Ok(export.info())
     }
 
     fn list(&self, _tls: bool) -> Vec<ServerEntry> {
-        if self.registry.admit(self.peer, self.node).is_err() {
+        if self.admit().is_err() {
             return Vec::new();
         }
         self.registry

@@ -80,6 +80,11 @@ impl NodeTable {
         self.by_addr.get(&addr).map(String::as_str)
     }
 
+    /// Whether `name` is a node of the table.
+    pub fn has_node(&self, name: &str) -> bool {
+        self.by_addr.values().any(|n| n == name)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_addr.is_empty()
     }

@@ -7,7 +7,9 @@
 //! - [`Registry`] / [`Export`]: the exports and their open backing stores;
 //! - [`control`]: the JSON-lines control protocol (`gnbd_export` today, fence orders next);
 //! - [`admin`]: the `gnbd_export` verbs;
-//! - [`state`]: the persisted export list.
+//! - [`state`]: the persisted export list;
+//! - [`tls`]: STARTTLS (rustls), node names from client certificates, and the relay that
+//!   gives TLS connections the same io_uring data path as plain ones.
 //!
 //! All `unsafe` code lives in the private `sys` module (io_uring, aligned buffers, a few
 //! syscalls).
@@ -25,6 +27,7 @@
 //!     cluster: false,
 //!     cluster_key: None,
 //!     control_port: 10810,
+//!     tls: None,
 //! };
 //! run(cfg, |line| println!("{line}")).unwrap();
 //! ```
@@ -40,10 +43,11 @@ mod request;
 pub mod server;
 pub mod state;
 mod sys;
+pub mod tls;
 mod worker;
 
 pub use export::{Export, ExportError, ExportSpec, Registry, Session, DIRECT_ALIGN, MAX_PAYLOAD, PREFERRED_BLOCK};
-pub use handshake::{negotiate, HandshakeFailure, HANDSHAKE_TIMEOUT};
+pub use handshake::{negotiate, HandshakeFailure, Transport, HANDSHAKE_TIMEOUT};
 pub use request::{validate, Limits, Refused};
 
 /// Starts `tracing` output on stderr; `RUST_LOG` overrides `default_level`.

@@ -12,16 +12,17 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use anyhow::{bail, Context};
-use nbd_proto::ServerConfig;
+use nbd_proto::{ServerConfig, TlsPolicy};
 use tracing::{debug, error, info, warn};
 
 use crate::control::{ControlRequest, ControlResponse, ExportStatus, CONTROL_SOCKET};
 use crate::export::{Export, ExportSpec, Offline, Registry, Session};
 use crate::fence::{self, NodeTable};
-use crate::handshake::{negotiate, HandshakeFailure, HANDSHAKE_TIMEOUT};
+use crate::handshake::{negotiate, HandshakeFailure, Transport, HANDSHAKE_TIMEOUT};
 use crate::netctl::{self, ClusterKey};
 use crate::state;
 use crate::sys;
+use crate::tls::{self, TlsServer, TlsSettings};
 use crate::worker::{NewConn, Workers};
 
 /// Default NBD port (IANA).
@@ -50,6 +51,8 @@ pub struct ServeConfig {
     pub cluster_key: Option<PathBuf>,
     /// Port of the network control channel (0: a free port, shown in the ready line).
     pub control_port: u16,
+    /// STARTTLS: certificates and policy (`None`: TLS off).
+    pub tls: Option<TlsSettings>,
 }
 
 struct Shared {
@@ -61,6 +64,7 @@ struct Shared {
     stopping: AtomicBool,
     handshakes: AtomicUsize,
     listening: Vec<String>,
+    tls: Option<TlsServer>,
 }
 
 /// Runs the server until SIGTERM or SIGINT. `ready` receives the readiness line once every
@@ -78,6 +82,17 @@ pub fn run(cfg: ServeConfig, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
     };
     if cfg.cluster && nodes.is_empty() {
         bail!("--cluster needs a node table (--nodes FILE) listing the nodes' addresses");
+    }
+    let tls = match &cfg.tls {
+        Some(t) if t.policy != TlsPolicy::Off => {
+            let server = TlsServer::load(t)?;
+            info!(policy = ?t.policy, cert = %t.cert.display(), client_certificates = t.ca.is_some(), "TLS enabled");
+            Some(server)
+        }
+        _ => None,
+    };
+    if cfg.cluster && tls.is_some() && cfg.tls.as_ref().is_some_and(|t| t.ca.is_none()) {
+        bail!("--cluster with TLS needs --tls-ca: cluster nodes are identified by their client certificates");
     }
     let bans = fence::load_bans(&cfg.state_dir)?;
     if !bans.is_empty() {
@@ -139,6 +154,7 @@ pub fn run(cfg: ServeConfig, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
         stopping: AtomicBool::new(false),
         handshakes: AtomicUsize::new(0),
         listening,
+        tls,
     });
 
     let tcp_fd = tcp.as_raw_fd();
@@ -269,7 +285,7 @@ fn accept_unix(l: UnixListener, sh: Arc<Shared>) {
 }
 
 /// A stream the handshake can run on and the data path can take over.
-trait Socket: std::io::Read + std::io::Write + Into<OwnedFd> + Send + 'static {
+trait Socket: std::io::Read + std::io::Write + AsRawFd + Into<OwnedFd> + Send + 'static {
     fn set_timeout(&self, t: Option<std::time::Duration>) -> std::io::Result<()>;
 }
 impl Socket for TcpStream {
@@ -285,7 +301,7 @@ impl Socket for UnixStream {
     }
 }
 
-fn spawn_handshake<S: Socket>(sh: &Arc<Shared>, mut s: S, peer: String, node: Option<String>) {
+fn spawn_handshake<S: Socket>(sh: &Arc<Shared>, s: S, peer: String, node: Option<String>) {
     if sh.handshakes.fetch_add(1, Ordering::SeqCst) >= MAX_HANDSHAKES {
         sh.handshakes.fetch_sub(1, Ordering::SeqCst);
         warn!(peer = %peer, "too many handshakes in progress; connection closed");
@@ -294,41 +310,15 @@ fn spawn_handshake<S: Socket>(sh: &Arc<Shared>, mut s: S, peer: String, node: Op
     let sh2 = sh.clone();
     let r = thread::Builder::new().name("gnbd-handshake".into()).spawn(move || {
         let sh = sh2;
-        let result = s
-            .set_timeout(Some(HANDSHAKE_TIMEOUT))
-            .map_err(HandshakeFailure::Io)
-            .and_then(|()| {
-                let session = Session { registry: &sh.registry, peer: &peer, node: node.as_deref() };
-                negotiate(&mut s, &session, ServerConfig::default())
-            });
+        let mut session = Session { registry: &sh.registry, peer: &peer, node, refused: None };
+        let policy = sh.tls.as_ref().map_or(TlsPolicy::Off, |t| t.policy);
+        let result = s.set_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(HandshakeFailure::Io).and_then(|()| {
+            negotiate(s, &mut session, ServerConfig { tls: policy, ..ServerConfig::default() }, sh.tls.as_ref())
+        });
         sh.handshakes.fetch_sub(1, Ordering::SeqCst);
+        let node = session.node.clone();
         match result {
-            Ok((negotiated, leftover)) => {
-                let Some(export) = sh.registry.get(&negotiated.export.name) else {
-                    warn!(peer = %peer, export = %negotiated.export.name, "export removed during the handshake");
-                    return;
-                };
-                // The data path waits as long as it must; only the handshake is timed.
-                let _ = s.set_timeout(None);
-                let sock: OwnedFd = s.into();
-                let attached = match sh.registry.attach(&export, peer.clone(), node.clone(), sock.as_raw_fd()) {
-                    Ok(a) => a,
-                    Err(r) => {
-                        warn!(peer = %peer, refusal = ?r, "connection refused after its handshake (fenced meanwhile)");
-                        return;
-                    }
-                };
-                info!(peer = %peer, node = ?node, export = %export.spec.name, mode = ?negotiated.mode, "client connected");
-                sh.workers.dispatch(NewConn {
-                    sock,
-                    peer,
-                    export,
-                    negotiated,
-                    leftover,
-                    client_id: attached.client_id,
-                    fenced: attached.fenced,
-                });
-            }
+            Ok((negotiated, leftover, stream)) => start_data_path(&sh, negotiated, leftover, stream, peer, node),
             Err(HandshakeFailure::Aborted) => debug!(peer = %peer, "client ended the handshake"),
             Err(HandshakeFailure::Vanished) => debug!(peer = %peer, "client left during the handshake"),
             Err(e) => warn!(peer = %peer, error = %e, "handshake failed"),
@@ -338,6 +328,60 @@ fn spawn_handshake<S: Socket>(sh: &Arc<Shared>, mut s: S, peer: String, node: Op
         sh.handshakes.fetch_sub(1, Ordering::SeqCst);
         warn!(error = %e, "cannot start a handshake thread");
     }
+}
+
+/// Hands a negotiated connection to a worker: the socket itself, or for TLS one end of a
+/// socket pair whose other end a relay thread joins to the TLS session.
+fn start_data_path<S: Socket>(
+    sh: &Arc<Shared>,
+    negotiated: nbd_proto::Negotiated,
+    leftover: Vec<u8>,
+    stream: Transport<S>,
+    peer: String,
+    node: Option<String>,
+) {
+    let Some(export) = sh.registry.get(&negotiated.export.name) else {
+        warn!(peer = %peer, export = %negotiated.export.name, "export removed during the handshake");
+        return;
+    };
+    // The data path waits as long as it must; only the handshake is timed.
+    let _ = stream.sock().set_timeout(None);
+    let (sock, relay): (OwnedFd, _) = match stream {
+        Transport::Plain(s) => (s.into(), None),
+        Transport::Tls(t) => match UnixStream::pair() {
+            Ok((worker_end, relay_end)) => (worker_end.into(), Some((t, relay_end))),
+            Err(e) => {
+                warn!(peer = %peer, error = %e, "cannot create the socket pair for a TLS connection");
+                return;
+            }
+        },
+    };
+    let attached = match sh.registry.attach(&export, peer.clone(), node.clone(), sock.as_raw_fd()) {
+        Ok(a) => a,
+        Err(r) => {
+            warn!(peer = %peer, refusal = ?r, "connection refused after its handshake (fenced meanwhile)");
+            return;
+        }
+    };
+    info!(peer = %peer, node = ?node, export = %export.spec.name, mode = ?negotiated.mode, tls = negotiated.tls,
+          "client connected");
+    if let Some((t, relay_end)) = relay {
+        let p = peer.clone();
+        if let Err(e) = thread::Builder::new().name("gnbd-tls".into()).spawn(move || tls::relay(*t, relay_end, &p)) {
+            warn!(peer = %peer, error = %e, "cannot start a TLS relay thread");
+            export.detach_client(attached.client_id);
+            return;
+        }
+    }
+    sh.workers.dispatch(NewConn {
+        sock,
+        peer,
+        export,
+        negotiated,
+        leftover,
+        client_id: attached.client_id,
+        fenced: attached.fenced,
+    });
 }
 
 fn control_loop(l: UnixListener, sh: Arc<Shared>) {
@@ -436,6 +480,7 @@ fn handle(req: ControlRequest, sh: &Shared) -> ControlResponse {
                     direct_io: e.direct_io(),
                     error: None,
                     clients: e.clients().into_iter().map(|c| c.peer).collect(),
+                    tls: e.spec.tls,
                 })
                 .collect();
             exports.extend(sh.registry.offline().into_iter().map(|o| ExportStatus {
@@ -448,6 +493,7 @@ fn handle(req: ControlRequest, sh: &Shared) -> ControlResponse {
                 direct_io: false,
                 error: Some(o.error),
                 clients: Vec::new(),
+                tls: o.spec.tls,
             }));
             exports.sort_by(|a, b| a.name.cmp(&b.name));
             ControlResponse::Exports { exports }
@@ -517,10 +563,11 @@ pub fn spec_for(
     cached: bool,
     readonly: bool,
     description: String,
+    tls: bool,
 ) -> anyhow::Result<ExportSpec> {
     let path = crate::export::absolute(path);
     if !path.exists() {
         bail!("{} does not exist", path.display());
     }
-    Ok(ExportSpec { name: name.into(), path, cached, readonly, description })
+    Ok(ExportSpec { name: name.into(), path, cached, readonly, description, tls })
 }

@@ -103,6 +103,7 @@ mod tests {
             cached: true,
             readonly: false,
             description: "test".into(),
+            tls: true,
         };
         save(&dir, std::slice::from_ref(&spec)).unwrap();
         assert_eq!(load(&dir).unwrap(), vec![spec]);

@@ -17,6 +17,7 @@
 //!   skip silently; `scripts/deps.sh` installs the tools).
 //! - [`fill_pattern`], [`write_pattern_file`], [`Hasher64`], [`file_checksum`]:
 //!   deterministic, position-addressable pseudo-random content and a fast checksum.
+//! - [`pki`]: a throw-away CA, server and client certificates (openssl) for TLS tests.
 //! - [`rawclient`]: a hand-written NBD client over `std::net::TcpStream` that builds every
 //!   byte itself, for protocol abuse and crash tests.
 //!
@@ -43,6 +44,7 @@ mod bins;
 pub mod cluster;
 mod data;
 pub mod import;
+pub mod pki;
 mod process;
 pub mod rawclient;
 mod server;

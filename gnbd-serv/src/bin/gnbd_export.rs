@@ -26,6 +26,9 @@ EXAMPLES
         gnbd_export -l
         gnbd_export -l --json
 
+    Export a disk that only TLS clients may open (gnbd_serv --tls selective):
+        gnbd_export -e secure0 -d /srv/secure0.img --tls
+
     Remove an export, disconnecting its clients:
         gnbd_export -r disk0 -O
 
@@ -55,6 +58,10 @@ struct Args {
     /// Read-only export.
     #[arg(short = 'o', long, requires = "export")]
     readonly: bool,
+    /// Serve this export only over TLS: plain-text clients get NBD_REP_ERR_TLS_REQD (needs
+    /// gnbd_serv --tls selective or required).
+    #[arg(long, requires = "export")]
+    tls: bool,
     /// Description shown to clients that list exports.
     #[arg(long, value_name = "TEXT", default_value = "", requires = "export")]
     description: String,
@@ -81,6 +88,7 @@ fn main() -> ExitCode {
             cached: a.cached,
             readonly: a.readonly,
             description: a.description,
+            tls: a.tls,
         }
     } else if let Some(name) = a.remove {
         Action::Remove { name, force: a.force }

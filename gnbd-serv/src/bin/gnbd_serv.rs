@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use clap::{ArgAction, Parser};
 use gnbd_serv::daemon::{detach, fork, wait_child, Forked};
 use gnbd_serv::server::{run, ServeConfig, DEFAULT_PORT};
+use gnbd_serv::tls::TlsSettings;
+use nbd_proto::TlsPolicy;
 
 const AFTER_HELP: &str = "\
 DESCRIPTION
@@ -26,6 +28,10 @@ EXAMPLES
         gnbd_export --state-dir /tmp/gnbd -e disk0 -d /srv/disk0.img
         nbdinfo nbd://127.0.0.1:10809/disk0
 
+    Serve over TLS only, verifying client certificates against a CA:
+        gnbd_serv --tls-cert /etc/gnbd/server-cert.pem --tls-key /etc/gnbd/server-key.pem \
+            --tls-ca /etc/gnbd/ca-cert.pem
+
     Run attached to the terminal with debug logs, on a free port:
         RUST_LOG=debug gnbd_serv --state-dir /tmp/gnbd -p 0 --foreground
 
@@ -35,6 +41,7 @@ FILES
     STATE_DIR/bans.json         fenced nodes (persisted before a fence is acknowledged)
     STATE_DIR/gnbd_serv.pid     pid of the running server (locked while it runs)
     STATE_DIR/gnbd_serv.log     log of a daemonised server
+    --tls-cert, --tls-key, --tls-ca   PEM files (the key should be readable by root only)
 
 FENCING
     With --nodes, each client connection belongs to the cluster node its address is listed
@@ -46,12 +53,30 @@ FENCING
     signed with the cluster key (HMAC-SHA256 over a per-connection challenge): fence_gnbd on
     any node can fence. Unsigned or forged orders are refused and logged.
 
+TLS
+    With --tls-cert and --tls-key the server offers STARTTLS (NBD_OPT_STARTTLS) with TLS 1.2
+    and 1.3 (rustls). --tls required refuses every client that does not upgrade; --tls
+    selective lets plain-text clients open the exports not created with gnbd_export --tls.
+    With --tls-ca, every TLS client must present a certificate signed by that CA; it names the
+    client's cluster node (subject CN, else the first DNS subjectAltName), and a certificate
+    naming a node other than the one the client's address belongs to is refused. With
+    --cluster, the certificate must name a node of the node table. Standard clients work:
+        nbdinfo 'nbds://127.0.0.1/disk0?tls-certificates=/etc/gnbd/client'
+    (the directory holds ca-cert.pem, client-cert.pem and client-key.pem).
+
 SIGNALS
     SIGTERM, SIGINT   stop accepting, finish and answer in-flight requests, exit 0.
 
 EXIT STATUS
     0   stopped cleanly (or, daemonising, the daemon is ready)
     1   could not start: the message says why (port in use, state directory locked, ...)";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TlsMode {
+    Off,
+    Selective,
+    Required,
+}
 
 /// GNBD export server: serve files and block devices over NBD.
 #[derive(Debug, Parser)]
@@ -96,6 +121,22 @@ struct Args {
     /// TCP port of the network control channel (0: a free port, shown in the ready line).
     #[arg(long, value_name = "PORT", default_value_t = gnbd_serv::netctl::DEFAULT_CONTROL_PORT)]
     control_port: u16,
+    /// TLS mode: off; selective (STARTTLS offered, exports created with `gnbd_export --tls`
+    /// need it); required (every option but STARTTLS is refused until TLS is up). Default:
+    /// required when --tls-cert is given, else off.
+    #[arg(long, value_name = "MODE", value_enum)]
+    tls: Option<TlsMode>,
+    /// Server certificate chain (PEM, leaf first).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificate(s) (PEM) that sign client certificates: every TLS client must then
+    /// present a certificate signed by it, and its node is the certificate's subject CN (else
+    /// its first DNS name). Required for TLS with --cluster.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
     /// More log output (-v: debug, -vv: trace); RUST_LOG overrides.
     #[arg(short, long, action = ArgAction::Count)]
     verbose: u8,
@@ -108,6 +149,22 @@ fn main() -> ExitCode {
         1 => "debug",
         _ => "trace",
     };
+    let policy = match (args.tls, &args.tls_cert) {
+        (Some(TlsMode::Off), _) | (None, None) => TlsPolicy::Off,
+        (Some(TlsMode::Selective), Some(_)) => TlsPolicy::Selective,
+        (Some(TlsMode::Required) | None, Some(_)) => TlsPolicy::Required,
+        (Some(_), None) => {
+            eprintln!("gnbd_serv: --tls selective/required needs --tls-cert FILE and --tls-key FILE");
+            return ExitCode::from(2);
+        }
+    };
+    let abs = |p: &PathBuf| gnbd_serv::state::absolute_dir(p);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) if policy != TlsPolicy::Off => {
+            Some(TlsSettings { policy, cert: abs(cert), key: abs(key), ca: args.tls_ca.as_ref().map(abs) })
+        }
+        _ => None,
+    };
     let cfg = ServeConfig {
         state_dir: gnbd_serv::state::absolute_dir(&args.state_dir),
         bind: args.bind,
@@ -119,6 +176,7 @@ fn main() -> ExitCode {
         cluster: args.cluster,
         cluster_key: args.cluster_key.as_ref().map(|p| gnbd_serv::state::absolute_dir(p)),
         control_port: args.control_port,
+        tls,
     };
     if args.foreground {
         gnbd_serv::init_tracing(level);

@@ -168,3 +168,53 @@ pub fn set_keepalive(fd: &impl AsRawFd) {
     set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10);
     set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
 }
+
+/// Puts a descriptor into non-blocking mode.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller owns; F_GETFL/F_SETFL take no pointers.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
+/// One descriptor to wait on with [`poll`]; a descriptor with no interest is skipped.
+#[derive(Debug, Clone, Copy)]
+#[repr(transparent)]
+pub struct PollFd(libc::pollfd);
+
+impl PollFd {
+    pub fn new(fd: RawFd, read: bool, write: bool) -> PollFd {
+        let mut events = 0;
+        if read {
+            events |= libc::POLLIN;
+        }
+        if write {
+            events |= libc::POLLOUT;
+        }
+        // A negative descriptor is ignored by poll(2) (no POLLHUP spinning for idle ones).
+        PollFd(libc::pollfd { fd: if events == 0 { -1 } else { fd }, events, revents: 0 })
+    }
+    pub fn readable(&self) -> bool {
+        self.0.revents & (libc::POLLIN | libc::POLLHUP) != 0 && self.0.events & libc::POLLIN != 0
+    }
+    pub fn failed(&self) -> bool {
+        self.0.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
+    }
+}
+
+/// Waits until one of `fds` is ready or `timeout` passes (EINTR counts as a timeout).
+pub fn poll(fds: &mut [PollFd], timeout: std::time::Duration) -> io::Result<()> {
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: PollFd is #[repr(transparent)] over libc::pollfd; the pointer and length
+    // describe the caller's live, exclusively borrowed slice for the duration of the call.
+    let r = unsafe { libc::poll(fds.as_mut_ptr().cast::<libc::pollfd>(), fds.len() as libc::nfds_t, ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
+}

@@ -23,16 +23,33 @@ pub struct ClientConfig {
     pub base_allocation: bool,
     /// List the exports instead of opening one.
     pub list: bool,
+    /// Send `NBD_OPT_STARTTLS` first: the driver upgrades the socket when the handshake
+    /// returns [`ClientStatus::StartTls`], then calls [`ClientHandshake::tls_started`].
+    pub starttls: bool,
 }
 
 impl ClientConfig {
     /// Opens `export` with every feature this implementation knows.
     pub fn open(export: impl Into<String>) -> Self {
-        Self { export: export.into(), structured: true, extended: true, base_allocation: true, list: false }
+        Self {
+            export: export.into(),
+            structured: true,
+            extended: true,
+            base_allocation: true,
+            list: false,
+            starttls: false,
+        }
     }
     /// Lists the server's exports.
     pub fn listing() -> Self {
-        Self { export: String::new(), structured: false, extended: false, base_allocation: false, list: true }
+        Self {
+            export: String::new(),
+            structured: false,
+            extended: false,
+            base_allocation: false,
+            list: true,
+            starttls: false,
+        }
     }
 }
 
@@ -57,6 +74,10 @@ pub enum ClientStatus {
     Done(ClientNegotiated),
     /// The listing is complete (an `NBD_OPT_ABORT` is in the output; close after sending it).
     Listed(Vec<ServerEntry>),
+    /// The server accepted `NBD_OPT_STARTTLS`: run the TLS handshake on the socket (nothing
+    /// else may be sent or read in plain text), then call [`ClientHandshake::tls_started`]
+    /// and keep feeding the decrypted bytes.
+    StartTls,
 }
 
 /// The handshake failed.
@@ -93,6 +114,7 @@ pub fn reply_name(kind: u32) -> &'static str {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
+    StartTls,
     Extended,
     Structured,
     SetMeta,
@@ -105,6 +127,8 @@ enum State {
     Greeting,
     Reply(Step),
     ExportNameReply,
+    /// STARTTLS was accepted; waiting for the driver to bring TLS up.
+    TlsPending,
     Finished,
 }
 
@@ -145,6 +169,12 @@ impl ClientHandshake {
             let buf = &input[used..];
             match self.state {
                 State::Finished => return Err(ClientError::Protocol("data after the handshake ended".into())),
+                State::TlsPending => {
+                    if buf.is_empty() {
+                        return Ok((used, ClientStatus::Continue));
+                    }
+                    return Err(ClientError::Protocol("plain-text data from the server after STARTTLS".into()));
+                }
                 State::Greeting => {
                     if buf.len() < 18 {
                         return Ok((used, ClientStatus::Continue));
@@ -163,16 +193,11 @@ impl ClientHandshake {
                         cflags |= NBD_FLAG_C_NO_ZEROES;
                     }
                     put_u32(&mut self.out, cflags);
-                    let first = if self.cfg.list {
-                        Step::List
-                    } else if self.cfg.extended {
-                        Step::Extended
-                    } else if self.cfg.structured {
-                        Step::Structured
-                    } else {
-                        Step::Go
-                    };
-                    self.send(first);
+                    if self.cfg.starttls {
+                        self.send(Step::StartTls);
+                        continue;
+                    }
+                    self.first_step();
                 }
                 State::ExportNameReply => {
                     let need = if self.no_zeroes { 10 } else { 134 };
@@ -211,10 +236,31 @@ impl ClientHandshake {
         }
     }
 
+    /// Tells the handshake that the socket now runs TLS: option haggling starts over.
+    /// Does nothing unless the handshake returned [`ClientStatus::StartTls`].
+    pub fn tls_started(&mut self) {
+        if self.state == State::TlsPending {
+            self.first_step();
+        }
+    }
+
+    fn first_step(&mut self) {
+        let first = if self.cfg.list {
+            Step::List
+        } else if self.cfg.extended {
+            Step::Extended
+        } else if self.cfg.structured {
+            Step::Structured
+        } else {
+            Step::Go
+        };
+        self.send(first);
+    }
+
     fn send(&mut self, step: Step) {
         let mut data = Vec::new();
         match step {
-            Step::Extended | Step::Structured | Step::List => {}
+            Step::StartTls | Step::Extended | Step::Structured | Step::List => {}
             Step::SetMeta => {
                 MetaContextRequest { export: self.cfg.export.clone(), queries: vec![BASE_ALLOCATION.into()] }
                     .encode(&mut data)
@@ -234,6 +280,17 @@ impl ClientHandshake {
         let is_err = kind & NBD_REP_FLAG_ERROR != 0;
         let message = || String::from_utf8_lossy(data).into_owned();
         match step {
+            Step::StartTls => match kind {
+                NBD_REP_ACK => {
+                    // Nothing more until the driver has TLS up (tls_started sends the next step).
+                    self.state = State::TlsPending;
+                    return Ok(Some(ClientStatus::StartTls));
+                }
+                _ if is_err => {
+                    return Err(ClientError::Refused { option: NBD_OPT_STARTTLS, kind, message: message() });
+                }
+                _ => return Err(ClientError::Protocol(format!("unexpected reply {kind:#x} to NBD_OPT_STARTTLS"))),
+            },
             Step::Extended | Step::Structured => {
                 if kind == NBD_REP_ACK {
                     self.result.mode = if step == Step::Extended { ReplyMode::Extended } else { ReplyMode::Structured };
@@ -312,6 +369,7 @@ impl ClientHandshake {
 
 fn step_option(step: Step) -> u32 {
     match step {
+        Step::StartTls => NBD_OPT_STARTTLS,
         Step::Extended => NBD_OPT_EXTENDED_HEADERS,
         Step::Structured => NBD_OPT_STRUCTURED_REPLY,
         Step::SetMeta => NBD_OPT_SET_META_CONTEXT,

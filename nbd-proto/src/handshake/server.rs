@@ -160,9 +160,13 @@ impl ServerHandshake {
         std::mem::take(&mut self.out)
     }
 
-    /// Tells the handshake that the driver has upgraded the socket to TLS.
+    /// Tells the handshake that the driver has upgraded the socket to TLS. What was
+    /// negotiated in plain text (reply mode, meta contexts) is forgotten: the client starts
+    /// over inside TLS, so an attacker cannot have chosen it.
     pub fn tls_started(&mut self) {
         self.tls = true;
+        self.mode = ReplyMode::Simple;
+        self.meta = None;
     }
 
     /// Consumes as much of `input` as forms whole messages. Returns how many bytes were

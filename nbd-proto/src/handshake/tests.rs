@@ -266,3 +266,88 @@ proptest! {
         let _ = client.feed(&greeting);
     }
 }
+
+/// Drives a client and a server byte-exactly, both sides "starting TLS" (no cipher here) when
+/// told to, until the client finishes.
+fn converse_tls(cfg: ClientConfig, policy: TlsPolicy) -> (Result<ClientStatus, ClientError>, Vec<ServerStatus>) {
+    let mut server = ServerHandshake::new(ServerConfig { tls: policy, ..ServerConfig::default() });
+    let mut client = ClientHandshake::new(cfg);
+    let (mut to_client, mut to_server) = (Vec::new(), Vec::new());
+    let mut seen = Vec::new();
+    for _ in 0..1000 {
+        to_client.extend(server.take_output());
+        let (used, status) = match client.feed(&to_client) {
+            Ok(x) => x,
+            Err(e) => return (Err(e), seen),
+        };
+        to_client.drain(..used);
+        to_server.extend(client.take_output());
+        match status {
+            ClientStatus::Continue => {}
+            ClientStatus::StartTls => {
+                client.tls_started();
+                to_server.extend(client.take_output());
+            }
+            done => return (Ok(done), seen),
+        }
+        let (used, s) = server.feed(&to_server, &Catalog).expect("server accepts the client");
+        to_server.drain(..used);
+        match s {
+            ServerStatus::Continue => {}
+            ServerStatus::StartTls => {
+                assert!(to_server.is_empty(), "the client sent plain text after STARTTLS");
+                server.tls_started();
+                seen.push(s);
+            }
+            other => seen.push(other),
+        }
+    }
+    panic!("handshake did not finish");
+}
+
+#[test]
+fn starttls_then_full_negotiation() {
+    for policy in [TlsPolicy::Selective, TlsPolicy::Required] {
+        let cfg = ClientConfig { starttls: true, ..ClientConfig::open("disk") };
+        let (client, server) = converse_tls(cfg, policy);
+        let ClientStatus::Done(n) = client.unwrap() else { panic!("not done") };
+        assert_eq!(n.mode, ReplyMode::Extended);
+        assert_eq!(n.base_allocation, Some(BASE_ALLOCATION_ID));
+        assert_eq!(server[0], ServerStatus::StartTls);
+        let Some(ServerStatus::Done(s)) = server.get(1) else { panic!("server not done: {server:?}") };
+        assert!(s.tls, "the server must know the session runs over TLS");
+    }
+}
+
+#[test]
+fn starttls_refused_by_a_plain_server_and_plain_client_refused_by_a_tls_server() {
+    let cfg = ClientConfig { starttls: true, ..ClientConfig::open("disk") };
+    let (client, _) = converse_tls(cfg, TlsPolicy::Off);
+    assert!(
+        matches!(client, Err(ClientError::Refused { option: NBD_OPT_STARTTLS, kind: NBD_REP_ERR_POLICY, .. })),
+        "{client:?}"
+    );
+    let (client, _) = converse_tls(ClientConfig::open("disk"), TlsPolicy::Required);
+    // The client's first option (extended headers) is refused with TLS_REQD, then GO too.
+    assert!(matches!(client, Err(ClientError::Refused { kind: NBD_REP_ERR_TLS_REQD, .. })), "{client:?}");
+}
+
+#[test]
+fn plain_text_options_are_forgotten_after_starttls() {
+    let mut server = ServerHandshake::new(ServerConfig { tls: TlsPolicy::Selective, ..ServerConfig::default() });
+    let mut input = Vec::new();
+    input.extend_from_slice(&NBD_FLAG_C_FIXED_NEWSTYLE.to_be_bytes());
+    encode_option(&mut input, NBD_OPT_STRUCTURED_REPLY, &[]);
+    encode_option(&mut input, NBD_OPT_STARTTLS, &[]);
+    let (used, s) = server.feed(&input, &Catalog).unwrap();
+    assert_eq!((used, s), (input.len(), ServerStatus::StartTls));
+    server.tls_started();
+    let mut go = Vec::new();
+    InfoRequest { name: "disk".into(), infos: vec![] }.encode(&mut go);
+    let mut input = Vec::new();
+    encode_option(&mut input, NBD_OPT_GO, &go);
+    let (_, s) = server.feed(&input, &Catalog).unwrap();
+    let ServerStatus::Done(n) = s else { panic!("{s:?}") };
+    assert_eq!(n.mode, ReplyMode::Simple, "structured replies chosen before STARTTLS must not survive it");
+    assert!(n.tls);
+}
