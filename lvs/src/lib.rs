@@ -27,8 +27,12 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod admin;
 mod config;
+pub mod daemon;
 mod model;
+pub mod nanny;
+pub mod proxy;
 mod sched;
 mod table;
 

@@ -1,0 +1,278 @@
+//! The userspace data plane: a NAT-style TCP proxy (clients see the VIP, real servers see
+//! the director) and a UDP forwarder with a session table. Every connection is scheduled
+//! by the shared [`Director`] and reported back to it (connecting → established → closed)
+//! so the schedulers see the kernel's active/inactive counts.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tracing::{debug, warn};
+
+use crate::model::{Protocol, Stats};
+use crate::sched::Millis;
+use crate::table::{ConnId, Director};
+
+/// How long a connect to a real server may take before the client is dropped.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Size of each direction's copy buffer.
+const BUF: usize = 64 * 1024;
+/// Counters are flushed into the table at least every this many bytes.
+const FLUSH_BYTES: u64 = 1 << 20;
+
+/// The table and the clock it runs on, shared by the data plane, the admin socket and the
+/// health checks.
+#[derive(Debug)]
+pub struct Shared {
+    /// The table.
+    pub dir: Mutex<Director>,
+    start: Instant,
+}
+
+impl Shared {
+    /// Wraps a table.
+    pub fn new(dir: Director) -> Arc<Shared> {
+        Arc::new(Shared { dir: Mutex::new(dir), start: Instant::now() })
+    }
+
+    /// Milliseconds since start (the table's clock).
+    pub fn now_ms(&self) -> Millis {
+        self.start.elapsed().as_millis() as Millis
+    }
+
+    /// Locks the table (a poisoned lock is still usable: the table has no invariant a
+    /// panicking reader could break half-way).
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Director> {
+        self.dir.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Binds a listening TCP socket (IP_FREEBIND: the VIP need not be up yet, as on a backup
+/// director waiting to take over).
+pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_freebind(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
+}
+
+/// Binds a UDP socket, with IP_FREEBIND like [`bind_tcp`].
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_freebind(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+/// Accepts clients on `listener` (bound to `vaddr`) for ever, one task per connection.
+pub async fn serve_tcp(shared: Arc<Shared>, listener: TcpListener, vaddr: SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((client, peer)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move { proxy_tcp(shared, client, peer, vaddr).await });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(vaddr = %vaddr, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn proxy_tcp(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, vaddr: SocketAddr) {
+    let now = shared.now_ms();
+    let sched = shared.lock().connect(Protocol::Tcp, peer, vaddr, now);
+    let sched = match sched {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(client = %peer, vaddr = %vaddr, error = %e, "dropping connection");
+            return;
+        }
+    };
+    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(sched.daddr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(client = %peer, server = %sched.daddr, error = %e, "real server refused");
+            shared.lock().closed(sched.conn, shared.now_ms());
+            return;
+        }
+        Err(_) => {
+            debug!(client = %peer, server = %sched.daddr, "connect to real server timed out");
+            shared.lock().closed(sched.conn, shared.now_ms());
+            return;
+        }
+    };
+    shared.lock().established(sched.conn);
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let (cr, cw) = client.into_split();
+    let (ur, uw) = upstream.into_split();
+    let inbound = pump(shared.clone(), sched.conn, cr, uw, true);
+    let outbound = pump(shared.clone(), sched.conn, ur, cw, false);
+    tokio::join!(inbound, outbound);
+    shared.lock().closed(sched.conn, shared.now_ms());
+}
+
+/// Copies one direction until EOF or error, then half-closes the other side.
+async fn pump(
+    shared: Arc<Shared>,
+    conn: ConnId,
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    inbound: bool,
+) {
+    let mut buf = vec![0u8; BUF];
+    let mut pending = Stats::default();
+    let flush = |pending: &mut Stats, force: bool| {
+        let bytes = pending.inbytes + pending.outbytes;
+        if bytes > 0 && (force || bytes >= FLUSH_BYTES) {
+            shared.lock().account(conn, pending);
+            *pending = Stats::default();
+        }
+    };
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        if inbound {
+            pending.inpkts += 1;
+            pending.inbytes += n as u64;
+        } else {
+            pending.outpkts += 1;
+            pending.outbytes += n as u64;
+        }
+        flush(&mut pending, false);
+    }
+    flush(&mut pending, true);
+    let _ = to.shutdown().await;
+}
+
+struct Session {
+    upstream: Arc<UdpSocket>,
+    conn: ConnId,
+    last_ms: Arc<AtomicU64>,
+}
+
+/// Forwards datagrams arriving at `vaddr` for ever: one session (and one upstream socket)
+/// per client address, idle sessions expiring after the table's UDP timeout.
+pub async fn serve_udp(shared: Arc<Shared>, sock: UdpSocket, vaddr: SocketAddr) {
+    let sock = Arc::new(sock);
+    let sessions: Arc<Mutex<HashMap<SocketAddr, Session>>> = Arc::new(Mutex::new(HashMap::new()));
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, client) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                debug!(vaddr = %vaddr, error = %e, "udp receive failed");
+                continue;
+            }
+        };
+        let now = shared.now_ms();
+        let existing = {
+            let s = sessions.lock().unwrap_or_else(|e| e.into_inner());
+            s.get(&client).map(|s| (s.upstream.clone(), s.conn, s.last_ms.clone()))
+        };
+        let (upstream, conn) = match existing {
+            Some((u, c, last)) => {
+                last.store(now, Ordering::Relaxed);
+                (u, c)
+            }
+            None => {
+                let sched = match shared.lock().connect(Protocol::Udp, client, vaddr, now) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        debug!(client = %client, error = %e, "dropping datagram");
+                        continue;
+                    }
+                };
+                let any: SocketAddr =
+                    if sched.daddr.is_ipv4() { "0.0.0.0:0".parse() } else { "[::]:0".parse() }.expect("literal");
+                let up = match UdpSocket::bind(any).await {
+                    Ok(u) => u,
+                    Err(e) => {
+                        warn!(error = %e, "cannot open an upstream UDP socket");
+                        shared.lock().closed(sched.conn, now);
+                        continue;
+                    }
+                };
+                if let Err(e) = up.connect(sched.daddr).await {
+                    debug!(server = %sched.daddr, error = %e, "udp connect failed");
+                    shared.lock().closed(sched.conn, now);
+                    continue;
+                }
+                let up = Arc::new(up);
+                let last = Arc::new(AtomicU64::new(now));
+                sessions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(client, Session { upstream: up.clone(), conn: sched.conn, last_ms: last.clone() });
+                tokio::spawn(udp_replies(
+                    shared.clone(),
+                    sessions.clone(),
+                    sock.clone(),
+                    up.clone(),
+                    client,
+                    sched.conn,
+                    last,
+                ));
+                (up, sched.conn)
+            }
+        };
+        if upstream.send(&buf[..n]).await.is_ok() {
+            let mut s = shared.lock();
+            s.touch(conn, now);
+            s.account(conn, &Stats { conns: 0, inpkts: 1, outpkts: 0, inbytes: n as u64, outbytes: 0 });
+        }
+    }
+}
+
+async fn udp_replies(
+    shared: Arc<Shared>,
+    sessions: Arc<Mutex<HashMap<SocketAddr, Session>>>,
+    listen: Arc<UdpSocket>,
+    up: Arc<UdpSocket>,
+    client: SocketAddr,
+    conn: ConnId,
+    last: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let idle_ms = shared.lock().timeouts.udp_s as u64 * 1000;
+        let since = shared.now_ms().saturating_sub(last.load(Ordering::Relaxed));
+        if since >= idle_ms {
+            break;
+        }
+        let wait = Duration::from_millis(idle_ms - since);
+        match tokio::time::timeout(wait, up.recv(&mut buf)).await {
+            Ok(Ok(n)) => {
+                let now = shared.now_ms();
+                last.store(now, Ordering::Relaxed);
+                if listen.send_to(&buf[..n], client).await.is_ok() {
+                    let mut s = shared.lock();
+                    s.touch(conn, now);
+                    s.account(conn, &Stats { conns: 0, inpkts: 0, outpkts: 1, inbytes: 0, outbytes: n as u64 });
+                }
+            }
+            // ICMP port unreachable and the like: keep the session until it idles out.
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(_) => {}
+        }
+    }
+    sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&client);
+    shared.lock().closed(conn, shared.now_ms());
+}
