@@ -42,6 +42,7 @@
 
 mod bins;
 pub mod cluster;
+pub mod corosync;
 mod data;
 pub mod import;
 pub mod pki;

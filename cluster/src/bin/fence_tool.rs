@@ -1,0 +1,76 @@
+//! `fence_tool`: show the fence domain.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+DESCRIPTION
+    fence_tool ls shows the fence domain as this node's fenced sees it: quorum, the node
+    that fences (master), and for every configured node whether it is a cluster member, a
+    domain member, waiting to be fenced (with failed attempts), and its last fence.
+
+EXAMPLES
+    fence_tool ls
+    fence_tool ls --json
+
+FILES
+    /run/cluster/fenced.sock        fenced's local API
+
+EXIT STATUS
+    0   shown
+    1   fenced not running";
+
+/// Fence domain information.
+#[derive(Debug, Parser)]
+#[command(name = "fence_tool", version, after_long_help = AFTER_HELP)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// List the fence domain.
+    Ls {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let Args { cmd: Cmd::Ls { json } } = Args::parse();
+    let s = match cluster::api::Client::connect_default().and_then(|mut c| c.status()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fence_tool: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s).expect("status serializes"));
+        return ExitCode::SUCCESS;
+    }
+    println!("fence domain \"default\" of cluster {} (config_version {})", s.cluster, s.config_version);
+    println!("local node id {}, quorate: {}", s.local_nodeid, if s.quorate { "yes" } else { "no" });
+    println!("master: {}", s.master.map(|m| m.to_string()).unwrap_or_else(|| "none".into()));
+    println!("{:<6} {:<12} {:<7} {:<7} {:<16} last fence", "nodeid", "name", "member", "domain", "pending");
+    for n in &s.nodes {
+        let pending = if n.pending { format!("yes ({} failed)", n.failures) } else { "no".into() };
+        let last = n
+            .last_fence
+            .as_ref()
+            .map(|f| format!("by {} with {} at {} ms", f.by, f.method, f.at_unix_ms))
+            .unwrap_or_else(|| "never".into());
+        println!(
+            "{:<6} {:<12} {:<7} {:<7} {:<16} {last}",
+            n.nodeid,
+            n.name,
+            if n.member { "yes" } else { "no" },
+            if n.in_domain { "yes" } else { "no" },
+            pending
+        );
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,229 @@
+//! `cman_tool` operations: join (generate corosync.conf, start corosync and fenced), leave,
+//! status and nodes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::conf::{self, ClusterConf};
+use crate::corosync;
+use crate::corosync_conf::{self, LOG_DIR};
+
+/// Default cluster.conf.
+pub const DEFAULT_CONF: &str = "/etc/cluster/cluster.conf";
+/// Run directory: generated corosync.conf, pid files, the fenced socket.
+pub const RUN_DIR: &str = "/run/cluster";
+
+/// What can go wrong in a cman_tool operation.
+#[derive(Debug, thiserror::Error)]
+pub enum CmanError {
+    /// cluster.conf is invalid (every problem listed).
+    #[error("{path}: invalid cluster.conf:\n{errors}")]
+    Conf { path: String, errors: conf::ConfErrors },
+    /// The corosync configuration cannot be generated.
+    #[error("{0}")]
+    Generate(#[from] corosync_conf::GenerateError),
+    /// Corosync is not reachable or failed.
+    #[error("{0}")]
+    Corosync(#[from] corosync::CorosyncError),
+    /// The node is already a member.
+    #[error("corosync is already running on this node; run cman_tool leave first")]
+    AlreadyJoined,
+    /// A program could not be started.
+    #[error("cannot start {program}: {error}")]
+    Spawn { program: String, error: std::io::Error },
+    /// A daemon did not come up.
+    #[error("{what} did not become ready within {secs} s; see {log}")]
+    NotReady { what: &'static str, secs: u64, log: String },
+    /// File system trouble.
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> CmanError + '_ {
+    move |error| CmanError::Io { path: path.display().to_string(), error }
+}
+
+/// Loads and validates a cluster.conf.
+pub fn load(path: &Path) -> Result<ClusterConf, CmanError> {
+    conf::load(path).map_err(|errors| CmanError::Conf { path: path.display().to_string(), errors })
+}
+
+/// Options of `cman_tool join`.
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    /// cluster.conf to use.
+    pub conf: PathBuf,
+    /// Where the generated corosync.conf goes.
+    pub corosync_conf: PathBuf,
+    /// Start fenced after corosync.
+    pub fenced: bool,
+    /// How long to wait for each daemon.
+    pub wait: Duration,
+}
+
+/// Validates `path` and returns the corosync configuration `join` would start with.
+pub fn dry_run(path: &Path) -> Result<String, CmanError> {
+    let c = load(path)?;
+    Ok(corosync_conf::generate(&c)?)
+}
+
+/// A program next to the running executable (our binaries are installed together), else
+/// found on PATH.
+pub fn sibling(program: &str) -> PathBuf {
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            let p = dir.join(program);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    PathBuf::from(program)
+}
+
+fn spawn_daemon(program: &Path, args: &[&std::ffi::OsStr], log: &Path) -> Result<u32, CmanError> {
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(io(log))?;
+    let err = out.try_clone().map_err(io(log))?;
+    use std::os::unix::process::CommandExt;
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|error| CmanError::Spawn { program: program.display().to_string(), error })?;
+    // The daemon outlives us; it is reparented to init (or the namespace's reaper).
+    Ok(child.id())
+}
+
+fn wait_until(wait: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        if ready() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `cman_tool join`: generates corosync.conf, starts corosync, waits for it, starts fenced.
+pub fn join(opts: &JoinOptions) -> Result<ClusterConf, CmanError> {
+    let c = load(&opts.conf)?;
+    let text = corosync_conf::generate(&c)?;
+    if corosync::is_running() {
+        return Err(CmanError::AlreadyJoined);
+    }
+    for dir in [Path::new(RUN_DIR), Path::new(LOG_DIR)] {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    if let Some(parent) = opts.corosync_conf.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    crate::write_atomic(&opts.corosync_conf, text.as_bytes()).map_err(io(&opts.corosync_conf))?;
+    let log = Path::new(LOG_DIR).join("corosync.stderr");
+    let pid = spawn_daemon(
+        &PathBuf::from("corosync"),
+        &["-f".as_ref(), "-c".as_ref(), opts.corosync_conf.as_os_str()],
+        &log,
+    )?;
+    let pidfile = Path::new(RUN_DIR).join("corosync.pid");
+    std::fs::write(&pidfile, format!("{pid}\n")).map_err(io(&pidfile))?;
+    if !wait_until(opts.wait, || corosync::local_nodeid().is_ok() && corosync::is_running()) {
+        return Err(CmanError::NotReady {
+            what: "corosync",
+            secs: opts.wait.as_secs(),
+            log: log.display().to_string(),
+        });
+    }
+    if opts.fenced {
+        let log = Path::new(LOG_DIR).join("fenced.log");
+        let fenced = sibling("fenced");
+        let pid = spawn_daemon(&fenced, &["-c".as_ref(), opts.conf.as_os_str()], &log)?;
+        let pidfile = Path::new(RUN_DIR).join("fenced.pid");
+        std::fs::write(&pidfile, format!("{pid}\n")).map_err(io(&pidfile))?;
+        if !wait_until(opts.wait, || crate::api::Client::connect_default().and_then(|mut c| c.status()).is_ok()) {
+            return Err(CmanError::NotReady {
+                what: "fenced",
+                secs: opts.wait.as_secs(),
+                log: log.display().to_string(),
+            });
+        }
+    }
+    Ok(c)
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .unwrap_or(false)
+}
+
+fn stop_pidfile(name: &str, wait: Duration) -> Result<bool, CmanError> {
+    let pidfile = Path::new(RUN_DIR).join(format!("{name}.pid"));
+    let Ok(text) = std::fs::read_to_string(&pidfile) else { return Ok(false) };
+    let Ok(pid) = text.trim().parse::<u32>() else { return Ok(false) };
+    if pid_alive(pid) {
+        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).stderr(Stdio::null()).status();
+        if !wait_until(wait, || !pid_alive(pid)) {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).stderr(Stdio::null()).status();
+        }
+    }
+    let _ = std::fs::remove_file(&pidfile);
+    Ok(true)
+}
+
+/// `cman_tool leave`: stops fenced, then corosync (the others see a clean leave).
+pub fn leave(wait: Duration) -> Result<(), CmanError> {
+    stop_pidfile("fenced", wait)?;
+    if !stop_pidfile("corosync", wait)? && corosync::is_running() {
+        // Started by someone else: ask through the init system's usual signal path.
+        let _ = Command::new("corosync-cfgtool").arg("-H").stderr(Stdio::null()).status();
+    }
+    Ok(())
+}
+
+/// `cman_tool status`.
+pub fn status(path: &Path) -> Result<String, CmanError> {
+    let c = load(path)?;
+    let s = corosync::status(&c)?;
+    Ok(corosync::render_status(&c, &s))
+}
+
+/// `cman_tool nodes`: one line per configured node.
+pub fn nodes(path: &Path) -> Result<String, CmanError> {
+    let c = load(path)?;
+    let s = corosync::status(&c)?;
+    let mut out = format!("{:<6} {:<3} {:<5} {}\n", "Node", "Sts", "Votes", "Name");
+    for n in &s.nodes {
+        out.push_str(&format!("{:<6} {:<3} {:<5} {}\n", n.nodeid, if n.member { "M" } else { "X" }, n.votes, n.name));
+    }
+    Ok(out)
+}
+
+/// `cman_tool version -r`: sends the edited cluster.conf to every member through fenced.
+/// Returns the version in force afterwards; an older or equal version is refused.
+pub fn propagate(path: &Path) -> Result<u64, PropagateError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|error| CmanError::Io { path: path.display().to_string(), error })?;
+    conf::parse(&text).map_err(|errors| CmanError::Conf { path: path.display().to_string(), errors })?;
+    let mut client = crate::api::Client::connect_default()?;
+    client.set_timeout(Some(Duration::from_secs(60)))?;
+    Ok(client.config_update(text)?)
+}
+
+/// Why `cman_tool version -r` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PropagateError {
+    /// Reading or validating the file.
+    #[error("{0}")]
+    Cman(#[from] CmanError),
+    /// fenced refused or could not be reached.
+    #[error("{0}")]
+    Api(#[from] crate::api::ApiError),
+}

@@ -1,0 +1,96 @@
+//! Cluster membership and quorum through corosync, with nodes in network namespaces.
+//!
+//! Needs root (namespaces, mounts) and corosync (scripts/deps.sh installs it).
+
+use gnbd_tests::corosync::Nodes;
+
+fn field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {name} in status:\n{status}"))
+}
+
+#[test]
+fn three_nodes_form_lose_one_and_recompute_quorum() {
+    let nodes = Nodes::new(3);
+    nodes.write_conf(&nodes.simple_conf("alpha", 5, 1000, "<fence_daemon post_join_delay=\"60\"/>"));
+    nodes.join_all();
+    for i in 0..3 {
+        let s = nodes.wait_status(i, |s| s.contains("Nodes: 3\n") && s.contains("Quorate: Yes"));
+        assert_eq!(field(&s, "Cluster Name"), "alpha");
+        assert_eq!(field(&s, "Config Version"), "5");
+        assert_eq!(field(&s, "Expected votes"), "3");
+        assert_eq!(field(&s, "Total votes"), "3");
+        assert_eq!(field(&s, "Quorum"), "2");
+        assert_eq!(field(&s, "Node ID"), (i + 1).to_string());
+        assert_eq!(field(&s, "Members"), "node1 node2 node3");
+    }
+    let n = nodes.must(0, "cman_tool", &["nodes"]);
+    assert!(n.contains("3      M   1     node3"), "{n}");
+
+    // Cut node3 off: the pair stays quorate with 2 votes; node3 alone is not quorate.
+    nodes.cut(2);
+    for i in 0..2 {
+        let s = nodes.wait_status(i, |s| s.contains("Nodes: 2\n"));
+        assert_eq!(field(&s, "Quorate"), "Yes");
+        assert_eq!(field(&s, "Total votes"), "2");
+        assert_eq!(field(&s, "Members"), "node1 node2");
+    }
+    let s = nodes.wait_status(2, |s| s.contains("Nodes: 1\n"));
+    assert_eq!(field(&s, "Quorate"), "No");
+    assert_eq!(field(&s, "Total votes"), "1");
+    let n = nodes.must(0, "cman_tool", &["nodes"]);
+    assert!(n.contains("3      X"), "{n}");
+
+    // Heal: node3 rejoins and everyone is quorate again.
+    nodes.heal(2);
+    for i in 0..3 {
+        nodes.wait_status(i, |s| s.contains("Nodes: 3\n") && s.contains("Quorate: Yes"));
+    }
+    // A clean leave: the others see two members and stay quorate.
+    nodes.must(1, "cman_tool", &["leave"]);
+    nodes.wait_status(0, |s| s.contains("Nodes: 2\n") && s.contains("Quorate: Yes"));
+    assert!(nodes.run(1, "cman_tool", &["status"]).status.code() == Some(1));
+}
+
+#[test]
+fn two_node_mode_either_node_alone_is_quorate() {
+    let nodes = Nodes::new(2);
+    nodes.write_conf(&nodes.simple_conf(
+        "pair",
+        1,
+        1000,
+        "<cman two_node=\"1\" expected_votes=\"1\"/><fence_daemon post_join_delay=\"60\"/>",
+    ));
+    nodes.join_all();
+    for i in 0..2 {
+        let s = nodes.wait_status(i, |s| s.contains("Nodes: 2\n") && s.contains("Quorate: Yes"));
+        assert_eq!(field(&s, "Two node"), "Yes");
+        assert_eq!(field(&s, "Quorum"), "1");
+    }
+    nodes.cut(1);
+    for i in 0..2 {
+        let s = nodes.wait_status(i, |s| s.contains("Nodes: 1\n"));
+        assert_eq!(field(&s, "Quorate"), "Yes", "node{} alone:\n{s}", i + 1);
+    }
+}
+
+#[test]
+fn join_dry_run_prints_corosync_conf_or_every_error() {
+    let nodes = Nodes::new(1);
+    nodes.write_conf(&nodes.simple_conf("solo", 1, 1000, ""));
+    let out = nodes.must(0, "cman_tool", &["join", "--dry-run"]);
+    assert!(out.contains("cluster_name: solo\n") && out.contains("ring0_addr: 198.18.0.1\n"), "{out}");
+    nodes.write_conf_on(
+        0,
+        r#"<cluster name="x" config_version="v2"><clusternodes>
+        <clusternode name="a" nodeid="1"/><clusternode name="a" nodeid="2"/></clusternodes></cluster>"#,
+    );
+    let out = nodes.run(0, "cman_tool", &["join", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("attribute config_version: \"v2\" is not a non-negative integer"), "{err}");
+    assert!(err.contains("<clusternode name=\"a\"> attribute name: duplicate node name \"a\""), "{err}");
+}
