@@ -29,9 +29,6 @@ use tracing::{debug, error, info, warn};
 
 use crate::conn::{Conn, Op, Reply};
 use crate::error::ClientError;
-use crate::tls::TlsOptions;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
 /// Largest length of one TRIM / WRITE_ZEROES / BLOCK_STATUS request: fits a compact header
 /// and stays 4 KiB aligned.
@@ -65,11 +62,6 @@ pub struct ClientOptions {
     pub structured_replies: bool,
     /// Ask for extended headers (64-bit lengths) before structured replies. Default on.
     pub extended_headers: bool,
-    /// STARTTLS with these certificates before anything else (`None`: plain text).
-    pub tls: Option<TlsOptions>,
-    /// Source address for TCP connections (a node's cluster address, which servers use to
-    /// tell nodes apart). `None`: chosen by the kernel.
-    pub local_addr: Option<std::net::IpAddr>,
 }
 
 impl ClientOptions {
@@ -85,8 +77,6 @@ impl ClientOptions {
             reconnect_max: Duration::from_secs(5),
             structured_replies: true,
             extended_headers: true,
-            tls: None,
-            local_addr: None,
         }
     }
 
@@ -115,31 +105,15 @@ fn unix_path(addr: &str) -> Option<&Path> {
     }
 }
 
-/// Runs `hs` on `s` until it needs the driver (done, listed, or STARTTLS accepted).
-async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+/// Runs the handshake with `cfg` on a fresh stream.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
-    hs: &mut ClientHandshake,
-    buf: &mut Vec<u8>,
+    cfg: ClientConfig,
 ) -> Result<ClientStatus, ClientError> {
+    let mut hs = ClientHandshake::new(cfg);
+    let mut buf = Vec::with_capacity(4096);
     let mut tmp = [0u8; 4096];
     loop {
-        let (used, status) = hs.feed(buf).map_err(ClientError::from_handshake)?;
-        buf.drain(..used);
-        // Output queued before this call (after STARTTLS) or by this feed.
-        let out = hs.take_output();
-        if !out.is_empty() {
-            s.write_all(&out).await?;
-            s.flush().await?;
-        }
-        if status != ClientStatus::Continue {
-            if !buf.is_empty() {
-                return Err(ClientError::Protocol(match status {
-                    ClientStatus::StartTls => "the server sent plain text right after accepting STARTTLS".into(),
-                    _ => "the server sent data right after the handshake".into(),
-                }));
-            }
-            return Ok(status);
-        }
         let n = s.read(&mut tmp).await?;
         if n == 0 {
             return Err(io::Error::new(
@@ -149,110 +123,53 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             .into());
         }
         buf.extend_from_slice(&tmp[..n]);
-    }
-}
-
-/// A socket after the handshake: still plain, or upgraded to TLS.
-enum Negotiated<S> {
-    Plain(S, ClientStatus),
-    Tls(Box<TlsStream<S>>, ClientStatus),
-}
-
-/// Runs the handshake with `cfg` on a fresh stream, upgrading it to TLS first when `tls`
-/// says so.
-async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
-    mut cfg: ClientConfig,
-    addr: &str,
-    tls: Option<&TlsOptions>,
-) -> Result<Negotiated<S>, ClientError> {
-    // Certificates are loaded before connecting further: a bad file is a clear error.
-    let tls = match tls {
-        Some(t) => Some((TlsConnector::from(t.client_config()?), t.server_name(addr)?)),
-        None => None,
-    };
-    cfg.starttls = tls.is_some();
-    let mut hs = ClientHandshake::new(cfg);
-    let mut buf = Vec::with_capacity(4096);
-    match drive(&mut s, &mut hs, &mut buf).await? {
-        ClientStatus::StartTls => {
-            let (connector, name) = tls.expect("STARTTLS is only sent with TLS options");
-            let mut t = connector.connect(name, s).await?;
-            hs.tls_started();
-            let status = drive(&mut t, &mut hs, &mut buf).await?;
-            Ok(Negotiated::Tls(Box::new(t), status))
+        let (used, status) = hs.feed(&buf).map_err(ClientError::from_handshake)?;
+        buf.drain(..used);
+        let out = hs.take_output();
+        if !out.is_empty() {
+            s.write_all(&out).await?;
         }
-        status => Ok(Negotiated::Plain(s, status)),
+        match status {
+            ClientStatus::Continue => {}
+            done => {
+                if !buf.is_empty() {
+                    return Err(ClientError::Protocol("the server sent data right after the handshake".into()));
+                }
+                return Ok(done);
+            }
+        }
     }
 }
 
-fn open_config(opts: &ClientOptions) -> ClientConfig {
-    ClientConfig {
+async fn negotiate<S>(mut s: S, opts: &ClientOptions) -> Result<(S, ClientNegotiated), ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let cfg = ClientConfig {
         structured: opts.structured_replies,
         extended: opts.extended_headers,
         base_allocation: opts.structured_replies || opts.extended_headers,
         ..ClientConfig::open(opts.export.clone())
-    }
-}
-
-fn done(status: ClientStatus) -> Result<ClientNegotiated, ClientError> {
-    match status {
-        ClientStatus::Done(neg) => Ok(neg),
+    };
+    match handshake(&mut s, cfg).await? {
+        ClientStatus::Done(neg) => Ok((s, neg)),
         other => Err(ClientError::Protocol(format!("unexpected end of the handshake: {other:?}"))),
     }
-}
-
-/// Negotiates on `s` and splits the result into the reader's and the writer's halves.
-async fn negotiate<S>(s: S, opts: &ClientOptions, split: fn(S) -> (ReadHalf, WriteHalf)) -> Result<Session, ClientError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    match handshake(s, open_config(opts), &opts.addr, opts.tls.as_ref()).await? {
-        Negotiated::Plain(s, status) => {
-            let neg = done(status)?;
-            let (r, w) = split(s);
-            Ok(Session { r, w, neg })
-        }
-        Negotiated::Tls(t, status) => {
-            let neg = done(status)?;
-            let (r, w) = tokio::io::split(*t);
-            Ok(Session { r: Box::new(r), w: Box::new(w), neg })
-        }
-    }
-}
-
-/// A TCP connection to `addr`, from `local` when given.
-async fn connect_tcp(addr: &str, local: Option<std::net::IpAddr>) -> io::Result<TcpStream> {
-    let Some(local) = local else { return TcpStream::connect(addr).await };
-    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{addr} resolves to no address"));
-    for target in tokio::net::lookup_host(addr).await? {
-        let sock = if target.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-        sock.bind(std::net::SocketAddr::new(local, 0))?;
-        match sock.connect(target).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }
 
 /// Connects and negotiates once, bounded by `connect_timeout`.
 async fn open(opts: &ClientOptions) -> Result<Session, ClientError> {
     let attempt = async {
         if let Some(path) = unix_path(&opts.addr) {
-            let split = |s: UnixStream| -> (ReadHalf, WriteHalf) {
-                let (r, w) = s.into_split();
-                (Box::new(r), Box::new(w))
-            };
-            negotiate(UnixStream::connect(path).await?, opts, split).await
+            let (s, neg) = negotiate(UnixStream::connect(path).await?, opts).await?;
+            let (r, w) = s.into_split();
+            Ok::<_, ClientError>(Session { r: Box::new(r), w: Box::new(w), neg })
         } else {
-            let s = connect_tcp(&opts.addr, opts.local_addr).await?;
+            let s = TcpStream::connect(&opts.addr).await?;
             s.set_nodelay(true)?;
-            let split = |s: TcpStream| -> (ReadHalf, WriteHalf) {
-                let (r, w) = s.into_split();
-                (Box::new(r), Box::new(w))
-            };
-            negotiate(s, opts, split).await
+            let (s, neg) = negotiate(s, opts).await?;
+            let (r, w) = s.into_split();
+            Ok(Session { r: Box::new(r), w: Box::new(w), neg })
         }
     };
     match timeout(opts.connect_timeout, attempt).await {
@@ -267,35 +184,22 @@ async fn open(opts: &ClientOptions) -> Result<Session, ClientError> {
 
 /// Lists the exports a server offers (`NBD_OPT_LIST`).
 pub async fn list_exports(addr: &str, connect_timeout: Duration) -> Result<Vec<ServerEntry>, ClientError> {
-    let mut opts = ClientOptions::new(addr, "");
-    opts.connect_timeout = connect_timeout;
-    list_exports_with(&opts).await
-}
-
-/// Lists the exports of the server at `opts.addr` (over TLS when `opts.tls` is set), bounded
-/// by `opts.connect_timeout`.
-pub async fn list_exports_with(opts: &ClientOptions) -> Result<Vec<ServerEntry>, ClientError> {
-    async fn list<S: AsyncRead + AsyncWrite + Unpin>(
-        s: S,
-        opts: &ClientOptions,
-    ) -> Result<Vec<ServerEntry>, ClientError> {
-        let (status, _) = match handshake(s, ClientConfig::listing(), &opts.addr, opts.tls.as_ref()).await? {
-            Negotiated::Plain(mut s, status) => (status, s.shutdown().await),
-            Negotiated::Tls(mut t, status) => (status, t.shutdown().await),
-        };
-        match status {
-            ClientStatus::Listed(v) => Ok(v),
+    async fn list<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> Result<Vec<ServerEntry>, ClientError> {
+        match handshake(&mut s, ClientConfig::listing()).await? {
+            ClientStatus::Listed(v) => {
+                let _ = s.shutdown().await;
+                Ok(v)
+            }
             other => Err(ClientError::Protocol(format!("unexpected end of the listing: {other:?}"))),
         }
     }
-    let addr = &opts.addr;
     let attempt = async {
         match unix_path(addr) {
-            Some(path) => list(UnixStream::connect(path).await?, opts).await,
-            None => list(connect_tcp(addr, opts.local_addr).await?, opts).await,
+            Some(path) => list(UnixStream::connect(path).await?).await,
+            None => list(TcpStream::connect(addr).await?).await,
         }
     };
-    timeout(opts.connect_timeout, attempt)
+    timeout(connect_timeout, attempt)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("listing the exports of {addr} timed out")))?
 }
@@ -494,16 +398,48 @@ async fn writer(slot: Arc<Slot>, w: WriteHalf) -> End {
     }
 }
 
+/// Read data of at least this size is received straight into the request's buffer.
+const DIRECT_MIN: usize = 16 << 10;
+
+/// Where the reader puts the next bytes from the socket.
+enum Target<'a> {
+    /// The reader's own buffer, fed to the decoder.
+    Buffer(&'a mut [u8]),
+    /// A read request's buffer, appended to (at most `usize` bytes).
+    Direct(&'a mut Vec<u8>, usize),
+}
+
+async fn receive(r: &mut ReadHalf, target: &mut Target<'_>) -> io::Result<usize> {
+    match target {
+        Target::Buffer(b) => r.read(b).await,
+        Target::Direct(v, limit) => (&mut *r).take(*limit as u64).read_buf(*v).await,
+    }
+}
+
 async fn reader(slot: Arc<Slot>, mut r: ReadHalf, io_timeout: Option<Duration>) -> End {
     let mut buf = vec![0u8; 256 << 10];
     let mut done = Vec::new();
     let mut quiet = 0u32;
     loop {
+        // Large read data goes from the socket to its request's buffer with no copy between.
+        let mut direct = slot.lock().conn.as_mut().and_then(|c| c.take_direct(DIRECT_MIN));
+        let mut target = match &mut direct {
+            Some(d) => Target::Direct(&mut d.buf, d.remaining),
+            None => Target::Buffer(&mut buf),
+        };
         let n = match io_timeout {
-            Some(t) => match timeout(t, r.read(&mut buf)).await {
+            Some(t) => match timeout(t, receive(&mut r, &mut target)).await {
                 Ok(r) => r,
                 Err(_) => {
-                    let busy = slot.lock().conn.as_ref().is_some_and(|c| c.in_flight() > 0);
+                    drop(target);
+                    let mut st = slot.lock();
+                    let conn = st.conn.as_mut().expect("the reader runs only while connected");
+                    if let Some(d) = direct.take() {
+                        if let Err(e) = conn.direct_done(d, 0, &mut done) {
+                            return End::Protocol(e.to_string());
+                        }
+                    }
+                    let busy = conn.in_flight() > 0;
                     quiet = if busy { quiet + 1 } else { 0 };
                     // Between one and two timeouts of silence with requests waiting.
                     if quiet >= 2 {
@@ -512,8 +448,9 @@ async fn reader(slot: Arc<Slot>, mut r: ReadHalf, io_timeout: Option<Duration>) 
                     continue;
                 }
             },
-            None => r.read(&mut buf).await,
+            None => receive(&mut r, &mut target).await,
         };
+        drop(target);
         quiet = 0;
         let n = match n {
             Ok(0) => {
@@ -526,7 +463,11 @@ async fn reader(slot: Arc<Slot>, mut r: ReadHalf, io_timeout: Option<Duration>) 
         };
         let res = {
             let mut st = slot.lock();
-            st.conn.as_mut().expect("the reader runs only while connected").feed(&buf[..n], &mut done)
+            let conn = st.conn.as_mut().expect("the reader runs only while connected");
+            match direct.take() {
+                Some(d) => conn.direct_done(d, n, &mut done),
+                None => conn.feed(&buf[..n], &mut done),
+            }
         };
         for c in done.drain(..) {
             let result = c.result.map_err(|e| ClientError::Server { errno: e.errno, message: e.message });
@@ -948,6 +889,24 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// Like [`Client::write`] for data the caller already holds in an `Arc`: sent without a
+    /// copy when it fits in one request.
+    pub async fn write_shared(&self, offset: u64, data: Arc<[u8]>, fua: bool) -> Result<(), ClientError> {
+        if data.len() as u64 > self.inner.max_io {
+            return self.write(offset, &data, fua).await;
+        }
+        self.check_writable()?;
+        self.check_range(offset, data.len() as u64)?;
+        let flags = if fua {
+            self.need(NBD_FLAG_SEND_FUA, "FUA")?;
+            NBD_CMD_FLAG_FUA
+        } else {
+            0
+        };
+        let op = Op { command: Command::Write, flags, offset, length: data.len() as u64 };
+        Self::wait(self.start(op, Some(data))?).await.map(drop)
     }
 
     /// Writes `data` at `offset`; with `fua`, the data is on stable storage when this returns.

@@ -118,6 +118,35 @@ enum Rx {
     Payload { cookie: u64, flags: u16, kind: u16, length: usize },
 }
 
+/// A read buffer lent to the driver by [`Conn::take_direct`].
+#[derive(Debug)]
+pub struct DirectRead {
+    cookie: u64,
+    /// How many bytes the driver may append.
+    pub remaining: usize,
+    /// The request's buffer: append the received bytes.
+    pub buf: Vec<u8>,
+}
+
+/// Stores `bytes` at `pos` of a buffer filled so far up to its length (zeroes fill a gap).
+fn put(data: &mut Vec<u8>, pos: usize, bytes: &[u8]) {
+    if pos > data.len() {
+        data.resize(pos, 0);
+    }
+    let overlap = (data.len() - pos).min(bytes.len());
+    data[pos..pos + overlap].copy_from_slice(&bytes[..overlap]);
+    data.extend_from_slice(&bytes[overlap..]);
+}
+
+/// Zeroes `len` bytes at `pos` (a hole), growing the buffer as needed.
+fn zero(data: &mut Vec<u8>, pos: usize, len: usize) {
+    let end = pos + len;
+    if data.len() < end {
+        data.resize(end, 0);
+    }
+    data[pos..end].fill(0);
+}
+
 /// Transmission-phase client state for one connection.
 #[derive(Debug)]
 pub struct Conn<T> {
@@ -156,8 +185,10 @@ impl<T> Conn<T> {
         self.next_cookie = self.next_cookie.wrapping_add(1).max(1);
         let req = Request { flags: op.flags, command: op.command, cookie, offset: op.offset, length: op.length };
         encode_request(out, &req, self.mode);
+        // Read data is appended as it arrives (no zeroing of a buffer about to be
+        // overwritten); out-of-order chunks and holes fill gaps with zeroes first.
         let data = if op.command == Command::Read {
-            vec![0u8; usize::try_from(op.length).expect("read lengths are bounded by the caller")]
+            Vec::with_capacity(usize::try_from(op.length).expect("read lengths are bounded by the caller"))
         } else {
             Vec::new()
         };
@@ -225,15 +256,9 @@ impl<T> Conn<T> {
                     self.buf.clear();
                     self.header(hdr, done)?;
                 }
-                Rx::SimpleData { cookie, pos, remaining } => {
+                Rx::SimpleData { cookie, pos, remaining } | Rx::Data { cookie, pos, remaining, .. } => {
                     let n = self.copy_data(cookie, pos, remaining, input)?;
-                    let remaining = remaining - n as u64;
-                    if remaining == 0 {
-                        self.rx = Rx::Header;
-                        self.finish(cookie, done)?;
-                    } else {
-                        self.rx = Rx::SimpleData { cookie, pos: pos + n, remaining };
-                    }
+                    self.advance(n, done)?;
                 }
                 Rx::DataOffset { cookie, flags, length } => {
                     if !self.fill(input, 8) {
@@ -247,18 +272,6 @@ impl<T> Conn<T> {
                     }
                     let pos = self.check_range(cookie, offset, data_len)?;
                     self.rx = Rx::Data { cookie, flags, pos, remaining: data_len };
-                }
-                Rx::Data { cookie, flags, pos, remaining } => {
-                    let n = self.copy_data(cookie, pos, remaining, input)?;
-                    let remaining = remaining - n as u64;
-                    if remaining == 0 {
-                        self.rx = Rx::Header;
-                        if flags & NBD_REPLY_FLAG_DONE != 0 {
-                            self.finish(cookie, done)?;
-                        }
-                    } else {
-                        self.rx = Rx::Data { cookie, flags, pos: pos + n, remaining };
-                    }
                 }
                 Rx::Payload { cookie, flags, kind, length } => {
                     if !self.fill(input, length) {
@@ -277,6 +290,77 @@ impl<T> Conn<T> {
         if let Rx::Payload { cookie, flags, kind, length: 0 } = self.rx {
             self.rx = Rx::Header;
             self.chunk(cookie, flags, kind, &[], done)?;
+        }
+        Ok(())
+    }
+
+    /// After `n` bytes of streamed read data were stored: the next state, and the request's
+    /// completion when that was its last data.
+    fn advance(&mut self, n: usize, done: &mut Vec<Completion<T>>) -> Result<(), ConnError> {
+        match self.rx {
+            Rx::SimpleData { cookie, pos, remaining } => {
+                let remaining = remaining - n as u64;
+                if remaining == 0 {
+                    self.rx = Rx::Header;
+                    self.finish(cookie, done)?;
+                } else {
+                    self.rx = Rx::SimpleData { cookie, pos: pos + n, remaining };
+                }
+            }
+            Rx::Data { cookie, flags, pos, remaining } => {
+                let remaining = remaining - n as u64;
+                if remaining == 0 {
+                    self.rx = Rx::Header;
+                    if flags & NBD_REPLY_FLAG_DONE != 0 {
+                        self.finish(cookie, done)?;
+                    }
+                } else {
+                    self.rx = Rx::Data { cookie, flags, pos: pos + n, remaining };
+                }
+            }
+            _ => unreachable!("advance() is called only while streaming read data"),
+        }
+        Ok(())
+    }
+
+    /// When the next bytes from the server are at least `min` bytes of read data that extend
+    /// their request's buffer in order: that buffer, taken out of the connection, so the
+    /// driver can receive the bytes straight into it (appending at most `remaining`) instead
+    /// of through [`Conn::feed`]. Give it back with [`Conn::direct_done`] before feeding
+    /// anything else.
+    pub fn take_direct(&mut self, min: usize) -> Option<DirectRead> {
+        let (cookie, pos, remaining) = match self.rx {
+            Rx::SimpleData { cookie, pos, remaining } | Rx::Data { cookie, pos, remaining, .. } => {
+                (cookie, pos, remaining)
+            }
+            _ => return None,
+        };
+        if self.dead || remaining < min as u64 {
+            return None;
+        }
+        let e = self.inflight.get_mut(&cookie)?;
+        if e.data.len() != pos {
+            return None;
+        }
+        let remaining = usize::try_from(remaining).ok()?;
+        Some(DirectRead { cookie, remaining, buf: std::mem::take(&mut e.data) })
+    }
+
+    /// Returns a buffer from [`Conn::take_direct`] after the driver appended `received`
+    /// bytes (at most its `remaining`) to it; completes the request when that was its data.
+    pub fn direct_done(
+        &mut self,
+        d: DirectRead,
+        received: usize,
+        done: &mut Vec<Completion<T>>,
+    ) -> Result<(), ConnError> {
+        let DirectRead { cookie, remaining, buf } = d;
+        let e = self.entry(cookie)?;
+        assert!(received <= remaining, "the driver received more than it was given room for");
+        e.data = buf;
+        e.covered += received as u64;
+        if received > 0 {
+            self.advance(received, done)?;
         }
         Ok(())
     }
@@ -300,7 +384,7 @@ impl<T> Conn<T> {
     fn copy_data(&mut self, cookie: u64, pos: usize, remaining: u64, input: &mut &[u8]) -> Result<usize, ConnError> {
         let n = input.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
         let e = self.entry(cookie)?;
-        e.data[pos..pos + n].copy_from_slice(&input[..n]);
+        put(&mut e.data, pos, &input[..n]);
         e.covered += n as u64;
         *input = &input[n..];
         Ok(n)
@@ -384,7 +468,7 @@ impl<T> Conn<T> {
                 }
                 let pos = self.check_range(cookie, offset, u64::from(length))?;
                 let e = self.entry(cookie)?;
-                e.data[pos..pos + length as usize].fill(0);
+                zero(&mut e.data, pos, length as usize);
                 e.covered += u64::from(length);
             }
             Chunk::BlockStatus { extents, .. } => {
@@ -435,7 +519,10 @@ impl<T> Conn<T> {
                     if e.covered != e.op.length {
                         return Err(ConnError::IncompleteRead { cookie, covered: e.covered, length: e.op.length });
                     }
-                    Ok(Reply::Data(e.data))
+                    let mut data = e.data;
+                    // Overlapping chunks can cover the length without reaching the end.
+                    data.resize(usize::try_from(e.op.length).expect("a buffer that exists"), 0);
+                    Ok(Reply::Data(data))
                 }
                 Command::BlockStatus => Ok(Reply::Extents(e.extents)),
                 _ => Ok(Reply::Done),
@@ -463,6 +550,28 @@ mod tests {
             c.feed(piece, &mut done)?;
         }
         Ok(done)
+    }
+
+    /// Like a driver that receives read data straight into request buffers whenever the
+    /// connection offers one, and feeds everything else, `step` bytes at a time.
+    fn feed_direct<T>(c: &mut Conn<T>, mut bytes: &[u8], step: usize) -> Vec<Completion<T>> {
+        let mut done = Vec::new();
+        while !bytes.is_empty() {
+            let n = step.min(bytes.len());
+            match c.take_direct(1) {
+                Some(mut d) => {
+                    let n = n.min(d.remaining);
+                    d.buf.extend_from_slice(&bytes[..n]);
+                    c.direct_done(d, n, &mut done).unwrap();
+                    bytes = &bytes[n..];
+                }
+                None => {
+                    c.feed(&bytes[..n], &mut done).unwrap();
+                    bytes = &bytes[n..];
+                }
+            }
+        }
+        done
     }
 
     fn modes() -> impl Strategy<Value = ReplyMode> {
@@ -603,6 +712,7 @@ mod tests {
             mode in modes(),
             reqs in proptest::collection::vec((0u8..4, 0u64..1 << 40, 1usize..300, any::<u64>()), 1..12),
             step in 1usize..100,
+            direct in any::<bool>(),
         ) {
             let mut c = Conn::new(mode);
             let mut replies = Vec::new();
@@ -635,7 +745,7 @@ mod tests {
                 };
                 want.push((i, expected));
             }
-            let done = feed_all(&mut c, &replies, step).unwrap();
+            let done = if direct { feed_direct(&mut c, &replies, step) } else { feed_all(&mut c, &replies, step).unwrap() };
             let got: Vec<_> = done.into_iter().map(|d| (d.tag, d.result)).collect();
             prop_assert_eq!(got, want);
             prop_assert_eq!(c.in_flight(), 0);

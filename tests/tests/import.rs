@@ -271,3 +271,70 @@ fn bad_usage_and_unreachable_servers_get_clear_errors() {
     let help = text(&help.stdout);
     assert!(help.contains("EXAMPLES") && help.contains("EXIT STATUS") && help.contains("/dev/gnbd/NAME"));
 }
+
+#[test]
+fn fencing_verbs_cut_an_imported_device_and_let_it_back() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new();
+    let nodes = dir.join("nodes");
+    // The import connects from 127.0.0.1: that is node1.
+    std::fs::write(&nodes, "node1 127.0.0.1\nnode2 127.0.0.3\n").unwrap();
+    let key = dir.join("cluster.key");
+    std::fs::write(&key, [0x42u8; 64]).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let server = Server::builder()
+        .arg("--nodes")
+        .arg(&nodes)
+        .arg("--cluster-key")
+        .arg(&key)
+        .arg("--control-port")
+        .arg("0")
+        .start();
+    let ctl = format!("127.0.0.1:{}", server.control_addr().expect("control channel").port());
+    let disk = server.path("disk.img");
+    std::fs::write(&disk, vec![1u8; 4 << 20]).unwrap();
+    server.export("f", &disk, &[]);
+    let imports = Imports::new();
+    import_one(&imports, &server, "f", &[]);
+    let dev = imports.device("f");
+    let key = key.to_str().unwrap();
+
+    let out = imports.run(&["-c", &ctl, "-k", key]);
+    out.assert_success("gnbd_import -c");
+    assert_eq!(text(&out.stdout), "", "no bans yet");
+    imports.run(&["-s", "node1", "-t", &ctl, "-k", key]).assert_success("gnbd_import -s");
+    assert_eq!(text(&imports.run(&["-c", &ctl, "-k", key]).stdout), "node1\n");
+
+    // The fenced node's device fails at once, and -l says why.
+    let dd = |flag: &str| {
+        run_timeout(
+            Command::new("dd").arg("if=/dev/zero").arg(format!("of={}", dev.display())).args([
+                "bs=4k",
+                "count=1",
+                "seek=5",
+                "oflag=direct",
+                flag,
+            ]),
+            Duration::from_secs(60),
+        )
+    };
+    let out = dd("conv=fsync");
+    assert!(!out.status.success(), "a fenced node's write must fail");
+    assert!(text(&out.stderr).contains("error"), "{}", text(&out.stderr));
+    assert!(std::fs::read(&disk).unwrap()[5 * 4096..6 * 4096].iter().all(|&b| b == 1), "nothing reached the export");
+    let state = imports.state("f").unwrap();
+    assert!(state.starts_with("failed"), "{state}");
+
+    // A wrong key is refused; the right one unfences; a re-import works again.
+    let wrong = dir.join("wrong.key");
+    std::fs::write(&wrong, [0x11u8; 64]).unwrap();
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = imports.run(&["-u", "node1", "-t", &ctl, "-k", wrong.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    imports.run(&["-u", "node1", "-t", &ctl, "-k", key]).assert_success("gnbd_import -u");
+    assert_eq!(text(&imports.run(&["-c", &ctl, "-k", key]).stdout), "");
+    imports.run(&["-r", "f"]).assert_success("gnbd_import -r");
+    import_one(&imports, &server, "f", &[]);
+    dd("conv=fsync").assert_success("write after unfencing");
+    assert!(std::fs::read(&disk).unwrap()[5 * 4096..6 * 4096].iter().all(|&b| b == 0));
+}

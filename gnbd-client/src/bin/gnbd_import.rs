@@ -82,8 +82,9 @@ struct Args {
     /// server to send the order to (HOST[:CONTROL_PORT]).
     #[arg(short = 't', value_name = "SECS|SERVER")]
     t: Option<String>,
-    /// With -i: connections per device when the server offers multi-conn.
-    #[arg(short = 'C', long = "connections", value_name = "N", default_value_t = 1, requires = "import")]
+    /// With -i: connections per device when the server offers multi-conn (requests are
+    /// spread over them; one is used otherwise).
+    #[arg(short = 'C', long = "connections", value_name = "N", default_value_t = 4, requires = "import")]
     connections: usize,
     /// With -i: import read-only.
     #[arg(long = "read-only", requires = "import")]

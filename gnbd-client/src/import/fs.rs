@@ -224,13 +224,14 @@ impl Filesystem for DeviceFs {
             return reply.error(Errno::ENOSPC);
         }
         let fua = flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0;
-        let data = data.to_vec();
+        let data: Arc<[u8]> = Arc::from(data);
         let client = self.client.clone();
         let stats = self.stats.clone();
         self.rt.spawn(async move {
             stats.writes.fetch_add(1, Ordering::Relaxed);
-            match client.write(offset, &data, fua).await {
-                Ok(()) => reply.written(data.len() as u32),
+            let len = data.len() as u32;
+            match client.write_shared(offset, data, fua).await {
+                Ok(()) => reply.written(len),
                 Err(e) => reply.error(DeviceFs::fail(&stats, &e)),
             }
         });
