@@ -33,6 +33,7 @@ pub mod daemon;
 mod model;
 pub mod nanny;
 pub mod proxy;
+pub mod pulse;
 mod sched;
 mod table;
 

@@ -446,7 +446,21 @@ fn lvs_cf_errors_carry_line_numbers() {
     out.assert_code(1, "lvsd with a bad lvs.cf");
     let err = out.stderr_str();
     assert!(err.contains("bad.cf:5:") && err.contains("fastest"), "{err}");
+    // pulse --check says the same, and accepts a good file.
+    let out = run(Command::new(bin_dir().join("pulse")).arg("--config").arg(&cf).arg("--check"));
+    out.assert_code(1, "pulse --check with a bad lvs.cf");
+    assert!(out.stderr_str().contains("bad.cf:5:"), "{}", out.stderr_str());
+    std::fs::write(
+        &cf,
+        "virtual web {\n address = 10.0.0.1\n port = 80\n server a {\n  address = 10.0.1.1\n  weight = x\n }\n}\n",
+    )
+    .unwrap();
+    let out = run(Command::new(bin_dir().join("pulse")).arg("--config").arg(&cf).arg("--check"));
+    out.assert_code(1, "pulse --check with a bad weight");
+    assert!(out.stderr_str().contains("bad.cf:6: weight"), "{}", out.stderr_str());
     // The example configuration in the repository is valid.
     let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../lvs/examples/lvs.cf");
     lvs::LvsConfig::load(&example).expect("the example lvs.cf parses");
+    run(Command::new(bin_dir().join("pulse")).arg("--config").arg(&example).arg("--check"))
+        .assert_success("pulse --check on the example");
 }
