@@ -1,2 +1,18 @@
-//! dlm (skeleton; being built).
+//! dlm: the distributed lock manager.
 #![forbid(unsafe_code)]
+
+mod mode;
+mod node;
+mod resource;
+mod wire;
+
+pub use mode::{Flags, Mode, SbFlags, Status, DLM_ECANCEL, DLM_EUNLOCK};
+pub use node::{
+    dir_node, lockspace_id, Ast, DlmError, LockDump, LockspaceInfo, MemberEvent, Membership, Node, Output, Owner,
+    ResourceDump, StaticMembership, DEFAULT_LVB_LEN,
+};
+pub use resource::{lock_node, Effect, Lkb, LockId, Queue, Resource, ResourceError};
+pub use wire::{
+    decode, encode, Decoded, LockCopy, MasterLvb, Message, NodeId, WireError, DLM_MAGIC, DLM_VERSION, HEADER_SIZE,
+    MAX_LVB, MAX_NAME, MAX_PAYLOAD,
+};
