@@ -29,6 +29,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::conn::{Conn, Op, Reply};
 use crate::error::ClientError;
+use crate::tls::TlsOptions;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 /// Largest length of one TRIM / WRITE_ZEROES / BLOCK_STATUS request: fits a compact header
 /// and stays 4 KiB aligned.
@@ -62,6 +65,11 @@ pub struct ClientOptions {
     pub structured_replies: bool,
     /// Ask for extended headers (64-bit lengths) before structured replies. Default on.
     pub extended_headers: bool,
+    /// STARTTLS with these certificates before anything else (`None`: plain text).
+    pub tls: Option<TlsOptions>,
+    /// Source address for TCP connections (a node's cluster address, which servers use to
+    /// tell nodes apart). `None`: chosen by the kernel.
+    pub local_addr: Option<std::net::IpAddr>,
 }
 
 impl ClientOptions {
@@ -77,6 +85,8 @@ impl ClientOptions {
             reconnect_max: Duration::from_secs(5),
             structured_replies: true,
             extended_headers: true,
+            tls: None,
+            local_addr: None,
         }
     }
 
@@ -105,15 +115,31 @@ fn unix_path(addr: &str) -> Option<&Path> {
     }
 }
 
-/// Runs the handshake with `cfg` on a fresh stream.
-async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+/// Runs `hs` on `s` until it needs the driver (done, listed, or STARTTLS accepted).
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
-    cfg: ClientConfig,
+    hs: &mut ClientHandshake,
+    buf: &mut Vec<u8>,
 ) -> Result<ClientStatus, ClientError> {
-    let mut hs = ClientHandshake::new(cfg);
-    let mut buf = Vec::with_capacity(4096);
     let mut tmp = [0u8; 4096];
     loop {
+        let (used, status) = hs.feed(buf).map_err(ClientError::from_handshake)?;
+        buf.drain(..used);
+        // Output queued before this call (after STARTTLS) or by this feed.
+        let out = hs.take_output();
+        if !out.is_empty() {
+            s.write_all(&out).await?;
+            s.flush().await?;
+        }
+        if status != ClientStatus::Continue {
+            if !buf.is_empty() {
+                return Err(ClientError::Protocol(match status {
+                    ClientStatus::StartTls => "the server sent plain text right after accepting STARTTLS".into(),
+                    _ => "the server sent data right after the handshake".into(),
+                }));
+            }
+            return Ok(status);
+        }
         let n = s.read(&mut tmp).await?;
         if n == 0 {
             return Err(io::Error::new(
@@ -123,53 +149,110 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             .into());
         }
         buf.extend_from_slice(&tmp[..n]);
-        let (used, status) = hs.feed(&buf).map_err(ClientError::from_handshake)?;
-        buf.drain(..used);
-        let out = hs.take_output();
-        if !out.is_empty() {
-            s.write_all(&out).await?;
-        }
-        match status {
-            ClientStatus::Continue => {}
-            done => {
-                if !buf.is_empty() {
-                    return Err(ClientError::Protocol("the server sent data right after the handshake".into()));
-                }
-                return Ok(done);
-            }
-        }
     }
 }
 
-async fn negotiate<S>(mut s: S, opts: &ClientOptions) -> Result<(S, ClientNegotiated), ClientError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let cfg = ClientConfig {
+/// A socket after the handshake: still plain, or upgraded to TLS.
+enum Negotiated<S> {
+    Plain(S, ClientStatus),
+    Tls(Box<TlsStream<S>>, ClientStatus),
+}
+
+/// Runs the handshake with `cfg` on a fresh stream, upgrading it to TLS first when `tls`
+/// says so.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    mut cfg: ClientConfig,
+    addr: &str,
+    tls: Option<&TlsOptions>,
+) -> Result<Negotiated<S>, ClientError> {
+    // Certificates are loaded before connecting further: a bad file is a clear error.
+    let tls = match tls {
+        Some(t) => Some((TlsConnector::from(t.client_config()?), t.server_name(addr)?)),
+        None => None,
+    };
+    cfg.starttls = tls.is_some();
+    let mut hs = ClientHandshake::new(cfg);
+    let mut buf = Vec::with_capacity(4096);
+    match drive(&mut s, &mut hs, &mut buf).await? {
+        ClientStatus::StartTls => {
+            let (connector, name) = tls.expect("STARTTLS is only sent with TLS options");
+            let mut t = connector.connect(name, s).await?;
+            hs.tls_started();
+            let status = drive(&mut t, &mut hs, &mut buf).await?;
+            Ok(Negotiated::Tls(Box::new(t), status))
+        }
+        status => Ok(Negotiated::Plain(s, status)),
+    }
+}
+
+fn open_config(opts: &ClientOptions) -> ClientConfig {
+    ClientConfig {
         structured: opts.structured_replies,
         extended: opts.extended_headers,
         base_allocation: opts.structured_replies || opts.extended_headers,
         ..ClientConfig::open(opts.export.clone())
-    };
-    match handshake(&mut s, cfg).await? {
-        ClientStatus::Done(neg) => Ok((s, neg)),
+    }
+}
+
+fn done(status: ClientStatus) -> Result<ClientNegotiated, ClientError> {
+    match status {
+        ClientStatus::Done(neg) => Ok(neg),
         other => Err(ClientError::Protocol(format!("unexpected end of the handshake: {other:?}"))),
     }
+}
+
+/// Negotiates on `s` and splits the result into the reader's and the writer's halves.
+async fn negotiate<S>(s: S, opts: &ClientOptions, split: fn(S) -> (ReadHalf, WriteHalf)) -> Result<Session, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match handshake(s, open_config(opts), &opts.addr, opts.tls.as_ref()).await? {
+        Negotiated::Plain(s, status) => {
+            let neg = done(status)?;
+            let (r, w) = split(s);
+            Ok(Session { r, w, neg })
+        }
+        Negotiated::Tls(t, status) => {
+            let neg = done(status)?;
+            let (r, w) = tokio::io::split(*t);
+            Ok(Session { r: Box::new(r), w: Box::new(w), neg })
+        }
+    }
+}
+
+/// A TCP connection to `addr`, from `local` when given.
+async fn connect_tcp(addr: &str, local: Option<std::net::IpAddr>) -> io::Result<TcpStream> {
+    let Some(local) = local else { return TcpStream::connect(addr).await };
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{addr} resolves to no address"));
+    for target in tokio::net::lookup_host(addr).await? {
+        let sock = if target.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        sock.bind(std::net::SocketAddr::new(local, 0))?;
+        match sock.connect(target).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Connects and negotiates once, bounded by `connect_timeout`.
 async fn open(opts: &ClientOptions) -> Result<Session, ClientError> {
     let attempt = async {
         if let Some(path) = unix_path(&opts.addr) {
-            let (s, neg) = negotiate(UnixStream::connect(path).await?, opts).await?;
-            let (r, w) = s.into_split();
-            Ok::<_, ClientError>(Session { r: Box::new(r), w: Box::new(w), neg })
+            let split = |s: UnixStream| -> (ReadHalf, WriteHalf) {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            };
+            negotiate(UnixStream::connect(path).await?, opts, split).await
         } else {
-            let s = TcpStream::connect(&opts.addr).await?;
+            let s = connect_tcp(&opts.addr, opts.local_addr).await?;
             s.set_nodelay(true)?;
-            let (s, neg) = negotiate(s, opts).await?;
-            let (r, w) = s.into_split();
-            Ok(Session { r: Box::new(r), w: Box::new(w), neg })
+            let split = |s: TcpStream| -> (ReadHalf, WriteHalf) {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            };
+            negotiate(s, opts, split).await
         }
     };
     match timeout(opts.connect_timeout, attempt).await {
@@ -184,22 +267,35 @@ async fn open(opts: &ClientOptions) -> Result<Session, ClientError> {
 
 /// Lists the exports a server offers (`NBD_OPT_LIST`).
 pub async fn list_exports(addr: &str, connect_timeout: Duration) -> Result<Vec<ServerEntry>, ClientError> {
-    async fn list<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> Result<Vec<ServerEntry>, ClientError> {
-        match handshake(&mut s, ClientConfig::listing()).await? {
-            ClientStatus::Listed(v) => {
-                let _ = s.shutdown().await;
-                Ok(v)
-            }
+    let mut opts = ClientOptions::new(addr, "");
+    opts.connect_timeout = connect_timeout;
+    list_exports_with(&opts).await
+}
+
+/// Lists the exports of the server at `opts.addr` (over TLS when `opts.tls` is set), bounded
+/// by `opts.connect_timeout`.
+pub async fn list_exports_with(opts: &ClientOptions) -> Result<Vec<ServerEntry>, ClientError> {
+    async fn list<S: AsyncRead + AsyncWrite + Unpin>(
+        s: S,
+        opts: &ClientOptions,
+    ) -> Result<Vec<ServerEntry>, ClientError> {
+        let (status, _) = match handshake(s, ClientConfig::listing(), &opts.addr, opts.tls.as_ref()).await? {
+            Negotiated::Plain(mut s, status) => (status, s.shutdown().await),
+            Negotiated::Tls(mut t, status) => (status, t.shutdown().await),
+        };
+        match status {
+            ClientStatus::Listed(v) => Ok(v),
             other => Err(ClientError::Protocol(format!("unexpected end of the listing: {other:?}"))),
         }
     }
+    let addr = &opts.addr;
     let attempt = async {
         match unix_path(addr) {
-            Some(path) => list(UnixStream::connect(path).await?).await,
-            None => list(TcpStream::connect(addr).await?).await,
+            Some(path) => list(UnixStream::connect(path).await?, opts).await,
+            None => list(connect_tcp(addr, opts.local_addr).await?, opts).await,
         }
     };
-    timeout(connect_timeout, attempt)
+    timeout(opts.connect_timeout, attempt)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("listing the exports of {addr} timed out")))?
 }
