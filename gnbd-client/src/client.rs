@@ -527,7 +527,6 @@ async fn reader(slot: Arc<Slot>, mut r: ReadHalf, io_timeout: Option<Duration>) 
             Some(t) => match timeout(t, receive(&mut r, &mut target)).await {
                 Ok(r) => r,
                 Err(_) => {
-                    drop(target);
                     let mut st = slot.lock();
                     let conn = st.conn.as_mut().expect("the reader runs only while connected");
                     if let Some(d) = direct.take() {
@@ -546,7 +545,6 @@ async fn reader(slot: Arc<Slot>, mut r: ReadHalf, io_timeout: Option<Duration>) 
             },
             None => receive(&mut r, &mut target).await,
         };
-        drop(target);
         quiet = 0;
         let n = match n {
             Ok(0) => {
