@@ -1,0 +1,2 @@
+//! gfs (skeleton; being built).
+#![forbid(unsafe_code)]
