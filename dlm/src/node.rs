@@ -297,6 +297,10 @@ struct Lockspace {
     locks: HashMap<LockId, LocalLock>,
     next_seq: u32,
     held: Vec<Held>,
+    /// Value blocks of resources this node mastered, kept until a recovery completes.
+    handover: BTreeMap<Vec<u8>, MasterLvb>,
+    /// Writes settled locally during recovery, kept until a recovery completes.
+    ghosts: Vec<(Vec<u8>, LockCopy)>,
 }
 
 /// A snapshot of one lockspace for `dlm_tool ls`.
@@ -480,6 +484,8 @@ impl Node {
                 locks: HashMap::new(),
                 next_seq: 1,
                 held: Vec::new(),
+                handover: BTreeMap::new(),
+                ghosts: Vec::new(),
             },
         );
         if recovering {
@@ -1255,14 +1261,21 @@ impl Node {
         }
         let epoch = rec.epoch;
         // 1. As old master: drop the locks of nodes that are gone; keep the value blocks.
-        let mut master_lvb: BTreeMap<Vec<u8>, MasterLvb> = BTreeMap::new();
+        //    They are kept until a recovery completes, in case this one is interrupted.
         for (name, rsb) in &mut l.rsbs {
             if let Some(res) = &mut rsb.res {
                 res.purge(|id| !members.contains(&lock_node(id)));
                 let (v, seq, inval) = res.lvb();
-                master_lvb.insert(name.clone(), MasterLvb { lvb: v.to_vec(), seq, valnotvalid: inval });
+                let m = MasterLvb { lvb: v.to_vec(), seq, valnotvalid: inval };
+                match l.handover.get(name) {
+                    Some(old) if old.seq > seq => {}
+                    _ => {
+                        l.handover.insert(name.clone(), m);
+                    }
+                }
             }
         }
+        let mut master_lvb = l.handover.clone();
         // 2. Settle this node's operations in flight and copy its locks.
         let mut copies: BTreeMap<Vec<u8>, Vec<LockCopy>> = BTreeMap::new();
         let mut ids: Vec<LockId> = l.locks.keys().copied().collect();
@@ -1295,7 +1308,7 @@ impl Node {
                         copy.grmode = None;
                         copy.flags = flags;
                         copy.unconfirmed_write = true;
-                        copies.entry(name).or_default().push(copy);
+                        l.ghosts.push((name, copy));
                     }
                     continue;
                 }
@@ -1303,7 +1316,10 @@ impl Node {
                     let gr = lk.grmode.expect("conversion of a granted lock");
                     lk.issued = false;
                     if is_down(gr, mode) {
-                        copy.unconfirmed_write = gr >= Mode::Pw && flags.0 & (Flags::VALBLK | Flags::IVVALBLK).0 != 0;
+                        if gr >= Mode::Pw && flags.0 & (Flags::VALBLK | Flags::IVVALBLK).0 != 0 {
+                            let ghost = LockCopy { grmode: None, flags, unconfirmed_write: true, ..copy.clone() };
+                            l.ghosts.push((lk.name.clone(), ghost));
+                        }
                         copy.grmode = Some(mode);
                         copy.flags = flags;
                         lk.grmode = Some(mode);
@@ -1348,6 +1364,9 @@ impl Node {
         l.snap_epoch = epoch;
         let State::Recovering(rec) = &mut l.state else { unreachable!("checked above") };
         rec.phase_a_done = true;
+        for (name, g) in &l.ghosts {
+            copies.entry(name.clone()).or_default().push(g.clone());
+        }
         let mut names: BTreeSet<Vec<u8>> = copies.keys().cloned().collect();
         names.extend(master_lvb.keys().cloned());
         let mut sends = Vec::new();
@@ -1412,7 +1431,7 @@ impl Node {
             }
             let mut locks: Vec<LockCopy> = parts.iter().flat_map(|p| p.2.iter().cloned()).collect();
             locks.sort_by_key(|c| c.lkid);
-            let master = parts.iter().find_map(|p| p.1.as_ref());
+            let master = parts.iter().filter_map(|p| p.1.as_ref()).max_by_key(|m| m.seq);
             if master.is_none() && locks.iter().all(|c| c.grmode.is_none() && c.rqmode.is_none()) {
                 // Nobody holds a lock and the master is gone: the resource (and its value
                 // block) is forgotten, as when its last lock is released.
@@ -1440,6 +1459,8 @@ impl Node {
             rsb.master = Some(me);
             rsb.res = Some(res);
         }
+        l.handover.clear();
+        l.ghosts.clear();
         debug!(ls, epoch = rec.epoch, "recovery done");
         self.effects = eff;
         self.route_effects(ls, &mut all_eff);

@@ -654,14 +654,9 @@ mod tests {
             (h, name(), any::<u64>(), flags(), lvb()).prop_map(|((ls, epoch), name, lkid, flags, lvb)| {
                 Message::Unlock { ls, epoch, name, lkid, flags, lvb }
             }),
-            (h, name(), any::<u64>()).prop_map(|((ls, epoch), name, lkid)| Message::Cancel {
-                ls,
-                epoch,
-                name,
-                lkid
-            }),
-            (h, any::<u64>(), status(), opt_mode(), 0u8..8, any::<u32>(), proptest::option::of(lvb()))
-                .prop_map(|((ls, epoch), lkid, status, mode, sb, lvbseq, lvb)| Message::Cast {
+            (h, name(), any::<u64>()).prop_map(|((ls, epoch), name, lkid)| Message::Cancel { ls, epoch, name, lkid }),
+            (h, any::<u64>(), status(), opt_mode(), 0u8..8, any::<u32>(), proptest::option::of(lvb())).prop_map(
+                |((ls, epoch), lkid, status, mode, sb, lvbseq, lvb)| Message::Cast {
                     ls,
                     epoch,
                     lkid,
@@ -670,13 +665,9 @@ mod tests {
                     sbflags: SbFlags(sb),
                     lvbseq,
                     lvb
-                }),
-            (h, any::<u64>(), mode()).prop_map(|((ls, epoch), lkid, mode)| Message::Bast {
-                ls,
-                epoch,
-                lkid,
-                mode
-            }),
+                }
+            ),
+            (h, any::<u64>(), mode()).prop_map(|((ls, epoch), lkid, mode)| Message::Bast { ls, epoch, lkid, mode }),
             (
                 h,
                 name(),
