@@ -98,11 +98,20 @@ pub fn run_agent(program: &Path, input: &str, timeout: Duration) -> Result<(), A
         // An agent that does not read its options fails on its own; ignore EPIPE here.
         let _ = stdin.write_all(input.as_bytes());
     }
-    let mut stderr = child.stderr.take();
+    let stderr = child.stderr.take();
+    let name = program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // The agent's messages go to the log as they come (fence_manual tells the operator what
+    // to do there); the first 64 KiB are kept for the error.
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
-        if let Some(e) = stderr.as_mut() {
-            let _ = std::io::Read::read_to_string(&mut std::io::Read::take(e, 64 << 10), &mut s);
+        if let Some(e) = stderr {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(e)).map_while(Result::ok) {
+                tracing::info!(agent = %name, "{line}");
+                if s.len() < 64 << 10 {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            }
         }
         s
     });

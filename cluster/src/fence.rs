@@ -12,6 +12,10 @@
 //!   it is forgiven.
 //! - When this node starts the domain alone, after `post_join_delay` every configured node
 //!   that is not a cluster member becomes a victim (startup fencing).
+//! - A victim is fenced only once the quorum membership no longer lists it: corosync may
+//!   deliver the group change before the quorum change, and acting on the old quorum state
+//!   would let a partition that is about to lose quorum fence the others. (A victim that
+//!   merges back without being fenced stays pending until it leaves again.)
 //! - Only a quorate node acts, and only one: the lowest node id among the domain members that
 //!   are cluster members. Every member keeps the victim list, so if that node dies the next
 //!   one carries on.
@@ -328,7 +332,9 @@ impl FenceDomain {
         let next = self
             .victims
             .iter()
-            .find(|(id, v)| now >= v.eligible_at && now >= v.retry_at && !self.announced.contains(id))
+            .find(|(id, v)| {
+                now >= v.eligible_at && now >= v.retry_at && !self.announced.contains(id) && !self.members.contains(id)
+            })
             .map(|(id, v)| (*id, v.next_method));
         if let Some((victim, method)) = next {
             let nmethods = self.nodes.get(&victim).map(|n| n.methods.len()).unwrap_or(0);
@@ -468,6 +474,26 @@ mod tests {
     }
 
     #[test]
+    fn group_change_before_quorum_change_does_not_fence() {
+        // The lone node learns that 1 and 2 left the group while its quorum view is still
+        // the old one (quorate, all three members): it must wait for the quorum update.
+        let mut d3 = formed(3, 3, 1, 0);
+        let a = d3.step(
+            Input::Group { members: s(&[3]), left: vec![(1, LeaveReason::NodeDown), (2, LeaveReason::NodeDown)] },
+            t(5),
+        );
+        assert!(runs(&a).is_empty());
+        let a = d3.step(Input::Quorum { quorate: false, members: s(&[3]) }, t(6));
+        assert!(runs(&a).is_empty());
+        // The pair sees the same order and fences once its quorum view drops node 3.
+        let mut d1 = formed(1, 3, 1, 0);
+        let a = d1.step(Input::Group { members: s(&[1, 2]), left: vec![(3, LeaveReason::NodeDown)] }, t(5));
+        assert!(runs(&a).is_empty());
+        let a = d1.step(Input::Quorum { quorate: true, members: s(&[1, 2]) }, t(6));
+        assert_eq!(runs(&a), vec![(3, 0)]);
+    }
+
+    #[test]
     fn post_fail_delay_forgives_a_quick_return() {
         let mut d = formed(1, 3, 1, 10);
         d.step(Input::Quorum { quorate: true, members: s(&[1, 2]) }, t(0));
@@ -551,14 +577,17 @@ mod tests {
                 let quorate = alive.len() as u32 * 2 > n;
                 let mut queue: Vec<(u32, Action)> = Vec::new();
                 for id in alive.clone() {
-                    let d = doms.get_mut(&id).unwrap();
-                    for a in d.step(Input::Quorum { quorate, members: alive.clone() }, now) {
-                        queue.push((id, a));
+                    // Corosync may deliver the group change and the quorum change in either order.
+                    let mut inputs = vec![
+                        Input::Quorum { quorate, members: alive.clone() },
+                        Input::Group { members: alive.clone(), left: vec![(v, LeaveReason::NodeDown)] },
+                    ];
+                    if next() % 2 == 0 {
+                        inputs.reverse();
                     }
-                    for a in
-                        d.step(Input::Group { members: alive.clone(), left: vec![(v, LeaveReason::NodeDown)] }, now)
-                    {
-                        queue.push((id, a));
+                    let d = doms.get_mut(&id).unwrap();
+                    for input in inputs {
+                        queue.extend(d.step(input, now).into_iter().map(|a| (id, a)));
                     }
                 }
                 for _round in 0..200 {

@@ -72,6 +72,8 @@ pub struct Node {
 pub struct Nodes {
     /// The nodes, index 0 is node1.
     pub nodes: Vec<Node>,
+    /// How many of the nodes are cluster members (the rest are plain hosts, e.g. storage).
+    members: usize,
     switch: String,
     nsdir: PathBuf,
     nsdir_mounted: bool,
@@ -81,14 +83,27 @@ pub struct Nodes {
 impl Nodes {
     /// Builds `n` nodes (namespaces, links, private directories); nothing is started.
     pub fn new(n: usize) -> Nodes {
+        Self::with_hosts(n, 0)
+    }
+
+    /// Builds `n` cluster nodes plus `hosts` plain hosts on the same bridge (node indexes
+    /// `n..n + hosts`, addresses continuing after the nodes'), e.g. a storage server.
+    pub fn with_hosts(members: usize, hosts: usize) -> Nodes {
+        let n = members + hosts;
         assert!((1..=200).contains(&n));
         let tmp = TempDir::new();
         let tag = format!("cl{}x{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::Relaxed));
         let switch = format!("{tag}sw");
         let nsdir = tmp.join("ns");
         std::fs::create_dir_all(&nsdir).expect("ns dir");
-        let mut me =
-            Nodes { nodes: Vec::new(), switch: switch.clone(), nsdir: nsdir.clone(), nsdir_mounted: false, tmp };
+        let mut me = Nodes {
+            nodes: Vec::new(),
+            members,
+            switch: switch.clone(),
+            nsdir: nsdir.clone(),
+            nsdir_mounted: false,
+            tmp,
+        };
         for d in ["/etc/cluster", "/var/log/cluster", "/var/lib/corosync"] {
             std::fs::create_dir_all(d).expect("host mount point");
         }
@@ -171,9 +186,14 @@ impl Nodes {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Writes cluster.conf on every node.
+    /// Number of cluster members (nodes `0..members()`).
+    pub fn members(&self) -> usize {
+        self.members
+    }
+
+    /// Writes cluster.conf on every cluster node.
     pub fn write_conf(&self, xml: &str) {
-        for i in 0..self.len() {
+        for i in 0..self.members {
             self.write_conf_on(i, xml);
         }
     }
@@ -206,7 +226,7 @@ impl Nodes {
     ) -> String {
         let mut x = format!("<?xml version=\"1.0\"?>\n<cluster name=\"{name}\" config_version=\"{version}\">\n");
         x.push_str(&format!("  <totem token=\"{token_ms}\"/>\n  <clusternodes>\n"));
-        for i in 0..self.len() {
+        for i in 0..self.members {
             x.push_str(&format!(
                 "    <clusternode name=\"{}\" nodeid=\"{}\" addr=\"{}\">{}</clusternode>\n",
                 node_name(i),
@@ -231,9 +251,9 @@ impl Nodes {
         self.must(i, "cman_tool", &["join", "-t", "60"]);
     }
 
-    /// `cman_tool join` on every node, in order.
+    /// `cman_tool join` on every cluster node, in order.
     pub fn join_all(&self) {
-        for i in 0..self.len() {
+        for i in 0..self.members {
             self.join(i);
         }
     }
@@ -308,6 +328,43 @@ impl Nodes {
             args.extend(pids.iter().map(String::as_str));
             let _ = sh("kill", &args);
             assert!(Instant::now() < deadline, "node{}: processes {pids:?} survive SIGKILL", i + 1);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts `program args` on node `i` in the background, its output in the node's
+    /// `log/<log>` file. The process dies with the node ([`Nodes::kill`], [`Drop`]).
+    pub fn spawn(&self, i: usize, program: &str, args: &[&str], log: &str) -> std::process::Child {
+        let path = self.nodes[i].dir.join("log").join(log);
+        let out = std::fs::File::create(&path).expect("log file");
+        let err = out.try_clone().expect("log file");
+        self.cmd(i, program).args(args).stdout(out).stderr(err).spawn().expect("spawn in node")
+    }
+
+    /// `fence_tool ls --json` on node `i`, parsed.
+    pub fn fence_status(&self, i: usize) -> serde_json::Value {
+        let out = self.must(i, "fence_tool", &["ls", "--json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("fence_tool ls --json: {e}: {out}"))
+    }
+
+    /// The entry for node `name` in [`Nodes::fence_status`] of node `i`.
+    pub fn fence_entry(&self, i: usize, name: &str) -> serde_json::Value {
+        let s = self.fence_status(i);
+        s["nodes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no {name} in fence status {s}"))
+    }
+
+    /// Polls node `i`'s fence status until `pred` holds (panics after 90 s).
+    pub fn wait_fence(&self, i: usize, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let s = self.fence_status(i);
+            if pred(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "node{}: never saw {what}; fence status:\n{s:#}", i + 1);
             std::thread::sleep(Duration::from_millis(100));
         }
     }
