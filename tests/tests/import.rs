@@ -338,3 +338,34 @@ fn fencing_verbs_cut_an_imported_device_and_let_it_back() {
     dd("conv=fsync").assert_success("write after unfencing");
     assert!(std::fs::read(&disk).unwrap()[5 * 4096..6 * 4096].iter().all(|&b| b == 0));
 }
+
+#[test]
+fn imports_over_tls_with_a_certificate_directory() {
+    let pki = gnbd_tests::pki::Pki::new();
+    let node1 = pki.client("node1");
+    let mut b = Server::builder().arg("--tls").arg("required");
+    for a in pki.server_args() {
+        b = b.arg(a);
+    }
+    let server = b.start();
+    let disk = server.path("disk.img");
+    write_pattern_file(&disk, 4 << 20, 5);
+    server.export("s", &disk, &[]);
+    let imports = Imports::new();
+    let port = server.port().to_string();
+    let certs = node1.to_str().unwrap();
+
+    // Plain text is refused, listing and importing alike; with the certificates both work.
+    let out = imports.run(&["-e", "127.0.0.1", "-p", &port]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let out = imports.run(&["-i", "127.0.0.1", "-p", &port, "-n", "s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let out = imports.run(&["-e", "127.0.0.1", "-p", &port, "--tls-certificates", certs]);
+    out.assert_success("gnbd_import -e over TLS");
+    assert_eq!(text(&out.stdout).trim(), "s");
+    let out = imports.run(&["-i", "127.0.0.1", "-p", &port, "-n", "s", "--tls-certificates", certs]);
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), imports.log("s"));
+    let out = run_timeout(Command::new("cmp").arg(imports.device("s")).arg(&disk), Duration::from_secs(60));
+    out.assert_success("reading the export through a TLS import");
+    imports.run(&["-r", "s"]).assert_success("gnbd_import -r");
+}

@@ -2,7 +2,7 @@
 
 use clap::{ArgGroup, Parser};
 use gnbd_client::import::admin::{run, Action, Env, DEFAULT_PORT};
-use gnbd_client::import::{run_device, DeviceConfig, DEFAULT_DEV_DIR, DEFAULT_STATE_DIR};
+use gnbd_client::import::{run_device, ConnectOptions, DeviceConfig, DEFAULT_DEV_DIR, DEFAULT_STATE_DIR};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +42,9 @@ EXAMPLES
 
     See the imports and their connection state:
         gnbd_import -l
+
+    Import over TLS, this node named by its certificate:
+        gnbd_import -i srv1 --tls-certificates /etc/gnbd/client
 
     Fence node3 on srv1, list srv1's bans, let node3 back:
         gnbd_import -s node3 -t srv1
@@ -120,6 +123,23 @@ struct Args {
     /// NBD port of servers given without one.
     #[arg(short = 'p', long = "port", value_name = "PORT", default_value_t = DEFAULT_PORT)]
     port: u16,
+    /// Connect with STARTTLS using the certificates in DIR, laid out as for libnbd and qemu:
+    /// ca-cert.pem, and client-cert.pem + client-key.pem (this node's identity) when present.
+    #[arg(long, value_name = "DIR", conflicts_with = "tls_ca")]
+    tls_certificates: Option<PathBuf>,
+    /// Connect with STARTTLS; the server's certificate must be signed by this CA (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), for servers that identify nodes by certificate.
+    #[arg(long, value_name = "FILE", requires = "tls_key", requires = "tls_ca")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Local address to connect from: the node's cluster address, by which servers
+    /// without TLS tell nodes apart.
+    #[arg(long, value_name = "ADDR")]
+    source: Option<std::net::IpAddr>,
     /// Directory for import records, control sockets, logs and FUSE mounts.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
@@ -137,7 +157,19 @@ fn main() -> ExitCode {
         return device_process(&json);
     }
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("gnbd_import"));
-    let env = Env { state_dir: absolute(a.state_dir), dev_dir: absolute(a.dev_dir), port: a.port, exe };
+    let connect = match a.tls_certificates {
+        Some(dir) => {
+            let t = gnbd_client::TlsOptions::from_dir(&absolute(dir));
+            ConnectOptions { tls_ca: Some(t.ca), tls_cert: t.cert, tls_key: t.key, source: a.source }
+        }
+        None => ConnectOptions {
+            tls_ca: a.tls_ca.map(absolute),
+            tls_cert: a.tls_cert.map(absolute),
+            tls_key: a.tls_key.map(absolute),
+            source: a.source,
+        },
+    };
+    let env = Env { state_dir: absolute(a.state_dir), dev_dir: absolute(a.dev_dir), port: a.port, exe, connect };
     let action = if let Some(server) = a.exports {
         Action::ListExports { server }
     } else if let Some(server) = a.import {

@@ -1,7 +1,7 @@
 //! The `gnbd_import` verbs, apart from argument parsing.
 
-use super::{check_free, list, remove, DeviceConfig, ImportError, Record};
-use crate::{list_exports, ClientError};
+use super::{check_free, list, remove, ConnectOptions, DeviceConfig, ImportError, Record};
+use crate::{list_exports_with, ClientError};
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -51,6 +51,8 @@ pub struct Env {
     pub port: u16,
     /// The program to run as a device process (normally `gnbd_import` itself).
     pub exe: PathBuf,
+    /// TLS and source address for every connection.
+    pub connect: ConnectOptions,
 }
 
 /// Runs `action`; returns what to print on stdout, or an error message.
@@ -72,7 +74,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 fn exports_of(env: &Env, server: &str) -> Result<Vec<nbd_proto::ServerEntry>, String> {
     let addr = server_addr(server, env.port);
-    runtime()?.block_on(list_exports(&addr, Duration::from_secs(10))).map_err(|e| match e {
+    let mut opts = env.connect.client_options(&addr, "");
+    opts.connect_timeout = Duration::from_secs(10);
+    runtime()?.block_on(list_exports_with(&opts)).map_err(|e| match e {
         ClientError::Io(_) | ClientError::TimedOut(_) => format!("cannot reach {server} ({addr}): {e}"),
         e => format!("{server}: {e}"),
     })
@@ -121,6 +125,7 @@ fn import(
             read_only,
             state_dir: env.state_dir.clone(),
             dev_dir: env.dev_dir.clone(),
+            connect: env.connect.clone(),
         };
         match start_device(&env.exe, &cfg) {
             Ok(r) => out.push_str(&format!(

@@ -76,6 +76,38 @@ pub fn valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
+/// How to reach servers: TLS certificates and the source address (node identity).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectOptions {
+    /// CA the server's certificate must be signed by; set: connect with STARTTLS.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate and key (servers with a CA require them).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Local address to connect from (the node's cluster address).
+    #[serde(default)]
+    pub source: Option<std::net::IpAddr>,
+}
+
+impl ConnectOptions {
+    /// Client options for `export` at `addr` with these settings.
+    pub fn client_options(&self, addr: &str, export: &str) -> ClientOptions {
+        let mut opts = ClientOptions::new(addr, export);
+        opts.tls = self.tls_ca.as_ref().map(|ca| crate::TlsOptions {
+            ca: ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            server_name: None,
+        });
+        opts.local_addr = self.source;
+        opts
+    }
+}
+
 /// What a device process is told to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -94,6 +126,8 @@ pub struct DeviceConfig {
     pub read_only: bool,
     pub state_dir: PathBuf,
     pub dev_dir: PathBuf,
+    #[serde(default)]
+    pub connect: ConnectOptions,
 }
 
 impl DeviceConfig {
@@ -333,7 +367,7 @@ pub fn run_device(cfg: DeviceConfig, ready: impl FnOnce(&Record)) -> anyhow::Res
         .enable_all()
         .build()
         .context("cannot start the I/O runtime")?;
-    let mut opts = ClientOptions::new(cfg.addr.clone(), cfg.export.clone());
+    let mut opts = cfg.connect.client_options(&cfg.addr, &cfg.export);
     opts.connections = cfg.connections.max(1);
     opts.io_timeout = (cfg.timeout_secs > 0).then(|| Duration::from_secs(cfg.timeout_secs));
     let client = Arc::new(
