@@ -4,6 +4,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use dlm::{dir_node, Ast, Flags, LockId, MemberEvent, Message, Mode, Node, NodeId, Output, SbFlags, Status};
 
+/// Status, mode, status flags and value block of a completion.
+type Completion = (Status, Option<Mode>, SbFlags, Option<Vec<u8>>);
+
 struct Net {
     nodes: BTreeMap<NodeId, Node>,
     queue: VecDeque<(NodeId, NodeId, Message)>,
@@ -63,7 +66,7 @@ impl Net {
         l
     }
 
-    fn completion(&mut self, lkid: LockId) -> Option<(Status, Option<Mode>, SbFlags, Option<Vec<u8>>)> {
+    fn completion(&mut self, lkid: LockId) -> Option<Completion> {
         let i = self.asts.iter().position(|(_, a)| matches!(a, Ast::Completion { lkid: l, .. } if *l == lkid))?;
         match self.asts.remove(i).1 {
             Ast::Completion { status, mode, sbflags, lvb, .. } => Some((status, mode, sbflags, lvb)),
