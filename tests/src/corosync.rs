@@ -251,11 +251,13 @@ impl Nodes {
         self.must(i, "cman_tool", &["join", "-t", "60"]);
     }
 
-    /// `cman_tool join` on every cluster node, in order.
+    /// `cman_tool join` on every cluster node, all at once.
     pub fn join_all(&self) {
-        for i in 0..self.members {
-            self.join(i);
-        }
+        std::thread::scope(|s| {
+            for i in 0..self.members {
+                s.spawn(move || self.join(i));
+            }
+        });
     }
 
     /// `cman_tool status` on node `i` (stdout, or the error text).

@@ -1,0 +1,129 @@
+//! cluster.conf propagation (`cman_tool version -r`) and fenced's local API, with nodes in
+//! network namespaces running corosync and fenced.
+//!
+//! Needs root (namespaces, mounts) and corosync (scripts/deps.sh installs it).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use gnbd_tests::corosync::{node_name, Nodes};
+
+fn field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|| panic!("no {name} in status:\n{status}"))
+}
+
+#[test]
+fn newer_config_reaches_every_member_and_stale_ones_are_refused() {
+    let nodes = Nodes::new(3);
+    nodes.write_conf(&nodes.simple_conf("alpha", 1, 1000, "<fence_daemon post_join_delay=\"120\"/>"));
+    nodes.join_all();
+    for i in 0..3 {
+        nodes.wait_status(i, |s| s.contains("Nodes: 3\n") && s.contains("Quorate: Yes"));
+    }
+    // The operator edits cluster.conf on node2 and propagates it.
+    let v2 = nodes.simple_conf("alpha", 2, 1000, "<fence_daemon post_fail_delay=\"5\" post_join_delay=\"120\"/>");
+    nodes.write_conf_on(1, &v2);
+    let out = nodes.must(1, "cman_tool", &["version", "-r"]);
+    assert!(out.contains("config_version 2 is in force"), "{out}");
+    for i in 0..3 {
+        // Written on every member (the sender's own file included), byte for byte.
+        nodes.wait_output(i, "cman_tool", &["version"], |o| o.trim() == "2");
+        assert_eq!(nodes.read_conf(i), v2, "node{}", i + 1);
+        assert_eq!(field(&nodes.status(i), "Config Version"), "2");
+        assert_eq!(nodes.fence_status(i)["config_version"], 2);
+    }
+    // No temporary files are left next to cluster.conf.
+    let leftovers: Vec<_> = std::fs::read_dir(nodes.path(0, "etc")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+
+    // A stale version (equal or older) is refused and changes nothing.
+    for stale in [2, 1] {
+        let old = nodes.simple_conf("alpha", stale, 1000, "<fence_daemon post_fail_delay=\"9\"/>");
+        nodes.write_conf_on(0, &old);
+        let out = nodes.run(0, "cman_tool", &["version", "-r"]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("config_version {stale} is not newer than 2 in force; refused")), "{err}");
+        for i in 1..3 {
+            assert_eq!(nodes.read_conf(i), v2);
+        }
+    }
+    // An invalid file is refused with its errors.
+    nodes.write_conf_on(0, r#"<cluster name="alpha" config_version="9"><clusternodes/></cluster>"#);
+    let out = nodes.run(0, "cman_tool", &["version", "-r"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no <clusternode>"));
+    assert_eq!(nodes.read_conf(2), v2);
+}
+
+/// One JSON-lines connection to node `i`'s fenced socket, from the host side of its
+/// private /run.
+fn api(nodes: &Nodes, i: usize) -> (BufReader<UnixStream>, UnixStream) {
+    let s = UnixStream::connect(nodes.path(i, "run/cluster/fenced.sock")).expect("fenced socket");
+    s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+    (BufReader::new(s.try_clone().unwrap()), s)
+}
+
+fn line(r: &mut BufReader<UnixStream>) -> serde_json::Value {
+    let mut l = String::new();
+    r.read_line(&mut l).expect("a line from fenced within the timeout");
+    serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l:?}"))
+}
+
+#[test]
+fn local_api_reports_membership_and_fences_and_waits_for_them() {
+    let nodes = Nodes::new(3);
+    let fence = |i: usize| {
+        format!(r#"<fence><method name="ok"><device name="true" nodename="{}"/></method></fence>"#, node_name(i))
+    };
+    let extra = r#"<fence_daemon post_join_delay="120"/><fencedevices><fencedevice name="true" agent="/bin/true"/></fencedevices>"#;
+    nodes.write_conf(&nodes.conf_with("alpha", 1, 1000, fence, extra));
+    nodes.join_all();
+    for i in 0..3 {
+        nodes.wait_status(i, |s| s.contains("Nodes: 3\n") && s.contains("Quorate: Yes"));
+    }
+    let (mut events, mut w) = api(&nodes, 1);
+    w.write_all(b"{\"cmd\":\"subscribe\"}\n").unwrap();
+    assert_eq!(line(&mut events)["ok"], true);
+    let first = line(&mut events);
+    assert_eq!(first["event"], "membership");
+
+    // A bad request gets an error, not a dropped connection.
+    let (mut r, mut w2) = api(&nodes, 0);
+    w2.write_all(b"{\"cmd\":\"explode\"}\n").unwrap();
+    let e = line(&mut r);
+    assert_eq!(e["ok"], false);
+    assert!(e["error"].as_str().unwrap().contains("bad request"), "{e}");
+
+    nodes.kill(2);
+    // wait_fenced on node1 returns once node3 is fenced (or at once if it already is).
+    w2.write_all(b"{\"cmd\":\"wait_fenced\",\"nodeid\":3}\n").unwrap();
+    let mut saw_membership = false;
+    loop {
+        let ev = line(&mut events);
+        match ev["event"].as_str() {
+            Some("membership") if ev["members"] == serde_json::json!([1, 2]) => {
+                assert_eq!(ev["quorate"], true);
+                saw_membership = true;
+            }
+            Some("fenced") => {
+                assert_eq!(ev["nodeid"], 3);
+                assert_eq!(ev["name"], "node3");
+                assert_eq!(ev["method"], "ok");
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(saw_membership, "the membership change comes before the fence");
+    let done = line(&mut r);
+    assert_eq!(done["ok"], true, "{done}");
+    let s = nodes.fence_entry(0, "node3");
+    assert_eq!(s["pending"], false);
+    assert_eq!(s["last_fence"]["method"], "ok");
+}
