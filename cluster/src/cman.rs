@@ -180,6 +180,17 @@ fn stop_pidfile(name: &str, wait: Duration) -> Result<bool, CmanError> {
 
 /// `cman_tool leave`: stops fenced, then corosync (the others see a clean leave).
 pub fn leave(wait: Duration) -> Result<(), CmanError> {
+    // fenced leaves the fence group itself when asked: a fenced that just died would be
+    // fenced by the others.
+    if let Ok(mut c) = crate::api::Client::connect_default() {
+        let _ = c.set_timeout(Some(wait));
+        if c.shutdown().is_ok() {
+            let pidfile = Path::new(RUN_DIR).join("fenced.pid");
+            if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|t| t.trim().parse::<u32>().ok()) {
+                wait_until(wait, || !pid_alive(pid));
+            }
+        }
+    }
     stop_pidfile("fenced", wait)?;
     if !stop_pidfile("corosync", wait)? && corosync::is_running() {
         // Started by someone else: ask through the init system's usual signal path.

@@ -49,10 +49,16 @@ fn three_nodes_form_lose_one_and_recompute_quorum() {
     for i in 0..3 {
         nodes.wait_status(i, |s| s.contains("Nodes: 3\n") && s.contains("Quorate: Yes"));
     }
-    // A clean leave: the others see two members and stay quorate.
+    // A clean leave: the others see two members, stay quorate, and do not fence node2.
     nodes.must(1, "cman_tool", &["leave"]);
     nodes.wait_status(0, |s| s.contains("Nodes: 2\n") && s.contains("Quorate: Yes"));
     assert!(nodes.run(1, "cman_tool", &["status"]).status.code() == Some(1));
+    assert!(nodes.pids(1).is_empty(), "corosync and fenced are gone from node2");
+    let e = nodes.fence_entry(0, "node2");
+    assert_eq!(e["pending"], false, "{e}");
+    assert_eq!(e["in_domain"], false, "{e}");
+    let log = std::fs::read_to_string(nodes.path(0, "log/fenced.log")).unwrap();
+    assert!(!log.contains("node2 is a fence victim"), "{log}");
 }
 
 #[test]
