@@ -1,5 +1,5 @@
 //! Messages the node daemons multicast to each other through the corosync process group
-//! (`fenced`): one JSON object per CPG message, tagged by `t`. See `docs/messages.md`.
+//! (`fenced`): one JSON object per CPG message, tagged by `t`. See `docs/protocols.md`.
 
 use serde::{Deserialize, Serialize};
 
