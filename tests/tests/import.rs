@@ -369,3 +369,43 @@ fn imports_over_tls_with_a_certificate_directory() {
     out.assert_success("reading the export through a TLS import");
     imports.run(&["-r", "s"]).assert_success("gnbd_import -r");
 }
+
+#[test]
+fn a_killed_device_process_shows_dead_and_is_cleaned_up() {
+    let server = Server::start();
+    let disk = server.path("disk.img");
+    std::fs::write(&disk, vec![3u8; 4 << 20]).unwrap();
+    server.export("k", &disk, &[]);
+    let imports = Imports::new();
+    import_one(&imports, &server, "k", &[]);
+    let d = imports.list().into_iter().find(|d| d["name"] == "k").unwrap();
+    let pid = d["pid"].as_u64().unwrap();
+    let loop_dev = d["loop_device"].as_str().unwrap().to_string();
+    Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new(&format!("/proc/{pid}/stat")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z")
+    {
+        assert!(Instant::now() < deadline, "the device process did not die");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(imports.state("k").as_deref(), Some("dead"));
+    // I/O on the orphaned device fails instead of hanging.
+    let out = run_timeout(
+        Command::new("dd").arg(format!("if={}", imports.device("k").display())).args([
+            "of=/dev/null",
+            "bs=4k",
+            "count=1",
+            "iflag=direct",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success(), "a read through a dead import must fail");
+    imports.run(&["-r", "k"]).assert_success("gnbd_import -r of a dead import");
+    assert!(imports.list().is_empty());
+    assert!(!imports.device("k").exists());
+    let back = std::fs::read_to_string(format!("/sys/block/{}/loop/backing_file", &loop_dev[5..])).unwrap_or_default();
+    assert!(!back.contains("k.mnt"), "the loop device was detached (still backed by {back})");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&format!("{}/imports/k.mnt", imports.state_dir().display())), "FUSE mount left behind");
+}
