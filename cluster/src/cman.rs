@@ -33,7 +33,7 @@ pub enum CmanError {
     #[error("cannot start {program}: {error}")]
     Spawn { program: String, error: std::io::Error },
     /// A daemon did not come up.
-    #[error("{what} did not become ready within {secs} s; see {log}")]
+    #[error("{what} exited or did not become ready within {secs} s; see {log}")]
     NotReady { what: &'static str, secs: u64, log: String },
     /// File system trouble.
     #[error("{path}: {error}")]
@@ -133,11 +133,14 @@ pub fn join(opts: &JoinOptions) -> Result<ClusterConf, CmanError> {
     )?;
     let pidfile = Path::new(RUN_DIR).join("corosync.pid");
     std::fs::write(&pidfile, format!("{pid}\n")).map_err(io(&pidfile))?;
-    if !wait_until(opts.wait, || corosync::local_nodeid().is_ok() && corosync::is_running()) {
+    // Fails fast when corosync exits (a bad address, a port in use): its log says why.
+    let corosync_log = Path::new(LOG_DIR).join("corosync.log");
+    let ready = || corosync::local_nodeid().is_ok() && corosync::is_running();
+    if !wait_until(opts.wait, || !pid_alive(pid) || ready()) || !pid_alive(pid) {
         return Err(CmanError::NotReady {
             what: "corosync",
             secs: opts.wait.as_secs(),
-            log: log.display().to_string(),
+            log: format!("{} and {}", log.display(), corosync_log.display()),
         });
     }
     if opts.fenced {

@@ -299,6 +299,7 @@ impl Daemon {
         match result {
             Ok(new) => {
                 info!(version, from = %self.name(from), "installed a new cluster.conf");
+                reload_corosync(&new);
                 self.dom.set_nodes(&new);
                 self.conf = new;
                 self.broadcast(&Event::Config { version });
@@ -423,6 +424,38 @@ impl Daemon {
                 }
             },
         }
+    }
+}
+
+/// Rewrites the corosync configuration `cman_tool join` generated (if it is the default one)
+/// and asks corosync to reload it, so votes and expected votes follow cluster.conf. Every
+/// member does this after writing its own file; the reload is cluster-wide, so the last one
+/// happens after every file is written.
+fn reload_corosync(conf: &ClusterConf) {
+    let path = Path::new(crate::cman::RUN_DIR).join("corosync.conf");
+    if !path.exists() {
+        return;
+    }
+    let text = match crate::corosync_conf::generate(conf) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(error = %e, "cannot generate the corosync configuration; corosync keeps the old one");
+            return;
+        }
+    };
+    if let Err(e) = crate::write_atomic(&path, text.as_bytes()) {
+        warn!(error = %e, path = %path.display(), "cannot write the corosync configuration");
+        return;
+    }
+    match std::process::Command::new("corosync-cfgtool")
+        .arg("-R")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+    {
+        Ok(o) if o.status.success() => info!("corosync reloaded its configuration"),
+        Ok(o) => warn!(stderr = %String::from_utf8_lossy(&o.stderr).trim(), "corosync-cfgtool -R failed"),
+        Err(e) => warn!(error = %e, "cannot run corosync-cfgtool -R"),
     }
 }
 

@@ -14,8 +14,9 @@
 //!   that is not a cluster member becomes a victim (startup fencing).
 //! - A victim is fenced only once the quorum membership no longer lists it: corosync may
 //!   deliver the group change before the quorum change, and acting on the old quorum state
-//!   would let a partition that is about to lose quorum fence the others. (A victim that
-//!   merges back without being fenced stays pending until it leaves again.)
+//!   would let a partition that is about to lose quorum fence the others. (So a node whose
+//!   fenced died but whose corosync still runs is fenced only once it leaves the cluster; a
+//!   victim that merges back without being fenced stays pending until it leaves again.)
 //! - Only a quorate node acts, and only one: the lowest node id among the domain members that
 //!   are cluster members. Every member keeps the victim list, so if that node dies the next
 //!   one carries on.

@@ -41,14 +41,28 @@ fn newer_config_reaches_every_member_and_stale_ones_are_refused() {
     let leftovers: Vec<_> = std::fs::read_dir(nodes.path(0, "etc")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
 
+    // Votes follow cluster.conf: node1 gets 3 votes, so 5 are expected and 3 make quorum.
+    let v3 = nodes
+        .simple_conf("alpha", 3, 1000, "<fence_daemon post_join_delay=\"120\"/>")
+        .replace(r#"nodeid="1""#, r#"nodeid="1" votes="3""#);
+    nodes.write_conf_on(0, &v3);
+    nodes.must(0, "cman_tool", &["version", "-r"]);
+    for i in 0..3 {
+        let s = nodes.wait_status(i, |s| s.contains("Total votes: 5\n"));
+        assert_eq!(field(&s, "Expected votes"), "5", "{s}");
+        assert_eq!(field(&s, "Quorum"), "3", "{s}");
+        assert_eq!(field(&s, "Config Version"), "3", "{s}");
+    }
+    let v2 = v3;
+
     // A stale version (equal or older) is refused and changes nothing.
-    for stale in [2, 1] {
+    for stale in [3, 1] {
         let old = nodes.simple_conf("alpha", stale, 1000, "<fence_daemon post_fail_delay=\"9\"/>");
         nodes.write_conf_on(0, &old);
         let out = nodes.run(0, "cman_tool", &["version", "-r"]);
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&format!("config_version {stale} is not newer than 2 in force; refused")), "{err}");
+        assert!(err.contains(&format!("config_version {stale} is not newer than 3 in force; refused")), "{err}");
         for i in 1..3 {
             assert_eq!(nodes.read_conf(i), v2);
         }
