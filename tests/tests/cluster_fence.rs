@@ -121,8 +121,12 @@ fn killed_node_is_fenced_through_gnbd_after_a_failing_first_method() {
     let rec = fenced_by(&s, "node3").unwrap();
     assert_eq!(rec["method"], "storage", "the failing method falls through to the second: {s:#}");
     assert_eq!(rec["by"], "node1", "the lowest node id fences: {s:#}");
-    // Reported only after the agent succeeded: the server already holds the ban.
+    // Reported only after the agent succeeded: the server already holds the ban, and a
+    // surviving node sees it with gnbd_import -c.
     assert_eq!(storage.bans(), vec!["node3".to_owned()]);
+    let key = storage.key.to_str().unwrap().to_owned();
+    let listed = nodes.must(1, "gnbd_import", &["-c", &storage.addr, "-k", &key]);
+    assert!(listed.contains("node3") && !listed.contains("node1") && !listed.contains("node2"), "{listed}");
     let elapsed = rec["at_unix_ms"].as_u64().unwrap().saturating_sub(killed_at);
     eprintln!("MEASURE kill -> fence acknowledged: {elapsed} ms (token {TOKEN_MS} ms, 3 nodes)");
     // Every survivor agrees, and stays quorate.
