@@ -231,3 +231,23 @@ fn fence_node_with_fence_manual_waits_for_the_operator() {
     let s = nodes.wait_fence(2, "node3's fence recorded", |s| fenced_by(s, "node3").is_some());
     assert_eq!(fenced_by(&s, "node3").unwrap()["method"], "human");
 }
+
+#[test]
+fn node_that_never_joins_is_fenced_after_post_join_delay() {
+    let nodes = Nodes::with_hosts(2, 1);
+    let storage = Storage::start(&nodes, 2);
+    let extra = format!(
+        r#"<cman two_node="1" expected_votes="1"/><fence_daemon post_join_delay="2"/>
+        <fencedevices>{}</fencedevices>"#,
+        storage.device()
+    );
+    nodes.write_conf(&nodes.conf_with("pair", 1, TOKEN_MS, gnbd_method, &extra));
+    // Only node1 starts: it forms the fence domain alone and, post_join_delay later, fences
+    // node2, which it has never seen (startup fencing).
+    let started = Instant::now();
+    nodes.join(0);
+    let s = nodes.wait_fence(0, "node2 fenced at startup", |s| fenced_by(s, "node2").is_some());
+    assert!(started.elapsed() >= Duration::from_secs(2), "fenced before post_join_delay");
+    assert_eq!(fenced_by(&s, "node2").unwrap()["by"], "node1");
+    assert_eq!(storage.bans(), vec!["node2".to_owned()]);
+}
