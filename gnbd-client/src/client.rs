@@ -966,6 +966,15 @@ impl Client {
         Ok(buf)
     }
 
+    /// Hands back the buffer of a finished [`Client::read`] so a later read can reuse it
+    /// (optional: saves an allocation and fresh pages per large read).
+    pub fn recycle(&self, buf: Vec<u8>) {
+        let i = self.inner.next.load(Ordering::Relaxed) % self.inner.slots.len();
+        if let Some(conn) = self.inner.slots[i].lock().conn.as_mut() {
+            conn.recycle(buf);
+        }
+    }
+
     /// Reads `buf.len()` bytes at `offset` into `buf`.
     pub async fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<(), ClientError> {
         self.check_range(offset, buf.len() as u64)?;

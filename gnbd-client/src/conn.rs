@@ -157,12 +157,28 @@ pub struct Conn<T> {
     /// Partial header or chunk payload.
     buf: Vec<u8>,
     dead: bool,
+    /// Read buffers handed back by the caller ([`Conn::recycle`]), reused so large reads
+    /// neither allocate nor fault in fresh pages.
+    spare: Vec<Vec<u8>>,
 }
+
+/// Buffers smaller than this are not worth keeping.
+const SPARE_MIN: usize = 64 << 10;
+/// At most this many spare buffers are kept per connection.
+const SPARE_MAX: usize = 64;
 
 impl<T> Conn<T> {
     /// A connection whose handshake negotiated `mode`.
     pub fn new(mode: ReplyMode) -> Self {
-        Self { mode, next_cookie: 1, inflight: HashMap::new(), rx: Rx::Header, buf: Vec::new(), dead: false }
+        Self {
+            mode,
+            next_cookie: 1,
+            inflight: HashMap::new(),
+            rx: Rx::Header,
+            buf: Vec::new(),
+            dead: false,
+            spare: Vec::new(),
+        }
     }
 
     /// The negotiated reply framing.
@@ -188,7 +204,11 @@ impl<T> Conn<T> {
         // Read data is appended as it arrives (no zeroing of a buffer about to be
         // overwritten); out-of-order chunks and holes fill gaps with zeroes first.
         let data = if op.command == Command::Read {
-            Vec::with_capacity(usize::try_from(op.length).expect("read lengths are bounded by the caller"))
+            let len = usize::try_from(op.length).expect("read lengths are bounded by the caller");
+            match self.spare.iter().rposition(|b| b.capacity() >= len) {
+                Some(i) if len >= SPARE_MIN => self.spare.swap_remove(i),
+                _ => Vec::with_capacity(len),
+            }
         } else {
             Vec::new()
         };
@@ -212,6 +232,14 @@ impl<T> Conn<T> {
         let cookie = self.submit(op, tag, out)?;
         out.extend_from_slice(payload);
         Ok(cookie)
+    }
+
+    /// Takes back a buffer a completed read returned, to hold the data of a later read.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() >= SPARE_MIN && self.spare.len() < SPARE_MAX {
+            buf.clear();
+            self.spare.push(buf);
+        }
     }
 
     /// Hands back the tags of every request still waiting for its reply, oldest first.
@@ -603,6 +631,26 @@ mod tests {
         assert_eq!(err, SubmitError::TooLong { length: 1 << 33 });
         let mut c = Conn::<()>::new(ReplyMode::Extended);
         assert!(c.submit(op(Command::Trim, 0, 1 << 33), (), &mut Vec::new()).is_ok());
+    }
+
+    #[test]
+    fn recycled_buffers_hold_later_reads() {
+        let mut c = Conn::new(ReplyMode::Simple);
+        let len = 128 << 10;
+        let mut old = vec![9u8; len];
+        old.reserve(4096);
+        let ptr = old.as_ptr();
+        c.recycle(old);
+        let cookie = c.submit(op(Command::Read, 0, len as u64), 7, &mut Vec::new()).unwrap();
+        let mut reply = Vec::new();
+        encode_read_reply_header(&mut reply, ReplyMode::Simple, cookie, 0, len as u64);
+        reply.extend(std::iter::repeat(5u8).take(len));
+        let done = feed_all(&mut c, &reply, 1000).unwrap();
+        let Ok(Reply::Data(d)) = &done[0].result else { panic!("{:?}", done[0].result) };
+        assert_eq!(d.as_ptr(), ptr, "the recycled buffer was reused");
+        assert!(d.len() == len && d.iter().all(|&b| b == 5), "and holds only the new data");
+        c.recycle(vec![0u8; 10]);
+        assert!(c.spare.is_empty(), "small buffers are not kept");
     }
 
     #[test]

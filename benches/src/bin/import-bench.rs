@@ -398,7 +398,8 @@ async fn library(job: &Job, client: Arc<gnbd_client::Client>, size: u64, runtime
                 };
                 let off = block * job.bs;
                 if job.rw.contains("read") {
-                    client.read(off, job.bs as usize).await?;
+                    let data = client.read(off, job.bs as usize).await?;
+                    client.recycle(data);
                 } else {
                     client.write_shared(off, data.clone(), false).await?;
                 }

@@ -195,7 +195,10 @@ impl Filesystem for DeviceFs {
         self.rt.spawn(async move {
             stats.reads.fetch_add(1, Ordering::Relaxed);
             match client.read(offset, len as usize).await {
-                Ok(data) => reply.data(&data),
+                Ok(data) => {
+                    reply.data(&data);
+                    client.recycle(data);
+                }
                 Err(e) => reply.error(DeviceFs::fail(&stats, &e)),
             }
         });
