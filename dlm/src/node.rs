@@ -183,6 +183,21 @@ pub enum DlmError {
     BadLvbLen(usize),
 }
 
+impl DlmError {
+    /// The one mapping from refusals to the negative errno local clients see.
+    pub fn code(&self) -> i32 {
+        match self {
+            DlmError::NoLockspace { .. } | DlmError::NoSuchLock { .. } => -2,
+            DlmError::Busy { .. } => -16,
+            DlmError::BadLockspaceName
+            | DlmError::BadName
+            | DlmError::BadFlags { .. }
+            | DlmError::BadLvb { .. }
+            | DlmError::BadLvbLen(_) => -22,
+        }
+    }
+}
+
 /// The lockspace id used on the wire: FNV-1a of the name folded to 32 bits.
 pub fn lockspace_id(name: &[u8]) -> u32 {
     let h = fnv1a(name);
@@ -449,8 +464,16 @@ impl Node {
             return Err(DlmError::BadLvbLen(lvblen));
         }
         let id = lockspace_id(name);
-        if !self.lockspaces.contains_key(&id) {
-            self.create_ls(id, name.to_vec(), lvblen, false);
+        match self.lockspaces.get_mut(&id) {
+            None => self.create_ls(id, name.to_vec(), lvblen, false),
+            Some(l) if l.name != name => {
+                // Hosted on a peer's behalf so far: take the real name and size.
+                l.name = name.to_vec();
+                if l.rsbs.values().all(|r| r.res.as_ref().is_none_or(Resource::is_empty)) {
+                    l.lvblen = lvblen;
+                }
+            }
+            Some(_) => {}
         }
         Ok(id)
     }
@@ -954,7 +977,13 @@ impl Node {
                     // A lockspace this node never joined, being recovered by the others:
                     // take part with nothing to contribute.
                     let name = format!("ls-{ls:08x}").into_bytes();
-                    self.create_ls(ls, name, crate::node::DEFAULT_LVB_LEN, true);
+                    self.create_ls(ls, name, DEFAULT_LVB_LEN, true);
+                }
+                Kind::Op if epoch == self.epoch => {
+                    // A peer uses a lockspace this node has not joined yet: host it (a
+                    // lockspace spans every member; joining it here later names it).
+                    let name = format!("ls-{ls:08x}").into_bytes();
+                    self.create_ls(ls, name, DEFAULT_LVB_LEN, false);
                 }
                 Kind::Op => {
                     self.reply_invalid(from, ls, epoch, &msg);

@@ -198,14 +198,14 @@ fn forged_and_unknown_requests_get_an_error_status() {
             "{out:?}"
         );
     }
-    // A request in a lockspace the master never joined.
+    // A request in a lockspace the master never joined, from an older membership.
     let n = net.nodes.get_mut(&master).unwrap();
     let lkid = (other as u64) << 32 | 99;
     n.receive(
         other,
         Message::Request {
             ls: 0xdead,
-            epoch: 1,
+            epoch: 0,
             name: b"X".to_vec(),
             lkid,
             mode: Mode::Ex,

@@ -1,0 +1,410 @@
+//! Async client library for local programs: connect to `dlm_controld`'s Unix socket, join
+//! lockspaces, take, convert, release and cancel locks, receive completion and blocking
+//! callbacks, read and write value blocks.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), dlm::ClientError> {
+//! use dlm::{DlmClient, Flags, Mode};
+//! let c = DlmClient::connect("/run/dlm/dlm.sock").await?;
+//! let ls = c.join(b"myapp", 0).await?;
+//! let mut lock = c.lock(ls, b"config", Mode::Ex, Flags::VALBLK, None).await?;
+//! lock.convert(Mode::Nl, Flags::VALBLK, Some(&[1; 32])).await?;
+//! lock.unlock(Flags::empty(), None).await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::mode::{Flags, Mode, SbFlags, Status};
+use crate::proto::{decode_response, encode_request, Frame, Request, Response};
+use crate::resource::LockId;
+
+/// What went wrong for a client call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The daemon is unreachable or the connection broke.
+    #[error("connection to dlm_controld failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The daemon refused the call (a negative errno).
+    #[error("refused by dlm_controld: errno {}", -.0)]
+    Refused(i32),
+    /// The operation completed with a status other than success.
+    #[error("lock operation finished: {0}")]
+    Status(Status),
+    /// The daemon sent something this library does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// A completion callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// Outcome.
+    pub status: Status,
+    /// Granted mode now.
+    pub mode: Option<Mode>,
+    /// DEMOTED / VALNOTVALID / ALTMODE.
+    pub sbflags: SbFlags,
+    /// The value block read, if any.
+    pub lvb: Option<Vec<u8>>,
+}
+
+#[derive(Debug)]
+enum Event {
+    Completion(Completion),
+    Blocking(Mode),
+}
+
+struct Waiter {
+    seq: u32,
+    register: bool,
+    tx: oneshot::Sender<(Response, Option<mpsc::UnboundedReceiver<Event>>)>,
+}
+
+#[derive(Default)]
+struct Shared {
+    next_seq: u32,
+    waiters: std::collections::VecDeque<Waiter>,
+    locks: HashMap<(u32, LockId), mpsc::UnboundedSender<Event>>,
+    closed: bool,
+}
+
+/// A connection to `dlm_controld`. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct DlmClient {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl std::fmt::Debug for DlmClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DlmClient").finish_non_exhaustive()
+    }
+}
+
+impl DlmClient {
+    /// Connect to the daemon's socket.
+    pub async fn connect(path: impl AsRef<Path>) -> Result<DlmClient, ClientError> {
+        let s = UnixStream::connect(path).await?;
+        let (mut rd, mut wr) = s.into_split();
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(16 * 1024);
+            while let Some(f) = rx.recv().await {
+                buf.clear();
+                buf.extend_from_slice(&f);
+                while buf.len() < 60 * 1024 {
+                    match rx.try_recv() {
+                        Ok(f) => buf.extend_from_slice(&f),
+                        Err(_) => break,
+                    }
+                }
+                if wr.write_all(&buf).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let sh = shared.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(16 * 1024);
+            let mut chunk = vec![0u8; 16 * 1024];
+            loop {
+                let n = match rd.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                let mut at = 0;
+                loop {
+                    match decode_response(&buf[at..]) {
+                        Ok(Frame::NeedMore(_)) => break,
+                        Ok(Frame::Done(resp, _, used)) => {
+                            at += used;
+                            dispatch(&sh, resp);
+                        }
+                        Err(_) => {
+                            close(&sh);
+                            return;
+                        }
+                    }
+                }
+                buf.drain(..at);
+            }
+            close(&sh);
+        });
+        Ok(DlmClient { tx, shared })
+    }
+
+    async fn call(
+        &self,
+        req: Request,
+        register: bool,
+    ) -> Result<(Response, Option<mpsc::UnboundedReceiver<Event>>), ClientError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut sh = self.shared.lock().expect("client state lock");
+            if sh.closed {
+                return Err(ClientError::Io(std::io::ErrorKind::BrokenPipe.into()));
+            }
+            sh.next_seq = sh.next_seq.wrapping_add(1);
+            let seq = sh.next_seq;
+            let mut buf = Vec::with_capacity(64);
+            encode_request(&req, seq, &mut buf);
+            // Queue the waiter and send under the same lock so replies match in order.
+            sh.waiters.push_back(Waiter { seq, register, tx });
+            if self.tx.send(buf).is_err() {
+                return Err(ClientError::Io(std::io::ErrorKind::BrokenPipe.into()));
+            }
+        }
+        rx.await.map_err(|_| ClientError::Io(std::io::ErrorKind::BrokenPipe.into()))
+    }
+
+    async fn simple(&self, req: Request) -> Result<(u32, LockId), ClientError> {
+        match self.call(req, false).await?.0 {
+            Response::Reply { status, ls, lkid, .. } if status >= 0 => Ok((ls, lkid)),
+            Response::Reply { status, .. } => Err(ClientError::Refused(status)),
+            other => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Join (create) a lockspace; `lvblen` 0 means the default (32 bytes). Returns its id.
+    pub async fn join(&self, name: &[u8], lvblen: u16) -> Result<u32, ClientError> {
+        Ok(self.simple(Request::Join { name: name.to_vec(), lvblen }).await?.0)
+    }
+
+    /// Leave a lockspace.
+    pub async fn leave(&self, ls: u32) -> Result<(), ClientError> {
+        self.simple(Request::Leave { ls }).await.map(|_| ())
+    }
+
+    /// Ask for a lock without waiting for the grant.
+    pub async fn request(
+        &self,
+        ls: u32,
+        name: &[u8],
+        mode: Mode,
+        flags: Flags,
+        lvb: Option<&[u8]>,
+    ) -> Result<Lock, ClientError> {
+        let req = Request::Lock { ls, mode, flags, name: name.to_vec(), lvb: lvb.unwrap_or_default().to_vec() };
+        match self.call(req, true).await? {
+            (Response::Reply { status, ls, lkid, .. }, Some(events)) if status >= 0 => Ok(Lock {
+                client: self.clone(),
+                ls,
+                id: lkid,
+                events,
+                mode: None,
+                lvb: None,
+                sbflags: SbFlags::default(),
+                bast: std::collections::VecDeque::new(),
+            }),
+            (Response::Reply { status, .. }, _) => Err(ClientError::Refused(status)),
+            (other, _) => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Take a lock and wait until it is granted (or fails: [`ClientError::Status`]).
+    pub async fn lock(
+        &self,
+        ls: u32,
+        name: &[u8],
+        mode: Mode,
+        flags: Flags,
+        lvb: Option<&[u8]>,
+    ) -> Result<Lock, ClientError> {
+        let mut l = self.request(ls, name, mode, flags, lvb).await?;
+        l.wait().await?;
+        Ok(l)
+    }
+
+    /// Cancel the queued request or conversion of lock `id`; false if there was nothing to
+    /// cancel. The lock's pending operation then completes with [`Status::Canceled`].
+    pub async fn cancel(&self, ls: u32, id: LockId) -> Result<bool, ClientError> {
+        match self.call(Request::Cancel { ls, lkid: id }, false).await?.0 {
+            Response::Reply { status: 0, .. } => Ok(true),
+            Response::Reply { status: 1, .. } => Ok(false),
+            Response::Reply { status, .. } => Err(ClientError::Refused(status)),
+            other => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// `dlm_tool ls` text.
+    pub async fn list(&self) -> Result<String, ClientError> {
+        self.text(Request::List).await
+    }
+
+    /// `dlm_tool lockdump` text for the lockspace `name`.
+    pub async fn lockdump(&self, name: &[u8]) -> Result<String, ClientError> {
+        self.text(Request::Dump { name: name.to_vec() }).await
+    }
+
+    async fn text(&self, req: Request) -> Result<String, ClientError> {
+        match self.call(req, false).await?.0 {
+            Response::Text { status: 0, text, .. } => Ok(text),
+            Response::Text { status, text, .. } => {
+                Err(ClientError::Protocol(format!("errno {}: {}", -status, text.trim_end())))
+            }
+            Response::Reply { status, .. } => Err(ClientError::Refused(status)),
+            other => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+}
+
+fn close(sh: &Arc<Mutex<Shared>>) {
+    let mut s = sh.lock().expect("client state lock");
+    s.closed = true;
+    s.waiters.clear();
+    s.locks.clear();
+}
+
+fn dispatch(sh: &Arc<Mutex<Shared>>, resp: Response) {
+    let mut s = sh.lock().expect("client state lock");
+    match resp {
+        Response::Reply { seq, .. } | Response::Text { seq, .. } => {
+            let Some(w) = s.waiters.pop_front() else { return };
+            if w.seq != seq {
+                s.closed = true;
+                return;
+            }
+            let mut events = None;
+            if let (true, Response::Reply { status, ls, lkid, .. }) = (w.register, &resp) {
+                if *status >= 0 {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    s.locks.insert((*ls, *lkid), tx);
+                    events = Some(rx);
+                }
+            }
+            let _ = w.tx.send((resp, events));
+        }
+        Response::Completion { ls, lkid, status, mode, sbflags, lvb } => {
+            let gone = matches!(status, Status::Unlocked) || mode.is_none();
+            if let Some(tx) = s.locks.get(&(ls, lkid)) {
+                let _ = tx.send(Event::Completion(Completion { status, mode, sbflags, lvb }));
+            }
+            if gone {
+                s.locks.remove(&(ls, lkid));
+            }
+        }
+        Response::Blocking { ls, lkid, mode } => {
+            if let Some(tx) = s.locks.get(&(ls, lkid)) {
+                let _ = tx.send(Event::Blocking(mode));
+            }
+        }
+    }
+}
+
+/// A lock held (or requested) through a [`DlmClient`].
+#[derive(Debug)]
+pub struct Lock {
+    client: DlmClient,
+    ls: u32,
+    id: LockId,
+    events: mpsc::UnboundedReceiver<Event>,
+    mode: Option<Mode>,
+    lvb: Option<Vec<u8>>,
+    sbflags: SbFlags,
+    bast: std::collections::VecDeque<Mode>,
+}
+
+impl Lock {
+    /// The lock id.
+    pub fn id(&self) -> LockId {
+        self.id
+    }
+
+    /// The lockspace id.
+    pub fn lockspace(&self) -> u32 {
+        self.ls
+    }
+
+    /// Granted mode as of the last completion.
+    pub fn mode(&self) -> Option<Mode> {
+        self.mode
+    }
+
+    /// The value block as of the last completion that read it.
+    pub fn lvb(&self) -> Option<&[u8]> {
+        self.lvb.as_deref()
+    }
+
+    /// Status-block flags of the last completion.
+    pub fn sbflags(&self) -> SbFlags {
+        self.sbflags
+    }
+
+    /// Wait for the completion of the operation in progress. Blocking callbacks that
+    /// arrive meanwhile are kept for [`Lock::blocked`].
+    pub async fn wait(&mut self) -> Result<Completion, ClientError> {
+        loop {
+            match self.events.recv().await {
+                Some(Event::Blocking(m)) => self.bast.push_back(m),
+                Some(Event::Completion(c)) => {
+                    self.mode = c.mode;
+                    self.sbflags = c.sbflags;
+                    if c.lvb.is_some() {
+                        self.lvb.clone_from(&c.lvb);
+                    }
+                    return match c.status {
+                        Status::Granted | Status::Unlocked => Ok(c),
+                        s => Err(ClientError::Status(s)),
+                    };
+                }
+                None => return Err(ClientError::Io(std::io::ErrorKind::BrokenPipe.into())),
+            }
+        }
+    }
+
+    /// The next blocking callback: another request wants `mode`.
+    pub async fn blocked(&mut self) -> Option<Mode> {
+        if let Some(m) = self.bast.pop_front() {
+            return Some(m);
+        }
+        loop {
+            match self.events.recv().await? {
+                Event::Blocking(m) => return Some(m),
+                Event::Completion(_) => continue,
+            }
+        }
+    }
+
+    /// A blocking callback already received, if any.
+    pub fn try_blocked(&mut self) -> Option<Mode> {
+        while let Ok(e) = self.events.try_recv() {
+            if let Event::Blocking(m) = e {
+                self.bast.push_back(m);
+            }
+        }
+        self.bast.pop_front()
+    }
+
+    /// Start a conversion without waiting.
+    pub async fn start_convert(&mut self, mode: Mode, flags: Flags, lvb: Option<&[u8]>) -> Result<(), ClientError> {
+        let req = Request::Convert { ls: self.ls, lkid: self.id, mode, flags, lvb: lvb.unwrap_or_default().to_vec() };
+        self.client.simple(req).await.map(|_| ())
+    }
+
+    /// Convert and wait for the outcome.
+    pub async fn convert(&mut self, mode: Mode, flags: Flags, lvb: Option<&[u8]>) -> Result<Completion, ClientError> {
+        self.start_convert(mode, flags, lvb).await?;
+        self.wait().await
+    }
+
+    /// Cancel the request or conversion in progress (see [`DlmClient::cancel`]).
+    pub async fn cancel(&self) -> Result<bool, ClientError> {
+        self.client.cancel(self.ls, self.id).await
+    }
+
+    /// Release the lock and wait until it is gone.
+    pub async fn unlock(mut self, flags: Flags, lvb: Option<&[u8]>) -> Result<(), ClientError> {
+        let req = Request::Unlock { ls: self.ls, lkid: self.id, flags, lvb: lvb.unwrap_or_default().to_vec() };
+        self.client.simple(req).await?;
+        self.wait().await.map(|_| ())
+    }
+}

@@ -1,0 +1,446 @@
+//! `dlm_controld`: the per-node daemon. It hosts this node's [`Node`], serves local
+//! programs on a Unix socket (the protocol of [`crate::proto`]) and talks to the other
+//! nodes' daemons over TCP (the protocol of [`crate::wire`]).
+//!
+//! Membership is static for now: the configured node ids (this one and its peers) are the
+//! members, always quorate. The cluster layer will replace that by feeding
+//! [`crate::MemberEvent`]s.
+//!
+//! Everything runs on one thread: one task per connection, all sharing the node through a
+//! `RefCell` (no lock is ever held across an await).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::mode::Mode;
+use crate::node::{Ast, MemberEvent, Node, Output, Owner, DEFAULT_LVB_LEN};
+use crate::proto::{decode_request, encode_response, Frame, Request, Response};
+use crate::resource::Queue;
+use crate::wire::{decode, encode, Decoded, Message, NodeId};
+
+/// What the daemon needs to start.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// Unix socket for local programs.
+    pub socket: PathBuf,
+    /// TCP address for peer daemons (None: single-node mode).
+    pub listen: Option<SocketAddr>,
+    /// The other nodes: id and TCP address.
+    pub peers: Vec<(NodeId, SocketAddr)>,
+}
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Binding the Unix socket failed.
+    #[error("cannot listen on {path}: {source}")]
+    Socket {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Binding the TCP address failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Bad configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The runtime could not start.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Where the daemon listens, once it is ready.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// Node id.
+    pub node_id: NodeId,
+    /// Unix socket path.
+    pub socket: PathBuf,
+    /// Bound TCP address, if any.
+    pub listen: Option<SocketAddr>,
+}
+
+struct Core {
+    node: Node,
+    clients: HashMap<Owner, mpsc::UnboundedSender<Vec<u8>>>,
+    peers: HashMap<NodeId, mpsc::UnboundedSender<Vec<u8>>>,
+}
+
+impl Core {
+    /// Carry out the node's outputs: frames to peers, callbacks to clients.
+    fn flush(&mut self) {
+        for o in self.node.take_output() {
+            match o {
+                Output::Send { to, msg } => {
+                    if let Some(tx) = self.peers.get(&to) {
+                        let mut buf = Vec::with_capacity(64);
+                        encode(&msg, &mut buf);
+                        let _ = tx.send(buf);
+                    } else {
+                        warn!(to, "message for an unknown node dropped");
+                    }
+                }
+                Output::Ast(a) => {
+                    let (owner, resp) = match a {
+                        Ast::Completion { ls, lkid, owner, status, mode, sbflags, lvb } => {
+                            (owner, Response::Completion { ls, lkid, status, mode, sbflags, lvb })
+                        }
+                        Ast::Blocking { ls, lkid, owner, mode } => (owner, Response::Blocking { ls, lkid, mode }),
+                    };
+                    if let Some(tx) = self.clients.get(&owner) {
+                        let mut buf = Vec::with_capacity(64);
+                        encode_response(&resp, &mut buf);
+                        let _ = tx.send(buf);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Run the daemon until SIGTERM or SIGINT. `ready` is called once everything listens.
+pub fn run(cfg: DaemonConfig, ready: impl FnOnce(&Ready)) -> Result<(), DaemonError> {
+    if cfg.peers.iter().any(|(id, _)| *id == cfg.node_id) {
+        return Err(DaemonError::Config(format!("node {} is listed as its own peer", cfg.node_id)));
+    }
+    if !cfg.peers.is_empty() && cfg.listen.is_none() {
+        return Err(DaemonError::Config("peers need --listen".into()));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DaemonError::Runtime)?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, serve(cfg, ready))
+}
+
+async fn serve(cfg: DaemonConfig, ready: impl FnOnce(&Ready)) -> Result<(), DaemonError> {
+    let _ = std::fs::remove_file(&cfg.socket);
+    let unix =
+        UnixListener::bind(&cfg.socket).map_err(|source| DaemonError::Socket { path: cfg.socket.clone(), source })?;
+    let tcp = match cfg.listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr, source })?),
+        None => None,
+    };
+    let mut node = Node::new(cfg.node_id);
+    let mut members: Vec<NodeId> = cfg.peers.iter().map(|p| p.0).collect();
+    members.push(cfg.node_id);
+    node.membership(MemberEvent::Members { epoch: 1, members, failed: Vec::new() });
+    let core = Rc::new(RefCell::new(Core { node, clients: HashMap::new(), peers: HashMap::new() }));
+    for &(id, addr) in &cfg.peers {
+        let (tx, rx) = mpsc::unbounded_channel();
+        core.borrow_mut().peers.insert(id, tx);
+        tokio::task::spawn_local(peer_writer(cfg.node_id, id, addr, rx));
+    }
+    if let Some(tcp) = tcp {
+        let peers: Vec<NodeId> = cfg.peers.iter().map(|p| p.0).collect();
+        let core = core.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                match tcp.accept().await {
+                    Ok((s, addr)) => {
+                        let _ = s.set_nodelay(true);
+                        tokio::task::spawn_local(peer_reader(core.clone(), s, addr, peers.clone()));
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+    }
+    ready(&Ready { node_id: cfg.node_id, socket: cfg.socket.clone(), listen: cfg.listen });
+    info!(node = cfg.node_id, socket = %cfg.socket.display(), "dlm_controld ready");
+    let mut next_owner: Owner = 1;
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(DaemonError::Runtime)?;
+    loop {
+        tokio::select! {
+            r = unix.accept() => match r {
+                Ok((s, _)) => {
+                    let owner = next_owner;
+                    next_owner += 1;
+                    tokio::task::spawn_local(client_conn(core.clone(), s, owner));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept on the client socket failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&cfg.socket);
+    info!("dlm_controld stopping");
+    Ok(())
+}
+
+/// Keep a connection to peer `id` and write its frames, reconnecting when it breaks.
+async fn peer_writer(me: NodeId, id: NodeId, addr: SocketAddr, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+    let mut pending: Option<Vec<u8>> = None;
+    loop {
+        let mut s = match TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(peer = id, error = %e, "connect failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = s.set_nodelay(true);
+        let mut hello = Vec::new();
+        encode(&Message::Hello { node: me }, &mut hello);
+        if s.write_all(&hello).await.is_err() {
+            continue;
+        }
+        info!(peer = id, %addr, "connected to peer");
+        let mut buf = Vec::with_capacity(64 * 1024);
+        loop {
+            buf.clear();
+            match pending.take() {
+                Some(p) => buf.extend_from_slice(&p),
+                None => match rx.recv().await {
+                    Some(f) => buf.extend_from_slice(&f),
+                    None => return,
+                },
+            }
+            while buf.len() < 60 * 1024 {
+                match rx.try_recv() {
+                    Ok(f) => buf.extend_from_slice(&f),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = s.write_all(&buf).await {
+                warn!(peer = id, error = %e, "peer connection lost; reconnecting");
+                pending = Some(buf.clone());
+                break;
+            }
+        }
+    }
+}
+
+/// Read frames from a peer and feed them to the node.
+async fn peer_reader(core: Rc<RefCell<Core>>, mut s: TcpStream, addr: SocketAddr, peers: Vec<NodeId>) {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut from: Option<NodeId> = None;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        let mut fed = false;
+        loop {
+            match decode(&buf[at..]) {
+                Ok(Decoded::NeedMore(_)) => break,
+                Ok(Decoded::Frame(msg, used)) => {
+                    at += used;
+                    match (from, msg) {
+                        (None, Message::Hello { node }) if peers.contains(&node) => from = Some(node),
+                        (None, _) => {
+                            warn!(%addr, "peer did not introduce itself as a configured node; closing");
+                            return;
+                        }
+                        (Some(f), msg) => {
+                            core.borrow_mut().node.receive(f, msg);
+                            fed = true;
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(%addr, error = %e, "malformed frame from peer; closing");
+                    if fed {
+                        core.borrow_mut().flush();
+                    }
+                    return;
+                }
+            }
+        }
+        buf.drain(..at);
+        if fed {
+            core.borrow_mut().flush();
+        }
+    }
+}
+
+async fn client_writer(mut w: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    while let Some(f) = rx.recv().await {
+        buf.clear();
+        buf.extend_from_slice(&f);
+        while buf.len() < 60 * 1024 {
+            match rx.try_recv() {
+                Ok(f) => buf.extend_from_slice(&f),
+                Err(_) => break,
+            }
+        }
+        if w.write_all(&buf).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn client_conn(core: Rc<RefCell<Core>>, s: UnixStream, owner: Owner) {
+    let (mut rd, wr) = s.into_split();
+    let (tx, rx) = mpsc::unbounded_channel();
+    core.borrow_mut().clients.insert(owner, tx.clone());
+    tokio::task::spawn_local(client_writer(wr, rx));
+    debug!(owner, "client connected");
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 16 * 1024];
+    'conn: loop {
+        let n = match rd.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        loop {
+            match decode_request(&buf[at..]) {
+                Ok(Frame::NeedMore(_)) => break,
+                Ok(Frame::Done(req, seq, used)) => {
+                    at += used;
+                    let mut c = core.borrow_mut();
+                    let resp = handle(&mut c.node, owner, req, seq);
+                    let mut out = Vec::with_capacity(32);
+                    encode_response(&resp, &mut out);
+                    let _ = tx.send(out);
+                    c.flush();
+                }
+                Err(e) => {
+                    warn!(owner, error = %e, "malformed request from a client; closing its connection");
+                    let mut out = Vec::new();
+                    encode_response(&Response::Reply { seq: 0, status: -22, ls: 0, lkid: 0 }, &mut out);
+                    let _ = tx.send(out);
+                    break 'conn;
+                }
+            }
+        }
+        buf.drain(..at);
+    }
+    debug!(owner, "client gone");
+    let mut c = core.borrow_mut();
+    c.clients.remove(&owner);
+    let ids: Vec<u32> = c.node.lockspaces().iter().map(|l| l.id).collect();
+    for ls in ids {
+        c.node.purge_owner(ls, owner);
+    }
+    c.flush();
+}
+
+fn reply(seq: u32, r: Result<(u32, u64), crate::node::DlmError>) -> Response {
+    match r {
+        Ok((ls, lkid)) => Response::Reply { seq, status: 0, ls, lkid },
+        Err(e) => Response::Reply { seq, status: e.code(), ls: 0, lkid: 0 },
+    }
+}
+
+fn opt(v: &[u8]) -> Option<&[u8]> {
+    (!v.is_empty()).then_some(v)
+}
+
+/// Carry out one client request on the node; the synchronous answer.
+fn handle(node: &mut Node, owner: Owner, req: Request, seq: u32) -> Response {
+    match req {
+        Request::Join { name, lvblen } => {
+            let lvblen = if lvblen == 0 { DEFAULT_LVB_LEN } else { lvblen as usize };
+            reply(seq, node.join(&name, lvblen).map(|ls| (ls, 0)))
+        }
+        Request::Leave { ls } => {
+            let status = if node.leave(ls) { 0 } else { -2 };
+            Response::Reply { seq, status, ls, lkid: 0 }
+        }
+        Request::Lock { ls, mode, flags, name, lvb } => {
+            reply(seq, node.lock(ls, owner, &name, mode, flags, opt(&lvb)).map(|id| (ls, id)))
+        }
+        Request::Convert { ls, lkid, mode, flags, lvb } => {
+            reply(seq, node.convert(ls, owner, lkid, mode, flags, opt(&lvb)).map(|()| (ls, lkid)))
+        }
+        Request::Unlock { ls, lkid, flags, lvb } => {
+            reply(seq, node.unlock(ls, owner, lkid, flags, opt(&lvb)).map(|()| (ls, lkid)))
+        }
+        Request::Cancel { ls, lkid } => match node.cancel(ls, owner, lkid) {
+            Ok(sent) => Response::Reply { seq, status: if sent { 0 } else { 1 }, ls, lkid },
+            Err(e) => reply(seq, Err(e)),
+        },
+        Request::List => Response::Text { seq, status: 0, text: list_text(node) },
+        Request::Dump { name } => match node.lockspace_by_name(&name) {
+            Some(ls) => Response::Text { seq, status: 0, text: dump_text(node, ls) },
+            None => Response::Text {
+                seq,
+                status: -2,
+                text: format!("no lockspace {:?} on this node\n", String::from_utf8_lossy(&name)),
+            },
+        },
+    }
+}
+
+fn list_text(node: &Node) -> String {
+    let mut s = String::new();
+    for l in node.lockspaces() {
+        s.push_str(&format!(
+            "name {}\nid 0x{:08x}\nstate {}\nepoch {}\nlvblen {}\nmembers {}\nslots {}\nlocks {}\nmastered {}\n\n",
+            String::from_utf8_lossy(&l.name),
+            l.id,
+            l.state,
+            l.epoch,
+            l.lvblen,
+            l.members.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(" "),
+            l.slots.iter().map(|(n, s)| format!("{n}:{s}")).collect::<Vec<_>>().join(" "),
+            l.local_locks,
+            l.mastered
+        ));
+    }
+    s
+}
+
+fn mode_name(m: Option<Mode>) -> &'static str {
+    m.map_or("--", Mode::name)
+}
+
+fn dump_text(node: &Node, ls: u32) -> String {
+    let mut s = String::new();
+    for r in node.lockdump(ls).unwrap_or_default() {
+        s.push_str(&format!(
+            "resource {:?} master {} lvbseq {}{}\n",
+            String::from_utf8_lossy(&r.name),
+            r.master,
+            r.lvbseq,
+            if r.valnotvalid { " valnotvalid" } else { "" }
+        ));
+        for l in r.locks {
+            let q = match l.queue {
+                Queue::Grant => "granted",
+                Queue::Convert => "convert",
+                Queue::Wait => "waiting",
+            };
+            s.push_str(&format!(
+                "  {:016x} node {} {q} gr {} rq {}\n",
+                l.lkid,
+                crate::resource::lock_node(l.lkid),
+                mode_name(l.grmode),
+                mode_name(l.rqmode)
+            ));
+        }
+    }
+    s
+}

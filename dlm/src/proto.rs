@@ -1,0 +1,533 @@
+//! The local client protocol: frames between programs and `dlm_controld` over its Unix
+//! socket. Sans-IO; layout in `docs/client-protocol.md`. Every request carries a sequence
+//! number and gets exactly one [`Response::Reply`] or [`Response::Text`] with it, in order;
+//! completions and blocking callbacks arrive in between as they happen.
+
+use crate::mode::{Flags, Mode, SbFlags, Status};
+use crate::resource::LockId;
+use crate::wire::{MAX_LVB, MAX_NAME};
+
+/// Largest frame body accepted.
+pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
+
+const Q_JOIN: u8 = 1;
+const Q_LEAVE: u8 = 2;
+const Q_LOCK: u8 = 3;
+const Q_CONVERT: u8 = 4;
+const Q_UNLOCK: u8 = 5;
+const Q_CANCEL: u8 = 6;
+const Q_LIST: u8 = 7;
+const Q_DUMP: u8 = 8;
+const R_REPLY: u8 = 64;
+const R_TEXT: u8 = 65;
+const R_COMPLETION: u8 = 66;
+const R_BLOCKING: u8 = 67;
+const NO_MODE: u8 = 0xff;
+
+/// A request from a local program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Join (create) a lockspace; the reply carries its id.
+    Join {
+        /// Name.
+        name: Vec<u8>,
+        /// Value block size (0: the default).
+        lvblen: u16,
+    },
+    /// Leave a lockspace.
+    Leave {
+        /// Lockspace id.
+        ls: u32,
+    },
+    /// New lock; the reply carries the lock id, the completion follows.
+    Lock {
+        /// Lockspace id.
+        ls: u32,
+        /// Mode.
+        mode: Mode,
+        /// Flags.
+        flags: Flags,
+        /// Resource name.
+        name: Vec<u8>,
+        /// Value block (empty: none).
+        lvb: Vec<u8>,
+    },
+    /// Convert a lock.
+    Convert {
+        /// Lockspace id.
+        ls: u32,
+        /// Lock.
+        lkid: LockId,
+        /// Mode.
+        mode: Mode,
+        /// Flags.
+        flags: Flags,
+        /// Value block (empty: none).
+        lvb: Vec<u8>,
+    },
+    /// Release a lock.
+    Unlock {
+        /// Lockspace id.
+        ls: u32,
+        /// Lock.
+        lkid: LockId,
+        /// Flags.
+        flags: Flags,
+        /// Value block (empty: none).
+        lvb: Vec<u8>,
+    },
+    /// Cancel a queued request or conversion (reply status 0: sent, 1: nothing to cancel).
+    Cancel {
+        /// Lockspace id.
+        ls: u32,
+        /// Lock.
+        lkid: LockId,
+    },
+    /// `dlm_tool ls`.
+    List,
+    /// `dlm_tool lockdump NAME`.
+    Dump {
+        /// Lockspace name.
+        name: Vec<u8>,
+    },
+}
+
+/// A frame from the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// The answer to request `seq`: 0 or a negative errno; the lockspace and lock ids.
+    Reply {
+        /// Request sequence number.
+        seq: u32,
+        /// 0 or a negative errno.
+        status: i32,
+        /// Lockspace id.
+        ls: u32,
+        /// Lock id.
+        lkid: LockId,
+    },
+    /// Text answer to request `seq` (list, dump).
+    Text {
+        /// Request sequence number.
+        seq: u32,
+        /// 0 or a negative errno.
+        status: i32,
+        /// The text.
+        text: String,
+    },
+    /// A completion callback.
+    Completion {
+        /// Lockspace id.
+        ls: u32,
+        /// Lock.
+        lkid: LockId,
+        /// Outcome.
+        status: Status,
+        /// Granted mode now.
+        mode: Option<Mode>,
+        /// Status-block flags.
+        sbflags: SbFlags,
+        /// Value block.
+        lvb: Option<Vec<u8>>,
+    },
+    /// A blocking callback.
+    Blocking {
+        /// Lockspace id.
+        ls: u32,
+        /// Lock.
+        lkid: LockId,
+        /// Blocked mode.
+        mode: Mode,
+    },
+}
+
+/// Why a client frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtoError {
+    /// Frame over [`MAX_CLIENT_FRAME`].
+    #[error("frame of {0} bytes is over the limit")]
+    TooLong(usize),
+    /// Unknown frame type.
+    #[error("unknown frame type {0}")]
+    BadType(u8),
+    /// A field out of range, a short body or trailing bytes.
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+}
+
+/// Result of a decode that did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame<T> {
+    /// A value, its sequence number (0 for responses) and the bytes used.
+    Done(T, u32, usize),
+    /// At least this many more bytes are needed.
+    NeedMore(usize),
+}
+
+struct W;
+
+impl W {
+    fn start(out: &mut Vec<u8>, kind: u8, seq: u32) -> usize {
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        out.push(kind);
+        out.extend_from_slice(&seq.to_be_bytes());
+        at
+    }
+    fn finish(out: &mut [u8], at: usize) {
+        let len = (out.len() - at - 4) as u32;
+        out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+}
+
+fn put_name(out: &mut Vec<u8>, n: &[u8]) {
+    out.push(n.len().min(255) as u8);
+    out.extend_from_slice(&n[..n.len().min(255)]);
+}
+
+fn put_lvb(out: &mut Vec<u8>, v: &[u8]) {
+    out.extend_from_slice(&(v.len() as u16).to_be_bytes());
+    out.extend_from_slice(v);
+}
+
+/// Append request `req` with sequence number `seq`.
+pub fn encode_request(req: &Request, seq: u32, out: &mut Vec<u8>) {
+    let kind = match req {
+        Request::Join { .. } => Q_JOIN,
+        Request::Leave { .. } => Q_LEAVE,
+        Request::Lock { .. } => Q_LOCK,
+        Request::Convert { .. } => Q_CONVERT,
+        Request::Unlock { .. } => Q_UNLOCK,
+        Request::Cancel { .. } => Q_CANCEL,
+        Request::List => Q_LIST,
+        Request::Dump { .. } => Q_DUMP,
+    };
+    let at = W::start(out, kind, seq);
+    match req {
+        Request::Join { name, lvblen } => {
+            put_name(out, name);
+            out.extend_from_slice(&lvblen.to_be_bytes());
+        }
+        Request::Leave { ls } => out.extend_from_slice(&ls.to_be_bytes()),
+        Request::Lock { ls, mode, flags, name, lvb } => {
+            out.extend_from_slice(&ls.to_be_bytes());
+            out.push(*mode as u8);
+            out.extend_from_slice(&flags.0.to_be_bytes());
+            put_name(out, name);
+            put_lvb(out, lvb);
+        }
+        Request::Convert { ls, lkid, mode, flags, lvb } => {
+            out.extend_from_slice(&ls.to_be_bytes());
+            out.extend_from_slice(&lkid.to_be_bytes());
+            out.push(*mode as u8);
+            out.extend_from_slice(&flags.0.to_be_bytes());
+            put_lvb(out, lvb);
+        }
+        Request::Unlock { ls, lkid, flags, lvb } => {
+            out.extend_from_slice(&ls.to_be_bytes());
+            out.extend_from_slice(&lkid.to_be_bytes());
+            out.extend_from_slice(&flags.0.to_be_bytes());
+            put_lvb(out, lvb);
+        }
+        Request::Cancel { ls, lkid } => {
+            out.extend_from_slice(&ls.to_be_bytes());
+            out.extend_from_slice(&lkid.to_be_bytes());
+        }
+        Request::List => {}
+        Request::Dump { name } => put_name(out, name),
+    }
+    W::finish(out, at);
+}
+
+/// Append response `resp`.
+pub fn encode_response(resp: &Response, out: &mut Vec<u8>) {
+    match resp {
+        Response::Reply { seq, status, ls, lkid } => {
+            let at = W::start(out, R_REPLY, *seq);
+            out.extend_from_slice(&status.to_be_bytes());
+            out.extend_from_slice(&ls.to_be_bytes());
+            out.extend_from_slice(&lkid.to_be_bytes());
+            W::finish(out, at);
+        }
+        Response::Text { seq, status, text } => {
+            let at = W::start(out, R_TEXT, *seq);
+            out.extend_from_slice(&status.to_be_bytes());
+            let t = &text.as_bytes()[..text.len().min(MAX_CLIENT_FRAME - 64)];
+            out.extend_from_slice(&(t.len() as u32).to_be_bytes());
+            out.extend_from_slice(t);
+            W::finish(out, at);
+        }
+        Response::Completion { ls, lkid, status, mode, sbflags, lvb } => {
+            let at = W::start(out, R_COMPLETION, 0);
+            out.extend_from_slice(&ls.to_be_bytes());
+            out.extend_from_slice(&lkid.to_be_bytes());
+            out.extend_from_slice(&status.code().to_be_bytes());
+            out.push(mode.map_or(NO_MODE, |m| m as u8));
+            out.push(sbflags.0);
+            match lvb {
+                Some(v) => {
+                    out.push(1);
+                    put_lvb(out, v);
+                }
+                None => out.push(0),
+            }
+            W::finish(out, at);
+        }
+        Response::Blocking { ls, lkid, mode } => {
+            let at = W::start(out, R_BLOCKING, 0);
+            out.extend_from_slice(&ls.to_be_bytes());
+            out.extend_from_slice(&lkid.to_be_bytes());
+            out.push(*mode as u8);
+            W::finish(out, at);
+        }
+    }
+}
+
+struct R<'a>(&'a [u8]);
+
+impl R<'_> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&[u8], ProtoError> {
+        if self.0.len() < n {
+            return Err(ProtoError::Malformed(what));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, ProtoError> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u16(&mut self, what: &'static str) -> Result<u16, ProtoError> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, ProtoError> {
+        Ok(u32::from_be_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64, ProtoError> {
+        Ok(u64::from_be_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
+    }
+    fn name(&mut self) -> Result<Vec<u8>, ProtoError> {
+        let n = self.u8("name length")? as usize;
+        if n > MAX_NAME {
+            return Err(ProtoError::Malformed("name length"));
+        }
+        Ok(self.take(n, "name")?.to_vec())
+    }
+    fn lvb(&mut self) -> Result<Vec<u8>, ProtoError> {
+        let n = self.u16("value block length")? as usize;
+        if n > MAX_LVB {
+            return Err(ProtoError::Malformed("value block length"));
+        }
+        Ok(self.take(n, "value block")?.to_vec())
+    }
+    fn mode(&mut self) -> Result<Mode, ProtoError> {
+        Mode::from_u8(self.u8("mode")?).ok_or(ProtoError::Malformed("mode"))
+    }
+    fn flags(&mut self) -> Result<Flags, ProtoError> {
+        let f = Flags(self.u32("flags")?);
+        if !Flags::KNOWN.contains(f) {
+            return Err(ProtoError::Malformed("flags"));
+        }
+        Ok(f)
+    }
+}
+
+/// A frame's type, sequence number, body after the header, and total size.
+type Split<'a> = (u8, u32, &'a [u8], usize);
+
+fn split(buf: &[u8]) -> Result<Option<Split<'_>>, ProtoError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > MAX_CLIENT_FRAME {
+        return Err(ProtoError::TooLong(len));
+    }
+    if len < 5 {
+        return Err(ProtoError::Malformed("frame length"));
+    }
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    let body = &buf[4..4 + len];
+    let seq = u32::from_be_bytes([body[1], body[2], body[3], body[4]]);
+    Ok(Some((body[0], seq, &body[5..], 4 + len)))
+}
+
+fn need(buf: &[u8]) -> usize {
+    if buf.len() < 4 {
+        return 4 - buf.len();
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    (4 + len).saturating_sub(buf.len()).max(1)
+}
+
+/// Decode one request from the front of `buf`.
+pub fn decode_request(buf: &[u8]) -> Result<Frame<Request>, ProtoError> {
+    let Some((kind, seq, body, used)) = split(buf)? else { return Ok(Frame::NeedMore(need(buf))) };
+    let mut r = R(body);
+    let req = match kind {
+        Q_JOIN => Request::Join { name: r.name()?, lvblen: r.u16("lvblen")? },
+        Q_LEAVE => Request::Leave { ls: r.u32("lockspace")? },
+        Q_LOCK => Request::Lock {
+            ls: r.u32("lockspace")?,
+            mode: r.mode()?,
+            flags: r.flags()?,
+            name: r.name()?,
+            lvb: r.lvb()?,
+        },
+        Q_CONVERT => Request::Convert {
+            ls: r.u32("lockspace")?,
+            lkid: r.u64("lock id")?,
+            mode: r.mode()?,
+            flags: r.flags()?,
+            lvb: r.lvb()?,
+        },
+        Q_UNLOCK => {
+            Request::Unlock { ls: r.u32("lockspace")?, lkid: r.u64("lock id")?, flags: r.flags()?, lvb: r.lvb()? }
+        }
+        Q_CANCEL => Request::Cancel { ls: r.u32("lockspace")?, lkid: r.u64("lock id")? },
+        Q_LIST => Request::List,
+        Q_DUMP => Request::Dump { name: r.name()? },
+        other => return Err(ProtoError::BadType(other)),
+    };
+    if !r.0.is_empty() {
+        return Err(ProtoError::Malformed("trailing bytes"));
+    }
+    Ok(Frame::Done(req, seq, used))
+}
+
+/// Decode one response from the front of `buf`.
+pub fn decode_response(buf: &[u8]) -> Result<Frame<Response>, ProtoError> {
+    let Some((kind, seq, body, used)) = split(buf)? else { return Ok(Frame::NeedMore(need(buf))) };
+    let mut r = R(body);
+    let resp = match kind {
+        R_REPLY => {
+            Response::Reply { seq, status: r.u32("status")? as i32, ls: r.u32("lockspace")?, lkid: r.u64("lock id")? }
+        }
+        R_TEXT => {
+            let status = r.u32("status")? as i32;
+            let n = r.u32("text length")? as usize;
+            let t = r.take(n, "text")?;
+            Response::Text { seq, status, text: String::from_utf8_lossy(t).into_owned() }
+        }
+        R_COMPLETION => {
+            let ls = r.u32("lockspace")?;
+            let lkid = r.u64("lock id")?;
+            let status = Status::from_code(r.u32("status")? as i32).ok_or(ProtoError::Malformed("status"))?;
+            let mode = match r.u8("mode")? {
+                NO_MODE => None,
+                v => Some(Mode::from_u8(v).ok_or(ProtoError::Malformed("mode"))?),
+            };
+            let sbflags = SbFlags(r.u8("sbflags")?);
+            let lvb = match r.u8("lvb present")? {
+                0 => None,
+                1 => Some(r.lvb()?),
+                _ => return Err(ProtoError::Malformed("lvb present")),
+            };
+            Response::Completion { ls, lkid, status, mode, sbflags, lvb }
+        }
+        R_BLOCKING => Response::Blocking { ls: r.u32("lockspace")?, lkid: r.u64("lock id")?, mode: r.mode()? },
+        other => return Err(ProtoError::BadType(other)),
+    };
+    if !r.0.is_empty() {
+        return Err(ProtoError::Malformed("trailing bytes"));
+    }
+    Ok(Frame::Done(resp, seq, used))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn mode() -> impl Strategy<Value = Mode> {
+        (0u8..6).prop_map(|v| Mode::from_u8(v).expect("in range"))
+    }
+    fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..=max)
+    }
+    fn flags() -> impl Strategy<Value = Flags> {
+        any::<u32>().prop_map(|f| Flags(f & Flags::KNOWN.0))
+    }
+    fn request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            (bytes(MAX_NAME), any::<u16>()).prop_map(|(name, lvblen)| Request::Join { name, lvblen }),
+            any::<u32>().prop_map(|ls| Request::Leave { ls }),
+            (any::<u32>(), mode(), flags(), bytes(MAX_NAME), bytes(64))
+                .prop_map(|(ls, mode, flags, name, lvb)| Request::Lock { ls, mode, flags, name, lvb }),
+            (any::<u32>(), any::<u64>(), mode(), flags(), bytes(64))
+                .prop_map(|(ls, lkid, mode, flags, lvb)| Request::Convert { ls, lkid, mode, flags, lvb }),
+            (any::<u32>(), any::<u64>(), flags(), bytes(64)).prop_map(|(ls, lkid, flags, lvb)| Request::Unlock {
+                ls,
+                lkid,
+                flags,
+                lvb
+            }),
+            (any::<u32>(), any::<u64>()).prop_map(|(ls, lkid)| Request::Cancel { ls, lkid }),
+            Just(Request::List),
+            bytes(MAX_NAME).prop_map(|name| Request::Dump { name }),
+        ]
+    }
+    fn response() -> impl Strategy<Value = Response> {
+        prop_oneof![
+            (any::<u32>(), any::<i32>(), any::<u32>(), any::<u64>())
+                .prop_map(|(seq, status, ls, lkid)| Response::Reply { seq, status, ls, lkid }),
+            (any::<u32>(), any::<i32>(), "[a-z \n]{0,40}").prop_map(|(seq, status, text)| Response::Text {
+                seq,
+                status,
+                text
+            }),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                0usize..7,
+                proptest::option::of(mode()),
+                0u8..8,
+                proptest::option::of(bytes(64))
+            )
+                .prop_map(|(ls, lkid, s, mode, sb, lvb)| Response::Completion {
+                    ls,
+                    lkid,
+                    status: [
+                        Status::Granted,
+                        Status::WouldBlock,
+                        Status::Deadlock,
+                        Status::Unlocked,
+                        Status::Canceled,
+                        Status::Invalid,
+                        Status::NotFound
+                    ][s],
+                    mode,
+                    sbflags: SbFlags(sb),
+                    lvb
+                }),
+            (any::<u32>(), any::<u64>(), mode()).prop_map(|(ls, lkid, mode)| Response::Blocking { ls, lkid, mode }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn requests_round_trip(req in request(), seq in any::<u32>()) {
+            let mut buf = Vec::new();
+            encode_request(&req, seq, &mut buf);
+            prop_assert_eq!(decode_request(&buf).unwrap(), Frame::Done(req, seq, buf.len()));
+            prop_assert!(matches!(decode_request(&buf[..buf.len() - 1]).unwrap(), Frame::NeedMore(_)));
+        }
+
+        #[test]
+        fn responses_round_trip(resp in response()) {
+            let mut buf = Vec::new();
+            encode_response(&resp, &mut buf);
+            let seq = match &resp { Response::Reply { seq, .. } | Response::Text { seq, .. } => *seq, _ => 0 };
+            prop_assert_eq!(decode_response(&buf).unwrap(), Frame::Done(resp, seq, buf.len()));
+        }
+
+        #[test]
+        fn decoders_never_panic(b in bytes(300)) {
+            let _ = decode_request(&b);
+            let _ = decode_response(&b);
+        }
+    }
+}
