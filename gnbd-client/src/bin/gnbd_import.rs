@@ -68,8 +68,8 @@ EXIT STATUS
 /// Import gnbd exports as local block devices; fence nodes on gnbd servers.
 #[derive(Debug, Parser)]
 #[command(name = "gnbd_import", version, after_long_help = AFTER_HELP)]
-#[command(group(ArgGroup::new("action").required(true).args(
-    ["exports", "import", "list", "remove", "remove_all", "fence", "unfence", "bans", "run_device"]
+#[command(group(ArgGroup::new("action").args(
+    ["exports", "import", "list", "remove", "remove_all", "fence", "unfence", "bans"]
 )))]
 struct Args {
     /// List the exports SERVER offers.
@@ -147,7 +147,7 @@ struct Args {
     #[arg(long, value_name = "DIR", default_value = DEFAULT_DEV_DIR)]
     dev_dir: PathBuf,
     /// Internal: run as the device process described by the JSON argument.
-    #[arg(long, value_name = "JSON", hide = true)]
+    #[arg(long, value_name = "JSON", hide = true, conflicts_with = "action")]
     run_device: Option<String>,
 }
 
@@ -190,7 +190,7 @@ fn main() -> ExitCode {
     } else if let Some(server) = a.bans {
         Action::Fence { action: "list", node: None, server, key: a.key }
     } else {
-        return usage("nothing to do");
+        return usage("say what to do: -e, -i, -l, -r, -R, -s, -u or -c");
     };
     match run(&env, action) {
         Ok(out) => {
