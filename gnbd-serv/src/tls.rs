@@ -221,11 +221,17 @@ pub fn relay<S: Read + Write + AsRawFd>(tls: StreamOwned<ServerConnection, S>, m
     // The client has finished sending (close_notify or EOF); the worker has finished replying.
     let (mut peer_done, mut local_done, mut shut_local, mut close_sent) = (false, false, false, false);
     let why = loop {
+        // Whether this pass moved bytes or changed state; only a pass without progress waits
+        // in poll(2), so every wait is for an event that poll reports (no lost wake-ups).
+        let mut progress = false;
         // Client -> worker: what rustls has decrypted.
         while !peer_done && to_local.len() < RELAY_BUFFER {
             match conn.reader().read(&mut chunk) {
                 Ok(0) => peer_done = true,
-                Ok(n) => to_local.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    progress = true;
+                    to_local.extend_from_slice(&chunk[..n]);
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 // EOF without close_notify: the client is gone.
                 Err(_) => peer_done = true,
@@ -234,6 +240,7 @@ pub fn relay<S: Read + Write + AsRawFd>(tls: StreamOwned<ServerConnection, S>, m
         while !to_local.is_empty() {
             match local.write(&to_local) {
                 Ok(n) => {
+                    progress = true;
                     to_local.drain(..n);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -255,6 +262,7 @@ pub fn relay<S: Read + Write + AsRawFd>(tls: StreamOwned<ServerConnection, S>, m
                 match conn.writer().write(&from_local) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
+                        progress = true;
                         from_local.drain(..n);
                     }
                 }
@@ -264,7 +272,10 @@ pub fn relay<S: Read + Write + AsRawFd>(tls: StreamOwned<ServerConnection, S>, m
             }
             match local.read(&mut chunk) {
                 Ok(0) => local_done = true,
-                Ok(n) => from_local.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    progress = true;
+                    from_local.extend_from_slice(&chunk[..n]);
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(_) => local_done = true,
             }
@@ -276,7 +287,7 @@ pub fn relay<S: Read + Write + AsRawFd>(tls: StreamOwned<ServerConnection, S>, m
         let mut sock_failed = false;
         while conn.wants_write() {
             match conn.write_tls(&mut sock) {
-                Ok(_) => {}
+                Ok(_) => progress = true,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(_) => {
                     sock_failed = true;
@@ -289,6 +300,9 @@ pub fn relay<S: Read + Write + AsRawFd>(tls: StreamOwned<ServerConnection, S>, m
         }
         if close_sent && !conn.wants_write() {
             break "the worker finished the connection";
+        }
+        if progress {
+            continue;
         }
         // Wait for something to do.
         let want_peer = !peer_done && to_local.len() < RELAY_BUFFER && conn.wants_read();
@@ -329,10 +343,45 @@ pub fn relay<S: Read + Write + AsRawFd>(tls: StreamOwned<ServerConnection, S>, m
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Subject `O=gnbd-tests` (no CN), subjectAltName `DNS:node7.cluster, DNS:other`.
+    const SAN_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBkzCCATqgAwIBAgIUMu2k8ekPFkdREbXHBaavKzc6p50wCgYIKoZIzj0EAwIw\nDTELMAkGA1UEAwwCY2EwIBcNMjYxMTIyMDQ1MDQwWhgPMjEyNjEwMjkwNDUwNDBa\nMBUxEzARBgNVBAoMCmduYmQtdGVzdHMwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNC\nAARE3qBLMSxZQkozTzZqm8SFcoYWHtlrgzceiYOogyf3zehAt5TlIpapoQUPMb2h\nA6LuuOJh5s0fDEdLUBmlba5Zo24wbDAfBgNVHREEGDAWgg1ub2RlNy5jbHVzdGVy\nggVvdGhlcjAJBgNVHRMEAjAAMB0GA1UdDgQWBBTGUdNLOkS5a2ZBXsv7Xij5i/yC\ndjAfBgNVHSMEGDAWgBTu9I0OlckdfkHwGfglERyxUetNADAKBggqhkjOPQQDAgNH\nADBEAiBrvS8NSbSgoKt2iGDA5Zt1/keZogGAdBZ8zi3hxhLQYwIgYTOgwbIHRD14\nV2djgFU1PDHexkOKcMunZ0HhNOzszCU=\n-----END CERTIFICATE-----";
+    /// Subject `O=gnbd-tests, CN=node3`, subjectAltName `DNS:alias3`.
+    const CN_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBljCCATygAwIBAgIUMu2k8ekPFkdREbXHBaavKzc6p54wCgYIKoZIzj0EAwIw\nDTELMAkGA1UEAwwCY2EwIBcNMjYxMTIyMDQ1MDQwWhgPMjEyNjEwMjkwNDUwNDBa\nMCUxEzARBgNVBAoMCmduYmQtdGVzdHMxDjAMBgNVBAMMBW5vZGUzMFkwEwYHKoZI\nzj0CAQYIKoZIzj0DAQcDQgAEEfdXjewTB0g3EWVJ3iuj3DwZMAZBzdVFlD1Gwc3+\nYHOhyhR1KwpNHSEVbsslc0G+r2qzuD1qG8PKNB6eCkKokaNgMF4wEQYDVR0RBAow\nCIIGYWxpYXMzMAkGA1UdEwQCMAAwHQYDVR0OBBYEFMCOF51OxAxJnzan2jCm1FnX\nUKs7MB8GA1UdIwQYMBaAFO70jQ6VyR1+QfAZ+CURHLFR600AMAoGCCqGSM49BAMC\nA0gAMEUCICh8vRNfUdbMS02BGhyGPVhpy8g9IbxGZDmxdh3EEwTJAiEA4ouYAOZ3\nmfLac4VTYf1mYFczHE38Gy/FT6KgR0s4wUA=\n-----END CERTIFICATE-----";
+
+    fn der(pem: &str) -> Vec<u8> {
+        CertificateDer::from_pem_slice(pem.as_bytes()).expect("test certificate").to_vec()
+    }
+
+    #[test]
+    fn node_name_is_the_common_name_else_the_first_dns_name() {
+        assert_eq!(cert_node_name(&der(CN_CERT)).as_deref(), Some("node3"));
+        assert_eq!(cert_node_name(&der(SAN_CERT)).as_deref(), Some("node7.cluster"));
+    }
 
     #[test]
     fn node_name_of_garbage_is_none() {
         assert_eq!(cert_node_name(b""), None);
         assert_eq!(cert_node_name(&[0x30, 0x03, 0x02, 0x01, 0x01]), None);
+        let mut cut = der(CN_CERT);
+        cut.truncate(cut.len() / 2);
+        assert_eq!(cert_node_name(&cut), None);
+    }
+
+    proptest! {
+        /// Arbitrary bytes, and certificates with bytes flipped, never panic the name parser.
+        #[test]
+        fn node_name_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = cert_node_name(&bytes);
+        }
+
+        #[test]
+        fn corrupted_certificates_never_panic(at in 0usize..2048, xor in 1u8..=255) {
+            let mut d = der(SAN_CERT);
+            let i = at % d.len();
+            d[i] ^= xor;
+            let _ = cert_node_name(&d);
+        }
     }
 }

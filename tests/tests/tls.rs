@@ -18,7 +18,7 @@ use gnbd_tests::{pattern, require_tool, run, OutputExt, Server};
 use nbd_proto::consts::*;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
-const SIZE: u64 = 16 << 20;
+const SIZE: u64 = 64 << 20;
 
 fn bounded<F: Future<Output = ()>>(body: F) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
@@ -42,7 +42,7 @@ fn tls_server(pki: &Pki, mode: &str, extra: &[&str], unix: bool) -> Server {
     }
     let server = b.start();
     let disk = server.path("disk.img");
-    std::fs::write(&disk, vec![0u8; SIZE as usize]).expect("backing file");
+    std::fs::File::create(&disk).and_then(|f| f.set_len(SIZE)).expect("backing file");
     server.export("disk", &disk, &[]);
     server
 }
@@ -99,8 +99,29 @@ fn our_client_reads_writes_and_reconnects_over_tls() {
         let c = Client::connect(tls_opts(&server, "disk", &node1)).await.expect("TLS connect");
         assert_eq!(c.size(), SIZE);
         round_trip(&c, 7).await;
-        c.close().await;
         assert!(file_range(&disk, 0, 4 << 20) == pattern(7, 0, 4 << 20), "the backing file holds the TLS writes");
+        // The whole export in 1 MiB requests, 16 in flight each way: the relay's buffers fill
+        // up in both directions (a lost wake-up there would stall this past the time limit).
+        let block: Arc<[u8]> = pattern(8, 0, 1 << 20).into();
+        let writes: Vec<_> = (0..SIZE >> 20)
+            .map(|i| {
+                let (c, b) = (c.clone(), block.clone());
+                tokio::spawn(async move { c.write(i << 20, &b, false).await })
+            })
+            .collect();
+        for w in writes {
+            w.await.expect("write task").expect("1 MiB write over TLS");
+        }
+        let reads: Vec<_> = (0..SIZE >> 20)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move { c.read(i << 20, 1 << 20).await })
+            })
+            .collect();
+        for r in reads {
+            assert!(r.await.expect("read task").expect("1 MiB read over TLS")[..] == block[..], "1 MiB read back");
+        }
+        c.close().await;
 
         // Over the Unix socket (its path survives restarts): the server is killed and
         // restarted, and the client reconnects with a new TLS session.
