@@ -64,12 +64,49 @@ pub struct DaemonOptions {
     pub no_checks: bool,
     /// Drop persistence templates that point at a quiesced server.
     pub expire_quiescent_template: bool,
+    /// Data-plane worker threads (0: one per CPU).
+    pub threads: usize,
+}
+
+/// Data-plane worker threads, each running its own single-threaded runtime: every TCP
+/// virtual address gets one SO_REUSEPORT listener per worker, so the kernel spreads
+/// accepts over the workers and a connection stays on the thread that accepted it.
+#[derive(Debug)]
+struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Workers {
+    fn start(n: usize) -> std::io::Result<Workers> {
+        let mut handles = Vec::new();
+        let mut stops = Vec::new();
+        for i in 0..n.max(1) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            handles.push(rt.handle().clone());
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            stops.push(tx);
+            std::thread::Builder::new().name(format!("lvsd-worker-{i}")).spawn(move || {
+                rt.block_on(async {
+                    let _ = rx.await;
+                });
+            })?;
+        }
+        Ok(Workers { handles, stops })
+    }
+
+    fn stop(self) {
+        for s in self.stops {
+            let _ = s.send(());
+        }
+    }
 }
 
 /// The listeners, keyed by what they serve.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Listeners {
-    tasks: HashMap<(Protocol, SocketAddr), JoinHandle<()>>,
+    tasks: HashMap<(Protocol, SocketAddr), Vec<JoinHandle<()>>>,
+    workers: Workers,
 }
 
 impl Listeners {
@@ -78,10 +115,12 @@ impl Listeners {
     fn reconcile(&mut self, shared: &Arc<Shared>) -> Vec<DaemonError> {
         let want = shared.lock().listen_set();
         let mut errors = Vec::new();
-        self.tasks.retain(|k, h| {
+        self.tasks.retain(|k, hs| {
             let keep = want.contains(k);
             if !keep {
-                h.abort();
+                for h in hs.iter() {
+                    h.abort();
+                }
                 info!(proto = ?k.0, addr = %k.1, "stopped listening");
             }
             keep
@@ -90,25 +129,34 @@ impl Listeners {
             if self.tasks.contains_key(&(proto, addr)) {
                 continue;
             }
-            let shared = shared.clone();
-            let task = match proto {
-                Protocol::Tcp => match proxy::bind_tcp(addr) {
-                    Ok(l) => tokio::spawn(proxy::serve_tcp(shared, l, addr)),
-                    Err(source) => {
-                        errors.push(DaemonError::Bind { proto, addr, source });
-                        continue;
+            let mut tasks = Vec::new();
+            let result: std::io::Result<()> = (|| {
+                match proto {
+                    Protocol::Tcp => {
+                        for h in &self.workers.handles {
+                            let _guard = h.enter();
+                            let l = proxy::bind_tcp(addr)?;
+                            tasks.push(h.spawn(proxy::serve_tcp(shared.clone(), l, addr)));
+                        }
                     }
-                },
-                Protocol::Udp => match proxy::bind_udp(addr) {
-                    Ok(s) => tokio::spawn(proxy::serve_udp(shared, s, addr)),
-                    Err(source) => {
-                        errors.push(DaemonError::Bind { proto, addr, source });
-                        continue;
+                    Protocol::Udp => {
+                        let h = &self.workers.handles[0];
+                        let _guard = h.enter();
+                        let s = proxy::bind_udp(addr)?;
+                        tasks.push(h.spawn(proxy::serve_udp(shared.clone(), s, addr)));
                     }
-                },
-            };
+                }
+                Ok(())
+            })();
+            if let Err(source) = result {
+                for t in tasks {
+                    t.abort();
+                }
+                errors.push(DaemonError::Bind { proto, addr, source });
+                continue;
+            }
             info!(proto = ?proto, addr = %addr, "listening");
-            self.tasks.insert((proto, addr), task);
+            self.tasks.insert((proto, addr), tasks);
         }
         errors
     }
@@ -149,7 +197,14 @@ pub async fn run(
     let _ = std::fs::remove_file(&opts.socket);
     let admin_listener =
         UnixListener::bind(&opts.socket).map_err(|source| DaemonError::Socket { path: opts.socket.clone(), source })?;
-    let listeners = Arc::new(tokio::sync::Mutex::new(Listeners::default()));
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    } else {
+        opts.threads
+    };
+    let workers =
+        Workers::start(threads).map_err(|source| DaemonError::Socket { path: opts.socket.clone(), source })?;
+    let listeners = Arc::new(tokio::sync::Mutex::new(Listeners { tasks: HashMap::new(), workers }));
     {
         let errors = listeners.lock().await.reconcile(&shared);
         if let Some(e) = errors.into_iter().next() {
@@ -190,9 +245,14 @@ pub async fn run(
     for h in background {
         h.abort();
     }
-    for (_, h) in listeners.lock().await.tasks.drain() {
-        h.abort();
+    let mut l = listeners.lock().await;
+    for (_, hs) in l.tasks.drain() {
+        for h in hs {
+            h.abort();
+        }
     }
+    let workers = std::mem::replace(&mut l.workers, Workers { handles: Vec::new(), stops: Vec::new() });
+    workers.stop();
     let _ = std::fs::remove_file(&opts.socket);
     Ok(())
 }

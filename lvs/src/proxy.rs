@@ -56,6 +56,7 @@ impl Shared {
 pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
     s.set_freebind(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;

@@ -152,6 +152,14 @@ fn director_pair_fails_over_to_the_backup() {
             false,
         );
     }
+    // Wait until the three real servers answer, so that the first health checks pass.
+    for i in 1..=3 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !t.exec("client", &format!("curl -s -m 1 http://198.18.0.1{i}/")).status.success() {
+            assert!(Instant::now() < deadline, "real server rs{i} never answered");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
     let cf = dir.join("lvs.cf");
     let mut text = String::from(
         "serial_no = 7\nprimary = 198.18.0.1\nbackup = 198.18.0.2\nbackup_active = 1\nheartbeat_port = 539\n\
@@ -191,9 +199,13 @@ fn director_pair_fails_over_to_the_backup() {
         thread::sleep(Duration::from_millis(100));
     }
     assert!(has_vip(&t, "dir1") && !has_vip(&t, "dir2"));
-    let mut seen: Vec<String> = (0..6).filter_map(|_| get(&t, "2")).collect();
-    seen.sort();
-    assert_eq!(seen, ["rs1", "rs1", "rs2", "rs2", "rs3", "rs3"]);
+    // Round robin: any three consecutive requests reach the three servers, in a fixed cycle.
+    let seen: Vec<String> = (0..6).filter_map(|_| get(&t, "2")).collect();
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    let mut cycle = seen[..3].to_vec();
+    cycle.sort();
+    assert_eq!(cycle, ["rs1", "rs2", "rs3"], "{seen:?}");
+    assert_eq!(seen[..3], seen[3..], "{seen:?}");
 
     // Power off dir1: every process dies, its link goes down, its VIP is gone with it.
     let last_ok = Instant::now();

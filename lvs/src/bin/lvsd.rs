@@ -67,11 +67,9 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if args.threads > 0 {
-        rt.worker_threads(args.threads);
-    }
-    let rt = match rt.enable_all().build() {
+    // The control plane (admin socket, health checks, ageing) runs here; the data plane
+    // has worker threads of its own.
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lvsd: cannot start the runtime: {e}");
@@ -84,6 +82,7 @@ fn main() -> ExitCode {
         rules: args.rules,
         no_checks: args.no_checks,
         expire_quiescent_template: args.expire_quiescent_template,
+        threads: args.threads,
     };
     let r = rt.block_on(lvs::daemon::run(opts, shutdown(), |sock| {
         println!("lvsd: ready socket={}", sock.display());
