@@ -171,21 +171,8 @@ impl Clients {
 
 /// Extract the test's figure from fio's JSON (which follows a "connected" line on stdout).
 fn parse_fio(test: Test, stdout: &str) -> Result<f64> {
-    let start = stdout.find('{').context("fio printed no JSON")?;
-    let v: serde_json::Value = serde_json::Deserializer::from_str(&stdout[start..])
-        .into_iter()
-        .next()
-        .context("fio printed no JSON")?
-        .context("fio printed invalid JSON")?;
-    let job = &v["jobs"][0];
-    if job["error"].as_i64().unwrap_or(0) != 0 {
-        bail!("fio job reported error {}", job["error"]);
-    }
     let (rw, _, _) = test.fio_job().expect("fio test");
-    let side = &job[if rw.contains("read") { "read" } else { "write" }];
-    if side["total_ios"].as_u64().unwrap_or(0) == 0 {
-        bail!("fio completed no I/O");
-    }
+    let side = crate::fiojson::first_job_side(stdout, rw.contains("read"))?;
     let num = |k: &str| side[k].as_f64().with_context(|| format!("fio JSON lacks {k}"));
     Ok(match test.unit() {
         "IOPS" => num("iops")?,

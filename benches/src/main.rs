@@ -80,6 +80,7 @@
 
 mod clients;
 mod data;
+mod fiojson;
 mod proc;
 mod report;
 mod servers;

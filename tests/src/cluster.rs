@@ -20,6 +20,15 @@ pub const NODE2: &str = "127.0.0.3";
 pub const HALF: u64 = 8 << 20;
 pub const BLOCK: usize = 4096;
 
+/// Writes a cluster key file (`byte` repeated, 64 bytes, mode 0600) as `dir/name`.
+pub fn key_file(dir: &Path, name: &str, byte: u8) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, vec![byte; 64]).expect("key");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    p
+}
+
 /// One request to the server's control socket; returns the JSON reply.
 pub fn control(state_dir: &Path, request: &str) -> serde_json::Value {
     let mut s = UnixStream::connect(state_dir.join("gnbd_serv.sock")).expect("control socket");

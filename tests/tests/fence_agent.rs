@@ -5,20 +5,11 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use gnbd_tests::cluster::{control, open_from, TwoWriters, HALF, NODE1, NODE2};
+use gnbd_tests::cluster::{control, key_file, open_from, TwoWriters, HALF, NODE1, NODE2};
 use gnbd_tests::{fence_gnbd_bin, OutputExt, Server, TempDir};
-
-fn key_file(dir: &Path, name: &str, byte: u8) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, vec![byte; 64]).expect("key");
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    p
-}
 
 /// Runs the agent with `input` on stdin (bounded in time).
 fn agent(input: &str) -> Output {

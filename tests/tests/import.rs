@@ -274,14 +274,12 @@ fn bad_usage_and_unreachable_servers_get_clear_errors() {
 
 #[test]
 fn fencing_verbs_cut_an_imported_device_and_let_it_back() {
-    use std::os::unix::fs::PermissionsExt;
+    use gnbd_tests::cluster::key_file;
     let dir = TempDir::new();
     let nodes = dir.join("nodes");
     // The import connects from 127.0.0.1: that is node1.
     std::fs::write(&nodes, "node1 127.0.0.1\nnode2 127.0.0.3\n").unwrap();
-    let key = dir.join("cluster.key");
-    std::fs::write(&key, [0x42u8; 64]).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key = key_file(dir.path(), "cluster.key", 0x42);
     let server = Server::builder()
         .arg("--nodes")
         .arg(&nodes)
@@ -326,9 +324,7 @@ fn fencing_verbs_cut_an_imported_device_and_let_it_back() {
     assert!(state.starts_with("failed"), "{state}");
 
     // A wrong key is refused; the right one unfences; a re-import works again.
-    let wrong = dir.join("wrong.key");
-    std::fs::write(&wrong, [0x11u8; 64]).unwrap();
-    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let wrong = key_file(dir.path(), "wrong.key", 0x11);
     let out = imports.run(&["-u", "node1", "-t", &ctl, "-k", wrong.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     imports.run(&["-u", "node1", "-t", &ctl, "-k", key]).assert_success("gnbd_import -u");

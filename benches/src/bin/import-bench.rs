@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
+#[path = "../fiojson.rs"]
+mod fiojson;
+
 const AFTER_HELP: &str = "\
 EXAMPLES
     Full run (about 6 minutes), then a quick smoke run:
@@ -356,17 +359,7 @@ fn fio(job: &Job, cmd: &mut Command) -> Result<f64> {
     if !out.status.success() {
         bail!("fio failed: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
     }
-    let start = stdout.find('{').context("fio printed no JSON")?;
-    let v: serde_json::Value = serde_json::Deserializer::from_str(&stdout[start..])
-        .into_iter()
-        .next()
-        .context("fio printed no JSON")?
-        .context("fio printed invalid JSON")?;
-    let side = &v["jobs"][0][if job.rw.contains("read") { "read" } else { "write" }];
-    let ios = side["total_ios"].as_u64().unwrap_or(0);
-    if ios == 0 || v["jobs"][0]["error"].as_i64().unwrap_or(0) != 0 {
-        bail!("fio did no I/O: {stdout}");
-    }
+    let side = fiojson::first_job_side(&stdout, job.rw.contains("read")).with_context(|| format!("fio: {stdout}"))?;
     Ok(if job.bs < 65536 {
         side["iops"].as_f64().context("no iops")?
     } else {
