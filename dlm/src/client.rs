@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::mode::{Flags, Mode, SbFlags, Status};
 use crate::proto::{decode_response, encode_request, Frame, Request, Response};
 use crate::resource::LockId;
+use crate::wire::{MAX_LVB, MAX_NAME};
 
 /// What went wrong for a client call.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +177,9 @@ impl DlmClient {
 
     /// Join (create) a lockspace; `lvblen` 0 means the default (32 bytes). Returns its id.
     pub async fn join(&self, name: &[u8], lvblen: u16) -> Result<u32, ClientError> {
+        if name.is_empty() || name.len() > MAX_NAME {
+            return Err(ClientError::Refused(-22));
+        }
         Ok(self.simple(Request::Join { name: name.to_vec(), lvblen }).await?.0)
     }
 
@@ -193,6 +197,9 @@ impl DlmClient {
         flags: Flags,
         lvb: Option<&[u8]>,
     ) -> Result<Lock, ClientError> {
+        if name.is_empty() || name.len() > MAX_NAME || lvb.is_some_and(|v| v.len() > MAX_LVB) {
+            return Err(ClientError::Refused(-22));
+        }
         let req = Request::Lock { ls, mode, flags, name: name.to_vec(), lvb: lvb.unwrap_or_default().to_vec() };
         match self.call(req, true).await? {
             (Response::Reply { status, ls, lkid, .. }, Some(events)) if status >= 0 => Ok(Lock {

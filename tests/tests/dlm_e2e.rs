@@ -1,0 +1,247 @@
+//! End-to-end: real `dlm_controld` daemons (one, or three on 127.0.0.1-3 talking TCP),
+//! driven by the async client library and by `dlm_tool`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use dlm::{ClientError, DlmClient, Flags, Mode, SbFlags, Status};
+use gnbd_tests::{bin_dir, run_timeout, OutputExt, TempDir};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const STEP: Duration = Duration::from_secs(20);
+
+/// One `dlm_controld`, killed and reaped on drop; its log printed if the test fails.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path, id: u32, listen: Option<SocketAddr>, peers: &[(u32, SocketAddr)]) -> Daemon {
+        let socket = dir.join(format!("dlm{id}.sock"));
+        let log = dir.join(format!("dlm{id}.log"));
+        let mut cmd = Command::new(bin_dir().join("dlm_controld"));
+        cmd.arg("--node-id").arg(id.to_string()).arg("--socket").arg(&socket);
+        if let Some(l) = listen {
+            cmd.arg("--listen").arg(l.to_string());
+        }
+        for (p, a) in peers {
+            cmd.arg("--peer").arg(format!("{p}={a}"));
+        }
+        cmd.env("DLM_LOG", "debug");
+        cmd.stdout(Stdio::piped()).stderr(std::fs::File::create(&log).expect("log file"));
+        let mut child = cmd.spawn().expect("dlm_controld runs (build it with `cargo build --workspace --bins`)");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut d = Daemon { child, socket, log };
+        match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(line) if line.contains("ready") => d,
+            other => {
+                d.dump();
+                panic!("dlm_controld {id} did not get ready: {other:?}");
+            }
+        }
+    }
+
+    fn dump(&mut self) {
+        let mut s = String::new();
+        let _ = std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut s));
+        eprintln!("--- {} ---\n{s}", self.log.display());
+    }
+
+    fn tool(&self, args: &[&str]) -> std::process::Output {
+        run_timeout(Command::new(bin_dir().join("dlm_tool")).arg("--socket").arg(&self.socket).args(args), STEP)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            self.dump();
+        }
+    }
+}
+
+fn free_port(ip: &str) -> SocketAddr {
+    let l = TcpListener::bind(format!("{ip}:0")).expect("bind a free port");
+    l.local_addr().expect("bound")
+}
+
+async fn step<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(STEP, f).await.expect("step finished in time")
+}
+
+#[tokio::test]
+async fn single_node_locks_value_blocks_callbacks_and_tool() {
+    let dir = TempDir::new();
+    let d = Daemon::start(dir.path(), 1, None, &[]);
+    let a = step(DlmClient::connect(&d.socket)).await.unwrap();
+    let b = step(DlmClient::connect(&d.socket)).await.unwrap();
+    let ls = step(a.join(b"app", 0)).await.unwrap();
+    assert_eq!(step(b.join(b"app", 0)).await.unwrap(), ls);
+
+    // EX with a value block written on the way down to NL.
+    let mut la = step(a.lock(ls, b"res", Mode::Ex, Flags::VALBLK, None)).await.unwrap();
+    assert_eq!(la.mode(), Some(Mode::Ex));
+    assert_eq!(la.lvb(), Some(&[0u8; 32][..]));
+    step(la.convert(Mode::Pw, Flags::VALBLK, None)).await.unwrap();
+    // NOQUEUE conflict from another client.
+    let err = step(b.lock(ls, b"res", Mode::Pr, Flags::NOQUEUE, None)).await.unwrap_err();
+    assert!(matches!(err, ClientError::Status(Status::WouldBlock)), "{err}");
+    // A queued PR: the holder gets a blocking callback for PR.
+    let mut lb = step(b.request(ls, b"res", Mode::Pr, Flags::VALBLK, None)).await.unwrap();
+    assert_eq!(step(la.blocked()).await, Some(Mode::Pr));
+    step(la.convert(Mode::Nl, Flags::VALBLK, Some(&[9; 32]))).await.unwrap();
+    let c = step(lb.wait()).await.unwrap();
+    assert_eq!((c.status, c.mode), (Status::Granted, Some(Mode::Pr)));
+    assert_eq!(c.lvb.as_deref(), Some(&[9u8; 32][..]));
+    assert!(!c.sbflags.contains(SbFlags::VALNOTVALID));
+
+    // Cancel a queued conversion.
+    step(la.start_convert(Mode::Ex, Flags::empty(), None)).await.unwrap();
+    assert!(step(la.cancel()).await.unwrap());
+    let err = step(la.wait()).await.unwrap_err();
+    assert!(matches!(err, ClientError::Status(Status::Canceled)), "{err}");
+    assert_eq!(la.mode(), Some(Mode::Nl));
+
+    // A client that goes away loses its locks: the waiter behind it is granted.
+    step(lb.unlock(Flags::empty(), None)).await.unwrap();
+    let c3 = step(DlmClient::connect(&d.socket)).await.unwrap();
+    let _held = step(c3.lock(ls, b"other", Mode::Ex, Flags::empty(), None)).await.unwrap();
+    let mut waiting = step(a.request(ls, b"other", Mode::Ex, Flags::empty(), None)).await.unwrap();
+    drop(_held);
+    drop(c3);
+    assert_eq!(step(waiting.wait()).await.unwrap().mode, Some(Mode::Ex));
+
+    // dlm_tool: a lock that outlives the command, then released by another command.
+    let out = d.tool(&["lock", "app", "job", "EX"]);
+    out.assert_success("dlm_tool lock");
+    let out = d.tool(&["lock", "app", "job", "PR", "--noqueue"]);
+    assert!(!out.status.success(), "the job lock is still held");
+    let dump = d.tool(&["lockdump", "app"]);
+    dump.assert_success("dlm_tool lockdump");
+    let text = String::from_utf8_lossy(&dump.stdout);
+    assert!(text.contains("resource \"job\" master 1") && text.contains("granted gr EX"), "{text}");
+    d.tool(&["unlock", "app", "job"]).assert_success("dlm_tool unlock");
+    d.tool(&["lock", "app", "job", "PR", "--noqueue"]).assert_success("dlm_tool lock after unlock");
+    d.tool(&["unlock", "app", "job"]).assert_success("dlm_tool unlock");
+    let ls_out = d.tool(&["ls"]);
+    ls_out.assert_success("dlm_tool ls");
+    let text = String::from_utf8_lossy(&ls_out.stdout);
+    assert!(text.contains("name app") && text.contains("members 1") && text.contains("slots 1:1"), "{text}");
+    d.tool(&["join", "other", "--lvb-len", "64"]).assert_success("dlm_tool join");
+    d.tool(&["leave", "other"]).assert_success("dlm_tool leave");
+}
+
+#[tokio::test]
+async fn three_daemons_over_tcp_share_locks_and_value_blocks() {
+    let dir = TempDir::new();
+    let addrs: Vec<(u32, SocketAddr)> = (1..=3).map(|i| (i, free_port(&format!("127.0.0.{i}")))).collect();
+    let daemons: Vec<Daemon> = addrs
+        .iter()
+        .map(|&(id, addr)| {
+            let peers: Vec<(u32, SocketAddr)> = addrs.iter().copied().filter(|p| p.0 != id).collect();
+            Daemon::start(dir.path(), id, Some(addr), &peers)
+        })
+        .collect();
+    let mut clients = Vec::new();
+    for d in &daemons {
+        clients.push(step(DlmClient::connect(&d.socket)).await.unwrap());
+    }
+    let mut ls = 0;
+    for c in &clients {
+        ls = step(c.join(b"shared", 0)).await.unwrap();
+    }
+    // Node 1 writes, node 2 and node 3 read, on several resources so masters differ.
+    for r in 0..6u8 {
+        let name = [b'r', b'0' + r];
+        let mut w = step(clients[0].lock(ls, &name, Mode::Ex, Flags::VALBLK, None)).await.unwrap();
+        let mut waiter = step(clients[1].request(ls, &name, Mode::Pr, Flags::VALBLK, None)).await.unwrap();
+        assert_eq!(step(w.blocked()).await, Some(Mode::Pr), "blocking callback across nodes");
+        step(w.convert(Mode::Nl, Flags::VALBLK, Some(&[r + 1; 32]))).await.unwrap();
+        let c = step(waiter.wait()).await.unwrap();
+        assert_eq!(c.lvb.as_deref(), Some(&[r + 1; 32][..]));
+        let l3 = step(clients[2].lock(ls, &name, Mode::Pr, Flags::VALBLK, None)).await.unwrap();
+        assert_eq!(l3.lvb(), Some(&[r + 1; 32][..]));
+        step(l3.unlock(Flags::empty(), None)).await.unwrap();
+        step(waiter.unlock(Flags::empty(), None)).await.unwrap();
+        step(w.unlock(Flags::empty(), None)).await.unwrap();
+    }
+    // An EX ping-pong between nodes 2 and 3.
+    for i in 0..20 {
+        let c = &clients[1 + i % 2];
+        let l = step(c.lock(ls, b"ping", Mode::Ex, Flags::empty(), None)).await.unwrap();
+        step(l.unlock(Flags::empty(), None)).await.unwrap();
+    }
+    // Every node lists the same members and slots.
+    let mut seen = None;
+    for d in &daemons {
+        let out = d.tool(&["ls"]);
+        out.assert_success("dlm_tool ls");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let lines: Vec<String> =
+            text.lines().filter(|l| l.starts_with("members") || l.starts_with("slots")).map(String::from).collect();
+        assert_eq!(lines, vec!["members 1 2 3".to_string(), "slots 1:1 2:2 3:3".to_string()], "{text}");
+        if let Some(s) = &seen {
+            assert_eq!(s, &lines);
+        }
+        seen = Some(lines);
+    }
+}
+
+#[tokio::test]
+async fn bad_client_input_gets_an_error_and_disturbs_nobody() {
+    let dir = TempDir::new();
+    let d = Daemon::start(dir.path(), 1, None, &[]);
+    let good = step(DlmClient::connect(&d.socket)).await.unwrap();
+    let ls = step(good.join(b"app", 0)).await.unwrap();
+    let held = step(good.lock(ls, b"res", Mode::Ex, Flags::empty(), None)).await.unwrap();
+
+    // Garbage: an error reply, then the connection is closed.
+    let mut raw = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    raw.set_read_timeout(Some(STEP)).unwrap();
+    raw.write_all(&[0, 0, 0, 9, 99, 0, 0, 0, 1, 1, 2, 3, 4]).unwrap();
+    let mut buf = Vec::new();
+    raw.read_to_end(&mut buf).unwrap();
+    match dlm::decode_response(&buf).unwrap() {
+        dlm::Frame::Done(dlm::Response::Reply { status, .. }, _, _) => assert_eq!(status, -22),
+        other => panic!("{other:?}"),
+    }
+    // An oversized frame.
+    let mut raw = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    raw.set_read_timeout(Some(STEP)).unwrap();
+    raw.write_all(&[0x7f, 0xff, 0xff, 0xff]).unwrap();
+    let mut buf = Vec::new();
+    raw.read_to_end(&mut buf).unwrap();
+    assert!(!buf.is_empty());
+
+    // Another client forging the lock id, or naming an unknown lockspace.
+    let evil = step(DlmClient::connect(&d.socket)).await.unwrap();
+    step(evil.join(b"app", 0)).await.unwrap();
+    let mut forged = step(evil.request(ls, b"x", Mode::Nl, Flags::empty(), None)).await.unwrap();
+    step(forged.wait()).await.unwrap();
+    let err = step(evil.cancel(ls, held.id())).await.unwrap_err();
+    assert!(matches!(err, ClientError::Refused(-2)), "{err}");
+    let err = step(evil.lock(0x1234, b"x", Mode::Ex, Flags::empty(), None)).await.unwrap_err();
+    assert!(matches!(err, ClientError::Refused(-2)), "{err}");
+    let err = step(evil.lock(ls, &[b'n'; 65], Mode::Ex, Flags::empty(), None)).await.unwrap_err();
+    assert!(matches!(err, ClientError::Refused(_)), "{err}");
+    let err = step(evil.lock(ls, b"x", Mode::Ex, Flags::VALBLK, Some(&[1; 7]))).await.unwrap_err();
+    assert!(matches!(err, ClientError::Refused(-22)), "{err}");
+
+    // The good client is undisturbed.
+    let mut held = held;
+    step(held.convert(Mode::Pr, Flags::empty(), None)).await.unwrap();
+    step(held.unlock(Flags::empty(), None)).await.unwrap();
+}
