@@ -9,18 +9,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tracing::{debug, warn};
 
 use crate::model::{Protocol, Stats};
 use crate::sched::Millis;
+use crate::sys;
 use crate::table::{ConnId, Director};
 
 /// How long a connect to a real server may take before the client is dropped.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Size of each direction's copy buffer.
-const BUF: usize = 64 * 1024;
+const BUF: usize = 16 * 1024;
 /// Counters are flushed into the table at least every this many bytes.
 const FLUSH_BYTES: u64 = 1 << 20;
 
@@ -117,50 +117,159 @@ async fn proxy_tcp(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, vad
     shared.lock().established(sched.conn);
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let (cr, cw) = client.into_split();
-    let (ur, uw) = upstream.into_split();
-    let inbound = pump(shared.clone(), sched.conn, cr, uw, true);
-    let outbound = pump(shared.clone(), sched.conn, ur, cw, false);
+    let inbound = pump(&shared, sched.conn, &client, &upstream, true);
+    let outbound = pump(&shared, sched.conn, &upstream, &client, false);
     tokio::join!(inbound, outbound);
     shared.lock().closed(sched.conn, shared.now_ms());
 }
 
-/// Copies one direction until EOF or error, then half-closes the other side.
-async fn pump(
-    shared: Arc<Shared>,
+/// Per-direction traffic counters, flushed into the table now and then.
+struct Meter<'a> {
+    shared: &'a Shared,
     conn: ConnId,
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
     inbound: bool,
-) {
-    let mut buf = vec![0u8; BUF];
-    let mut pending = Stats::default();
-    let flush = |pending: &mut Stats, force: bool| {
-        let bytes = pending.inbytes + pending.outbytes;
-        if bytes > 0 && (force || bytes >= FLUSH_BYTES) {
-            shared.lock().account(conn, pending);
-            *pending = Stats::default();
+    pending: Stats,
+}
+
+impl Meter<'_> {
+    fn add(&mut self, n: usize) {
+        if self.inbound {
+            self.pending.inpkts += 1;
+            self.pending.inbytes += n as u64;
+        } else {
+            self.pending.outpkts += 1;
+            self.pending.outbytes += n as u64;
         }
-    };
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        if self.pending.inbytes + self.pending.outbytes >= FLUSH_BYTES {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.pending.inbytes + self.pending.outbytes > 0 {
+            self.shared.lock().account(self.conn, &self.pending);
+            self.pending = Stats::default();
+        }
+    }
+}
+
+thread_local! {
+    /// Empty pipes kept for reuse by this worker thread.
+    static PIPES: std::cell::RefCell<Vec<sys::Pipe>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Reads that fill the whole buffer this many times in a row switch a direction to splice.
+const SPLICE_AFTER_FULL_READS: u32 = 2;
+
+/// Copies one direction until EOF or error, then half-closes the other side. Small
+/// exchanges are copied through a user-space buffer (one read, one write); once a
+/// direction carries bulk data (reads fill the buffer), it switches to splice through a
+/// pipe, so the bytes never reach user space.
+async fn pump(shared: &Shared, conn: ConnId, from: &TcpStream, to: &TcpStream, inbound: bool) {
+    let mut meter = Meter { shared, conn, inbound, pending: Stats::default() };
+    let mut buf = vec![0u8; BUF];
+    let mut full_reads = 0;
+    'copy: loop {
+        let n = loop {
+            if from.readable().await.is_err() {
+                break 'copy;
+            }
+            match from.try_read(&mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => break 'copy,
+            }
         };
-        if to.write_all(&buf[..n]).await.is_err() {
+        if n == 0 {
             break;
         }
-        if inbound {
-            pending.inpkts += 1;
-            pending.inbytes += n as u64;
-        } else {
-            pending.outpkts += 1;
-            pending.outbytes += n as u64;
+        if write_all(to, &buf[..n]).await.is_err() {
+            break;
         }
-        flush(&mut pending, false);
+        meter.add(n);
+        full_reads = if n == buf.len() { full_reads + 1 } else { 0 };
+        if full_reads >= SPLICE_AFTER_FULL_READS {
+            drop(buf);
+            splice_loop(from, to, &mut meter).await;
+            meter.flush();
+            let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+            return;
+        }
     }
-    flush(&mut pending, true);
-    let _ = to.shutdown().await;
+    meter.flush();
+    let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+}
+
+async fn write_all(to: &TcpStream, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        to.writable().await?;
+        match to.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn splice_loop(from: &TcpStream, to: &TcpStream, meter: &mut Meter<'_>) {
+    use std::os::fd::AsRawFd;
+    use tokio::io::Interest;
+    let pipe = match PIPES.with(|p| p.borrow_mut().pop()).map(Ok).unwrap_or_else(sys::Pipe::new) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "cannot create a pipe; copying instead");
+            let mut buf = vec![0u8; BUF];
+            loop {
+                let n = match from.readable().await.and_then(|_| from.try_read(&mut buf)) {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return,
+                };
+                if write_all(to, &buf[..n]).await.is_err() {
+                    return;
+                }
+                meter.add(n);
+            }
+        }
+    };
+    let chunk = pipe.capacity();
+    let (rfd, wfd) = (pipe.r.as_raw_fd(), pipe.w.as_raw_fd());
+    let clean = 'outer: loop {
+        let n = loop {
+            if from.readable().await.is_err() {
+                break 'outer true;
+            }
+            match from.try_io(Interest::READABLE, || sys::splice(from.as_raw_fd(), wfd, chunk)) {
+                Ok(0) => break 'outer true,
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => break 'outer true,
+            }
+        };
+        let mut left = n;
+        while left > 0 {
+            if to.writable().await.is_err() {
+                break 'outer false;
+            }
+            match to.try_io(Interest::WRITABLE, || sys::splice(rfd, to.as_raw_fd(), left)) {
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => break 'outer false,
+            }
+        }
+        meter.add(n);
+    };
+    // Only an empty pipe goes back to the pool.
+    if clean {
+        PIPES.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < 64 {
+                p.push(pipe);
+            }
+        });
+    }
 }
 
 struct Session {

@@ -464,3 +464,55 @@ fn lvs_cf_errors_carry_line_numbers() {
     run(Command::new(bin_dir().join("pulse")).arg("--config").arg(&example).arg("--check"))
         .assert_success("pulse --check on the example");
 }
+
+/// Deterministic pattern byte at `i` (not periodic at any small power of two).
+fn pattern(i: usize) -> u8 {
+    (i.wrapping_mul(2_654_435_761) >> 13) as u8
+}
+
+#[test]
+fn bulk_transfer_both_ways_is_intact() {
+    const LEN: usize = 24 << 20;
+    let backend = TcpListener::bind("127.0.10.11:0").unwrap();
+    let baddr = backend.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let server = thread::spawn(move || {
+        let (mut s, _) = backend.accept().expect("accept from the director");
+        // Read everything the client sent, checking it byte by byte.
+        let mut buf = vec![0u8; 1 << 16];
+        let (mut got, mut bad) = (0usize, 0usize);
+        loop {
+            let n = s.read(&mut buf).expect("read from the director");
+            if n == 0 {
+                break;
+            }
+            bad += buf[..n].iter().enumerate().filter(|(k, b)| **b != pattern(got + k)).count();
+            got += n;
+        }
+        // Then send as much back.
+        let data: Vec<u8> = (0..LEN).map(pattern).collect();
+        s.write_all(&data).expect("write to the director");
+        let _ = tx.send((got, bad));
+    });
+    let d = Lvsd::start(&[]);
+    let port = free_port("127.0.10.10");
+    let vip: SocketAddr = format!("127.0.10.10:{port}").parse().unwrap();
+    d.ok(&format!("-A -t {vip} -s rr"));
+    d.ok(&format!("-a -t {vip} -r {baddr}"));
+    let mut c = connect(vip);
+    let data: Vec<u8> = (0..LEN).map(pattern).collect();
+    c.write_all(&data).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::with_capacity(LEN);
+    c.read_to_end(&mut back).unwrap();
+    let (got, bad) = rx.recv_timeout(Duration::from_secs(60)).expect("the backend finished");
+    server.join().unwrap();
+    assert_eq!((got, bad), (LEN, 0), "client → server bytes");
+    assert_eq!(back.len(), LEN, "server → client length");
+    assert!(back.iter().enumerate().all(|(i, b)| *b == pattern(i)), "server → client bytes");
+    // Byte counters reached the table.
+    let stats = d.ok("-L -n --stats --exact");
+    let line = stats.lines().find(|l| l.starts_with("TCP")).expect("service line");
+    let f: Vec<u64> = line.split_whitespace().skip(2).map(|x| x.parse().unwrap()).collect();
+    assert_eq!((f[0], f[3], f[4]), (1, LEN as u64, LEN as u64), "{stats}");
+}
