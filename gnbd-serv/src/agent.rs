@@ -18,12 +18,16 @@ pub struct AgentArgs {
     pub node: Option<String>,
     pub servers: Vec<String>,
     pub key: PathBuf,
+    /// Certificate directory (ca-cert.pem, client-cert.pem, client-key.pem): send the orders
+    /// over TLS, authenticated by this node's certificate, instead of signing them with `key`.
+    pub tls: Option<PathBuf>,
 }
 
 /// Parses the agent's stdin: `key=value` lines; `#` comments and unknown keys (fenced passes
 /// `agent=` and device attributes it does not know about) are ignored.
 pub fn parse(text: &str) -> Result<AgentArgs, String> {
-    let mut a = AgentArgs { action: "reboot".into(), node: None, servers: Vec::new(), key: DEFAULT_KEY.into() };
+    let mut a =
+        AgentArgs { action: "reboot".into(), node: None, servers: Vec::new(), key: DEFAULT_KEY.into(), tls: None };
     for line in text.lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -38,6 +42,7 @@ pub fn parse(text: &str) -> Result<AgentArgs, String> {
             "nodename" | "port" | "plug" => a.node = Some(v.to_string()),
             "servers" | "ipaddr" => a.servers = split_servers(v),
             "cluster_key" | "key" => a.key = v.into(),
+            "tls_certificates" | "tls-certificates" => a.tls = Some(v.into()),
             _ => {}
         }
     }
@@ -87,6 +92,11 @@ pub fn metadata() -> String {
 		<content type="string" default="{DEFAULT_KEY}" />
 		<shortdesc lang="en">File holding the cluster key shared with the servers</shortdesc>
 	</parameter>
+	<parameter name="tls_certificates" unique="0" required="0">
+		<getopt mixed="--tls-certificates=[dir]" />
+		<content type="string" />
+		<shortdesc lang="en">Directory with ca-cert.pem, client-cert.pem and client-key.pem: send orders over TLS, authenticated by this node's certificate, instead of signing them with the cluster key</shortdesc>
+	</parameter>
 </parameters>
 <actions>
 	<action name="on" />
@@ -111,6 +121,12 @@ pub struct Outcome {
     pub stderr: String,
 }
 
+/// How the agent authenticates its orders.
+enum Auth {
+    Key(ClusterKey),
+    Tls(std::sync::Arc<rustls::ClientConfig>),
+}
+
 /// Runs the agent.
 pub fn run(a: &AgentArgs) -> Outcome {
     let mut out = Outcome::default();
@@ -126,10 +142,14 @@ pub fn run(a: &AgentArgs) -> Outcome {
         fail(&mut out, "no servers given (servers=HOST[:PORT] ...)".into());
         return out;
     }
-    let key = match ClusterKey::load(&a.key) {
-        Ok(k) => k,
+    let auth = match &a.tls {
+        Some(dir) => crate::tls::client_config_from_dir(dir).map(Auth::Tls).map_err(|e| e.to_string()),
+        None => ClusterKey::load(&a.key).map(Auth::Key).map_err(|e| e.to_string()),
+    };
+    let auth = match auth {
+        Ok(x) => x,
         Err(e) => {
-            fail(&mut out, e.to_string());
+            fail(&mut out, e);
             return out;
         }
     };
@@ -156,7 +176,11 @@ pub fn run(a: &AgentArgs) -> Outcome {
     let mut banned = std::collections::BTreeSet::new();
     for server in &a.servers {
         let addr = control_addr(server);
-        match netctl::call(&addr, &key, &req) {
+        let reply = match &auth {
+            Auth::Key(key) => netctl::call(&addr, key, &req),
+            Auth::Tls(config) => netctl::call_tls(&addr, config.clone(), &req),
+        };
+        match reply {
             Ok(ControlResponse::Ok { message }) => out.stderr.push_str(&format!("fence_gnbd: {server}: {message}\n")),
             Ok(ControlResponse::Bans { nodes }) => {
                 if let Some(n) = node() {
@@ -197,6 +221,8 @@ mod tests {
         assert_eq!(a.node.as_deref(), Some("node2"));
         assert_eq!(a.servers, ["srv1", "srv2:9000", "[::1]:7"]);
         assert_eq!(a.key, PathBuf::from(DEFAULT_KEY));
+        assert_eq!(a.tls, None);
+        assert_eq!(parse("tls_certificates=/etc/gnbd/node1\n").unwrap().tls, Some(PathBuf::from("/etc/gnbd/node1")));
         assert!(parse("garbage\n").is_err());
         let b = parse("option=on\nport=n1\nipaddr=s\n").unwrap();
         assert_eq!((b.action.as_str(), b.node.as_deref()), ("on", Some("n1")));
@@ -213,8 +239,13 @@ mod tests {
     #[test]
     fn metadata_is_xml_naming_the_agent() {
         assert!(metadata().contains(r#"<resource-agent name="fence_gnbd""#));
-        let out =
-            run(&AgentArgs { action: "metadata".into(), node: None, servers: vec![], key: "/nonexistent".into() });
+        let out = run(&AgentArgs {
+            action: "metadata".into(),
+            node: None,
+            servers: vec![],
+            key: "/nonexistent".into(),
+            tls: None,
+        });
         assert_eq!(out.code, 0);
     }
 }

@@ -279,6 +279,20 @@ impl Registry {
         Ok(cert_node.to_string())
     }
 
+    /// Whether the holder of a verified certificate naming `node` may give fence orders over
+    /// the network: a node of the cluster (of the node table, when there is one) that is not
+    /// fenced itself (a fenced node must not unfence itself).
+    pub fn order_issuer(&self, node: &str) -> Result<(), String> {
+        crate::fence::valid_node_name(node).map_err(|why| format!("'{node}' is not a node name: {why}"))?;
+        if !self.nodes.is_empty() && !self.nodes.has_node(node) {
+            return Err(format!("'{node}' is not a node of this cluster"));
+        }
+        if self.bans.read().expect("bans lock").contains(node) {
+            return Err(format!("node '{node}' is fenced and cannot give orders"));
+        }
+        Ok(())
+    }
+
     /// Whether a client may open exports at all (cluster membership and fencing).
     pub fn admit(&self, peer: &str, node: Option<&str>) -> Result<(), Refusal> {
         match node {

@@ -12,11 +12,25 @@
 //! C: {"request":"{\"verb\":\"fence\",\"node\":\"node2\"}","mac":"<64 hex digits>"}
 //! S: {"reply":"ok","message":"fenced node 'node2' (1 connection(s) cut)"}
 //! ```
+//!
+//! Alternatively, on a server with TLS and a CA for client certificates (`--tls-ca`), the
+//! client asks for TLS and gives its order inside it, authenticated by its certificate: the
+//! certificate must name a node of the cluster that is not fenced itself.
+//!
+//! ```text
+//! S: {"server":"gnbd_serv","challenge":"<64 hex digits>"}
+//! C: {"starttls":true}
+//! S: {"reply":"ok","message":"starting TLS"}
+//!    (TLS handshake; the client presents its certificate)
+//! C: {"verb":"fence","node":"node2"}
+//! S: {"reply":"ok","message":"fenced node 'node2' (1 connection(s) cut)"}
+//! ```
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -26,6 +40,7 @@ use thiserror::Error;
 use tracing::warn;
 
 use crate::control::{ControlError, ControlRequest, ControlResponse};
+use crate::tls::TlsServer;
 
 /// Default TCP port of the network control channel.
 pub const DEFAULT_CONTROL_PORT: u16 = 10810;
@@ -130,8 +145,49 @@ fn read_line(r: &mut impl BufRead) -> std::io::Result<String> {
     Ok(line)
 }
 
-/// Serves one network control connection: challenge, one signed order, one reply.
-pub fn serve(stream: TcpStream, key: &ClusterKey, handle: impl FnOnce(ControlRequest) -> ControlResponse) {
+/// Asks the server to switch the connection to TLS (instead of a signed order).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartTls {
+    starttls: bool,
+}
+
+/// How a server authenticates the orders it receives.
+pub struct Authenticators<'a> {
+    /// Orders signed with the cluster key.
+    pub key: Option<&'a ClusterKey>,
+    /// Orders over TLS from a client certificate the CA signed (`server.client_auth`).
+    pub tls: Option<&'a TlsServer>,
+    /// Whether the node a verified certificate names may give orders.
+    pub member: &'a (dyn Fn(&str) -> Result<(), String> + Sync),
+}
+
+impl std::fmt::Debug for Authenticators<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticators").field("key", &self.key.is_some()).field("tls", &self.tls.is_some()).finish()
+    }
+}
+
+/// Only these verbs are accepted over the network.
+fn network_verb(req: ControlRequest) -> Result<ControlRequest, ControlResponse> {
+    match req {
+        ControlRequest::Fence { .. }
+        | ControlRequest::Unfence { .. }
+        | ControlRequest::Bans
+        | ControlRequest::Status => Ok(req),
+        _ => Err(ControlResponse::Error {
+            message: "only fence, unfence, bans and status are accepted over the network".into(),
+        }),
+    }
+}
+
+fn reply_line(reply: &ControlResponse) -> String {
+    format!("{}\n", serde_json::to_string(reply).expect("replies serialise"))
+}
+
+/// Serves one network control connection: challenge, then one signed order and its reply, or
+/// a switch to TLS followed by one order from a member's certificate and its reply.
+pub fn serve(stream: TcpStream, auth: &Authenticators<'_>, handle: impl FnOnce(ControlRequest) -> ControlResponse) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
@@ -146,32 +202,146 @@ pub fn serve(stream: TcpStream, key: &ClusterKey, handle: impl FnOnce(ControlReq
         return;
     }
     let mut r = BufReader::new(stream);
-    let reply = match read_line(&mut r).map(|l| serde_json::from_str::<Signed>(&l)) {
-        Ok(Ok(signed)) if key.verify(&challenge, &signed.request, &signed.mac) => {
-            match serde_json::from_str::<ControlRequest>(&signed.request) {
-                Ok(req @ (ControlRequest::Fence { .. } | ControlRequest::Unfence { .. } | ControlRequest::Bans)) => {
-                    handle(req)
+    let line = match read_line(&mut r) {
+        Ok(l) => l,
+        Err(_) => return,
+    };
+    if let Ok(StartTls { starttls: true }) = serde_json::from_str::<StartTls>(&line) {
+        let Some(tls) = auth.tls.filter(|t| t.client_auth) else {
+            warn!(peer = %peer, "refused a TLS control connection: no CA for client certificates (--tls-ca)");
+            let msg = "this server does not take orders over TLS (it has no --tls-ca)";
+            let _ = w.write_all(reply_line(&ControlResponse::Error { message: msg.into() }).as_bytes());
+            return;
+        };
+        if !r.buffer().is_empty() {
+            warn!(peer = %peer, "refused a control connection that sent data before the TLS handshake");
+            return;
+        }
+        let ok = ControlResponse::Ok { message: "starting TLS".into() };
+        if w.write_all(reply_line(&ok).as_bytes()).is_err() {
+            return;
+        }
+        serve_tls(r.into_inner(), tls, auth, &peer, handle);
+        return;
+    }
+    let reply = match serde_json::from_str::<Signed>(&line) {
+        Ok(signed) => match auth.key {
+            Some(key) if key.verify(&challenge, &signed.request, &signed.mac) => {
+                match serde_json::from_str::<ControlRequest>(&signed.request) {
+                    Ok(req) => network_verb(req).map_or_else(|refusal| refusal, handle),
+                    Err(e) => ControlResponse::Error { message: format!("malformed order: {e}") },
                 }
-                Ok(ControlRequest::Status) => handle(ControlRequest::Status),
-                Ok(_) => ControlResponse::Error {
-                    message: "only fence, unfence, bans and status are accepted over the network".into(),
-                },
-                Err(e) => ControlResponse::Error { message: format!("malformed order: {e}") },
             }
-        }
-        Ok(Ok(_)) => {
-            warn!(peer = %peer, "refused a control order with a wrong signature (not a cluster member, or a replay)");
-            ControlResponse::Error {
-                message: "authentication failed: the order is not signed with the cluster key".into(),
+            Some(_) => {
+                warn!(peer = %peer, "refused a control order with a wrong signature (not a cluster member, or a replay)");
+                ControlResponse::Error {
+                    message: "authentication failed: the order is not signed with the cluster key".into(),
+                }
             }
-        }
-        Ok(Err(e)) => {
+            None => {
+                warn!(peer = %peer, "refused a signed control order: this server has no cluster key");
+                ControlResponse::Error {
+                    message: "authentication failed: this server takes orders only over TLS from a member's \
+                              certificate"
+                        .into(),
+                }
+            }
+        },
+        Err(e) => {
             warn!(peer = %peer, error = %e, "refused a malformed control message");
             ControlResponse::Error { message: format!("malformed control message: {e}") }
         }
-        Err(_) => return,
     };
-    let _ = writeln!(w, "{}", serde_json::to_string(&reply).expect("replies serialise"));
+    let _ = w.write_all(reply_line(&reply).as_bytes());
+}
+
+/// The TLS half of [`serve`]: the certificate names the node giving the order.
+fn serve_tls(
+    stream: TcpStream,
+    tls: &TlsServer,
+    auth: &Authenticators<'_>,
+    peer: &str,
+    handle: impl FnOnce(ControlRequest) -> ControlResponse,
+) {
+    let (t, name) = match tls.accept(stream) {
+        Ok(x) => x,
+        Err(e) => {
+            warn!(peer = %peer, error = %e, "refused a control connection: TLS handshake failed (no valid certificate?)");
+            return;
+        }
+    };
+    let mut r = BufReader::new(t);
+    let name = name.unwrap_or_default();
+    let reply = match (auth.member)(&name) {
+        Err(why) => {
+            warn!(peer = %peer, certificate = %name, why = %why, "refused a control order from a certificate");
+            ControlResponse::Error { message: format!("authentication failed: {why}") }
+        }
+        Ok(()) => match read_line(&mut r) {
+            Ok(line) => match serde_json::from_str::<ControlRequest>(&line) {
+                Ok(req) => {
+                    tracing::info!(peer = %peer, node = %name, order = ?req, "control order over TLS");
+                    network_verb(req).map_or_else(|refusal| refusal, handle)
+                }
+                Err(e) => ControlResponse::Error { message: format!("malformed order: {e}") },
+            },
+            Err(_) => return,
+        },
+    };
+    let t = r.get_mut();
+    let _ = t.write_all(reply_line(&reply).as_bytes());
+    t.conn.send_close_notify();
+    let _ = t.flush();
+}
+
+/// Sends one order to the network control channel at `addr` (`host:port`) over TLS,
+/// authenticated by the client certificate of `config`; the server's certificate must name
+/// the host of `addr`.
+pub fn call_tls(
+    addr: &str,
+    config: Arc<rustls::ClientConfig>,
+    req: &ControlRequest,
+) -> Result<ControlResponse, ControlError> {
+    let socket = PathBuf::from(addr);
+    let io = |source| ControlError::Io { socket: socket.clone(), source };
+    let s = TcpStream::connect(addr).map_err(io)?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).map_err(io)?;
+    s.set_write_timeout(Some(Duration::from_secs(60))).map_err(io)?;
+    let mut w = s.try_clone().map_err(io)?;
+    let mut r = BufReader::new(s);
+    let _: Hello = serde_json::from_str(&read_line(&mut r).map_err(io)?)
+        .map_err(|e| ControlError::Protocol(format!("{addr} is not a gnbd_serv control channel: {e}")))?;
+    let line = serde_json::to_string(&StartTls { starttls: true }).expect("serialises");
+    writeln!(w, "{line}").map_err(io)?;
+    let reply = read_line(&mut r).map_err(io)?;
+    match serde_json::from_str::<ControlResponse>(&reply) {
+        Ok(ControlResponse::Ok { .. }) => {}
+        Ok(refusal) => return Ok(refusal),
+        Err(e) => return Err(ControlError::Protocol(format!("{e}: {}", reply.trim_end()))),
+    }
+    let host = host_of(addr);
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| ControlError::Protocol(format!("'{host}' cannot name a TLS server: {e}")))?;
+    let conn = rustls::ClientConnection::new(config, name)
+        .map_err(|e| ControlError::Protocol(format!("TLS setup failed: {e}")))?;
+    let mut t = rustls::StreamOwned::new(conn, r.into_inner());
+    let tls_err = |e: std::io::Error| ControlError::Protocol(format!("TLS with {addr} failed: {e}"));
+    let request = serde_json::to_string(req).expect("requests serialise");
+    t.write_all(format!("{request}\n").as_bytes()).map_err(tls_err)?;
+    t.flush().map_err(tls_err)?;
+    let reply = read_line(&mut BufReader::new(&mut t)).map_err(tls_err)?;
+    if reply.is_empty() {
+        return Err(ControlError::Protocol(format!("{addr} closed the connection without replying")));
+    }
+    serde_json::from_str(&reply).map_err(|e| ControlError::Protocol(format!("{e}: {}", reply.trim_end())))
+}
+
+/// `host` of `host:port` or `[v6]:port`.
+fn host_of(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h)
 }
 
 /// Sends one signed order to the network control channel at `addr` (`host:port`).

@@ -126,15 +126,16 @@ pub fn run(cfg: ServeConfig, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let netctl = match &cfg.cluster_key {
-        Some(path) => {
-            let key = Arc::new(ClusterKey::load(path)?);
-            let l = TcpListener::bind(SocketAddr::new(cfg.bind, cfg.control_port))
-                .with_context(|| format!("cannot listen for control orders on {}:{}", cfg.bind, cfg.control_port))?;
-            listening.push(format!("control={}", l.local_addr()?));
-            Some((l, key))
-        }
-        None => None,
+    // Fence orders over the network: signed with the cluster key, or over TLS from a
+    // certificate the CA signed.
+    let key = cfg.cluster_key.as_ref().map(|path| ClusterKey::load(path).map(Arc::new)).transpose()?;
+    let netctl = if key.is_some() || tls.as_ref().is_some_and(|t| t.client_auth) {
+        let l = TcpListener::bind(SocketAddr::new(cfg.bind, cfg.control_port))
+            .with_context(|| format!("cannot listen for control orders on {}:{}", cfg.bind, cfg.control_port))?;
+        listening.push(format!("control={}", l.local_addr()?));
+        Some((l, key))
+    } else {
+        None
     };
     let control_path = cfg.state_dir.join(CONTROL_SOCKET);
     remove_stale_socket(&control_path)?;
@@ -396,7 +397,7 @@ fn control_loop(l: UnixListener, sh: Arc<Shared>) {
     );
 }
 
-fn netctl_loop(l: TcpListener, key: Arc<ClusterKey>, sh: Arc<Shared>) {
+fn netctl_loop(l: TcpListener, key: Option<Arc<ClusterKey>>, sh: Arc<Shared>) {
     accept_loop(
         &sh,
         "netctl",
@@ -404,7 +405,9 @@ fn netctl_loop(l: TcpListener, key: Arc<ClusterKey>, sh: Arc<Shared>) {
         |(s, _)| {
             let (sh, key) = (sh.clone(), key.clone());
             let _ = thread::Builder::new().name("gnbd-netctl-conn".into()).spawn(move || {
-                netctl::serve(s, &key, |req| handle(req, &sh));
+                let member = |node: &str| sh.registry.order_issuer(node);
+                let auth = netctl::Authenticators { key: key.as_deref(), tls: sh.tls.as_ref(), member: &member };
+                netctl::serve(s, &auth, |req| handle(req, &sh));
             });
         },
     );

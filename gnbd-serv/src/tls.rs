@@ -64,6 +64,8 @@ pub enum TlsError {
 #[derive(Debug, Clone)]
 pub struct TlsServer {
     pub policy: TlsPolicy,
+    /// Client certificates are required and verified against the CA.
+    pub client_auth: bool,
     config: Arc<ServerConfig>,
 }
 
@@ -127,7 +129,7 @@ impl TlsServer {
         let certs = load_certs("certificate", &s.cert)?;
         let key = load_key(&s.key)?;
         let config = builder.with_single_cert(certs, key)?;
-        Ok(TlsServer { policy: s.policy, config: Arc::new(config) })
+        Ok(TlsServer { policy: s.policy, client_auth: s.ca.is_some(), config: Arc::new(config) })
     }
 
     /// Runs the TLS handshake on `sock` (blocking, bounded by the socket's timeouts). Returns
@@ -153,6 +155,20 @@ impl TlsServer {
             conn.peer_certificates().and_then(|c| c.first()).map(|leaf| cert_node_name(leaf).unwrap_or_default());
         Ok((StreamOwned::new(conn, sock), name))
     }
+}
+
+/// A client configuration from a certificate directory in the libnbd layout: trusts
+/// `DIR/ca-cert.pem` and presents `DIR/client-cert.pem` with `DIR/client-key.pem` (used by
+/// `fence_gnbd` for orders authenticated by certificate).
+pub fn client_config_from_dir(dir: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let roots = load_roots(&dir.join("ca-cert.pem"))?;
+    let certs = load_certs("certificate", &dir.join("client-cert.pem"))?;
+    let key = load_key(&dir.join("client-key.pem"))?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)?;
+    Ok(Arc::new(config))
 }
 
 /// The node a certificate names: its subject common name, else its first DNS name

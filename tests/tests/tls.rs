@@ -30,7 +30,8 @@ fn bounded<F: Future<Output = ()>>(body: F) {
 /// A TLS server (`--tls MODE` plus the PKI's certificates and `extra`) with a zeroed export
 /// `disk` of [`SIZE`] bytes.
 fn tls_server(pki: &Pki, mode: &str, extra: &[&str], unix: bool) -> Server {
-    let mut b = Server::builder().arg("--tls").arg(mode);
+    // The control channel (fence orders over TLS) opens with --tls-ca: on a free port.
+    let mut b = Server::builder().arg("--tls").arg(mode).arg("--control-port").arg("0");
     for a in pki.server_args() {
         b = b.arg(a);
     }
@@ -394,4 +395,61 @@ fn a_fenced_tls_node_is_cut_off_and_refused_until_unfenced() {
         c2.close().await;
     });
     assert_eq!(file_range(&disk, 0, 4096), vec![0x11; 4096]);
+}
+
+#[test]
+fn fence_orders_over_tls_are_authenticated_by_member_certificates() {
+    let pki = Pki::new();
+    let tmp = gnbd_tests::TempDir::new();
+    // No cluster key: the control channel takes orders only over TLS.
+    let server = cluster_server(&pki, tmp.path());
+    let ctl = server.control_addr().expect("the ready line names the control channel");
+    let (node1, node2) = (pki.client("node1"), pki.client("node2"));
+    let (rogue, stranger) = (pki.rogue_client("node2"), pki.client("stranger"));
+    let key = gnbd_tests::cluster::key_file(tmp.path(), "cluster.key", 0x5a);
+    let target = format!("127.0.0.1:{}", ctl.port());
+    let agent = |action: &str, node: &str, certs: &Path| {
+        run(Command::new(gnbd_tests::fence_gnbd_bin())
+            .args(["-o", action, "-n", node, "-s", &target, "--tls-certificates"])
+            .arg(certs))
+    };
+    let bans = || control(server.state_dir(), r#"{"verb":"bans"}"#)["nodes"].clone();
+
+    // A member (node2's certificate) fences node1.
+    agent("off", "node1", &node2).assert_success("fence_gnbd off over TLS");
+    assert_eq!(bans(), serde_json::json!(["node1"]));
+    bounded(async {
+        match Client::connect(tls_opts(&server, "disk", &node1)).await {
+            Err(ClientError::Fenced { .. }) => {}
+            other => panic!("node1 is fenced, got {other:?}"),
+        }
+    });
+    agent("status", "node1", &node2).assert_code(2, "status of a fenced node");
+
+    // Refused, and nothing changes: the fenced node itself, a certificate from another CA, a
+    // certificate for a node outside the cluster, an order signed with a key this server
+    // does not have.
+    let out = agent("on", "node1", &node1);
+    out.assert_code(1, "a fenced node unfencing itself");
+    assert!(out.stderr_str().contains("fenced and cannot give orders"), "{}", out.describe());
+    agent("on", "node1", &rogue).assert_code(1, "a certificate from another CA");
+    let out = agent("on", "node1", &stranger);
+    out.assert_code(1, "a certificate naming no node of the cluster");
+    assert!(out.stderr_str().contains("not a node of this cluster"), "{}", out.describe());
+    let out = run(Command::new(gnbd_tests::fence_gnbd_bin())
+        .args(["-o", "on", "-n", "node1", "-s", &target, "-k"])
+        .arg(&key));
+    out.assert_code(1, "an order signed with a cluster key the server does not have");
+    assert!(out.stderr_str().contains("authentication failed"), "{}", out.describe());
+    assert_eq!(bans(), serde_json::json!(["node1"]), "refused orders must change nothing");
+    let log = server.log();
+    assert!(log.contains("refused a control order from a certificate"), "refusals are logged:\n{log}");
+
+    // A member unfences node1, which gets back in.
+    agent("on", "node1", &node2).assert_success("fence_gnbd on over TLS");
+    assert_eq!(bans(), serde_json::json!([]));
+    bounded(async {
+        let c = Client::connect(tls_opts(&server, "disk", &node1)).await.expect("node1 after unfencing");
+        c.close().await;
+    });
 }

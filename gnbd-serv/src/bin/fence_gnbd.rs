@@ -20,10 +20,17 @@ DESCRIPTION
         nodename=NODE                                       (also port=, plug=)
         servers=HOST[:PORT] ...                             (space or comma separated)
         cluster_key=FILE                                    (default /etc/cluster/gnbd.key)
+        tls_certificates=DIR                                (orders over TLS instead, see below)
+
+    With tls_certificates=DIR (or --tls-certificates DIR) the orders travel over TLS instead,
+    authenticated by this node's certificate (DIR/client-cert.pem and DIR/client-key.pem,
+    signed by the CA the servers were given with --tls-ca; DIR/ca-cert.pem verifies the
+    servers). The certificate must name a node of the cluster that is not itself fenced.
 
 EXAMPLES
     echo -e 'action=off\\nnodename=node2\\nservers=gnbd1 gnbd2' | fence_gnbd
     fence_gnbd -o on -n node2 -s gnbd1,gnbd2
+    fence_gnbd -o off -n node2 -s gnbd1 --tls-certificates /etc/gnbd/tls
     fence_gnbd -o metadata
 
 EXIT STATUS
@@ -47,6 +54,10 @@ struct Args {
     /// Cluster key file.
     #[arg(short = 'k', long)]
     cluster_key: Option<PathBuf>,
+    /// Send the orders over TLS, authenticated by this node's certificate: a directory with
+    /// ca-cert.pem, client-cert.pem and client-key.pem (instead of the cluster key).
+    #[arg(long, value_name = "DIR")]
+    tls_certificates: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -61,6 +72,9 @@ fn main() -> ExitCode {
             Ok(mut a) => {
                 if let Some(k) = args.cluster_key {
                     a.key = k;
+                }
+                if let Some(d) = args.tls_certificates {
+                    a.tls = Some(d);
                 }
                 a
             }
@@ -80,6 +94,7 @@ fn main() -> ExitCode {
         }
         let mut a: AgentArgs = parse(&text).expect("generated input parses");
         a.key = args.cluster_key.unwrap_or_else(|| DEFAULT_KEY.into());
+        a.tls = args.tls_certificates;
         a
     };
     let out = run(&agent);

@@ -51,7 +51,10 @@ FENCING
     connections are refused (NBD_REP_ERR_POLICY) until it is unfenced, across restarts.
     With --cluster-key, fence orders also arrive over TCP (--control-port, default 10810),
     signed with the cluster key (HMAC-SHA256 over a per-connection challenge): fence_gnbd on
-    any node can fence. Unsigned or forged orders are refused and logged.
+    any node can fence. Unsigned or forged orders are refused and logged. With TLS and
+    --tls-ca the control channel is open as well and also takes orders over TLS from a client
+    certificate the CA signed that names a node of the cluster (not itself fenced):
+    fence_gnbd --tls-certificates DIR.
 
 TLS
     With --tls-cert and --tls-key the server offers STARTTLS (NBD_OPT_STARTTLS) with TLS 1.2
