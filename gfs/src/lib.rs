@@ -1,2 +1,40 @@
-//! gfs (skeleton; being built).
+//! gfs: the cluster filesystem.
+//!
+//! - [`format`]: the on-disk format, one definition of every structure with `encode` and
+//!   `decode` (checksums verified on every decode). `gfs/docs/format.md` documents it byte by
+//!   byte; `gfs_fsck` builds on this module.
+//! - [`device`]: where the filesystem lives: a file or block device, or a gnbd export used
+//!   directly through `gnbd_client` (`gnbd://SERVER[:PORT]/NAME`); [`CutoffDevice`] drops
+//!   writes after the Nth for crash tests.
+//! - [`mkfs()`] / [`read_superblock`] / [`df`]: `mkfs.gfs` and `gfs_tool`.
+//!
+//! ```no_run
+//! use gfs::{mkfs, open_device, LockProto, MkfsOptions};
+//! let dev = open_device("/tmp/disk.img").unwrap();
+//! let opts = MkfsOptions {
+//!     lockproto: LockProto::Nolock,
+//!     locktable: "mycluster:data".into(),
+//!     journals: 2,
+//!     journal_blocks: None,
+//!     rg_blocks: None,
+//!     overwrite: false,
+//! };
+//! let sb = mkfs(&*dev, &opts).unwrap();
+//! assert_eq!(sb.journal_count, 2);
+//! ```
 #![forbid(unsafe_code)]
+
+pub mod device;
+pub mod format;
+mod mkfs;
+pub mod tool;
+
+pub use device::{open_device, CutoffDevice, Device, DeviceError, FileDevice, GnbdDevice};
+pub use format::{LockProto, Superblock};
+pub use mkfs::{df, mkfs, read_block, read_superblock, uuid_string, DfInfo, MkfsError, MkfsOptions};
+
+/// The current time as an on-disk timestamp.
+pub fn now() -> format::Timestamp {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format::Timestamp { sec: d.as_secs() as i64, nsec: d.subsec_nanos() }
+}

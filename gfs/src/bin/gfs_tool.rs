@@ -1,0 +1,62 @@
+//! `gfs_tool`: look at a gfs filesystem (superblock, journals, free space).
+
+use clap::{Parser, Subcommand};
+use gfs::tool::{df_report, jindex_report, sb_report};
+use std::process::ExitCode;
+
+const AFTER_HELP: &str = "\
+DESCRIPTION
+    gfs_tool reads a gfs filesystem's metadata and prints it. TARGET is the device (a
+    file, a block device or gnbd://SERVER[:PORT]/NAME) or the mount point of a mounted
+    gfs filesystem (its device is found in /proc/self/mounts). On a mounted filesystem
+    the figures are those of the last journal checkpoint.
+
+EXAMPLES
+    gfs_tool sb /srv/gfs.img
+    gfs_tool jindex gnbd://storage1/shared
+    gfs_tool df /mnt/gfs
+
+FILES
+    /proc/self/mounts   to find the device of a mount point
+
+EXIT STATUS
+    0  success
+    1  the target could not be read or holds no valid gfs filesystem
+";
+
+/// Inspect a gfs filesystem.
+#[derive(Debug, Parser)]
+#[command(name = "gfs_tool", version, after_help = AFTER_HELP)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Print the superblock.
+    Sb { target: String },
+    /// Print the journal index: each journal's place, size, sequence and whether it is dirty.
+    Jindex { target: String },
+    /// Print space and inode usage (from the statfs blocks; cheap).
+    Df { target: String },
+}
+
+fn main() -> ExitCode {
+    let a = Args::parse();
+    let (target, r) = match &a.cmd {
+        Cmd::Sb { target } => (target, sb_report(target)),
+        Cmd::Jindex { target } => (target, jindex_report(target)),
+        Cmd::Df { target } => (target, df_report(target)),
+    };
+    match r {
+        Ok(s) => {
+            print!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gfs_tool: {target}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

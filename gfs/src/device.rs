@@ -1,0 +1,200 @@
+//! Block devices: a file or block device (pread/pwrite/fdatasync), or a gnbd export reached
+//! through `gnbd_client` (`gnbd://SERVER[:PORT]/NAME`), and a fault-injecting wrapper for
+//! crash tests.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Why device I/O failed.
+#[derive(Debug, Error)]
+pub enum DeviceError {
+    #[error("cannot open {spec}: {source}")]
+    Open { spec: String, source: std::io::Error },
+    #[error("cannot connect to {spec}: {reason}")]
+    Connect { spec: String, reason: String },
+    #[error("bad device name {spec:?}: {reason}")]
+    BadSpec { spec: String, reason: &'static str },
+    #[error("I/O error at byte {offset}: {source}")]
+    Io { offset: u64, source: std::io::Error },
+    #[error("gnbd request at byte {offset} failed: {reason}")]
+    Remote { offset: u64, reason: String },
+    #[error("access at byte {offset} length {len} is past the end of the device ({size} bytes)")]
+    OutOfRange { offset: u64, len: usize, size: u64 },
+}
+
+/// A device the filesystem lives on.
+pub trait Device: Send + Sync + std::fmt::Debug {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError>;
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DeviceError>;
+    /// Makes every completed write stable.
+    fn sync(&self) -> Result<(), DeviceError>;
+}
+
+fn check_range(offset: u64, len: usize, size: u64) -> Result<(), DeviceError> {
+    if offset.checked_add(len as u64).is_none_or(|end| end > size) {
+        return Err(DeviceError::OutOfRange { offset, len, size });
+    }
+    Ok(())
+}
+
+/// A regular file or a block device.
+#[derive(Debug)]
+pub struct FileDevice {
+    file: File,
+    size: u64,
+}
+
+impl FileDevice {
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, DeviceError> {
+        let path = path.into();
+        let spec = path.display().to_string();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|source| DeviceError::Open { spec: spec.clone(), source })?;
+        // Works for regular files and block devices alike.
+        let size = {
+            use std::io::{Seek, SeekFrom};
+            let mut f = &file;
+            f.seek(SeekFrom::End(0)).map_err(|source| DeviceError::Open { spec, source })?
+        };
+        Ok(FileDevice { file, size })
+    }
+}
+
+impl Device for FileDevice {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError> {
+        check_range(offset, buf.len(), self.size)?;
+        self.file.read_exact_at(buf, offset).map_err(|source| DeviceError::Io { offset, source })
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DeviceError> {
+        check_range(offset, buf.len(), self.size)?;
+        self.file.write_all_at(buf, offset).map_err(|source| DeviceError::Io { offset, source })
+    }
+    fn sync(&self) -> Result<(), DeviceError> {
+        self.file.sync_data().map_err(|source| DeviceError::Io { offset: 0, source })
+    }
+}
+
+/// A gnbd (NBD) export used directly through the client library.
+#[derive(Debug)]
+pub struct GnbdDevice {
+    rt: tokio::runtime::Runtime,
+    client: gnbd_client::Client,
+}
+
+impl GnbdDevice {
+    /// Connects to `gnbd://SERVER[:PORT]/NAME` (port 10809 if not given).
+    pub fn connect(spec: &str) -> Result<Self, DeviceError> {
+        let rest = spec
+            .strip_prefix("gnbd://")
+            .ok_or(DeviceError::BadSpec { spec: spec.into(), reason: "expected gnbd://SERVER[:PORT]/NAME" })?;
+        let (host, name) = rest
+            .split_once('/')
+            .ok_or(DeviceError::BadSpec { spec: spec.into(), reason: "missing /NAME after the server" })?;
+        if host.is_empty() || name.is_empty() {
+            return Err(DeviceError::BadSpec { spec: spec.into(), reason: "empty server or export name" });
+        }
+        let addr = if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !host.ends_with(']') {
+            host.to_string()
+        } else {
+            format!("{host}:10809")
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|source| DeviceError::Open { spec: spec.into(), source })?;
+        let opts = gnbd_client::ClientOptions::new(addr, name);
+        let client = rt
+            .block_on(gnbd_client::Client::connect(opts))
+            .map_err(|e| DeviceError::Connect { spec: spec.into(), reason: e.to_string() })?;
+        Ok(GnbdDevice { rt, client })
+    }
+}
+
+impl Device for GnbdDevice {
+    fn size(&self) -> u64 {
+        self.client.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError> {
+        check_range(offset, buf.len(), self.size())?;
+        self.rt
+            .block_on(self.client.read_into(offset, buf))
+            .map_err(|e| DeviceError::Remote { offset, reason: e.to_string() })
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DeviceError> {
+        check_range(offset, buf.len(), self.size())?;
+        self.rt
+            .block_on(self.client.write(offset, buf, false))
+            .map_err(|e| DeviceError::Remote { offset, reason: e.to_string() })
+    }
+    fn sync(&self) -> Result<(), DeviceError> {
+        self.rt.block_on(self.client.flush()).map_err(|e| DeviceError::Remote { offset: 0, reason: e.to_string() })
+    }
+}
+
+/// Opens a device by name: `gnbd://...` through the client library, anything else as a path.
+pub fn open_device(spec: &str) -> Result<Arc<dyn Device>, DeviceError> {
+    if spec.starts_with("gnbd://") {
+        Ok(Arc::new(GnbdDevice::connect(spec)?))
+    } else {
+        Ok(Arc::new(FileDevice::open(spec)?))
+    }
+}
+
+/// Fault injection for crash tests: passes the first `limit` writes through and silently
+/// drops every later one (as if power was cut after the Nth write reached the disk).
+#[derive(Debug)]
+pub struct CutoffDevice {
+    inner: Arc<dyn Device>,
+    limit: u64,
+    writes: AtomicU64,
+}
+
+impl CutoffDevice {
+    pub fn new(inner: Arc<dyn Device>, limit: u64) -> Self {
+        CutoffDevice { inner, limit, writes: AtomicU64::new(0) }
+    }
+    /// Writes seen so far (passed and dropped).
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+    /// Whether writes are being dropped.
+    pub fn cut(&self) -> bool {
+        self.writes() > self.limit
+    }
+}
+
+impl Device for CutoffDevice {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DeviceError> {
+        let n = self.writes.fetch_add(1, Ordering::Relaxed);
+        if n < self.limit {
+            self.inner.write_at(buf, offset)
+        } else {
+            Ok(())
+        }
+    }
+    fn sync(&self) -> Result<(), DeviceError> {
+        if self.cut() {
+            return Ok(());
+        }
+        self.inner.sync()
+    }
+}

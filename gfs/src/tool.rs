@@ -1,0 +1,111 @@
+//! `gfs_tool`: superblock, journal index and free space of a device or a mounted filesystem.
+
+use crate::device::open_device;
+use crate::format::*;
+use crate::mkfs::{df, read_block, read_superblock, uuid_string, MkfsError};
+use std::fmt::Write;
+use std::path::Path;
+
+/// The device behind `target`: `target` itself, or the source of the gfs mount at `target`.
+pub fn resolve_device(target: &str) -> String {
+    if Path::new(target).is_dir() {
+        let canon = std::fs::canonicalize(target).map(|p| p.display().to_string()).unwrap_or(target.into());
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+            for line in mounts.lines().rev() {
+                let f: Vec<&str> = line.split(' ').collect();
+                if f.len() >= 3 && f[1] == canon && f[2] == "fuse.gfs" {
+                    return unescape_mount(f[0]);
+                }
+            }
+        }
+    }
+    target.to_string()
+}
+
+/// Undoes the octal escapes of /proc/self/mounts (`\040` for a space, ...).
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() + 1 && b.len() >= i + 4 {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `gfs_tool sb`.
+pub fn sb_report(target: &str) -> Result<String, MkfsError> {
+    let dev = open_device(&resolve_device(target))?;
+    let sb = read_superblock(&*dev)?;
+    let mut s = String::new();
+    let _ = writeln!(s, "  mh_magic = {GFS_MAGIC:#010x}");
+    let _ = writeln!(s, "  sb_fs_format = {GFS_FORMAT}");
+    let _ = writeln!(s, "  sb_bsize = {}", sb.block_size);
+    let _ = writeln!(s, "  sb_blocks = {}", sb.block_count);
+    let _ = writeln!(s, "  sb_uuid = {}", uuid_string(&sb.uuid));
+    let _ = writeln!(s, "  sb_lockproto = {}", sb.lockproto);
+    let _ = writeln!(s, "  sb_locktable = {}", sb.locktable);
+    let _ = writeln!(s, "  sb_root_dinode = {}", sb.root_dinode);
+    let _ = writeln!(s, "  sb_jindex = {}", sb.jindex_block);
+    let _ = writeln!(s, "  sb_statfs = {}", sb.master_statfs);
+    let _ = writeln!(s, "  sb_rg_start = {}", sb.rg_start);
+    let _ = writeln!(s, "  sb_rg_blocks = {}", sb.rg_blocks);
+    let _ = writeln!(s, "  sb_rg_count = {}", sb.rg_count);
+    let _ = writeln!(s, "  sb_journals = {}", sb.journal_count);
+    Ok(s)
+}
+
+/// `gfs_tool jindex`: one line per journal, with whether it holds transactions to replay.
+pub fn jindex_report(target: &str) -> Result<String, MkfsError> {
+    let dev = open_device(&resolve_device(target))?;
+    let sb = read_superblock(&*dev)?;
+    let ji = JIndex::decode(&read_block(&*dev, sb.jindex_block)?[..], sb.jindex_block)?;
+    let mut s = String::new();
+    for (i, j) in ji.journals.iter().enumerate() {
+        let h = JournalHeader::decode(&read_block(&*dev, j.start)?[..], j.start)?;
+        let first = read_block(&*dev, j.start + 1)?;
+        let dirty = matches!(LogDescriptor::decode(&first[..], j.start + 1), Ok(d) if d.sequence == h.sequence);
+        let _ = writeln!(
+            s,
+            "journal{i}: start {} blocks {} ({} MiB) statfs {} sequence {} {}",
+            j.start,
+            j.blocks,
+            (j.blocks as u64 * BLOCK_SIZE as u64) >> 20,
+            j.statfs_block,
+            h.sequence,
+            if dirty { "dirty" } else { "clean" }
+        );
+    }
+    Ok(s)
+}
+
+/// `gfs_tool df`.
+pub fn df_report(target: &str) -> Result<String, MkfsError> {
+    let spec = resolve_device(target);
+    let dev = open_device(&spec)?;
+    let sb = read_superblock(&*dev)?;
+    let d = df(&*dev, &sb)?;
+    let mut s = String::new();
+    let _ = writeln!(s, "{spec}:");
+    let _ = writeln!(s, "  SB lock proto = \"{}\"", sb.lockproto);
+    let _ = writeln!(s, "  SB lock table = \"{}\"", sb.locktable);
+    let _ = writeln!(s, "  SB uuid = {}", uuid_string(&sb.uuid));
+    let _ = writeln!(s, "  Block size = {}", sb.block_size);
+    let _ = writeln!(s, "  Journals = {}", sb.journal_count);
+    let _ = writeln!(s, "  Resource Groups = {}", sb.rg_count);
+    let _ = writeln!(s);
+    let _ = writeln!(s, "  Type           Total          Used           Free           use%");
+    let used = d.total.saturating_sub(d.free);
+    let pct = (used * 100).checked_div(d.total).unwrap_or(0);
+    let _ = writeln!(s, "  data           {:<14} {:<14} {:<14} {}%", d.total, used, d.free, pct);
+    let _ = writeln!(s, "  dinodes        {:<14} {:<14} {:<14}", d.dinodes, d.dinodes, "-");
+    Ok(s)
+}
