@@ -2,7 +2,8 @@
 //! servers, connection entries with active/inactive accounting, persistence templates,
 //! thresholds, statistics. Sans-IO: the data plane reports connection events with a `now`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::model::{Dest, DestId, Forward, Protocol, SchedFlags, SchedKind, ServiceKey, Stats};
@@ -309,6 +310,9 @@ pub struct Scheduled {
 pub struct Director {
     services: Vec<Service>,
     conns: HashMap<ConnId, Conn>,
+    /// Expiry queue of lingering entries and UDP sessions: `(expires, id)`, earliest
+    /// first. An entry whose expiry moved later is pushed again when it comes up.
+    expiry: BinaryHeap<Reverse<(Millis, ConnId)>>,
     templates: HashMap<(ServiceKey, IpAddr), Template>,
     /// Deleted servers that still have connections (the kernel's trash).
     trash: HashMap<DestId, Dest>,
@@ -677,6 +681,9 @@ impl Director {
             id,
             Conn { proto, client, vaddr, daddr, dest, service: key, state, expires_ms, template: template_key },
         );
+        if state == ConnState::Udp {
+            self.expiry.push(Reverse((expires_ms, id)));
+        }
         Ok(Scheduled { conn: id, daddr, dest })
     }
 
@@ -703,6 +710,7 @@ impl Director {
             ConnState::Established if linger > 0 => {
                 c.state = ConnState::TimeWait;
                 c.expires_ms = now_ms + linger;
+                self.expiry.push(Reverse((c.expires_ms, id)));
                 let (svc, dest) = (c.service, c.dest);
                 if let Some(d) = self.dest_mut(&svc, dest) {
                     d.active = d.active.saturating_sub(1);
@@ -755,14 +763,21 @@ impl Director {
     /// Expires lingering connections, UDP sessions, persistence templates (not while they
     /// still control connections) and locality entries; updates the rate estimators.
     pub fn tick(&mut self, now_ms: Millis) {
-        let expired: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| matches!(c.state, ConnState::TimeWait | ConnState::Udp) && c.expires_ms <= now_ms)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            self.remove_conn(id);
+        while let Some(Reverse((at, id))) = self.expiry.peek().copied() {
+            if at > now_ms {
+                break;
+            }
+            self.expiry.pop();
+            let Some(c) = self.conns.get(&id) else { continue };
+            if !matches!(c.state, ConnState::TimeWait | ConnState::Udp) {
+                continue;
+            }
+            if c.expires_ms > now_ms {
+                // Touched since (UDP traffic, or a later close): look again then.
+                self.expiry.push(Reverse((c.expires_ms, id)));
+            } else {
+                self.remove_conn(id);
+            }
         }
         let mut gone = Vec::new();
         self.templates.retain(|_, t| {
@@ -859,6 +874,24 @@ mod tests {
         d.closed(c2.conn, 0);
         assert_eq!(counts(&d, &key), vec![(0, 0), (0, 0)]);
         assert_eq!(d.service(&key).unwrap().stats.conns, 2);
+    }
+
+    #[test]
+    fn udp_sessions_expire_after_idle_time() {
+        let mut d = Director::new();
+        let key = ServiceKey::udp(sa("10.0.0.100:53"));
+        d.add_service(ServiceSpec::new(key)).unwrap();
+        d.add_dest(&key, DestSpec::new(sa("10.0.1.1:53"))).unwrap();
+        let c = d.connect(Protocol::Udp, sa("192.0.2.1:1000"), sa("10.0.0.100:53"), 0).unwrap();
+        assert_eq!(counts(&d, &key), vec![(0, 1)]);
+        d.touch(c.conn, 200_000);
+        d.tick(300_000);
+        assert_eq!(d.conns().count(), 1, "traffic at 200 s keeps the session until 500 s");
+        d.tick(499_999);
+        assert_eq!(d.conns().count(), 1);
+        d.tick(500_000);
+        assert_eq!(d.conns().count(), 0);
+        assert_eq!(counts(&d, &key), vec![(0, 0)]);
     }
 
     #[test]
