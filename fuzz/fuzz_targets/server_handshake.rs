@@ -1,7 +1,10 @@
-//! A hostile client against the server handshake, with the input split at arbitrary points.
+//! A hostile client against the server handshake, with the input split at arbitrary points,
+//! under each TLS policy (STARTTLS accepted, the "TLS" then starting at once).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use nbd_proto::{ExportCatalog, ExportInfo, Refusal, ServerConfig, ServerEntry, ServerHandshake, ServerStatus};
+use nbd_proto::{
+    ExportCatalog, ExportInfo, Refusal, ServerConfig, ServerEntry, ServerHandshake, ServerStatus, TlsPolicy,
+};
 
 struct One;
 impl ExportCatalog for One {
@@ -27,7 +30,12 @@ impl ExportCatalog for One {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, data)) = data.split_first() else { return };
-    let mut hs = ServerHandshake::new(ServerConfig { max_option_len: 512, ..Default::default() });
+    let tls = match split % 3 {
+        0 => TlsPolicy::Off,
+        1 => TlsPolicy::Selective,
+        _ => TlsPolicy::Required,
+    };
+    let mut hs = ServerHandshake::new(ServerConfig { max_option_len: 512, tls });
     let mut buf = Vec::new();
     for chunk in data.chunks(usize::from(split).max(1)) {
         buf.extend_from_slice(chunk);
@@ -35,6 +43,11 @@ fuzz_target!(|data: &[u8]| {
             Ok((used, ServerStatus::Continue)) => {
                 assert!(used <= buf.len());
                 buf.drain(..used);
+            }
+            Ok((used, ServerStatus::StartTls)) => {
+                assert!(tls != TlsPolicy::Off, "STARTTLS accepted with TLS off");
+                buf.drain(..used);
+                hs.tls_started();
             }
             _ => return,
         }
