@@ -46,18 +46,26 @@ pub struct TlsSettings {
 /// Why TLS could not be set up or a TLS session failed.
 #[derive(Debug, Error)]
 pub enum TlsError {
-    #[error("cannot read {what} {path}: {source}")]
-    Read { what: &'static str, path: PathBuf, source: io::Error },
+    // Fields named `error`, not `source`: the message already says it all (no repetition
+    // when printed with its chain).
+    #[error("cannot read {what} {path}: {error}")]
+    Read { what: &'static str, path: PathBuf, error: io::Error },
     #[error("{path} holds no {what} in PEM form (-----BEGIN ...)")]
     NoPem { what: &'static str, path: PathBuf },
     #[error("bad {what} in {path}: {why}")]
     Bad { what: &'static str, path: PathBuf, why: String },
     #[error("TLS setup failed: {0}")]
-    Config(#[from] rustls::Error),
+    Config(rustls::Error),
     #[error("cannot verify client certificates with this CA: {0}")]
     Verifier(String),
     #[error("TLS handshake failed: {0}")]
     Handshake(io::Error),
+}
+
+impl From<rustls::Error> for TlsError {
+    fn from(e: rustls::Error) -> Self {
+        TlsError::Config(e)
+    }
 }
 
 /// A loaded TLS configuration, shared by every handshake thread.
@@ -70,7 +78,7 @@ pub struct TlsServer {
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    fs::read(path).map_err(|source| TlsError::Read { what, path: path.to_path_buf(), source })
+    fs::read(path).map_err(|error| TlsError::Read { what, path: path.to_path_buf(), error })
 }
 
 /// Every certificate in a PEM file.
@@ -128,7 +136,14 @@ impl TlsServer {
         };
         let certs = load_certs("certificate", &s.cert)?;
         let key = load_key(&s.key)?;
-        let config = builder.with_single_cert(certs, key)?;
+        let config = builder.with_single_cert(certs, key).map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => TlsError::Bad {
+                what: "private key",
+                path: s.key.clone(),
+                why: format!("it does not belong to the certificate {}", s.cert.display()),
+            },
+            e => e.into(),
+        })?;
         Ok(TlsServer { policy: s.policy, client_auth: s.ca.is_some(), config: Arc::new(config) })
     }
 

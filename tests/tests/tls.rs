@@ -453,3 +453,41 @@ fn fence_orders_over_tls_are_authenticated_by_member_certificates() {
         c.close().await;
     });
 }
+
+#[test]
+fn misconfigured_tls_stops_the_server_with_a_clear_message() {
+    let pki = Pki::new();
+    let tmp = gnbd_tests::TempDir::new();
+    let node1 = pki.client("node1");
+    let nodes = tmp.path().join("nodes");
+    std::fs::write(&nodes, format!("node1 {NODE1}\n")).expect("node table");
+    let server_args = pki.server_args();
+    let (cert, key) = (&server_args[1], &server_args[3]);
+    let start = |args: &[&std::ffi::OsStr]| {
+        let out = run(Command::new(gnbd_tests::serv_bin())
+            .arg("--state-dir")
+            .arg(tmp.path().join("state"))
+            .args(["-p", "0", "--bind", "127.0.0.1", "--foreground"])
+            .args(args));
+        out.assert_code(1, "gnbd_serv with a bad TLS setup");
+        out.stderr_str()
+    };
+    let other_key = node1.join("client-key.pem");
+    let missing = tmp.path().join("missing.pem");
+    let e = start(&["--tls-cert".as_ref(), cert.as_ref(), "--tls-key".as_ref(), other_key.as_ref()]);
+    assert!(e.contains("does not belong to the certificate"), "{e}");
+    let e = start(&["--tls-cert".as_ref(), missing.as_ref(), "--tls-key".as_ref(), key.as_ref()]);
+    assert!(e.contains("cannot read certificate") && e.contains("missing.pem"), "{e}");
+    let e = start(&["--tls-cert".as_ref(), key.as_ref(), "--tls-key".as_ref(), key.as_ref()]);
+    assert!(e.contains("holds no certificate"), "{e}");
+    let e = start(&[
+        "--tls-cert".as_ref(),
+        cert.as_ref(),
+        "--tls-key".as_ref(),
+        key.as_ref(),
+        "--nodes".as_ref(),
+        nodes.as_ref(),
+        "--cluster".as_ref(),
+    ]);
+    assert!(e.contains("--cluster with TLS needs --tls-ca"), "{e}");
+}
