@@ -26,11 +26,13 @@
 
 pub mod device;
 pub mod format;
+pub mod fs;
 mod mkfs;
 pub mod tool;
 
 pub use device::{open_device, CutoffDevice, Device, DeviceError, FileDevice, GnbdDevice};
 pub use format::{LockProto, Superblock};
+pub use fs::{Attr, CheckReport, Fs, FsError, FsStat, SetAttr};
 pub use mkfs::{df, mkfs, read_block, read_superblock, uuid_string, DfInfo, MkfsError, MkfsOptions};
 
 /// The current time as an on-disk timestamp.

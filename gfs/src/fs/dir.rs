@@ -1,0 +1,232 @@
+//! Hashed directories: extendible hashing over leaves (see docs/format.md). The hash table is
+//! kept in the dinode (up to 256 slots); past that, a full leaf at the deepest level chains an
+//! overflow leaf.
+
+use super::*;
+
+/// One entry returned by [`Fs::readdir`]; `offset` resumes after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaddirEntry {
+    pub ino: u64,
+    pub dtype: u8,
+    pub name: Vec<u8>,
+    pub offset: u64,
+}
+
+/// Offsets 1 and 2 are `.` and `..`; entries use `3 + (hash << 20 | rank among equal hashes)`.
+const COOKIE_BASE: u64 = 3;
+
+impl Fs {
+    fn dir_table(&mut self, dir: u64) -> Result<(Dinode, Vec<u64>)> {
+        let d = self.dinode(dir)?;
+        if !d.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        match &d.content {
+            Content::DirHash(t) => {
+                let t = t.clone();
+                Ok((d, t))
+            }
+            _ => Err(FsError::Corrupt(FormatError::invalid(dir, "directory without an inline hash table"))),
+        }
+    }
+
+    pub(super) fn leaf(&mut self, blkno: u64) -> Result<DirLeaf> {
+        Ok(DirLeaf::decode(&self.read_meta(blkno)?[..], blkno)?)
+    }
+
+    fn slot(hash: u32, depth: u8) -> usize {
+        if depth == 0 {
+            0
+        } else {
+            (hash >> (32 - depth as u32)) as usize
+        }
+    }
+
+    /// Finds `name` in `dir`: (inode, leaf block holding it).
+    pub(super) fn lookup_entry(&mut self, dir: u64, name: &[u8]) -> Result<(u64, u64)> {
+        let (d, table) = self.dir_table(dir)?;
+        let hash = name_hash(name);
+        let mut blk = table[Self::slot(hash, d.dir_depth)];
+        loop {
+            let leaf = self.leaf(blk)?;
+            if let Some(e) = leaf.entries.iter().find(|e| e.hash == hash && e.name == name) {
+                return Ok((e.inum, blk));
+            }
+            if leaf.next == 0 {
+                return Err(FsError::NotFound);
+            }
+            blk = leaf.next;
+        }
+    }
+
+    /// Adds an entry (the name is known to be absent).
+    pub(super) fn dir_add(&mut self, dir: u64, name: &[u8], ino: u64, dtype: u8) -> Result<()> {
+        let hash = name_hash(name);
+        let entry = DirEntry { inum: ino, hash, dtype, name: name.to_vec() };
+        loop {
+            let (mut d, mut table) = self.dir_table(dir)?;
+            let slot = Self::slot(hash, d.dir_depth);
+            let first = table[slot];
+            // Walk the chain for room.
+            let mut blk = first;
+            loop {
+                let mut leaf = self.leaf(blk)?;
+                if leaf.used() + entry.space() <= DIR_LEAF_SPACE {
+                    let pos = leaf.entries.partition_point(|e| (e.hash, &e.name[..]) < (hash, name));
+                    leaf.entries.insert(pos, entry.clone());
+                    self.write_meta(blk, leaf.encode(blk));
+                    d.dir_entries += 1;
+                    self.put_dinode(dir, &d);
+                    return Ok(());
+                }
+                if leaf.next == 0 {
+                    break;
+                }
+                blk = leaf.next;
+            }
+            // Full: split the first leaf if it can, else chain an overflow leaf.
+            let leaf = self.leaf(first)?;
+            if (leaf.depth as u8) < d.dir_depth || d.dir_depth < INLINE_DIR_DEPTH {
+                if leaf.depth as u8 == d.dir_depth {
+                    table = table.iter().flat_map(|&p| [p, p]).collect();
+                    d.dir_depth += 1;
+                }
+                self.split_leaf(dir, &mut d, &mut table, first)?;
+                d.content = Content::DirHash(table);
+                self.put_dinode(dir, &d);
+                continue;
+            }
+            let mut last = self.leaf(blk)?;
+            let new = self.alloc(BlockState::Meta, Some(blk + 1))?;
+            let nl = DirLeaf { owner: dir, depth: last.depth, prefix: last.prefix, next: 0, entries: vec![entry] };
+            self.write_meta(new, nl.encode(new));
+            last.next = new;
+            self.write_meta(blk, last.encode(blk));
+            d.blocks += 1;
+            d.dir_entries += 1;
+            self.put_dinode(dir, &d);
+            return Ok(());
+        }
+    }
+
+    /// Splits leaf `blk` (with its overflow chain) on its next hash bit.
+    fn split_leaf(&mut self, dir: u64, d: &mut Dinode, table: &mut [u64], blk: u64) -> Result<()> {
+        let mut leaf = self.leaf(blk)?;
+        // Gather the chain; its overflow leaves are freed and their entries redistributed.
+        let mut entries = std::mem::take(&mut leaf.entries);
+        let mut next = leaf.next;
+        while next != 0 {
+            let l = self.leaf(next)?;
+            entries.extend(l.entries);
+            self.free_block(next)?;
+            d.blocks -= 1;
+            next = l.next;
+        }
+        let depth = leaf.depth as u32;
+        let bit = 1u32 << (31 - depth);
+        let new = self.alloc(BlockState::Meta, Some(blk + 1))?;
+        d.blocks += 1;
+        let (hi, lo): (Vec<DirEntry>, Vec<DirEntry>) = entries.into_iter().partition(|e| e.hash & bit != 0);
+        let left = DirLeaf { owner: dir, depth: depth as u16 + 1, prefix: leaf.prefix, next: 0, entries: lo };
+        let right = DirLeaf { owner: dir, depth: depth as u16 + 1, prefix: leaf.prefix | bit, next: 0, entries: hi };
+        // Slots of the old leaf: 2^(global - local) consecutive slots from its prefix.
+        let g = d.dir_depth as u32;
+        let start = if g == 0 { 0 } else { (leaf.prefix >> (32 - g)) as usize };
+        let span = 1usize << (g - depth);
+        for (i, s) in table.iter_mut().enumerate().skip(start).take(span) {
+            *s = if i - start >= span / 2 { new } else { blk };
+        }
+        // A split that leaves one side over-full is fine: the retry splits again or chains.
+        let left = self.fit_or_chain(dir, d, blk, left)?;
+        self.write_meta(blk, left.encode(blk));
+        let right = self.fit_or_chain(dir, d, new, right)?;
+        self.write_meta(new, right.encode(new));
+        Ok(())
+    }
+
+    /// Moves entries that do not fit in `leaf` into overflow leaves chained after it.
+    fn fit_or_chain(&mut self, dir: u64, d: &mut Dinode, at: u64, mut leaf: DirLeaf) -> Result<DirLeaf> {
+        if leaf.used() <= DIR_LEAF_SPACE {
+            return Ok(leaf);
+        }
+        let mut rest = Vec::new();
+        while leaf.used() > DIR_LEAF_SPACE {
+            rest.push(leaf.entries.pop().expect("over-full leaf has entries"));
+        }
+        rest.reverse();
+        let new = self.alloc(BlockState::Meta, Some(at + 1))?;
+        d.blocks += 1;
+        let over = DirLeaf { owner: dir, depth: leaf.depth, prefix: leaf.prefix, next: 0, entries: rest };
+        let over = self.fit_or_chain(dir, d, new, over)?;
+        self.write_meta(new, over.encode(new));
+        leaf.next = new;
+        Ok(leaf)
+    }
+
+    pub(super) fn dir_remove(&mut self, dir: u64, name: &[u8]) -> Result<()> {
+        let (_, blk) = self.lookup_entry(dir, name)?;
+        let mut leaf = self.leaf(blk)?;
+        leaf.entries.retain(|e| e.name != name);
+        self.write_meta(blk, leaf.encode(blk));
+        let mut d = self.dinode(dir)?;
+        d.dir_entries = d.dir_entries.saturating_sub(1);
+        self.put_dinode(dir, &d);
+        Ok(())
+    }
+
+    /// Frees a directory's leaves (it is empty).
+    pub(super) fn dir_free_blocks(&mut self, dir: u64, d: &Dinode) -> Result<()> {
+        let Content::DirHash(table) = &d.content else {
+            return Ok(());
+        };
+        let mut seen = HashSet::new();
+        for &p in table {
+            let mut blk = p;
+            while blk != 0 && seen.insert(blk) {
+                let next = self.leaf(blk)?.next;
+                self.free_block(blk)?;
+                blk = next;
+            }
+        }
+        let _ = dir;
+        Ok(())
+    }
+
+    /// Entries after `offset`, in hash order, at most `max`. Stable across concurrent
+    /// inserts and removals (offsets are hash-based cookies).
+    pub fn readdir(&mut self, dir: u64, offset: u64, max: usize) -> Result<Vec<ReaddirEntry>> {
+        let (d, table) = self.dir_table(dir)?;
+        let after = offset.checked_sub(COOKIE_BASE);
+        let start_slot = after.map_or(0, |a| Self::slot((a >> 20) as u32, d.dir_depth));
+        let mut out = Vec::new();
+        let mut prev = 0;
+        for &p in &table[start_slot..] {
+            if p == prev {
+                continue;
+            }
+            prev = p;
+            let mut entries = Vec::new();
+            let mut blk = p;
+            while blk != 0 {
+                let l = self.leaf(blk)?;
+                entries.extend(l.entries);
+                blk = l.next;
+            }
+            entries.sort_by(|a, b| (a.hash, &a.name).cmp(&(b.hash, &b.name)));
+            let mut rank = 0u64;
+            for (i, e) in entries.iter().enumerate() {
+                rank = if i > 0 && entries[i - 1].hash == e.hash { rank + 1 } else { 0 };
+                let cookie = COOKIE_BASE + ((e.hash as u64) << 20 | rank.min((1 << 20) - 1));
+                if after.is_some_and(|a| cookie <= a + COOKIE_BASE) {
+                    continue;
+                }
+                out.push(ReaddirEntry { ino: e.inum, dtype: e.dtype, name: e.name.clone(), offset: cookie });
+                if out.len() >= max {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,151 @@
+//! The write-ahead journal: commit, checkpoint, replay (format in docs/format.md).
+
+use super::*;
+
+impl Fs {
+    fn jblock(&self, pos: u64) -> u64 {
+        self.journal.start + pos
+    }
+
+    /// Writes the running transaction to the journal and flushes: after this returns, every
+    /// change made so far survives a crash.
+    pub fn commit(&mut self) -> Result<()> {
+        self.statfs_change_block()?;
+        if self.dirty.is_empty() {
+            if self.data_unsynced {
+                self.dev.sync()?;
+                self.data_unsynced = false;
+            }
+            return Ok(());
+        }
+        let homes: Vec<u64> = self.dirty.iter().copied().collect();
+        let ndesc = homes.len().div_ceil(LOG_DESCRIPTOR_MAX) as u64;
+        let need = ndesc + homes.len() as u64 + 1;
+        if need >= self.journal.blocks as u64 {
+            return Err(FsError::Journal(format!(
+                "transaction of {need} blocks does not fit the {}-block journal",
+                self.journal.blocks
+            )));
+        }
+        if self.jhead + need > self.journal.blocks as u64 {
+            self.checkpoint()?;
+        }
+        // Data first: blocks a transaction makes reachable must hold their data.
+        if self.data_unsynced {
+            self.dev.sync()?;
+            self.data_unsynced = false;
+        }
+        let seq = self.jseq;
+        let mut buf: Vec<u8> = Vec::with_capacity(need as usize * BLOCK_SIZE);
+        let mut pos = self.jhead;
+        for (i, chunk) in homes.chunks(LOG_DESCRIPTOR_MAX).enumerate() {
+            let desc = LogDescriptor { sequence: seq, more: (i as u64) + 1 < ndesc, homes: chunk.to_vec() };
+            buf.extend_from_slice(&desc.encode(self.jblock(pos))[..]);
+            pos += 1;
+            for h in chunk {
+                buf.extend_from_slice(&self.cache.get(h).expect("dirty blocks are cached")[..]);
+                pos += 1;
+            }
+        }
+        let crc = crc32c::crc32c(&buf);
+        let commit = LogCommit { sequence: seq, blocks: (need - 1) as u32, crc };
+        buf.extend_from_slice(&commit.encode(self.jblock(pos))[..]);
+        self.dev.write_at(&buf, self.jblock(self.jhead) * bs())?;
+        self.dev.sync()?;
+        for h in homes {
+            let img = self.cache.get(&h).expect("dirty blocks are cached").clone();
+            self.committed.insert(h, img);
+        }
+        self.dirty.clear();
+        self.jhead += need;
+        self.jseq += 1;
+        Ok(())
+    }
+
+    /// Writes every committed block home, flushes, and empties the journal.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        if self.committed.is_empty() && self.jtail_seq == self.jseq {
+            self.pinned.clear();
+            return Ok(());
+        }
+        for (h, img) in &self.committed {
+            self.dev.write_at(&img[..], h * bs())?;
+        }
+        self.dev.sync()?;
+        let start = self.journal.start;
+        self.dev.write_at(&JournalHeader { slot: self.slot, sequence: self.jseq }.encode(start)[..], start * bs())?;
+        self.dev.sync()?;
+        self.committed.clear();
+        self.pinned.clear();
+        self.jtail_seq = self.jseq;
+        self.jhead = 1;
+        Ok(())
+    }
+
+    /// Replays committed transactions; returns how many.
+    pub(super) fn replay(&mut self) -> Result<u64> {
+        let start = self.journal.start;
+        let jblocks = self.journal.blocks as u64;
+        let mut raw = Box::new([0u8; BLOCK_SIZE]);
+        self.dev.read_at(&mut raw[..], start * bs())?;
+        let header = JournalHeader::decode(&raw[..], start)?;
+        let mut seq = header.sequence;
+        let mut pos = 1u64;
+        let mut count = 0u64;
+        'tx: loop {
+            let mut copies: Vec<(u64, Box<Block>)> = Vec::new();
+            let mut crc = 0u32;
+            let mut p = pos;
+            let mut first = true;
+            loop {
+                if p >= jblocks {
+                    break 'tx;
+                }
+                let mut b = Box::new([0u8; BLOCK_SIZE]);
+                self.dev.read_at(&mut b[..], (start + p) * bs())?;
+                let Ok(desc) = LogDescriptor::decode(&b[..], start + p) else { break 'tx };
+                if desc.sequence != seq || p + desc.homes.len() as u64 + 1 >= jblocks {
+                    break 'tx;
+                }
+                crc = if first { crc32c::crc32c(&b[..]) } else { crc32c::crc32c_append(crc, &b[..]) };
+                first = false;
+                p += 1;
+                for &home in &desc.homes {
+                    let mut c = Box::new([0u8; BLOCK_SIZE]);
+                    self.dev.read_at(&mut c[..], (start + p) * bs())?;
+                    crc = crc32c::crc32c_append(crc, &c[..]);
+                    if Header::verify_any(&c[..], home).is_err() || home >= self.sb.block_count {
+                        break 'tx;
+                    }
+                    copies.push((home, c));
+                    p += 1;
+                }
+                if !desc.more {
+                    break;
+                }
+            }
+            let mut b = Box::new([0u8; BLOCK_SIZE]);
+            self.dev.read_at(&mut b[..], (start + p) * bs())?;
+            match LogCommit::decode(&b[..], start + p) {
+                Ok(c) if c.sequence == seq && c.blocks as u64 == p - pos && c.crc == crc => {}
+                _ => break 'tx,
+            }
+            for (home, c) in &copies {
+                self.dev.write_at(&c[..], home * bs())?;
+            }
+            tracing::info!(sequence = seq, blocks = copies.len(), "replayed transaction");
+            count += 1;
+            seq += 1;
+            pos = p + 1;
+        }
+        if count > 0 {
+            self.dev.sync()?;
+            self.dev.write_at(&JournalHeader { slot: self.slot, sequence: seq }.encode(start)[..], start * bs())?;
+            self.dev.sync()?;
+        }
+        self.jseq = seq;
+        self.jtail_seq = seq;
+        self.jhead = 1;
+        Ok(count)
+    }
+}
