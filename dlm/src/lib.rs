@@ -1,4 +1,30 @@
-//! dlm: the distributed lock manager.
+//! dlm: the distributed lock manager — lock engine, node-to-node protocol, per-node daemon
+//! and client library.
+//!
+//! - [`Resource`]: the lock step. One resource's grant, convert and wait queues, the six
+//!   modes and their compatibility, NOQUEUE, QUECVT, CONVDEADLK, EXPEDITE, ALTPR/ALTCW,
+//!   value blocks, completion and blocking callbacks ([`Effect`]). Pure, no I/O.
+//! - [`Node`]: one node's lock manager, sans-IO: lockspaces, the directory (a name's
+//!   directory node is picked by hashing over the members), mastering (first user becomes
+//!   master), local locks with PERSISTENT/ORPHAN, and recovery driven by [`MemberEvent`]s
+//!   (members changed, node fenced, quorum). It returns [`Output`]s: [`Message`]s to send,
+//!   [`Ast`]s to deliver. [`Node::single`] is the no-cluster mode (`lock_nolock`).
+//! - [`encode`]/[`decode`]: the node-to-node wire codec (`docs/wire.md`);
+//!   [`encode_request`]/[`decode_request`] and friends: the local client protocol
+//!   (`docs/client-protocol.md`).
+//! - [`run_daemon`]: `dlm_controld` — the node on a Unix socket for programs and TCP for
+//!   peers; [`DlmClient`]: the async client library; [`tool`]: `dlm_tool`.
+//!
+//! ```
+//! use dlm::{Ast, Flags, Mode, Node, Output, Status};
+//! let mut node = Node::single();
+//! let ls = node.join(b"demo", 32).unwrap();
+//! let a = node.lock(ls, 1, b"res", Mode::Ex, Flags::empty(), None).unwrap();
+//! let b = node.lock(ls, 2, b"res", Mode::Pr, Flags::NOQUEUE, None).unwrap();
+//! let out = node.take_output();
+//! assert!(matches!(&out[0], Output::Ast(Ast::Completion { lkid, status: Status::Granted, .. }) if *lkid == a));
+//! assert!(matches!(&out[1], Output::Ast(Ast::Completion { lkid, status: Status::WouldBlock, .. }) if *lkid == b));
+//! ```
 #![forbid(unsafe_code)]
 
 mod client;
