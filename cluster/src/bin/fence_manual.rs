@@ -21,6 +21,7 @@ EXAMPLES
 
 FILES
     /run/cluster/fence_manual/NODE.ack   written by fenced when the operator acknowledges
+                                         (one left from before this fence started is ignored)
 
 EXIT STATUS
     0   acknowledged (or: status/monitor/metadata answered)
@@ -67,6 +68,9 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     let ack = Path::new(MANUAL_DIR).join(format!("{node}.ack"));
+    // An acknowledgement given before this fence started is for an earlier one: only an
+    // operator who saw this request may confirm it.
+    let _ = std::fs::remove_file(&ack);
     eprintln!("fence_manual: turn {node} off by hand, then run: fence_ack_manual {node}");
     loop {
         if std::fs::remove_file(&ack).is_ok() {
