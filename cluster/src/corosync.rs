@@ -161,3 +161,23 @@ pub fn render_status(conf: &ClusterConf, s: &Status) -> String {
         if s.two_node { "Yes" } else { "No" },
     )
 }
+
+/// Renders the membership part of `clustat`.
+pub fn render_clustat(conf: &ClusterConf, s: &Status) -> String {
+    let mut o = format!(
+        "Cluster Status for {} (config_version {})\nMember Status: {}\n\n",
+        conf.name,
+        conf.config_version,
+        if s.quorate { "Quorate" } else { "Inquorate" }
+    );
+    o.push_str(&format!(" {:<24} {:>6} {}\n", "Member Name", "ID", "Status"));
+    o.push_str(&format!(" {:<24} {:>6} {}\n", "------ ----", "----", "------"));
+    for n in &s.nodes {
+        let mut status = if n.member { "Online".to_owned() } else { "Offline".to_owned() };
+        if n.nodeid == s.local_nodeid {
+            status.push_str(", Local");
+        }
+        o.push_str(&format!(" {:<24} {:>6} {status}\n", n.name, n.nodeid));
+    }
+    o
+}

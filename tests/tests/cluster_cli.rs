@@ -7,7 +7,8 @@ use std::process::Command;
 use gnbd_tests::bin_dir;
 use gnbd_tests::corosync::Nodes;
 
-const TOOLS: [&str; 6] = ["cman_tool", "fenced", "fence_node", "fence_tool", "fence_ack_manual", "fence_manual"];
+const TOOLS: [&str; 7] =
+    ["cman_tool", "clustat", "fenced", "fence_node", "fence_tool", "fence_ack_manual", "fence_manual"];
 
 #[test]
 fn help_reads_like_a_man_page() {
@@ -29,6 +30,7 @@ fn tools_fail_cleanly_without_a_cluster() {
     for (tool, args, msg) in [
         ("cman_tool", &["status"][..], "cannot connect to corosync"),
         ("cman_tool", &["nodes"][..], "cannot connect to corosync"),
+        ("clustat", &[][..], "cannot connect to corosync"),
         ("cman_tool", &["version", "-r"][..], "cannot reach fenced"),
         ("fence_tool", &["ls"][..], "cannot reach fenced"),
         ("fence_node", &["node1"][..], "cannot reach fenced"),

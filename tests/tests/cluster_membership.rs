@@ -43,6 +43,12 @@ fn three_nodes_form_lose_one_and_recompute_quorum() {
     assert_eq!(field(&s, "Total votes"), "1");
     let n = nodes.must(0, "cman_tool", &["nodes"]);
     assert!(n.contains("3      X"), "{n}");
+    let c = nodes.must(1, "clustat", &[]);
+    assert!(c.contains("Member Status: Quorate"), "{c}");
+    assert!(c.contains(" node2                         2 Online, Local\n"), "{c}");
+    assert!(c.contains(" node3                         3 Offline\n"), "{c}");
+    let c = nodes.must(2, "clustat", &[]);
+    assert!(c.contains("Member Status: Inquorate"), "{c}");
 
     // Heal: node3 rejoins and everyone is quorate again.
     nodes.heal(2);
