@@ -66,6 +66,56 @@ pub struct DaemonOptions {
     pub expire_quiescent_template: bool,
     /// Data-plane worker threads (0: one per CPU).
     pub threads: usize,
+    /// Program the nftables fast path for the services it can express.
+    pub nft: bool,
+}
+
+/// Keeps the nftables table in step with the director's table.
+#[derive(Debug)]
+struct NftSync {
+    enabled: bool,
+    applied: Option<u64>,
+}
+
+impl NftSync {
+    async fn sync(&mut self, shared: &Shared) {
+        if !self.enabled {
+            return;
+        }
+        let (version, script, fast) = {
+            let d = shared.lock();
+            (d.version(), crate::nft::ruleset(&d), crate::nft::fast_services(&d))
+        };
+        if self.applied == Some(version) {
+            return;
+        }
+        match nft_apply(&script).await {
+            Ok(()) => {
+                self.applied = Some(version);
+                info!(services = ?fast.iter().map(|k| k.to_string()).collect::<Vec<_>>(), "nftables fast path updated");
+            }
+            Err(e) => warn!(error = %e, "cannot program nftables; those services stay on the proxy"),
+        }
+    }
+}
+
+async fn nft_apply(script: &str) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).await?;
+    }
+    let out = child.wait_with_output().await?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("nft -f: {}", String::from_utf8_lossy(&out.stderr).trim())))
+    }
 }
 
 /// Data-plane worker threads, each running its own single-threaded runtime: every TCP
@@ -205,6 +255,8 @@ pub async fn run(
     let workers =
         Workers::start(threads).map_err(|source| DaemonError::Socket { path: opts.socket.clone(), source })?;
     let listeners = Arc::new(tokio::sync::Mutex::new(Listeners { tasks: HashMap::new(), workers }));
+    let nft = Arc::new(tokio::sync::Mutex::new(NftSync { enabled: opts.nft, applied: None }));
+    nft.lock().await.sync(&shared).await;
     {
         let errors = listeners.lock().await.reconcile(&shared);
         if let Some(e) = errors.into_iter().next() {
@@ -216,7 +268,7 @@ pub async fn run(
         background.extend(crate::nanny::spawn_all(shared.clone(), cfg));
     }
     {
-        let (shared, listeners) = (shared.clone(), listeners.clone());
+        let (shared, listeners, nft) = (shared.clone(), listeners.clone(), nft.clone());
         background.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -227,16 +279,18 @@ pub async fn run(
                 for e in listeners.lock().await.reconcile(&shared) {
                     warn!(error = %e, "listener");
                 }
+                // Health checks change the table too.
+                nft.lock().await.sync(&shared).await;
             }
         }));
     }
     {
-        let (shared, listeners) = (shared.clone(), listeners.clone());
+        let (shared, listeners, nft) = (shared.clone(), listeners.clone(), nft.clone());
         background.push(tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = admin_listener.accept().await else { continue };
-                let (shared, listeners) = (shared.clone(), listeners.clone());
-                tokio::spawn(async move { admin_conn(shared, listeners, stream).await });
+                let (shared, listeners, nft) = (shared.clone(), listeners.clone(), nft.clone());
+                tokio::spawn(async move { admin_conn(shared, listeners, nft, stream).await });
             }
         }));
     }
@@ -253,6 +307,11 @@ pub async fn run(
     }
     let workers = std::mem::replace(&mut l.workers, Workers { handles: Vec::new(), stops: Vec::new() });
     workers.stop();
+    if opts.nft {
+        if let Err(e) = nft_apply(&crate::nft::teardown()).await {
+            warn!(error = %e, "cannot remove the nftables table");
+        }
+    }
     let _ = std::fs::remove_file(&opts.socket);
     Ok(())
 }
@@ -267,6 +326,7 @@ struct Request {
 async fn admin_conn(
     shared: Arc<Shared>,
     listeners: Arc<tokio::sync::Mutex<Listeners>>,
+    nft: Arc<tokio::sync::Mutex<NftSync>>,
     stream: tokio::net::UnixStream,
 ) {
     let (r, mut w) = stream.into_split();
@@ -287,6 +347,7 @@ async fn admin_conn(
                     for e in listeners.lock().await.reconcile(&shared) {
                         out.stderr.push_str(&format!("lvsadm: warning: {e}\n"));
                     }
+                    nft.lock().await.sync(&shared).await;
                 }
                 out
             }

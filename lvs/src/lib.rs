@@ -33,6 +33,7 @@ mod config;
 pub mod daemon;
 mod model;
 pub mod nanny;
+pub mod nft;
 pub mod proxy;
 pub mod pulse;
 mod sched;

@@ -319,6 +319,8 @@ pub struct Director {
     /// `(proto, addr:port) → fwmark`: what the mangle table would mark.
     marks: BTreeMap<(Protocol, SocketAddr), u32>,
     next_id: u64,
+    /// Bumped by every change of services or real servers (the nftables path re-syncs).
+    version: u64,
     /// Timeouts.
     pub timeouts: Timeouts,
     /// The kernel's `expire_quiescent_template` sysctl: a template pointing at a server of
@@ -367,6 +369,11 @@ impl Director {
         self.next_id
     }
 
+    /// Changes so far to services and real servers.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     /// The services, in the order they were added.
     pub fn services(&self) -> &[Service] {
         &self.services
@@ -393,6 +400,7 @@ impl Director {
 
     /// `-A`.
     pub fn add_service(&mut self, spec: ServiceSpec) -> Result<(), TableError> {
+        self.version += 1;
         if self.service(&spec.key).is_some() {
             return Err(TableError::ServiceExists { key: spec.key });
         }
@@ -409,6 +417,7 @@ impl Director {
 
     /// `-E`: changes scheduler, flags, persistence; servers and connections stay.
     pub fn edit_service(&mut self, spec: ServiceSpec) -> Result<(), TableError> {
+        self.version += 1;
         let svc = self.service_mut(&spec.key)?;
         if svc.sched.kind() != spec.sched || svc.sched.flags() != spec.flags {
             svc.sched = Scheduler::new(spec.sched, spec.flags, &svc.dests);
@@ -419,6 +428,7 @@ impl Director {
 
     /// `-D`: the service goes; its connections continue to their servers.
     pub fn delete_service(&mut self, key: &ServiceKey) -> Result<(), TableError> {
+        self.version += 1;
         let pos = self.services.iter().position(|s| s.spec.key == *key).ok_or(TableError::NoService { key: *key })?;
         let svc = self.services.remove(pos);
         for mut d in svc.dests {
@@ -446,6 +456,7 @@ impl Director {
 
     /// `-a`. A server deleted earlier that still has connections comes back with them.
     pub fn add_dest(&mut self, key: &ServiceKey, spec: DestSpec) -> Result<(), TableError> {
+        self.version += 1;
         check_dest_spec(&spec)?;
         let svc = self.service(key).ok_or(TableError::NoService { key: *key })?;
         if svc.dests.iter().any(|d| d.addr == spec.addr) {
@@ -479,6 +490,7 @@ impl Director {
 
     /// `-e`: weight, thresholds, method. Connections stay.
     pub fn edit_dest(&mut self, key: &ServiceKey, spec: DestSpec) -> Result<(), TableError> {
+        self.version += 1;
         check_dest_spec(&spec)?;
         let svc = self.service_mut(key)?;
         let d = svc
@@ -512,6 +524,7 @@ impl Director {
     /// `-d`: no new connections; established ones continue (the server waits in the trash
     /// until its last connection is gone).
     pub fn delete_dest(&mut self, key: &ServiceKey, addr: SocketAddr) -> Result<(), TableError> {
+        self.version += 1;
         let svc = self.service_mut(key)?;
         let idx = svc.dests.iter().position(|d| d.addr == addr).ok_or(TableError::NoDest { key: *key, addr })?;
         let mut d = svc.dests.remove(idx);
@@ -550,7 +563,10 @@ impl Director {
     /// (what an iptables/nftables mangle rule does for IPVS); None removes it.
     pub fn set_mark(&mut self, proto: Protocol, addr: SocketAddr, mark: Option<u32>) {
         match mark {
-            Some(m) => self.marks.insert((proto, addr), m),
+            Some(m) => {
+                self.version += 1;
+                self.marks.insert((proto, addr), m)
+            }
             None => self.marks.remove(&(proto, addr)),
         };
     }

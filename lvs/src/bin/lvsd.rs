@@ -56,6 +56,10 @@ struct Args {
     /// expire_quiescent_template), so persistent clients leave a quiesced server.
     #[arg(long)]
     expire_quiescent_template: bool,
+    /// Kernel fast path: DNAT through nftables (table `ip lvs`) for the services it can
+    /// express (rr, wrr, sh, dh; not persistent; IPv4); the others stay on the proxy.
+    #[arg(long)]
+    nft: bool,
     /// Worker threads of the data plane (0: one per CPU).
     #[arg(long, value_name = "N", default_value_t = 0)]
     threads: usize,
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
         no_checks: args.no_checks,
         expire_quiescent_template: args.expire_quiescent_template,
         threads: args.threads,
+        nft: args.nft,
     };
     let r = rt.block_on(lvs::daemon::run(opts, shutdown(), |sock| {
         println!("lvsd: ready socket={}", sock.display());
