@@ -35,9 +35,48 @@ struct Args {
     /// Directory with lvsd (default: the directory of this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
-    /// Only these targets (direct, haproxy, lvsd), comma-separated.
-    #[arg(long, default_value = "direct,haproxy,lvsd")]
+    /// Only these targets (direct, haproxy, lvsd, nft), comma-separated. `nft` (lvsd's
+    /// nftables fast path) makes the whole run happen in a network namespace of its own,
+    /// so that the NAT rules touch nothing else.
+    #[arg(long, default_value = "direct,haproxy,lvsd,nft")]
     targets: String,
+    /// Internal: already inside the benchmark's namespace.
+    #[arg(long, hide = true)]
+    in_netns: bool,
+}
+
+/// Re-runs this benchmark inside a fresh network namespace (loopback up), then removes it.
+fn rerun_in_netns() -> Result<()> {
+    let ns = format!("lvsbench{}", std::process::id());
+    let ip = |args: &[&str]| -> Result<()> {
+        let st = Command::new("ip").args(args).status().context("ip")?;
+        if !st.success() {
+            bail!("ip {args:?} failed");
+        }
+        Ok(())
+    };
+    ip(&["netns", "add", &ns])?;
+    let r = (|| -> Result<()> {
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        let me = std::env::current_exe()?;
+        let st = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(me)
+            .args(std::env::args_os().skip(1))
+            .arg("--in-netns")
+            .status()?;
+        if !st.success() {
+            bail!("the benchmark failed inside namespace {ns}");
+        }
+        Ok(())
+    })();
+    let _ = Command::new("ip").args(["netns", "pids", &ns]).output().map(|o| {
+        for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    });
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    r
 }
 
 struct Guard(Vec<Child>);
@@ -157,6 +196,9 @@ fn iperf(port: u16, secs: u64) -> Result<f64> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.targets.split(',').any(|t| t == "nft") && !args.in_netns {
+        return rerun_in_netns();
+    }
     let secs = if args.smoke { 1 } else { args.duration };
     let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
         std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default()
@@ -217,6 +259,31 @@ fn main() -> Result<()> {
         wait_port(l1)?;
         ports.push(("lvsd", l1, l2));
     }
+    if targets.contains(&"nft") {
+        let (n1, n2) = (free_port()?, free_port()?);
+        let rules = tmp.join("rules-nft");
+        std::fs::write(
+            &rules,
+            format!(
+                "-A -t 127.0.0.1:{n1} -s rr\n-a -t 127.0.0.1:{n1} -r 127.0.0.1:{http} -m -w 1\n\
+                 -A -t 127.0.0.1:{n2} -s rr\n-a -t 127.0.0.1:{n2} -r 127.0.0.1:{bulk} -m -w 1\n"
+            ),
+        )?;
+        guard.0.push(spawn(
+            Command::new(bin_dir.join("lvsd"))
+                .arg("--nft")
+                .arg("--rules")
+                .arg(&rules)
+                .arg("--socket")
+                .arg(tmp.join("lvsd-nft.sock"))
+                .env("RUST_LOG", "warn"),
+            &tmp.join("lvsd-nft.log"),
+        )?);
+        wait_port(n1)?;
+        // lvsd programs nftables before it listens; a request through the port now goes
+        // through the kernel path.
+        ports.push(("nft", n1, n2));
+    }
 
     let rows = ["HTTP keep-alive (req/s)", "HTTP new conn/request (req/s)", "bulk TCP (Gbit/s)"];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
@@ -232,11 +299,12 @@ fn main() -> Result<()> {
         write!(out, " {n:>10} |")?;
     }
     let idx = |n: &str| ports.iter().position(|p| p.0 == n);
-    let (d, h, l) = (idx("direct"), idx("haproxy"), idx("lvsd"));
-    let ratios: Vec<(&str, usize, usize)> = [("lvsd/haproxy", l, h), ("haproxy/direct", h, d), ("lvsd/direct", l, d)]
-        .into_iter()
-        .filter_map(|(n, a, b)| Some((n, a?, b?)))
-        .collect();
+    let (d, h, l, n) = (idx("direct"), idx("haproxy"), idx("lvsd"), idx("nft"));
+    let ratios: Vec<(&str, usize, usize)> =
+        [("lvsd/haproxy", l, h), ("haproxy/direct", h, d), ("lvsd/direct", l, d), ("nft/direct", n, d)]
+            .into_iter()
+            .filter_map(|(n, a, b)| Some((n, a?, b?)))
+            .collect();
     for (n, _, _) in &ratios {
         write!(out, " {n:>14} |")?;
     }
