@@ -304,6 +304,8 @@ impl Daemon {
                 self.conf = new;
                 self.broadcast(&Event::Config { version });
             }
+            // The configuration sent to newcomers reaches those already up to date too.
+            Err(_) if version == self.conf.config_version => {}
             Err(e) => warn!(version, from = %self.name(from), "{e}"),
         }
         let conf_version = self.conf.config_version;
@@ -321,6 +323,21 @@ impl Daemon {
             }
         }
         self.config_waiters = keep;
+    }
+
+    /// When members join the group, the lowest-numbered member that was already in it sends
+    /// the cluster.conf in force, so a node that starts with an older file catches up.
+    fn sync_config_to_newcomers(&mut self, members: &BTreeSet<u32>) {
+        let old: Vec<u32> = self.dom.group().intersection(members).copied().collect();
+        let newcomers = members.iter().any(|m| !self.dom.group().contains(m));
+        if newcomers && old.first() == Some(&self.local) {
+            match std::fs::read_to_string(&self.opts.conf) {
+                Ok(xml) if crate::conf::parse(&xml).is_ok_and(|c| c.config_version == self.conf.config_version) => {
+                    self.mcast(&Msg::Config { version: self.conf.config_version, xml });
+                }
+                _ => warn!("cluster.conf on disk differs from the one in force; not sending it to new members"),
+            }
+        }
     }
 
     fn request(&mut self, r: ClientReq) {
@@ -573,6 +590,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
                 }
                 CsEvent::Confchg { members, left } => {
                     info!(members = ?members, left = ?left, "fence group changed");
+                    d.sync_config_to_newcomers(&members);
                     d.step(Input::Group { members, left });
                 }
                 CsEvent::Deliver { nodeid, data } => d.deliver(nodeid, &data),

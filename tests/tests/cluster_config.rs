@@ -141,3 +141,20 @@ fn local_api_reports_membership_and_fences_and_waits_for_them() {
     assert_eq!(s["pending"], false);
     assert_eq!(s["last_fence"]["method"], "ok");
 }
+
+#[test]
+fn node_starting_with_an_older_config_catches_up() {
+    let nodes = Nodes::new(3);
+    let v1 = nodes.simple_conf("alpha", 1, 1000, "<fence_daemon post_join_delay=\"120\"/>");
+    let v4 = nodes.simple_conf("alpha", 4, 1000, "<fence_daemon post_fail_delay=\"1\" post_join_delay=\"120\"/>");
+    nodes.write_conf(&v4);
+    nodes.write_conf_on(2, &v1);
+    nodes.join(0);
+    nodes.join(1);
+    nodes.join(2);
+    nodes.wait_output(2, "cman_tool", &["version"], |o| o.trim() == "4");
+    assert_eq!(nodes.read_conf(2), v4);
+    for i in 0..3 {
+        nodes.wait_status(i, |s| s.contains("Nodes: 3\n") && s.contains("Config Version: 4\n"));
+    }
+}
