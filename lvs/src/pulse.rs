@@ -394,6 +394,8 @@ pub async fn run(
     let mut pending = if opts.takeover { machine.takeover(now()) } else { Vec::new() };
     let tick = Duration::from_millis((cfg.keepalive_ms / 4).clamp(10, 1000));
     let mut buf = [0u8; 64];
+    let mut last_warn: Option<tokio::time::Instant> = None;
+    let mut warned_serial = false;
     tokio::pin!(shutdown);
     loop {
         for action in pending.drain(..) {
@@ -446,12 +448,19 @@ pub async fn run(
                     }
                     match Heartbeat::decode(&buf[..n]) {
                         Ok(hb) => {
-                            if hb.serial != machine.serial {
+                            if hb.serial != machine.serial && !warned_serial {
                                 warn!(peer_serial = hb.serial, serial = machine.serial, "the peer runs another lvs.cf serial_no");
+                                warned_serial = true;
                             }
                             pending = machine.on_heartbeat(&hb, now());
                         }
-                        Err(e) => warn!(from = %from, error = %e, "ignoring datagram"),
+                        Err(e) => {
+                            // A remote peer can send anything: one line per 10 s at most.
+                            if last_warn.is_none_or(|t: tokio::time::Instant| t.elapsed() >= Duration::from_secs(10)) {
+                                warn!(from = %from, error = %e, "ignoring datagram (further ones muted for 10 s)");
+                                last_warn = Some(tokio::time::Instant::now());
+                            }
+                        }
                     }
                 }
             }
