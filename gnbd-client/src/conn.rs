@@ -644,7 +644,7 @@ mod tests {
         let cookie = c.submit(op(Command::Read, 0, len as u64), 7, &mut Vec::new()).unwrap();
         let mut reply = Vec::new();
         encode_read_reply_header(&mut reply, ReplyMode::Simple, cookie, 0, len as u64);
-        reply.extend(std::iter::repeat(5u8).take(len));
+        reply.resize(reply.len() + len, 5u8);
         let done = feed_all(&mut c, &reply, 1000).unwrap();
         let Ok(Reply::Data(d)) = &done[0].result else { panic!("{:?}", done[0].result) };
         assert_eq!(d.as_ptr(), ptr, "the recycled buffer was reused");
