@@ -41,6 +41,8 @@ pub struct Lkb {
     /// Sequence number of the value block the lock last read or wrote.
     pub lvbseq: u32,
     highbast: u8,
+    /// Modes already announced by blocking callbacks since the last grant (bit per mode).
+    basts_sent: u8,
     sbflags: SbFlags,
 }
 
@@ -55,13 +57,24 @@ impl Lkb {
             lvb: lvb.map(<[u8]>::to_vec).unwrap_or_default(),
             lvbseq: 0,
             highbast: 0,
+            basts_sent: 0,
             sbflags: SbFlags::default(),
         }
     }
 
     /// A lock already granted in `mode` (recovery rebuilds masters from these).
     pub fn granted(id: LockId, mode: Mode, flags: Flags, lvb: Vec<u8>, lvbseq: u32) -> Lkb {
-        Lkb { id, grmode: Some(mode), rqmode: None, flags, lvb, lvbseq, highbast: 0, sbflags: SbFlags::default() }
+        Lkb {
+            id,
+            grmode: Some(mode),
+            rqmode: None,
+            flags,
+            lvb,
+            lvbseq,
+            highbast: 0,
+            basts_sent: 0,
+            sbflags: SbFlags::default(),
+        }
     }
 }
 
@@ -411,6 +424,7 @@ impl Resource {
         l.grmode = Some(mode);
         l.rqmode = None;
         l.highbast = 0;
+        l.basts_sent = 0;
         let sbflags = std::mem::take(&mut l.sbflags);
         out.push(Effect::Cast {
             id: l.id,
@@ -573,7 +587,10 @@ impl Resource {
             };
             if needs {
                 let mode = if cw && high == Mode::Pr && gr == Mode::Pr { Mode::Cw } else { high };
-                out.push(Effect::Bast { id: l.id, mode });
+                if l.basts_sent & (1 << mode as u8) == 0 {
+                    out.push(Effect::Bast { id: l.id, mode });
+                    l.basts_sent |= 1 << mode as u8;
+                }
                 l.highbast = high as u8;
             }
         }
@@ -592,7 +609,10 @@ impl Resource {
                 l.highbast < rq as u8 && !gr.compatible(rq)
             };
             if needs {
-                out.push(Effect::Bast { id: l.id, mode: rq });
+                if l.basts_sent & (1 << rq as u8) == 0 {
+                    out.push(Effect::Bast { id: l.id, mode: rq });
+                    l.basts_sent |= 1 << rq as u8;
+                }
                 l.highbast = rq as u8;
             }
         }
@@ -781,5 +801,226 @@ mod tests {
         req(&mut r, (7 << 32) | 1, Ex, v);
         assert_eq!(r.purge(|id| lock_node(id) == 7), 1);
         assert!(r.lvb().2);
+    }
+
+    /// Property test: random operations on one resource, checked against a model of what
+    /// each lock holds, plus invariants of the queues.
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::{BTreeMap, BTreeSet};
+
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        enum St {
+            Waiting,
+            Granted(Mode),
+            Converting(Mode),
+        }
+
+        struct Check {
+            r: Resource,
+            locks: BTreeMap<LockId, St>,
+            valblk: BTreeSet<LockId>,
+            value: Option<Vec<u8>>,
+            next: LockId,
+            basts: BTreeSet<(LockId, Mode)>,
+            writes: u8,
+        }
+
+        impl Check {
+            fn apply(&mut self, out: Vec<Effect>, wait_before: &[LockId]) {
+                let mut granted_from_wait = Vec::new();
+                for e in out {
+                    match e {
+                        Effect::Cast { id, status, mode, sbflags, lvb, .. } => {
+                            let st = self.locks.get(&id).copied();
+                            match status {
+                                Status::Granted => {
+                                    let m = mode.expect("granted mode");
+                                    if st == Some(St::Waiting) && wait_before.contains(&id) {
+                                        granted_from_wait.push(id);
+                                    }
+                                    if let (Some(v), true) = (&lvb, self.valblk.contains(&id)) {
+                                        if !sbflags.contains(SbFlags::VALNOTVALID) {
+                                            let want = self.value.clone().unwrap_or_else(|| vec![0; v.len()]);
+                                            assert_eq!(v, &want, "lock {id} read a stale value block");
+                                        }
+                                    }
+                                    self.locks.insert(id, St::Granted(m));
+                                    self.basts.retain(|(l, _)| *l != id);
+                                }
+                                Status::Unlocked => {
+                                    self.locks.remove(&id);
+                                }
+                                _ => match mode {
+                                    Some(m) => {
+                                        self.locks.insert(id, St::Granted(m));
+                                    }
+                                    None => {
+                                        self.locks.remove(&id);
+                                    }
+                                },
+                            }
+                        }
+                        Effect::Bast { id, mode } => {
+                            let gr = match self.locks.get(&id) {
+                                Some(St::Granted(g) | St::Converting(g)) => *g,
+                                other => panic!("blocking callback to {id} in state {other:?}"),
+                            };
+                            assert!(!gr.compatible(mode), "bast {mode} to a compatible {gr} holder");
+                            assert!(self.basts.insert((id, mode)), "repeated bast {mode} to {id}");
+                        }
+                    }
+                }
+                // FIFO: waiters are granted in queue order; none jumps one still waiting.
+                let still: Vec<LockId> = self.r.wait.iter().map(|l| l.id).collect();
+                for g in &granted_from_wait {
+                    let pos = wait_before.iter().position(|x| x == g).expect("was waiting");
+                    for ahead in &wait_before[..pos] {
+                        assert!(!still.contains(ahead), "{g} granted before {ahead} waiting ahead of it");
+                    }
+                }
+                self.invariants();
+            }
+
+            fn invariants(&self) {
+                let held: Vec<(LockId, Mode)> =
+                    self.r.grant.iter().chain(self.r.convert.iter()).map(|l| (l.id, l.grmode.expect("held"))).collect();
+                for (i, (a, ma)) in held.iter().enumerate() {
+                    for (b, mb) in &held[i + 1..] {
+                        assert!(ma.compatible(*mb), "{a}:{ma} and {b}:{mb} granted together");
+                    }
+                }
+                assert!(self.r.wait.iter().all(|l| l.grmode.is_none()));
+                assert!(self.r.convert.iter().all(|l| l.rqmode.is_some()));
+                assert_eq!(held.len() + self.r.wait.len(), self.locks.len(), "model and queues differ");
+            }
+
+            fn step(&mut self, op: u8, pick: usize, mode: Mode, fl: u8) {
+                let wait_before: Vec<LockId> = self.r.wait.iter().map(|l| l.id).collect();
+                let mut out = Vec::new();
+                let ids: Vec<(LockId, St)> = self.locks.iter().map(|(k, v)| (*k, *v)).collect();
+                let target = (!ids.is_empty()).then(|| ids[pick % ids.len()]);
+                let mut flags = Flags::empty();
+                if fl & 1 != 0 {
+                    flags = flags | Flags::NOQUEUE;
+                }
+                if fl & 2 != 0 {
+                    flags = flags | Flags::VALBLK;
+                }
+                match (op % 4, target) {
+                    (0, _) | (_, None) => {
+                        self.next += 1;
+                        let id = self.next;
+                        if fl & 4 != 0 {
+                            flags = flags | if fl & 8 != 0 { Flags::ALTPR } else { Flags::ALTCW };
+                        }
+                        if mode == Mode::Nl && fl & 16 != 0 {
+                            flags = flags | Flags::EXPEDITE;
+                        }
+                        if flags.contains(Flags::VALBLK) {
+                            self.valblk.insert(id);
+                        }
+                        self.locks.insert(id, St::Waiting);
+                        self.r.request(Lkb::new(id, mode, flags, None), &mut out);
+                    }
+                    (1, Some((id, St::Granted(gr)))) => {
+                        if fl & 4 != 0 && Mode::quecvt_ok(gr, mode) {
+                            flags = flags | Flags::QUECVT;
+                        }
+                        if fl & 8 != 0 {
+                            flags = flags | Flags::CONVDEADLK;
+                        }
+                        let write =
+                            gr >= Mode::Pw && !(gr == Mode::Pw && mode == Mode::Ex) && self.valblk.contains(&id);
+                        self.writes = self.writes.wrapping_add(1);
+                        let v = vec![self.writes; 8];
+                        if write && flags.contains(Flags::VALBLK) {
+                            // The write happens at once: a down-conversion is always granted.
+                            self.value = Some(v.clone());
+                        }
+                        if !self.valblk.contains(&id) {
+                            flags = flags.without(Flags::VALBLK);
+                        }
+                        self.locks.insert(id, St::Converting(gr));
+                        self.r.convert(id, mode, flags | Flags::CONVERT, Some(&v), &mut out).expect("granted");
+                        // A conversion that neither completed nor queued reverted.
+                        if self.locks.get(&id) == Some(&St::Converting(gr))
+                            && !self.r.convert.iter().any(|l| l.id == id)
+                        {
+                            self.locks.insert(id, St::Granted(gr));
+                        }
+                        if let Some(l) = self.r.convert.iter().find(|l| l.id == id) {
+                            self.locks.insert(id, St::Converting(l.grmode.expect("held")));
+                        }
+                    }
+                    (2, Some((id, St::Granted(gr)))) => {
+                        self.writes = self.writes.wrapping_add(1);
+                        let v = vec![self.writes; 8];
+                        let vb = if self.valblk.contains(&id) { Flags::VALBLK } else { Flags::empty() };
+                        if gr >= Mode::Pw && !vb.is_empty_flag() {
+                            self.value = Some(v.clone());
+                        }
+                        self.r.unlock(id, vb, Some(&v), &mut out).expect("granted");
+                    }
+                    (3, Some((id, St::Waiting | St::Converting(_)))) => {
+                        assert!(self.r.cancel(id, &mut out).expect("queued"));
+                    }
+                    _ => return,
+                }
+                // Keep converting locks' granted mode in step with demotions.
+                for l in &self.r.convert {
+                    if let Some(St::Converting(_)) = self.locks.get(&l.id) {
+                        self.locks.insert(l.id, St::Converting(l.grmode.expect("held")));
+                    }
+                }
+                self.apply(out, &wait_before);
+            }
+        }
+
+        trait EmptyFlag {
+            fn is_empty_flag(&self) -> bool;
+        }
+        impl EmptyFlag for Flags {
+            fn is_empty_flag(&self) -> bool {
+                self.0 == 0
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            #[test]
+            fn random_operations_keep_the_rules(ops in proptest::collection::vec((any::<u8>(), any::<usize>(), 0u8..6, any::<u8>()), 1..120)) {
+                let mut c = Check {
+                    r: Resource::new(8),
+                    locks: BTreeMap::new(),
+                    valblk: BTreeSet::new(),
+                    value: None,
+                    next: 0,
+                    basts: BTreeSet::new(),
+                    writes: 0,
+                };
+                for (op, pick, m, fl) in ops {
+                    c.step(op, pick, Mode::from_u8(m).expect("in range"), fl);
+                }
+                // Liveness: release every granted lock that is not converting, repeatedly;
+                // every queued request and conversion must complete.
+                for _ in 0..200 {
+                    let idle: Vec<LockId> =
+                        c.locks.iter().filter(|(_, s)| matches!(s, St::Granted(_))).map(|(k, _)| *k).collect();
+                    if c.locks.is_empty() {
+                        break;
+                    }
+                    prop_assert!(!idle.is_empty(), "stuck: {:?}", c.locks);
+                    for id in idle {
+                        let wait_before: Vec<LockId> = c.r.wait.iter().map(|l| l.id).collect();
+                        let mut out = Vec::new();
+                        c.r.unlock(id, Flags::empty(), None, &mut out).expect("granted");
+                        c.apply(out, &wait_before);
+                    }
+                }
+                prop_assert!(c.locks.is_empty() && c.r.is_empty());
+            }
+        }
     }
 }
