@@ -504,3 +504,49 @@ impl ExportCatalog for Session<'_> {
 pub fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(cluster: bool, bans: &[&str]) -> Registry {
+        let nodes = NodeTable::parse("node1 127.0.0.2\nnode2 127.0.0.3\n", Path::new("nodes")).expect("node table");
+        Registry::new(None, nodes, cluster, bans.iter().map(|b| b.to_string()).collect())
+    }
+
+    fn policy(r: Result<String, Refusal>) -> String {
+        match r {
+            Err(Refusal::Policy(why)) => why,
+            other => panic!("expected a policy refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn certificate_identity_must_agree_with_address_and_cluster() {
+        let r = registry(true, &[]);
+        assert_eq!(r.node_of_certificate("node1", Some("node1")), Ok("node1".into()));
+        // An address outside the table: the certificate alone names the node.
+        assert_eq!(r.node_of_certificate("node2", None), Ok("node2".into()));
+        assert!(policy(r.node_of_certificate("node2", Some("node1"))).contains("comes from node 'node1'"));
+        assert!(policy(r.node_of_certificate("stranger", None)).contains("not a node of this cluster"));
+        assert!(policy(r.node_of_certificate("", None)).contains("not a node name"));
+        assert!(policy(r.node_of_certificate("a/b", None)).contains("not a node name"));
+        // Outside cluster mode any well-formed name is a node (fencing acts on it).
+        let open = registry(false, &[]);
+        assert_eq!(open.node_of_certificate("stranger", None), Ok("stranger".into()));
+        assert!(policy(open.node_of_certificate("stranger", Some("node1"))).contains("comes from node 'node1'"));
+    }
+
+    #[test]
+    fn only_unfenced_members_give_orders() {
+        let r = registry(true, &["node1"]);
+        assert_eq!(r.order_issuer("node2"), Ok(()));
+        assert!(r.order_issuer("node1").unwrap_err().contains("fenced"));
+        assert!(r.order_issuer("stranger").unwrap_err().contains("not a node of this cluster"));
+        assert!(r.order_issuer("").is_err());
+        // Without a node table, any certified node that is not fenced.
+        let bare = Registry::new(None, NodeTable::default(), false, ["node1".to_string()].into());
+        assert_eq!(bare.order_issuer("anything"), Ok(()));
+        assert!(bare.order_issuer("node1").is_err());
+    }
+}
