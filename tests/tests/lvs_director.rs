@@ -516,3 +516,76 @@ fn bulk_transfer_both_ways_is_intact() {
     let f: Vec<u64> = line.split_whitespace().skip(2).map(|x| x.parse().unwrap()).collect();
     assert_eq!((f[0], f[3], f[4]), (1, LEN as u64, LEN as u64), "{stats}");
 }
+
+#[test]
+fn http_status_and_weight_program_checks() {
+    let b: Vec<Backend> =
+        ["A", "B"].iter().enumerate().map(|(i, n)| Backend::start(n, &format!("127.0.11.{}", 11 + i), 0)).collect();
+    let dir = TempDir::new();
+    let (p1, p2) = (free_port("127.0.11.10"), free_port("127.0.11.10"));
+    let wfile = dir.join("weight");
+    std::fs::write(&wfile, "103").unwrap();
+    let mut text = format!(
+        "keepalive = 0.2\ndeadtime = 1\n\
+         virtual ok {{\n address = 127.0.11.10\n port = {p1}\n send = \"GET / HTTP/1.0\\r\\n\\r\\n\"\n \
+         expect_status = 200\n timeout = 1\n reentry = 0.5\n"
+    );
+    for x in &b {
+        text.push_str(&format!(
+            " server {} {{\n  address = {}\n  port = {}\n }}\n",
+            x.name,
+            x.addr.ip(),
+            x.addr.port()
+        ));
+    }
+    text.push_str(&format!(
+        "}}\nvirtual weighted {{\n address = 127.0.11.10\n port = {p2}\n timeout = 1\n reentry = 0.5\n \
+         weight_program = \"exit $(cat {})\"\n",
+        wfile.display()
+    ));
+    for x in &b {
+        text.push_str(&format!(
+            " server {} {{\n  address = {}\n  port = {}\n }}\n",
+            x.name,
+            x.addr.ip(),
+            x.addr.port()
+        ));
+    }
+    // The same servers checked for a 404 they never send: both fail.
+    let p3 = free_port("127.0.11.10");
+    text.push_str(&format!(
+        "}}\nvirtual wrong {{\n address = 127.0.11.10\n port = {p3}\n send = \"GET / HTTP/1.0\\r\\n\\r\\n\"\n \
+         expect_status = 404\n timeout = 1\n"
+    ));
+    for x in &b {
+        text.push_str(&format!(
+            " server {} {{\n  address = {}\n  port = {}\n }}\n",
+            x.name,
+            x.addr.ip(),
+            x.addr.port()
+        ));
+    }
+    text.push_str("}\n");
+    let cf = dir.join("lvs.cf");
+    std::fs::write(&cf, text).unwrap();
+    let d = Lvsd::start(&["--config", cf.to_str().unwrap()]);
+    wait_for(Duration::from_secs(15), "servers failing the 404 check removed", || {
+        d.rows(&format!("-t 127.0.11.10:{p3}")).is_empty()
+    });
+    let (ok, weighted) = (format!("-t 127.0.11.10:{p1}"), format!("-t 127.0.11.10:{p2}"));
+    // The program's exit status 103 sets weight 3.
+    wait_for(Duration::from_secs(15), "weights from the program", || {
+        d.rows(&weighted).iter().map(|r| r.1).collect::<Vec<_>>() == [3, 3]
+    });
+    // HTTP 200 answers keep both servers of the other service.
+    assert_eq!(d.rows(&ok).len(), 2);
+    // Exit status 1: failed, removed.
+    std::fs::write(&wfile, "1").unwrap();
+    wait_for(Duration::from_secs(15), "servers removed", || d.rows(&weighted).is_empty());
+    // Back to 100 + 5: re-admitted with weight 5 after reentry.
+    std::fs::write(&wfile, "105").unwrap();
+    wait_for(Duration::from_secs(15), "servers back at weight 5", || {
+        d.rows(&weighted).iter().map(|r| r.1).collect::<Vec<_>>() == [5, 5]
+    });
+    assert_eq!(d.rows(&ok).len(), 2);
+}
