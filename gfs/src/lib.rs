@@ -27,7 +27,9 @@
 pub mod device;
 pub mod format;
 pub mod fs;
+pub mod fuse;
 mod mkfs;
+pub mod mount;
 pub mod tool;
 
 pub use device::{open_device, CutoffDevice, Device, DeviceError, FileDevice, GnbdDevice};

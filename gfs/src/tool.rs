@@ -6,14 +6,15 @@ use crate::mkfs::{df, read_block, read_superblock, uuid_string, MkfsError};
 use std::fmt::Write;
 use std::path::Path;
 
-/// The device behind `target`: `target` itself, or the source of the gfs mount at `target`.
+/// The device behind `target`: `target` itself, or the source of the FUSE mount at `target`
+/// (whatever it names must then hold a valid superblock).
 pub fn resolve_device(target: &str) -> String {
     if Path::new(target).is_dir() {
         let canon = std::fs::canonicalize(target).map(|p| p.display().to_string()).unwrap_or(target.into());
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
             for line in mounts.lines().rev() {
                 let f: Vec<&str> = line.split(' ').collect();
-                if f.len() >= 3 && f[1] == canon && f[2] == "fuse.gfs" {
+                if f.len() >= 3 && f[1] == canon && (f[2] == "fuse.gfs" || f[2] == "fuse") {
                     return unescape_mount(f[0]);
                 }
             }
@@ -28,15 +29,14 @@ fn unescape_mount(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() + 1 && b.len() >= i + 4 {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
+        let code = (b[i] == b'\\' && i + 4 <= b.len()).then(|| std::str::from_utf8(&b[i + 1..i + 4]).ok()).flatten();
+        if let Some(v) = code.and_then(|c| u8::from_str_radix(c, 8).ok()) {
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
         }
-        out.push(b[i]);
-        i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
 }
