@@ -26,6 +26,9 @@ pub enum CmanError {
     /// Corosync is not reachable or failed.
     #[error("{0}")]
     Corosync(#[from] corosync::CorosyncError),
+    /// fenced already answers on this node.
+    #[error("fenced is already running on this node")]
+    FencedRunning,
     /// The node is already a member.
     #[error("corosync is already running on this node; run cman_tool leave first")]
     AlreadyJoined,
@@ -144,18 +147,7 @@ pub fn join(opts: &JoinOptions) -> Result<ClusterConf, CmanError> {
         });
     }
     if opts.fenced {
-        let log = Path::new(LOG_DIR).join("fenced.log");
-        let fenced = sibling("fenced");
-        let pid = spawn_daemon(&fenced, &["-c".as_ref(), opts.conf.as_os_str()], &log)?;
-        let pidfile = Path::new(RUN_DIR).join("fenced.pid");
-        std::fs::write(&pidfile, format!("{pid}\n")).map_err(io(&pidfile))?;
-        if !wait_until(opts.wait, || crate::api::Client::connect_default().and_then(|mut c| c.status()).is_ok()) {
-            return Err(CmanError::NotReady {
-                what: "fenced",
-                secs: opts.wait.as_secs(),
-                log: log.display().to_string(),
-            });
-        }
+        start_fenced(&opts.conf, opts.wait)?;
     }
     Ok(c)
 }
@@ -181,10 +173,33 @@ fn stop_pidfile(name: &str, wait: Duration) -> Result<bool, CmanError> {
     Ok(true)
 }
 
-/// `cman_tool leave`: stops fenced, then corosync (the others see a clean leave).
-pub fn leave(wait: Duration) -> Result<(), CmanError> {
-    // fenced leaves the fence group itself when asked: a fenced that just died would be
-    // fenced by the others.
+/// Starts fenced (corosync must be running) and waits until its API answers.
+pub fn start_fenced(conf: &Path, wait: Duration) -> Result<(), CmanError> {
+    if crate::api::Client::connect_default().and_then(|mut c| c.status()).is_ok() {
+        return Err(CmanError::FencedRunning);
+    }
+    if !corosync::is_running() {
+        return Err(CmanError::Corosync(corosync::CorosyncError::NotRunning {
+            call: "votequorum_initialize",
+            error: "not running".into(),
+        }));
+    }
+    std::fs::create_dir_all(RUN_DIR).map_err(io(Path::new(RUN_DIR)))?;
+    std::fs::create_dir_all(LOG_DIR).map_err(io(Path::new(LOG_DIR)))?;
+    let log = Path::new(LOG_DIR).join("fenced.log");
+    let fenced = sibling("fenced");
+    let pid = spawn_daemon(&fenced, &["-c".as_ref(), conf.as_os_str()], &log)?;
+    let pidfile = Path::new(RUN_DIR).join("fenced.pid");
+    std::fs::write(&pidfile, format!("{pid}\n")).map_err(io(&pidfile))?;
+    let ready = || crate::api::Client::connect_default().and_then(|mut c| c.status()).is_ok();
+    if !wait_until(wait, || !pid_alive(pid) || ready()) || !pid_alive(pid) {
+        return Err(CmanError::NotReady { what: "fenced", secs: wait.as_secs(), log: log.display().to_string() });
+    }
+    Ok(())
+}
+
+/// Stops fenced cleanly: it leaves the fence group (so no one fences this node) and exits.
+pub fn stop_fenced(wait: Duration) -> Result<(), CmanError> {
     if let Ok(mut c) = crate::api::Client::connect_default() {
         let _ = c.set_timeout(Some(wait));
         if c.shutdown().is_ok() {
@@ -195,6 +210,14 @@ pub fn leave(wait: Duration) -> Result<(), CmanError> {
         }
     }
     stop_pidfile("fenced", wait)?;
+    Ok(())
+}
+
+/// `cman_tool leave`: stops fenced, then corosync (the others see a clean leave).
+pub fn leave(wait: Duration) -> Result<(), CmanError> {
+    // fenced leaves the fence group itself when asked: a fenced that just died would be
+    // fenced by the others.
+    stop_fenced(wait)?;
     if !stop_pidfile("corosync", wait)? && corosync::is_running() {
         // Started by someone else: ask through the init system's usual signal path.
         let _ = Command::new("corosync-cfgtool").arg("-H").stderr(Stdio::null()).status();

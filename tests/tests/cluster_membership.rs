@@ -55,6 +55,23 @@ fn three_nodes_form_lose_one_and_recompute_quorum() {
     for i in 0..3 {
         nodes.wait_status(i, |s| s.contains("Nodes: 3\n") && s.contains("Quorate: Yes"));
     }
+    // fenced leaves the domain cleanly and comes back; nobody fences node3 for it.
+    nodes.must(2, "fence_tool", &["leave"]);
+    nodes.wait_fence(0, "node3 out of the domain", |s| {
+        s["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "node3" && n["in_domain"] == false)
+    });
+    let out = nodes.run(2, "fence_tool", &["ls"]);
+    assert_eq!(out.status.code(), Some(1));
+    nodes.must(2, "fence_tool", &["join"]);
+    assert_eq!(nodes.run(2, "fence_tool", &["join"]).status.code(), Some(1), "a second fenced is refused");
+    nodes.wait_fence(0, "node3 back in the domain", |s| {
+        s["nodes"].as_array().unwrap().iter().all(|n| n["in_domain"] == true)
+    });
+    // node3 became a victim once, when it was cut (it has no fence methods here and merged
+    // back unfenced); leaving the domain cleanly did not make it one again.
+    let log = std::fs::read_to_string(nodes.path(0, "log/fenced.log")).unwrap();
+    assert_eq!(log.matches("node3 is a fence victim").count(), 1, "{log}");
+
     // A clean leave: the others see two members, stay quorate, and do not fence node2.
     nodes.must(1, "cman_tool", &["leave"]);
     nodes.wait_status(0, |s| s.contains("Nodes: 2\n") && s.contains("Quorate: Yes"));

@@ -2,24 +2,30 @@
 
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
 
 const AFTER_HELP: &str = "\
 DESCRIPTION
+    fence_tool join starts fenced on a node whose corosync runs (cman_tool join does this;
+    use it after fenced was stopped with fence_tool leave). fence_tool leave makes fenced
+    leave the fence domain cleanly and exit: the other members do not fence this node.
     fence_tool ls shows the fence domain as this node's fenced sees it: quorum, the node
     that fences (master), and for every configured node whether it is a cluster member, a
     domain member, waiting to be fenced (with failed attempts), and its last fence.
 
 EXAMPLES
     fence_tool ls
+    fence_tool leave; fence_tool join
     fence_tool ls --json
 
 FILES
     /run/cluster/fenced.sock        fenced's local API
 
 EXIT STATUS
-    0   shown
-    1   fenced not running";
+    0   done
+    1   fenced not running (ls), already running or not starting (join)";
 
 /// Fence domain information.
 #[derive(Debug, Parser)]
@@ -31,6 +37,14 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Start fenced (corosync must be running).
+    Join {
+        /// cluster.conf to use.
+        #[arg(short = 'c', long = "config", default_value = cluster::cman::DEFAULT_CONF)]
+        conf: std::path::PathBuf,
+    },
+    /// Make fenced leave the fence domain cleanly and exit.
+    Leave,
     /// List the fence domain.
     Ls {
         /// Print the status as JSON.
@@ -40,7 +54,11 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let Args { cmd: Cmd::Ls { json } } = Args::parse();
+    let json = match Args::parse().cmd {
+        Cmd::Ls { json } => json,
+        Cmd::Join { conf } => return done(cluster::cman::start_fenced(&conf, Duration::from_secs(60))),
+        Cmd::Leave => return done(cluster::cman::stop_fenced(Duration::from_secs(30))),
+    };
     let s = match cluster::api::Client::connect_default().and_then(|mut c| c.status()) {
         Ok(s) => s,
         Err(e) => {
@@ -73,4 +91,14 @@ fn main() -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+fn done(r: Result<(), cluster::cman::CmanError>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fence_tool: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
