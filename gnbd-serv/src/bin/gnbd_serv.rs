@@ -121,7 +121,8 @@ struct Args {
     /// with this key (fence_gnbd) and refuses all others.
     #[arg(long, value_name = "FILE")]
     cluster_key: Option<PathBuf>,
-    /// TCP port of the network control channel (0: a free port, shown in the ready line).
+    /// TCP port of the network control channel for fence orders, open with --cluster-key or
+    /// with TLS and --tls-ca (0: a free port, shown in the ready line).
     #[arg(long, value_name = "PORT", default_value_t = gnbd_serv::netctl::DEFAULT_CONTROL_PORT)]
     control_port: u16,
     /// TLS mode: off; selective (STARTTLS offered, exports created with `gnbd_export --tls`
