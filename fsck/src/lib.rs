@@ -1,0 +1,2 @@
+//! gfs_fsck (skeleton; being built).
+#![forbid(unsafe_code)]
