@@ -165,6 +165,8 @@ pub fn start_device(exe: &Path, cfg: &DeviceConfig) -> Result<Record, ImportErro
         .stdout(Stdio::piped())
         .stderr(log)
         .env("NO_COLOR", "1")
+        // A daemon must not pin the directory gnbd_import was started from.
+        .current_dir("/")
         // Its own process group: a Ctrl-C at the terminal that ran gnbd_import leaves it be.
         .process_group(0)
         .spawn()
