@@ -142,6 +142,7 @@ mod tests {
             error: None,
             clients: vec!["127.0.0.1:5555".into()],
             tls: false,
+            sessions: vec![],
         };
         let t = format_table(&[e]);
         let lines: Vec<&str> = t.lines().collect();

@@ -55,6 +55,18 @@ pub struct ExportStatus {
     /// Served only over TLS.
     #[serde(default)]
     pub tls: bool,
+    /// The connected clients: peer, cluster node, TLS.
+    #[serde(default)]
+    pub sessions: Vec<SessionStatus>,
+}
+
+/// One connection of an export, as `gnbd_export -l --json` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStatus {
+    pub peer: String,
+    /// The cluster node it belongs to (by address, or by its certificate over TLS).
+    pub node: Option<String>,
+    pub tls: bool,
 }
 
 /// The server's answer.

@@ -92,8 +92,10 @@ impl ExportSpec {
 pub struct ClientEntry {
     pub id: u64,
     pub peer: String,
-    /// Cluster node the client's address belongs to, if any.
+    /// Cluster node of the client (by address, or by certificate over TLS), if any.
     pub node: Option<String>,
+    /// The connection runs over TLS.
+    pub tls: bool,
     /// Socket descriptor, owned by a worker thread; used only to shut the connection down.
     fd: RawFd,
     /// Set when the node is fenced: the data path starts no more I/O for this connection.
@@ -305,7 +307,14 @@ impl Registry {
     }
 
     /// Records a connection that finished its handshake, unless its node was fenced meanwhile.
-    pub fn attach(&self, export: &Export, peer: String, node: Option<String>, fd: RawFd) -> Result<Attached, Refusal> {
+    pub fn attach(
+        &self,
+        export: &Export,
+        peer: String,
+        node: Option<String>,
+        tls: bool,
+        fd: RawFd,
+    ) -> Result<Attached, Refusal> {
         let bans = self.bans.read().expect("bans lock");
         if let Some(n) = &node {
             fenced(&bans, n)?;
@@ -316,6 +325,7 @@ impl Registry {
             id,
             peer,
             node,
+            tls,
             fd,
             fenced: fenced.clone(),
         });

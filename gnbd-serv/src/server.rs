@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use nbd_proto::{ServerConfig, TlsPolicy};
 use tracing::{debug, error, info, warn};
 
-use crate::control::{ControlRequest, ControlResponse, ExportStatus, CONTROL_SOCKET};
+use crate::control::{ControlRequest, ControlResponse, ExportStatus, SessionStatus, CONTROL_SOCKET};
 use crate::export::{Export, ExportSpec, Offline, Registry, Session};
 use crate::fence::{self, NodeTable};
 use crate::handshake::{negotiate, HandshakeFailure, Transport, HANDSHAKE_TIMEOUT};
@@ -357,7 +357,7 @@ fn start_data_path<S: Socket>(
             }
         },
     };
-    let attached = match sh.registry.attach(&export, peer.clone(), node.clone(), sock.as_raw_fd()) {
+    let attached = match sh.registry.attach(&export, peer.clone(), node.clone(), negotiated.tls, sock.as_raw_fd()) {
         Ok(a) => a,
         Err(r) => {
             warn!(peer = %peer, refusal = ?r, "connection refused after its handshake (fenced meanwhile)");
@@ -484,6 +484,11 @@ fn handle(req: ControlRequest, sh: &Shared) -> ControlResponse {
                     error: None,
                     clients: e.clients().into_iter().map(|c| c.peer).collect(),
                     tls: e.spec.tls,
+                    sessions: e
+                        .clients()
+                        .into_iter()
+                        .map(|c| SessionStatus { peer: c.peer, node: c.node, tls: c.tls })
+                        .collect(),
                 })
                 .collect();
             exports.extend(sh.registry.offline().into_iter().map(|o| ExportStatus {
@@ -497,6 +502,7 @@ fn handle(req: ControlRequest, sh: &Shared) -> ControlResponse {
                 error: Some(o.error),
                 clients: Vec::new(),
                 tls: o.spec.tls,
+                sessions: Vec::new(),
             }));
             exports.sort_by(|a, b| a.name.cmp(&b.name));
             ControlResponse::Exports { exports }

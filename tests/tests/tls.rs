@@ -278,6 +278,15 @@ fn node_identity_comes_from_the_certificate_and_must_match_the_address() {
         }
         // From an address outside the node table, the certificate alone names the node.
         let c = Client::connect(tls_opts(&server, "disk", &node1)).await.expect("node1 by certificate");
+        // (Connections closed just before may still be listed; this one comes from 127.0.0.1.)
+        let listed = server.list_json();
+        let sessions = listed[0]["sessions"].as_array().cloned().unwrap_or_default();
+        let this = sessions
+            .iter()
+            .find(|s| s["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:")))
+            .unwrap_or_else(|| panic!("the connection is listed: {sessions:?}"));
+        assert_eq!(this["node"], "node1", "the connection belongs to the certificate's node: {this}");
+        assert_eq!(this["tls"], true, "{this}");
         c.close().await;
         // node2's certificate used from node1's address: refused.
         let mut o = tls_opts(&server, "disk", &node2);
