@@ -8,15 +8,14 @@
 //!
 //! Rules:
 //! - A domain member that fails (its node goes down, or its fenced dies) becomes a victim,
-//!   eligible for fencing after `post_fail_delay`; if it is back in the cluster before then,
-//!   it is forgiven.
+//!   eligible for fencing after `post_fail_delay`; if it is back in the cluster before it
+//!   was fenced (within the delay, or because every method failed so far), it is not fenced.
 //! - When this node starts the domain alone, after `post_join_delay` every configured node
 //!   that is not a cluster member becomes a victim (startup fencing).
 //! - A victim is fenced only once the quorum membership no longer lists it: corosync may
 //!   deliver the group change before the quorum change, and acting on the old quorum state
 //!   would let a partition that is about to lose quorum fence the others. (So a node whose
-//!   fenced died but whose corosync still runs is fenced only once it leaves the cluster; a
-//!   victim that merges back without being fenced stays pending until it leaves again.)
+//!   fenced died but whose corosync still runs is fenced only once it leaves the cluster.)
 //! - Only a quorate node acts, and only one: the lowest node id among the domain members that
 //!   are cluster members. Every member keeps the victim list, so if that node dies the next
 //!   one carries on.
@@ -240,18 +239,22 @@ impl FenceDomain {
                 }
                 self.quorate = quorate;
                 self.members = members;
-                // Forgive victims back within post_fail_delay.
-                let back: Vec<u32> = self
+                // A victim the quorum membership lists again rejoined before it was fenced
+                // (within post_fail_delay, or unfenceable until then): it is not fenced.
+                let back: Vec<(u32, bool)> = self
                     .victims
                     .iter()
-                    .filter(|(id, v)| {
-                        self.members.contains(id) && now < v.eligible_at && self.running.map(|r| r.0) != Some(**id)
+                    .filter(|(id, _)| {
+                        self.members.contains(id)
+                            && self.running.map(|r| r.0) != Some(**id)
+                            && !self.announced.contains(id)
                     })
-                    .map(|(id, _)| *id)
+                    .map(|(id, v)| (*id, now < v.eligible_at))
                     .collect();
-                for id in back {
+                for (id, within_delay) in back {
                     self.victims.remove(&id);
-                    out.push(Action::Log(format!("{} rejoined within post_fail_delay; not fencing it", self.name(id))));
+                    let why = if within_delay { "within post_fail_delay" } else { "before it could be fenced" };
+                    out.push(Action::Log(format!("{} rejoined the cluster {why}; not fencing it", self.name(id))));
                 }
             }
             Input::Group { members, left } => {
@@ -508,6 +511,20 @@ mod tests {
         d.step(Input::Group { members: s(&[1, 2]), left: vec![(3, LeaveReason::NodeDown)] }, t(20));
         assert!(runs(&d.step(Input::Tick, t(29))).is_empty());
         assert_eq!(runs(&d.step(Input::Tick, t(30))), vec![(3, 0)]);
+    }
+
+    #[test]
+    fn unfenceable_victim_that_rejoins_is_dropped() {
+        let mut d = formed(1, 3, 1, 0);
+        d.step(Input::Quorum { quorate: true, members: s(&[1, 2]) }, t(1));
+        let a = d.step(Input::Group { members: s(&[1, 2]), left: vec![(3, LeaveReason::NodeDown)] }, t(1));
+        assert_eq!(runs(&a), vec![(3, 0)]);
+        d.step(Input::AgentDone { victim: 3, method: 0, ok: false }, t(2));
+        assert!(d.is_pending(3));
+        // The partition heals before a retry succeeds.
+        d.step(Input::Quorum { quorate: true, members: s(&[1, 2, 3]) }, t(3));
+        assert!(!d.is_pending(3));
+        assert!(runs(&d.step(Input::Tick, t(60))).is_empty());
     }
 
     #[test]

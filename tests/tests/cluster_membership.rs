@@ -67,10 +67,13 @@ fn three_nodes_form_lose_one_and_recompute_quorum() {
     nodes.wait_fence(0, "node3 back in the domain", |s| {
         s["nodes"].as_array().unwrap().iter().all(|n| n["in_domain"] == true)
     });
-    // node3 became a victim once, when it was cut (it has no fence methods here and merged
-    // back unfenced); leaving the domain cleanly did not make it one again.
+    // node3 became a victim once, when it was cut (it has no fence methods here), was
+    // dropped when it merged back unfenced, and leaving the domain cleanly did not make it
+    // one again.
     let log = std::fs::read_to_string(nodes.path(0, "log/fenced.log")).unwrap();
     assert_eq!(log.matches("node3 is a fence victim").count(), 1, "{log}");
+    assert!(log.contains("node3 rejoined the cluster before it could be fenced"), "{log}");
+    assert_eq!(nodes.fence_entry(0, "node3")["pending"], false);
 
     // A clean leave: the others see two members, stay quorate, and do not fence node2.
     nodes.must(1, "cman_tool", &["leave"]);
