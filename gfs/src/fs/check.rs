@@ -62,15 +62,32 @@ impl Fs {
                                 r.problems
                                     .push(format!("directory {} has parent {} but is in {dir}", e.inum, c.parent));
                             }
-                        } else if first {
-                            if let Content::Extents(ext) = &c.content {
-                                for x in ext {
-                                    for b in x.physical..x.physical + x.len as u64 {
-                                        if used.insert(b, BlockState::Data).is_some() {
-                                            r.problems.push(format!("block {b} used twice"));
-                                        }
+                        } else if first && !c.is_symlink() {
+                            if let Content::Index(idx) = &c.content {
+                                for x in idx {
+                                    if used.insert(x.leaf, BlockState::Meta).is_some() {
+                                        r.problems.push(format!("block {} used twice", x.leaf));
                                     }
                                 }
+                            }
+                            let (ext, _) = self.load_map(&c)?;
+                            let mut nblocks = 0u64;
+                            for x in &ext {
+                                nblocks += x.len as u64;
+                                for b in x.physical..x.physical + x.len as u64 {
+                                    if used.insert(b, BlockState::Data).is_some() {
+                                        r.problems.push(format!("block {b} used twice"));
+                                    }
+                                }
+                            }
+                            if let Content::Index(idx) = &c.content {
+                                nblocks += idx.len() as u64;
+                            }
+                            if nblocks != c.blocks {
+                                r.problems.push(format!(
+                                    "inode {}: {nblocks} blocks mapped, dinode says {}",
+                                    e.inum, c.blocks
+                                ));
                             }
                         }
                     }

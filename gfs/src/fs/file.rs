@@ -1,13 +1,9 @@
-//! Regular file data through the extent map (extents kept in the dinode).
+//! Regular file data through the extent map: up to 164 extents in the dinode; beyond that an
+//! index in the dinode of up to 246 extent leaves of up to 169 extents each. Leaves keep their
+//! boundaries across updates (an over-full leaf splits in two), so a change rewrites only the
+//! leaves it touches.
 
 use super::*;
-
-fn extents_of(d: &Dinode) -> Result<Vec<Extent>> {
-    match &d.content {
-        Content::Extents(v) => Ok(v.clone()),
-        _ => Err(FsError::TooBig),
-    }
-}
 
 fn map(ext: &[Extent], lblk: u64) -> Option<u64> {
     let i = ext.partition_point(|e| e.end() <= lblk);
@@ -39,7 +35,90 @@ fn insert(ext: &mut Vec<Extent>, lblk: u64, pblk: u64) {
 }
 
 impl Fs {
-    /// Writes `data` at `offset`; returns the bytes written.
+    /// The file's extents and (if it has one) its extent index.
+    pub(super) fn load_map(&mut self, d: &Dinode) -> Result<(Vec<Extent>, Vec<ExtentIndex>)> {
+        match &d.content {
+            Content::Extents(v) => Ok((v.clone(), Vec::new())),
+            Content::Index(idx) => {
+                let mut all = Vec::new();
+                for e in idx {
+                    let leaf = ExtentLeaf::decode(&self.read_meta(e.leaf)?[..], e.leaf)?;
+                    all.extend(leaf.extents);
+                }
+                if all.windows(2).any(|w| w[0].end() > w[1].logical) {
+                    return Err(FsError::Corrupt(FormatError::invalid(idx[0].leaf, "extent leaves overlap")));
+                }
+                Ok((all, idx.clone()))
+            }
+            _ => Err(FsError::Invalid),
+        }
+    }
+
+    /// Stores `ext` as the file's map (inline, or in leaves reusing `old`'s boundaries).
+    fn store_map(&mut self, ino: u64, d: &mut Dinode, ext: Vec<Extent>, old: &[ExtentIndex]) -> Result<()> {
+        if ext.len() <= INLINE_EXTENTS_MAX {
+            for e in old {
+                self.free_block(e.leaf)?;
+                d.blocks -= 1;
+            }
+            d.content = Content::Extents(ext);
+            return Ok(());
+        }
+        // Group the extents by the old leaves' starting points.
+        let mut groups: Vec<(Option<u64>, Vec<Extent>)> = if old.is_empty() {
+            ext.chunks(EXTENT_LEAF_MAX / 2).map(|c| (None, c.to_vec())).collect()
+        } else {
+            let mut g: Vec<(Option<u64>, Vec<Extent>)> = old.iter().map(|e| (Some(e.leaf), Vec::new())).collect();
+            for e in ext {
+                let i = old.partition_point(|x| x.logical <= e.logical).saturating_sub(1);
+                g[i].1.push(e);
+            }
+            g
+        };
+        // Split over-full groups, drop empty ones.
+        let mut out: Vec<(Option<u64>, Vec<Extent>)> = Vec::new();
+        for (blk, v) in groups.drain(..) {
+            if v.is_empty() {
+                if let Some(b) = blk {
+                    self.free_block(b)?;
+                    d.blocks -= 1;
+                }
+            } else if v.len() > EXTENT_LEAF_MAX {
+                let (a, b) = v.split_at(v.len() / 2);
+                out.push((blk, a.to_vec()));
+                out.push((None, b.to_vec()));
+            } else {
+                out.push((blk, v));
+            }
+        }
+        if out.len() > INLINE_INDEX_MAX {
+            return Err(FsError::TooBig);
+        }
+        let mut index = Vec::with_capacity(out.len());
+        for (blk, v) in out {
+            let leaf = ExtentLeaf { owner: ino, extents: v };
+            let at = match blk {
+                Some(b) => {
+                    let same = ExtentLeaf::decode(&self.read_meta(b)?[..], b).is_ok_and(|l| l == leaf);
+                    if !same {
+                        self.write_meta(b, leaf.encode(b));
+                    }
+                    b
+                }
+                None => {
+                    let b = self.alloc(BlockState::Meta, Some(ino + 1))?;
+                    d.blocks += 1;
+                    self.write_meta(b, leaf.encode(b));
+                    b
+                }
+            };
+            index.push(ExtentIndex { logical: leaf.extents[0].logical, leaf: at });
+        }
+        d.content = Content::Index(index);
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`; returns the bytes written (short if space runs out part way).
     pub fn write(&mut self, ino: u64, offset: u64, data: &[u8]) -> Result<usize> {
         let mut d = self.dinode(ino)?;
         if d.is_dir() {
@@ -49,11 +128,14 @@ impl Fs {
             return Ok(0);
         }
         let end = offset.checked_add(data.len() as u64).ok_or(FsError::TooBig)?;
-        let mut ext = extents_of(&d)?;
+        let (mut ext, old_index) = self.load_map(&d)?;
+        let max_extents = INLINE_INDEX_MAX * EXTENT_LEAF_MAX / 2;
         let first = offset / bs();
         let last = (end - 1) / bs();
         // (physical block, block contents) runs to write.
         let mut run: Option<(u64, Vec<u8>)> = None;
+        let mut done = offset;
+        let mut failure = None;
         for lblk in first..=last {
             let bstart = lblk * bs();
             let lo = offset.max(bstart) - bstart;
@@ -62,15 +144,22 @@ impl Fs {
             let (pblk, fresh) = match map(&ext, lblk) {
                 Some(p) => (p, false),
                 None => {
-                    let goal = if lblk > 0 { map(&ext, lblk - 1).map(|p| p + 1) } else { None };
-                    let p = self.alloc(BlockState::Data, goal.or(Some(ino + 1)))?;
-                    insert(&mut ext, lblk, p);
-                    if ext.len() > INLINE_EXTENTS_MAX {
-                        self.free_block(p)?;
-                        return Err(FsError::TooBig);
+                    if ext.len() >= max_extents {
+                        failure = Some(FsError::TooBig);
+                        break;
                     }
-                    d.blocks += 1;
-                    (p, true)
+                    let goal = if lblk > 0 { map(&ext, lblk - 1).map(|p| p + 1) } else { None };
+                    match self.alloc(BlockState::Data, goal.or(Some(ino + 1))) {
+                        Ok(p) => {
+                            insert(&mut ext, lblk, p);
+                            d.blocks += 1;
+                            (p, true)
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
                 }
             };
             let mut buf = vec![0u8; BLOCK_SIZE];
@@ -87,18 +176,24 @@ impl Fs {
                     run = Some((pblk, buf));
                 }
             }
+            done = bstart + hi;
         }
         if let Some((start, v)) = run {
             self.dev.write_at(&v, start * bs())?;
         }
         self.data_unsynced = true;
         let now = crate::now();
-        d.size = d.size.max(end);
-        d.mtime = now;
-        d.ctime = now;
-        d.content = Content::Extents(ext);
+        if done > offset {
+            d.size = d.size.max(done);
+            d.mtime = now;
+            d.ctime = now;
+        }
+        self.store_map(ino, &mut d, ext, &old_index)?;
         self.put_dinode(ino, &d);
-        Ok(data.len())
+        match failure {
+            Some(e) if done == offset => Err(e),
+            _ => Ok((done - offset) as usize),
+        }
     }
 
     /// Reads up to `size` bytes at `offset` (holes read as zeros).
@@ -111,7 +206,7 @@ impl Fs {
             return Ok(Vec::new());
         }
         let end = d.size.min(offset + size as u64);
-        let ext = extents_of(&d)?;
+        let (ext, _) = self.load_map(&d)?;
         let first = offset / bs();
         let last = (end - 1) / bs();
         let mut out = vec![0u8; ((last - first + 1) * bs()) as usize];
@@ -138,7 +233,7 @@ impl Fs {
 
     /// Sets the size of a file, freeing blocks past the end (the caller stores the dinode).
     pub(super) fn truncate(&mut self, ino: u64, d: &mut Dinode, size: u64) -> Result<()> {
-        let mut ext = extents_of(d)?;
+        let (mut ext, old_index) = self.load_map(d)?;
         let keep = size.div_ceil(bs());
         let mut kept = Vec::new();
         for e in ext.drain(..) {
@@ -166,8 +261,6 @@ impl Fs {
             }
         }
         d.size = size;
-        d.content = Content::Extents(kept);
-        let _ = ino;
-        Ok(())
+        self.store_map(ino, d, kept, &old_index)
     }
 }

@@ -59,6 +59,10 @@ impl Fs {
         self.dirty.clear();
         self.jhead += need;
         self.jseq += 1;
+        if self.cache.len() > self.cache_limit {
+            // Everything cached is clean now (home, or kept in `committed` until it is).
+            self.cache.clear();
+        }
         Ok(())
     }
 

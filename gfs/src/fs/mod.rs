@@ -154,7 +154,12 @@ pub struct Fs {
     next_generation: u64,
     /// Transactions replayed at mount.
     replayed: u64,
+    /// Clean blocks kept cached before the cache is emptied.
+    cache_limit: usize,
 }
+
+/// Clean metadata blocks kept in memory before the cache is emptied (256 MiB).
+const CACHE_BLOCKS: usize = 65536;
 
 fn bs() -> u64 {
     BLOCK_SIZE as u64
@@ -197,6 +202,7 @@ impl Fs {
             orphans: HashSet::new(),
             next_generation: crate::now().sec as u64 * 1_000_000,
             replayed: 0,
+            cache_limit: CACHE_BLOCKS,
         };
         fs.replayed = fs.replay()?;
         for i in 0..fs.sb.rg_count {
@@ -228,9 +234,16 @@ impl Fs {
             if blkno >= self.sb.block_count {
                 return Err(FsError::Corrupt(FormatError::invalid(blkno, "address past the end")));
             }
-            let mut b = Box::new([0u8; BLOCK_SIZE]);
-            self.dev.read_at(&mut b[..], blkno * bs())?;
-            Header::verify_any(&b[..], blkno)?;
+            // A block committed but not yet home is newer in the journal's image.
+            let b = match self.committed.get(&blkno) {
+                Some(img) => img.clone(),
+                None => {
+                    let mut b = Box::new([0u8; BLOCK_SIZE]);
+                    self.dev.read_at(&mut b[..], blkno * bs())?;
+                    Header::verify_any(&b[..], blkno)?;
+                    b
+                }
+            };
             self.cache.insert(blkno, b);
         }
         Ok(self.cache.get(&blkno).expect("just inserted"))
@@ -729,6 +742,11 @@ impl Fs {
         self.fold_statfs()?;
         self.commit()?;
         self.checkpoint()
+    }
+
+    /// Sets how many metadata blocks stay cached (tests use a tiny cache to exercise re-reads).
+    pub fn set_cache_limit(&mut self, blocks: usize) {
+        self.cache_limit = blocks;
     }
 
     /// Blocks in the running transaction.

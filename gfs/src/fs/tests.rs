@@ -138,6 +138,7 @@ fn rename_replaces_atomically() {
 fn big_directory_lookup_readdir_and_removal() {
     let dev = new_fs(128, 2048);
     let mut fs = Fs::mount(dev.clone(), 0).unwrap();
+    fs.set_cache_limit(64);
     let root = fs.root();
     let dir = fs.mkdir(root, b"big", 0o755, 0, 0).unwrap().ino;
     let n = 6000;
@@ -207,6 +208,7 @@ fn cut_power_after_nth_write() {
         let mut durable = Vec::new();
         let mut done: Vec<(String, u64)> = Vec::new();
         let Ok(mut fs) = Fs::mount(dev, 0) else { return (0, durable) };
+        fs.set_cache_limit(8);
         let root = fs.root();
         for i in 0..40u64 {
             let name = format!("f{i}");
@@ -262,4 +264,38 @@ fn cut_power_after_nth_write() {
         assert!(r.problems.is_empty(), "cut at write {limit}: {:#?}", r.problems);
     }
     assert!(partial_runs >= 10, "only {partial_runs} cuts fell in the middle of the workload");
+}
+
+#[test]
+fn fragmented_file_uses_extent_leaves() {
+    let dev = new_fs(64, 1024);
+    let mut fs = Fs::mount(dev.clone(), 0).unwrap();
+    let root = fs.root();
+    let f = fs.mknod(root, b"frag", libc::S_IFREG | 0o644, 0, 0, 0).unwrap().ino;
+    // Every other block: 1500 extents, far more than fit in the dinode.
+    for i in 0..1500u64 {
+        fs.write(f, i * 2 * 4096, &pattern(i, 4096)).unwrap();
+        if fs.dirty_blocks() > 300 {
+            fs.commit().unwrap();
+        }
+    }
+    assert!(matches!(fs.dinode(f).unwrap().content, Content::Index(_)));
+    assert_consistent(&mut fs);
+    // Fill the holes in the middle (merges extents), truncate, remount.
+    for i in (500..700u64).rev() {
+        fs.write(f, (i * 2 + 1) * 4096, &pattern(i + 10_000, 4096)).unwrap();
+    }
+    fs.setattr(f, &SetAttr { size: Some(2000 * 4096 + 100), ..Default::default() }).unwrap();
+    fs.unmount().unwrap();
+    let mut fs = Fs::mount(dev, 0).unwrap();
+    for i in [0u64, 1, 499, 500, 650, 699, 700, 999] {
+        assert!(fs.read(f, i * 2 * 4096, 4096).unwrap() == pattern(i, 4096), "block {}", i * 2);
+    }
+    assert!(fs.read(f, 1001 * 4096, 4096).unwrap() == pattern(10_500, 4096), "filled hole");
+    assert!(fs.read(f, 1403 * 4096, 4096).unwrap() == vec![0; 4096], "hole");
+    assert!(fs.read(f, 2001 * 4096, 4096).unwrap().is_empty(), "past the end");
+    assert_eq!(fs.getattr(f).unwrap().size, 2000 * 4096 + 100);
+    assert_consistent(&mut fs);
+    fs.unlink(root, b"frag").unwrap();
+    assert_consistent(&mut fs);
 }
