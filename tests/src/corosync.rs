@@ -260,6 +260,15 @@ impl Nodes {
         });
     }
 
+    /// Waits until every cluster node reports all members and quorum (panics after 90 s
+    /// per node).
+    pub fn wait_formed(&self) {
+        let want = format!("Nodes: {}\n", self.members);
+        for i in 0..self.members {
+            self.wait_status(i, |s| s.contains(&want) && s.contains("Quorate: Yes"));
+        }
+    }
+
     /// `cman_tool status` on node `i` (stdout, or the error text).
     pub fn status(&self, i: usize) -> String {
         let out = self.run(i, "cman_tool", &["status"]);

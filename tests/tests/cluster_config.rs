@@ -22,9 +22,7 @@ fn newer_config_reaches_every_member_and_stale_ones_are_refused() {
     let nodes = Nodes::new(3);
     nodes.write_conf(&nodes.simple_conf("alpha", 1, 1000, "<fence_daemon post_join_delay=\"120\"/>"));
     nodes.join_all();
-    for i in 0..3 {
-        nodes.wait_status(i, |s| s.contains("Nodes: 3\n") && s.contains("Quorate: Yes"));
-    }
+    nodes.wait_formed();
     // The operator edits cluster.conf on node2 and propagates it.
     let v2 = nodes.simple_conf("alpha", 2, 1000, "<fence_daemon post_fail_delay=\"5\" post_join_delay=\"120\"/>");
     nodes.write_conf_on(1, &v2);
@@ -98,9 +96,7 @@ fn local_api_reports_membership_and_fences_and_waits_for_them() {
     let extra = r#"<fence_daemon post_join_delay="120"/><fencedevices><fencedevice name="true" agent="/bin/true"/></fencedevices>"#;
     nodes.write_conf(&nodes.conf_with("alpha", 1, 1000, fence, extra));
     nodes.join_all();
-    for i in 0..3 {
-        nodes.wait_status(i, |s| s.contains("Nodes: 3\n") && s.contains("Quorate: Yes"));
-    }
+    nodes.wait_formed();
     let (mut events, mut w) = api(&nodes, 1);
     w.write_all(b"{\"cmd\":\"subscribe\"}\n").unwrap();
     assert_eq!(line(&mut events)["ok"], true);

@@ -154,9 +154,7 @@ fn lone_partition_fences_no_one_and_the_pair_fences_it() {
     );
     nodes.write_conf(&nodes.conf_with("alpha", 1, TOKEN_MS, gnbd_method, &extra));
     nodes.join_all();
-    for i in 0..3 {
-        nodes.wait_status(i, |s| s.contains("Nodes: 3\n") && s.contains("Quorate: Yes"));
-    }
+    nodes.wait_formed();
     // node3 alone on one side (the storage host stays with the pair).
     nodes.partition(&[2]);
     nodes.wait_fence(0, "node3 fenced", |s| fenced_by(s, "node3").is_some());
@@ -181,9 +179,7 @@ fn two_node_mode_survivor_fences_the_other() {
     );
     nodes.write_conf(&nodes.conf_with("pair", 1, TOKEN_MS, gnbd_method, &extra));
     nodes.join_all();
-    for i in 0..2 {
-        nodes.wait_status(i, |s| s.contains("Nodes: 2\n") && s.contains("Quorate: Yes"));
-    }
+    nodes.wait_formed();
     nodes.kill(0);
     let s = nodes.wait_fence(1, "node1 fenced", |s| fenced_by(s, "node1").is_some());
     assert_eq!(fenced_by(&s, "node1").unwrap()["by"], "node2");
@@ -201,9 +197,7 @@ fn fence_node_with_fence_manual_waits_for_the_operator() {
     let extra = r#"<fence_daemon post_join_delay="120"/><fencedevices><fencedevice name="manual" agent="fence_manual"/></fencedevices>"#;
     nodes.write_conf(&nodes.conf_with("alpha", 1, TOKEN_MS, fence, extra));
     nodes.join_all();
-    for i in 0..3 {
-        nodes.wait_status(i, |s| s.contains("Nodes: 3\n") && s.contains("Quorate: Yes"));
-    }
+    nodes.wait_formed();
     // Unknown nodes are refused at once.
     let out = nodes.run(0, "fence_node", &["nosuch"]);
     assert_eq!(out.status.code(), Some(1));

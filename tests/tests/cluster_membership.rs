@@ -52,9 +52,7 @@ fn three_nodes_form_lose_one_and_recompute_quorum() {
 
     // Heal: node3 rejoins and everyone is quorate again.
     nodes.heal(2);
-    for i in 0..3 {
-        nodes.wait_status(i, |s| s.contains("Nodes: 3\n") && s.contains("Quorate: Yes"));
-    }
+    nodes.wait_formed();
     // fenced leaves the domain cleanly and comes back; nobody fences node3 for it.
     nodes.must(2, "fence_tool", &["leave"]);
     nodes.wait_fence(0, "node3 out of the domain", |s| {
