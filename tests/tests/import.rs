@@ -405,3 +405,32 @@ fn a_killed_device_process_shows_dead_and_is_cleaned_up() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&format!("{}/imports/k.mnt", imports.state_dir().display())), "FUSE mount left behind");
 }
+
+#[test]
+fn fencing_verbs_over_tls_use_the_node_certificate() {
+    use gnbd_tests::cluster::{NODE1, NODE2};
+    let pki = gnbd_tests::pki::Pki::new();
+    let dir = TempDir::new();
+    let nodes = dir.join("nodes");
+    std::fs::write(&nodes, format!("node1 {NODE1}\nnode2 {NODE2}\n")).unwrap();
+    let mut b = Server::builder().arg("--tls").arg("required").arg("--nodes").arg(&nodes).arg("--cluster");
+    for a in pki.server_args() {
+        b = b.arg(a);
+    }
+    let server = b.start();
+    let ctl = format!("127.0.0.1:{}", server.control_addr().expect("control channel").port());
+    let imports = Imports::new();
+    let node2 = pki.client("node2");
+    let rogue = pki.rogue_client("node2");
+    let via = |certs: &Path, args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--tls-certificates", certs.to_str().unwrap()]);
+        imports.run(&all)
+    };
+    via(&node2, &["-s", "node1", "-t", &ctl]).assert_success("gnbd_import -s over TLS");
+    assert_eq!(text(&via(&node2, &["-c", &ctl]).stdout), "node1\n");
+    let out = via(&rogue, &["-u", "node1", "-t", &ctl]);
+    assert_eq!(out.status.code(), Some(1), "a certificate from another CA gives no orders: {}", text(&out.stderr));
+    via(&node2, &["-u", "node1", "-t", &ctl]).assert_success("gnbd_import -u over TLS");
+    assert_eq!(text(&via(&node2, &["-c", &ctl]).stdout), "");
+}

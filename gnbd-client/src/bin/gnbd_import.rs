@@ -125,6 +125,8 @@ struct Args {
     port: u16,
     /// Connect with STARTTLS using the certificates in DIR, laid out as for libnbd and qemu:
     /// ca-cert.pem, and client-cert.pem + client-key.pem (this node's identity) when present.
+    /// With -s, -u and -c: send the order over TLS, authenticated by this node's certificate,
+    /// instead of signing it with the cluster key.
     #[arg(long, value_name = "DIR", conflicts_with = "tls_ca")]
     tls_certificates: Option<PathBuf>,
     /// Connect with STARTTLS; the server's certificate must be signed by this CA (PEM).
@@ -157,9 +159,10 @@ fn main() -> ExitCode {
         return device_process(&json);
     }
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("gnbd_import"));
-    let connect = match a.tls_certificates {
+    let tls_dir = a.tls_certificates.map(absolute);
+    let connect = match &tls_dir {
         Some(dir) => {
-            let t = gnbd_client::TlsOptions::from_dir(&absolute(dir));
+            let t = gnbd_client::TlsOptions::from_dir(dir);
             ConnectOptions { tls_ca: Some(t.ca), tls_cert: t.cert, tls_key: t.key, source: a.source }
         }
         None => ConnectOptions {
@@ -186,9 +189,9 @@ fn main() -> ExitCode {
     } else if let Some(node) = a.fence.or(a.unfence.clone()) {
         let action = if a.unfence.is_some() { "on" } else { "off" };
         let server = a.t.expect("clap requires -t");
-        Action::Fence { action, node: Some(node), server, key: a.key }
+        Action::Fence { action, node: Some(node), server, key: a.key, tls_dir }
     } else if let Some(server) = a.bans {
-        Action::Fence { action: "list", node: None, server, key: a.key }
+        Action::Fence { action: "list", node: None, server, key: a.key, tls_dir }
     } else {
         return usage("say what to do: -e, -i, -l, -r, -R, -s, -u or -c");
     };

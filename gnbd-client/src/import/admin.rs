@@ -40,7 +40,8 @@ pub enum Action {
     /// `-r NAME` / `-R`
     Remove { name: Option<String>, force: bool },
     /// `-s NODE -t SERVER` (fence), `-u NODE -t SERVER` (unfence), `-c SERVER` (bans)
-    Fence { action: &'static str, node: Option<String>, server: String, key: PathBuf },
+    /// Orders are signed with `key`, or sent over TLS with the certificates in `tls_dir`.
+    Fence { action: &'static str, node: Option<String>, server: String, key: PathBuf, tls_dir: Option<PathBuf> },
 }
 
 /// Where `gnbd_import` keeps its state and device names, and how to reach servers.
@@ -64,7 +65,7 @@ pub fn run(env: &Env, action: Action) -> Result<String, String> {
         }
         Action::List { json } => show(env, json),
         Action::Remove { name, force } => remove_some(env, name, force),
-        Action::Fence { action, node, server, key } => fence(action, node, &server, &key),
+        Action::Fence { action, node, server, key, tls_dir } => fence(action, node, &server, &key, tls_dir.as_deref()),
     }
 }
 
@@ -276,9 +277,12 @@ fn remove_some(env: &Env, name: Option<String>, force: bool) -> Result<String, S
     }
 }
 
-fn fence(action: &str, node: Option<String>, server: &str, key: &Path) -> Result<String, String> {
+fn fence(action: &str, node: Option<String>, server: &str, key: &Path, tls: Option<&Path>) -> Result<String, String> {
     // The fence agent's own logic, so gnbd_import and fence_gnbd can never disagree.
     let mut text = format!("action={action}\nservers={server}\ncluster_key={}\n", key.display());
+    if let Some(dir) = tls {
+        text.push_str(&format!("tls_certificates={}\n", dir.display()));
+    }
     if let Some(n) = &node {
         text.push_str(&format!("nodename={n}\n"));
     }
