@@ -24,3 +24,5 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
 fi
+# POSIX conformance suite run against gfs mounts (a Rust program from crates.io).
+command -v pjdfstest >/dev/null 2>&1 || cargo install --quiet --locked pjdfstest --version 0.2.2

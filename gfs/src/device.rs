@@ -22,6 +22,8 @@ pub enum DeviceError {
     Io { offset: u64, source: std::io::Error },
     #[error("gnbd request at byte {offset} failed: {reason}")]
     Remote { offset: u64, reason: String },
+    #[error("the device is in use by another mount on this host")]
+    Busy,
     #[error("access at byte {offset} length {len} is past the end of the device ({size} bytes)")]
     OutOfRange { offset: u64, len: usize, size: u64 },
 }
@@ -34,6 +36,13 @@ pub trait Device: Send + Sync + std::fmt::Debug {
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DeviceError>;
     /// Makes every completed write stable.
     fn sync(&self) -> Result<(), DeviceError>;
+    /// Takes this host's exclusive claim on the device for a mount (held until the device is
+    /// dropped), waiting up to `wait` for a previous holder (e.g. a mount process still
+    /// finishing its unmount). No-op where there is nothing to lock.
+    fn claim(&self, wait: std::time::Duration) -> Result<(), DeviceError> {
+        let _ = wait;
+        Ok(())
+    }
 }
 
 fn check_range(offset: u64, len: usize, size: u64) -> Result<(), DeviceError> {
@@ -83,6 +92,19 @@ impl Device for FileDevice {
     }
     fn sync(&self) -> Result<(), DeviceError> {
         self.file.sync_data().map_err(|source| DeviceError::Io { offset: 0, source })
+    }
+    fn claim(&self, wait: std::time::Duration) -> Result<(), DeviceError> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match self.file.try_lock() {
+                Ok(()) => return Ok(()),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => return Err(DeviceError::Busy),
+                Err(std::fs::TryLockError::Error(source)) => return Err(DeviceError::Io { offset: 0, source }),
+            }
+        }
     }
 }
 
@@ -196,5 +218,8 @@ impl Device for CutoffDevice {
             return Ok(());
         }
         self.inner.sync()
+    }
+    fn claim(&self, wait: std::time::Duration) -> Result<(), DeviceError> {
+        self.inner.claim(wait)
     }
 }

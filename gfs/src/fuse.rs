@@ -488,6 +488,24 @@ impl Filesystem for GfsFuse {
         reply.ok();
     }
 
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let i = self.ino(ino);
+        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        Self::empty(self.with(|fs| fs.fallocate(i, offset, length, keep)), reply);
+    }
+
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         Self::empty(self.with(|fs| fs.sync()), reply);
     }

@@ -263,4 +263,36 @@ impl Fs {
         d.size = size;
         self.store_map(ino, d, kept, &old_index)
     }
+
+    /// Allocates (zeroed) blocks for `[offset, offset + len)`; grows the file unless
+    /// `keep_size`.
+    pub fn fallocate(&mut self, ino: u64, offset: u64, len: u64, keep_size: bool) -> Result<()> {
+        let d = self.dinode(ino)?;
+        if d.is_dir() {
+            return Err(FsError::IsDir);
+        }
+        if len == 0 {
+            return Err(FsError::Invalid);
+        }
+        let end = offset.checked_add(len).ok_or(FsError::TooBig)?;
+        let (ext, _) = self.load_map(&d)?;
+        let zero = vec![0u8; BLOCK_SIZE];
+        let size = d.size;
+        // Fill holes with zeros block by block (existing data is left alone).
+        for lblk in offset / bs()..end.div_ceil(bs()) {
+            if map(&ext, lblk).is_none() {
+                let n = self.write(ino, lblk * bs(), &zero)?;
+                if n < BLOCK_SIZE {
+                    return Err(FsError::NoSpace);
+                }
+            }
+        }
+        let mut d = self.dinode(ino)?;
+        d.size = if keep_size { size } else { size.max(end) };
+        if !keep_size || d.size != size {
+            d.ctime = crate::now();
+        }
+        self.put_dinode(ino, &d);
+        Ok(())
+    }
 }

@@ -166,9 +166,11 @@ fn bs() -> u64 {
 }
 
 impl Fs {
-    /// Mounts the filesystem on `dev` using journal `slot`: replays the journal if it holds
+    /// Mounts the filesystem on `dev` using journal `slot`: claims the device (waiting up to
+    /// 10 s for a previous mount on this host to let go), replays the journal if it holds
     /// committed transactions and folds the slot's statfs changes into the master.
     pub fn mount(dev: Arc<dyn Device>, slot: u32) -> Result<Fs> {
+        dev.claim(std::time::Duration::from_secs(10))?;
         let sb = crate::mkfs::read_superblock(&*dev).map_err(|e| match e {
             crate::MkfsError::Device(d) => FsError::Device(d),
             crate::MkfsError::Format(f) => FsError::Corrupt(f),
@@ -715,6 +717,9 @@ impl Fs {
     }
 
     pub fn lookup(&mut self, parent: u64, name: &[u8]) -> Result<Attr> {
+        if name.len() > MAX_NAME_LEN {
+            return Err(FsError::NameTooLong);
+        }
         if name == b"." {
             return self.getattr(parent);
         }
