@@ -40,6 +40,12 @@ struct Args {
     /// so that the NAT rules touch nothing else.
     #[arg(long, default_value = "direct,haproxy,lvsd,nft")]
     targets: String,
+    /// Rounds; each cell is the median.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Data-plane threads of the proxying lvsd.
+    #[arg(long, default_value_t = 2)]
+    lvsd_threads: usize,
     /// Internal: already inside the benchmark's namespace.
     #[arg(long, hide = true)]
     in_netns: bool,
@@ -252,7 +258,7 @@ fn main() -> Result<()> {
                 .arg("--socket")
                 .arg(tmp.join("lvsd.sock"))
                 .arg("--threads")
-                .arg("2")
+                .arg(args.lvsd_threads.to_string())
                 .env("RUST_LOG", "warn"),
             &tmp.join("lvsd.log"),
         )?);
@@ -286,13 +292,33 @@ fn main() -> Result<()> {
     }
 
     let rows = ["HTTP keep-alive (req/s)", "HTTP new conn/request (req/s)", "bulk TCP (Gbit/s)"];
-    let mut results: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
-    for (name, p_http, p_bulk) in &ports {
-        eprintln!("measuring {name} ...");
-        results[0].push(wrk(*p_http, secs, args.conns, false)?);
-        results[1].push(wrk(*p_http, secs, args.conns, true)?);
-        results[2].push(iperf(*p_bulk, secs)?);
+    // Rounds interleave the targets row by row, and each cell is the median of its rounds,
+    // so that load from elsewhere on the machine hits every column alike.
+    let rounds = if args.smoke { 1 } else { args.rounds.max(1) };
+    let mut samples: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); ports.len()]; rows.len()];
+    for round in 0..rounds {
+        for (row, cells) in samples.iter_mut().enumerate() {
+            for (t, (name, p_http, p_bulk)) in ports.iter().enumerate() {
+                eprintln!("round {}/{rounds}: {} via {name}", round + 1, rows[row]);
+                cells[t].push(match row {
+                    0 => wrk(*p_http, secs, args.conns, false)?,
+                    1 => wrk(*p_http, secs, args.conns, true)?,
+                    _ => iperf(*p_bulk, secs)?,
+                });
+            }
+        }
     }
+    let results: Vec<Vec<f64>> = samples
+        .into_iter()
+        .map(|row| {
+            row.into_iter()
+                .map(|mut v| {
+                    v.sort_by(|a, b| a.total_cmp(b));
+                    v[v.len() / 2]
+                })
+                .collect()
+        })
+        .collect();
     let mut out = std::io::stdout().lock();
     write!(out, "| {:<31} |", "")?;
     for (n, _, _) in &ports {
