@@ -163,7 +163,7 @@ fn director_pair_fails_over_to_the_backup() {
     let cf = dir.join("lvs.cf");
     let mut text = String::from(
         "serial_no = 7\nprimary = 198.18.0.1\nbackup = 198.18.0.2\nbackup_active = 1\nheartbeat_port = 539\n\
-         keepalive = 0.2\ndeadtime = 1\nnetwork = nat\n\
+         keepalive = 0.25\ndeadtime = 2\nnetwork = nat\n\
          virtual web {\n address = 198.18.0.50 eth0:1\n port = 80\n protocol = tcp\n scheduler = rr\n \
          send = \"GET / HTTP/1.0\\r\\n\\r\\n\"\n expect = \"HTTP/1.0 200\"\n timeout = 1\n reentry = 1\n",
     );
@@ -213,14 +213,15 @@ fn director_pair_fails_over_to_the_backup() {
     t.ip(&format!("-n {} link set p1 down", t.ns("sw")));
     t.ip(&format!("-n {} addr flush dev eth0", t.ns("dir1")));
     let first_ok = loop {
-        if get(&t, "0.2").is_some() {
+        // Short attempts, back to back: a SYN sent to the dead director's MAC would only be
+        // retried after TCP's 1 s initial timeout, so each attempt starts afresh.
+        if get(&t, "0.1").is_some() {
             break Instant::now();
         }
         assert!(last_ok.elapsed() < Duration::from_secs(30), "the backup never served the VIP");
-        thread::sleep(Duration::from_millis(20));
     };
     let gap = first_ok - last_ok;
-    eprintln!("failover gap: {} ms (deadtime 1000 ms, keepalive 200 ms)", gap.as_millis());
+    eprintln!("failover gap: {} ms (deadtime 2000 ms, keepalive 250 ms)", gap.as_millis());
     assert!(has_vip(&t, "dir2"));
     let names: Vec<String> = (0..3).filter_map(|_| get(&t, "2")).collect();
     assert_eq!(names.len(), 3, "every request after failover succeeds: {names:?}");
@@ -229,7 +230,8 @@ fn director_pair_fails_over_to_the_backup() {
     t.ip(&format!("-n {} addr add 198.18.0.1/24 dev eth0", t.ns("dir1")));
     t.ip(&format!("-n {} link set p1 up", t.ns("sw")));
     start_pulse(&mut t, "dir1");
-    thread::sleep(Duration::from_millis(2500));
+    // Longer than a deadtime: a returning director that wrongly took over would have by now.
+    thread::sleep(Duration::from_millis(3000));
     assert!(!has_vip(&t, "dir1"), "the returning primary must stay standby");
     assert!(has_vip(&t, "dir2"));
     assert!(get(&t, "2").is_some());
