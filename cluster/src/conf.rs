@@ -43,6 +43,9 @@ pub struct Cman {
     pub expected_votes: Option<u32>,
     /// Two-node mode: either node alone is quorate (needs exactly two nodes of one vote).
     pub two_node: bool,
+    /// Key file (absolute path, the same on every node) that authenticates and encrypts
+    /// corosync's traffic; `None` sends it in clear.
+    pub keyfile: Option<String>,
 }
 
 /// `<totem token>`.
@@ -606,7 +609,7 @@ impl<'a, 'i> Parser<'a, 'i> {
     }
 
     fn cman(&mut self, n: Node<'a, 'i>) -> Cman {
-        self.check_attrs(n, &["expected_votes", "two_node"]);
+        self.check_attrs(n, &["expected_votes", "two_node", "keyfile"]);
         for c in self.children(n) {
             self.unknown_child(n, c, &[]);
         }
@@ -614,7 +617,14 @@ impl<'a, 'i> Parser<'a, 'i> {
         if expected_votes == Some(0) {
             self.err(n, Some("expected_votes"), "must be at least 1");
         }
-        Cman { expected_votes, two_node: self.boolean(n, "two_node", false) }
+        let keyfile = n.attribute("keyfile").map(str::to_owned);
+        if let Some(k) = &keyfile {
+            if !k.starts_with('/') || k.contains(|c: char| c.is_whitespace() || c.is_control() || "{}#:\"".contains(c))
+            {
+                self.err(n, Some("keyfile"), format!("\"{k}\" is not an absolute path without spaces"));
+            }
+        }
+        Cman { expected_votes, two_node: self.boolean(n, "two_node", false), keyfile }
     }
 
     fn totem(&mut self, n: Node<'a, 'i>) -> Totem {
@@ -1115,7 +1125,11 @@ impl ClusterConf {
         if let Some(e) = self.cman.expected_votes {
             o.push_str(&format!(" expected_votes=\"{e}\""));
         }
-        o.push_str(&format!(" two_node=\"{}\"/>\n", b(self.cman.two_node)));
+        o.push_str(&format!(" two_node=\"{}\"", b(self.cman.two_node)));
+        if let Some(k) = &self.cman.keyfile {
+            o.push_str(&format!(" keyfile=\"{}\"", esc(k)));
+        }
+        o.push_str("/>\n");
         if let Some(t) = self.totem.token_ms {
             o.push_str(&format!("  <totem token=\"{t}\"/>\n"));
         }

@@ -53,7 +53,11 @@ pub fn generate(conf: &ClusterConf) -> Result<String, GenerateError> {
     ));
     o.push_str("totem {\n    version: 2\n");
     o.push_str(&format!("    cluster_name: {}\n", conf.name));
-    o.push_str("    transport: knet\n    crypto_cipher: none\n    crypto_hash: none\n");
+    o.push_str("    transport: knet\n");
+    match &conf.cman.keyfile {
+        Some(k) => o.push_str(&format!("    crypto_cipher: aes256\n    crypto_hash: sha256\n    keyfile: {k}\n")),
+        None => o.push_str("    crypto_cipher: none\n    crypto_hash: none\n"),
+    }
     if let Some(t) = conf.totem.token_ms {
         o.push_str(&format!("    token: {t}\n"));
     }
@@ -102,16 +106,18 @@ mod tests {
         ));
         assert!(text.contains("expected_votes: 3\n"));
         assert!(!text.contains("two_node"));
+        assert!(text.contains("crypto_cipher: none\n"));
         // One statement per line, braces balanced.
         assert_eq!(text.matches('{').count(), text.matches('}').count());
 
         let c = crate::conf::parse(
-            r#"<cluster name="p" config_version="1"><cman two_node="1" expected_votes="1"/><clusternodes>
+            r#"<cluster name="p" config_version="1"><cman two_node="1" expected_votes="1" keyfile="/etc/cluster/k"/><clusternodes>
             <clusternode name="a" nodeid="1"/><clusternode name="b" nodeid="2"/></clusternodes></cluster>"#,
         )
         .unwrap();
         let text = generate(&c).unwrap();
         assert!(text.contains("expected_votes: 1\n    two_node: 1\n"));
+        assert!(text.contains("crypto_cipher: aes256\n    crypto_hash: sha256\n    keyfile: /etc/cluster/k\n"));
     }
 
     #[test]

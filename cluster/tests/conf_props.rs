@@ -76,7 +76,7 @@ fn conf() -> impl Strategy<Value = ClusterConf> {
         (0u32..100, 0u32..100),
         nodes,
         devices,
-        any::<bool>(),
+        (any::<bool>(), prop::option::of("/[a-z/]{1,12}")),
         rm,
     )
         .prop_map(|(name, version, expected, token, delays, nodes, devices, two, rm)| {
@@ -94,6 +94,7 @@ fn conf() -> impl Strategy<Value = ClusterConf> {
                 .enumerate()
                 .map(|(i, (n, options))| FenceDevice { name: format!("{n}{i}"), agent: format!("fence_{n}"), options })
                 .collect();
+            let (two, keyfile) = two;
             let two_node = two && nodes.len() == 2;
             let nodes: Vec<ClusterNode> = nodes
                 .into_iter()
@@ -190,7 +191,7 @@ fn conf() -> impl Strategy<Value = ClusterConf> {
             ClusterConf {
                 name,
                 config_version: version,
-                cman: Cman { expected_votes: if two_node { Some(1) } else { expected }, two_node },
+                cman: Cman { expected_votes: if two_node { Some(1) } else { expected }, two_node, keyfile },
                 totem: Totem { token_ms: token },
                 fence_daemon: FenceDaemon { post_fail_delay_s: delays.0, post_join_delay_s: delays.1 },
                 nodes,

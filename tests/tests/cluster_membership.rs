@@ -124,3 +124,31 @@ fn join_dry_run_prints_corosync_conf_or_every_error() {
     assert!(err.contains("attribute config_version: \"v2\" is not a non-negative integer"), "{err}");
     assert!(err.contains("<clusternode name=\"a\"> attribute name: duplicate node name \"a\""), "{err}");
 }
+
+#[test]
+fn keyfile_encrypts_corosync_and_a_node_with_another_key_stays_out() {
+    let nodes = Nodes::new(3);
+    nodes.write_conf(&nodes.simple_conf(
+        "sealed",
+        1,
+        1000,
+        r#"<cman keyfile="/etc/cluster/corosync.key"/><fence_daemon post_join_delay="120"/>"#,
+    ));
+    // /etc/cluster is private to each node: node3 gets a different key.
+    for (i, byte) in [(0, 0x11u8), (1, 0x11), (2, 0x77)] {
+        std::fs::write(nodes.path(i, "etc/corosync.key"), [byte; 256]).unwrap();
+    }
+    let dry = nodes.must(0, "cman_tool", &["join", "--dry-run"]);
+    assert!(dry.contains("crypto_cipher: aes256\n") && dry.contains("keyfile: /etc/cluster/corosync.key\n"), "{dry}");
+    nodes.join_all();
+    for i in 0..2 {
+        let s = nodes.wait_status(i, |s| s.contains("Nodes: 2\n") && s.contains("Quorate: Yes"));
+        assert_eq!(field(&s, "Members"), "node1 node2");
+    }
+    let s = nodes.wait_status(2, |s| s.contains("Nodes: 1\n"));
+    assert_eq!(field(&s, "Quorate"), "No");
+    // Give node3 a few token rounds: it still cannot get in.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert!(nodes.status(0).contains("Nodes: 2\n"));
+    assert!(nodes.status(2).contains("Nodes: 1\n"));
+}
