@@ -28,14 +28,32 @@ impl Fs {
                 continue;
             }
             r.directories += 1;
-            let d = self.dinode(dir)?;
-            let Content::DirHash(table) = &d.content else {
-                r.problems.push(format!("directory {dir} has no hash table"));
-                continue;
+            let (d, table) = match self.dir_table(dir) {
+                Ok(x) => x,
+                Err(e) => {
+                    r.problems.push(format!("directory {dir}: hash table: {e}"));
+                    continue;
+                }
             };
+            let table = &table;
+            if !matches!(d.content, Content::DirHash(_)) {
+                if let Content::Index(idx) = &d.content {
+                    for x in idx {
+                        used.insert(x.leaf, BlockState::Meta);
+                    }
+                }
+                let (ext, _) = self.load_map(&d)?;
+                for x in &ext {
+                    for b in x.physical..x.physical + x.len as u64 {
+                        if used.insert(b, BlockState::Meta).is_some() {
+                            r.problems.push(format!("block {b} used twice"));
+                        }
+                    }
+                }
+            }
             let mut leaves = HashSet::new();
             let mut entries = 0u64;
-            for &p in table {
+            for &p in table.iter() {
                 let mut blk = p;
                 while blk != 0 && leaves.insert(blk) {
                     used.insert(blk, BlockState::Meta);

@@ -1,7 +1,9 @@
 //! Hashed directories: extendible hashing over leaves (see docs/format.md). The hash table is
-//! kept in the dinode (up to 256 slots); past that, a full leaf at the deepest level chains an
-//! overflow leaf.
+//! kept in the dinode up to 256 slots, then in hash table blocks mapped by the directory's
+//! extents, up to 2^20 slots; past that, a full leaf at the deepest level chains an overflow
+//! leaf.
 
+use super::file::{insert_block, map_block};
 use super::*;
 
 /// One entry returned by [`Fs::readdir`]; `offset` resumes after it.
@@ -15,20 +17,65 @@ pub struct ReaddirEntry {
 
 /// Offsets 1 and 2 are `.` and `..`; entries use `3 + (hash << 20 | rank among equal hashes)`.
 const COOKIE_BASE: u64 = 3;
+/// Deepest hash table (2^20 slots, 8 MiB of table).
+const MAX_DIR_DEPTH: u8 = 20;
 
 impl Fs {
-    fn dir_table(&mut self, dir: u64) -> Result<(Dinode, Vec<u64>)> {
+    pub(super) fn dir_table(&mut self, dir: u64) -> Result<(Dinode, Vec<u64>)> {
         let d = self.dinode(dir)?;
         if !d.is_dir() {
             return Err(FsError::NotDir);
         }
-        match &d.content {
-            Content::DirHash(t) => {
-                let t = t.clone();
-                Ok((d, t))
-            }
-            _ => Err(FsError::Corrupt(FormatError::invalid(dir, "directory without an inline hash table"))),
+        if let Content::DirHash(t) = &d.content {
+            let t = t.clone();
+            return Ok((d, t));
         }
+        let want = 1usize << d.dir_depth;
+        let (ext, _) = self.load_map(&d)?;
+        let mut table = Vec::with_capacity(want);
+        for k in 0..want.div_ceil(DIR_TABLE_PTRS) as u64 {
+            let blk = map_block(&ext, k).ok_or(FsError::Corrupt(FormatError::invalid(dir, "hash table block")))?;
+            let t = DirTable::decode(&self.read_meta(blk)?[..], blk)?;
+            if t.index as u64 != k || t.owner != dir {
+                return Err(FsError::Corrupt(FormatError::invalid(blk, "hash table block owner or index")));
+            }
+            table.extend(t.ptrs);
+        }
+        if table.len() != want {
+            return Err(FsError::Corrupt(FormatError::invalid(dir, "hash table size")));
+        }
+        Ok((d, table))
+    }
+
+    /// Stores a directory's hash table: in the dinode while it fits, else in table blocks
+    /// (only blocks whose pointers changed are rewritten).
+    fn store_table(&mut self, dir: u64, d: &mut Dinode, table: Vec<u64>) -> Result<()> {
+        if d.dir_depth <= self.inline_dir_depth && matches!(d.content, Content::DirHash(_)) {
+            d.content = Content::DirHash(table);
+            return Ok(());
+        }
+        let (mut ext, old_index) = match &d.content {
+            Content::DirHash(_) => (Vec::new(), Vec::new()),
+            _ => self.load_map(d)?,
+        };
+        for (k, chunk) in table.chunks(DIR_TABLE_PTRS).enumerate() {
+            let t = DirTable { owner: dir, index: k as u32, ptrs: chunk.to_vec() };
+            match map_block(&ext, k as u64) {
+                Some(blk) => {
+                    if DirTable::decode(&self.read_meta(blk)?[..], blk).ok().as_ref() != Some(&t) {
+                        self.write_meta(blk, t.encode(blk));
+                    }
+                }
+                None => {
+                    let goal = if k > 0 { map_block(&ext, k as u64 - 1).map(|p| p + 1) } else { None };
+                    let blk = self.alloc(BlockState::Meta, goal.or(Some(dir + 1)))?;
+                    d.blocks += 1;
+                    self.write_meta(blk, t.encode(blk));
+                    insert_block(&mut ext, k as u64, blk);
+                }
+            }
+        }
+        self.store_map(dir, d, ext, &old_index)
     }
 
     pub(super) fn leaf(&mut self, blkno: u64) -> Result<DirLeaf> {
@@ -87,13 +134,13 @@ impl Fs {
             }
             // Full: split the first leaf if it can, else chain an overflow leaf.
             let leaf = self.leaf(first)?;
-            if (leaf.depth as u8) < d.dir_depth || d.dir_depth < INLINE_DIR_DEPTH {
+            if (leaf.depth as u8) < d.dir_depth || d.dir_depth < MAX_DIR_DEPTH {
                 if leaf.depth as u8 == d.dir_depth {
                     table = table.iter().flat_map(|&p| [p, p]).collect();
                     d.dir_depth += 1;
                 }
                 self.split_leaf(dir, &mut d, &mut table, first)?;
-                d.content = Content::DirHash(table);
+                self.store_table(dir, &mut d, table)?;
                 self.put_dinode(dir, &d);
                 continue;
             }
@@ -175,13 +222,11 @@ impl Fs {
         Ok(())
     }
 
-    /// Frees a directory's leaves (it is empty).
+    /// Frees a directory's leaves and hash table blocks (it is empty).
     pub(super) fn dir_free_blocks(&mut self, dir: u64, d: &Dinode) -> Result<()> {
-        let Content::DirHash(table) = &d.content else {
-            return Ok(());
-        };
+        let (_, table) = self.dir_table(dir)?;
         let mut seen = HashSet::new();
-        for &p in table {
+        for &p in &table {
             let mut blk = p;
             while blk != 0 && seen.insert(blk) {
                 let next = self.leaf(blk)?.next;
@@ -189,7 +234,17 @@ impl Fs {
                 blk = next;
             }
         }
-        let _ = dir;
+        if !matches!(d.content, Content::DirHash(_)) {
+            let (ext, index) = self.load_map(d)?;
+            for e in ext {
+                for b in e.physical..e.physical + e.len as u64 {
+                    self.free_block(b)?;
+                }
+            }
+            for i in index {
+                self.free_block(i.leaf)?;
+            }
+        }
         Ok(())
     }
 

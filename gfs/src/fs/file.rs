@@ -5,6 +5,16 @@
 
 use super::*;
 
+/// The device block holding file block `lblk`, if mapped.
+pub(super) fn map_block(ext: &[Extent], lblk: u64) -> Option<u64> {
+    map(ext, lblk)
+}
+
+/// Maps the hole `lblk` to `pblk`.
+pub(super) fn insert_block(ext: &mut Vec<Extent>, lblk: u64, pblk: u64) {
+    insert(ext, lblk, pblk)
+}
+
 fn map(ext: &[Extent], lblk: u64) -> Option<u64> {
     let i = ext.partition_point(|e| e.end() <= lblk);
     ext.get(i).filter(|e| e.logical <= lblk).map(|e| e.physical + (lblk - e.logical))
@@ -55,7 +65,7 @@ impl Fs {
     }
 
     /// Stores `ext` as the file's map (inline, or in leaves reusing `old`'s boundaries).
-    fn store_map(&mut self, ino: u64, d: &mut Dinode, ext: Vec<Extent>, old: &[ExtentIndex]) -> Result<()> {
+    pub(super) fn store_map(&mut self, ino: u64, d: &mut Dinode, ext: Vec<Extent>, old: &[ExtentIndex]) -> Result<()> {
         if ext.len() <= INLINE_EXTENTS_MAX {
             for e in old {
                 self.free_block(e.leaf)?;

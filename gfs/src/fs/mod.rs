@@ -156,6 +156,8 @@ pub struct Fs {
     replayed: u64,
     /// Clean blocks kept cached before the cache is emptied.
     cache_limit: usize,
+    /// Deepest directory hash table kept in the dinode (at most [`INLINE_DIR_DEPTH`]).
+    inline_dir_depth: u8,
 }
 
 /// Clean metadata blocks kept in memory before the cache is emptied (256 MiB).
@@ -205,6 +207,7 @@ impl Fs {
             next_generation: crate::now().sec as u64 * 1_000_000,
             replayed: 0,
             cache_limit: CACHE_BLOCKS,
+            inline_dir_depth: INLINE_DIR_DEPTH,
         };
         fs.replayed = fs.replay()?;
         for i in 0..fs.sb.rg_count {
@@ -752,6 +755,12 @@ impl Fs {
     /// Sets how many metadata blocks stay cached (tests use a tiny cache to exercise re-reads).
     pub fn set_cache_limit(&mut self, blocks: usize) {
         self.cache_limit = blocks;
+    }
+
+    /// Sets the deepest directory hash table kept inside the dinode (tests use a small value
+    /// to reach table blocks with few entries).
+    pub fn set_inline_dir_depth(&mut self, depth: u8) {
+        self.inline_dir_depth = depth.min(INLINE_DIR_DEPTH);
     }
 
     /// Blocks in the running transaction.

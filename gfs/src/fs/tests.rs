@@ -299,3 +299,48 @@ fn fragmented_file_uses_extent_leaves() {
     fs.unlink(root, b"frag").unwrap();
     assert_consistent(&mut fs);
 }
+
+#[test]
+fn directory_table_moves_to_blocks() {
+    let dev = new_fs(64, 2048);
+    let mut fs = Fs::mount(dev.clone(), 0).unwrap();
+    // Tables deeper than 2 (4 slots) go to blocks; a few thousand entries reach depth 5+.
+    fs.set_inline_dir_depth(2);
+    let root = fs.root();
+    let dir = fs.mkdir(root, b"huge", 0o755, 0, 0).unwrap().ino;
+    let n = 5_000;
+    for i in 0..n {
+        fs.mknod(dir, format!("file-{i:06}").as_bytes(), libc::S_IFREG | 0o644, 0, 0, 0).unwrap();
+        if fs.dirty_blocks() > 400 {
+            fs.commit().unwrap();
+        }
+    }
+    let d = fs.dinode(dir).unwrap();
+    assert!(d.dir_depth > 2, "depth {}", d.dir_depth);
+    assert!(!matches!(d.content, Content::DirHash(_)));
+    assert_eq!(d.dir_entries, n as u64);
+    fs.unmount().unwrap();
+    let mut fs = Fs::mount(dev, 0).unwrap();
+    for i in (0..n).step_by(211) {
+        fs.lookup(dir, format!("file-{i:06}").as_bytes()).unwrap();
+    }
+    assert!(matches!(fs.lookup(dir, b"file-999999"), Err(FsError::NotFound)));
+    let mut offset = 0;
+    let mut count = 0;
+    loop {
+        let batch = fs.readdir(dir, offset, 1000).unwrap();
+        let Some(last) = batch.last() else { break };
+        offset = last.offset;
+        count += batch.len();
+    }
+    assert_eq!(count, n);
+    assert_consistent(&mut fs);
+    for i in 0..n {
+        fs.unlink(dir, format!("file-{i:06}").as_bytes()).unwrap();
+        if fs.dirty_blocks() > 400 {
+            fs.commit().unwrap();
+        }
+    }
+    fs.rmdir(root, b"huge").unwrap();
+    assert_consistent(&mut fs);
+}
