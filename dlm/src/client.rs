@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -70,16 +70,22 @@ struct Waiter {
 
 #[derive(Default)]
 struct Shared {
+    /// Encoded requests not yet taken by the socket.
+    pending: Vec<u8>,
+    /// The writer task owns the socket's writes until `pending` is empty.
+    busy: bool,
     next_seq: u32,
     waiters: std::collections::VecDeque<Waiter>,
     locks: HashMap<(u32, LockId), mpsc::UnboundedSender<Event>>,
     closed: bool,
+    notify: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// A connection to `dlm_controld`. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct DlmClient {
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    w: Arc<tokio::net::unix::OwnedWriteHalf>,
+    notify: Arc<tokio::sync::Notify>,
     shared: Arc<Mutex<Shared>>,
 }
 
@@ -93,22 +99,46 @@ impl DlmClient {
     /// Connect to the daemon's socket.
     pub async fn connect(path: impl AsRef<Path>) -> Result<DlmClient, ClientError> {
         let s = UnixStream::connect(path).await?;
-        let (mut rd, mut wr) = s.into_split();
+        let (mut rd, wr) = s.into_split();
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let w = Arc::new(wr);
+        let notify = Arc::new(tokio::sync::Notify::new());
+        // Writes that the socket did not take at once (see `call`).
+        // It holds the socket weakly: dropping the last DlmClient closes the connection (the
+        // daemon then releases this client's locks), and the writer ends with the reader.
+        shared.lock().expect("client state lock").notify = Some(notify.clone());
+        let (sh, ww, nn) = (shared.clone(), Arc::downgrade(&w), notify.clone());
         tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(16 * 1024);
-            while let Some(f) = rx.recv().await {
-                buf.clear();
-                buf.extend_from_slice(&f);
-                while buf.len() < 60 * 1024 {
-                    match rx.try_recv() {
-                        Ok(f) => buf.extend_from_slice(&f),
-                        Err(_) => break,
+            loop {
+                nn.notified().await;
+                loop {
+                    let buf = {
+                        let mut s = sh.lock().expect("client state lock");
+                        if s.closed {
+                            return;
+                        }
+                        if s.pending.is_empty() {
+                            s.busy = false;
+                            break;
+                        }
+                        std::mem::take(&mut s.pending)
+                    };
+                    let Some(ww) = ww.upgrade() else { return };
+                    let mut done = 0;
+                    while done < buf.len() {
+                        if ww.as_ref().as_ref().writable().await.is_err() {
+                            close(&sh);
+                            return;
+                        }
+                        match ww.try_write(&buf[done..]) {
+                            Ok(n) => done += n,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(_) => {
+                                close(&sh);
+                                return;
+                            }
+                        }
                     }
-                }
-                if wr.write_all(&buf).await.is_err() {
-                    return;
                 }
             }
         });
@@ -140,7 +170,7 @@ impl DlmClient {
             }
             close(&sh);
         });
-        Ok(DlmClient { tx, shared })
+        Ok(DlmClient { w, notify, shared })
     }
 
     async fn call(
@@ -156,12 +186,28 @@ impl DlmClient {
             }
             sh.next_seq = sh.next_seq.wrapping_add(1);
             let seq = sh.next_seq;
-            let mut buf = Vec::with_capacity(64);
-            encode_request(&req, seq, &mut buf);
-            // Queue the waiter and send under the same lock so replies match in order.
+            encode_request(&req, seq, &mut sh.pending);
+            // Queue the waiter and write under the same lock so replies match in order.
             sh.waiters.push_back(Waiter { seq, register, tx });
-            if self.tx.send(buf).is_err() {
-                return Err(ClientError::Io(std::io::ErrorKind::BrokenPipe.into()));
+            if !sh.busy && sh.waiters.len() > 1 {
+                // Others are in flight: let the writer task batch this with what follows.
+                sh.busy = true;
+                self.notify.notify_one();
+            } else if !sh.busy {
+                // Alone: write now, no hop through another task.
+                let mut done = 0;
+                while done < sh.pending.len() {
+                    match self.w.try_write(&sh.pending[done..]) {
+                        Ok(n) => done += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(ClientError::Io(e)),
+                    }
+                }
+                sh.pending.drain(..done);
+                if !sh.pending.is_empty() {
+                    sh.busy = true;
+                    self.notify.notify_one();
+                }
             }
         }
         rx.await.map_err(|_| ClientError::Io(std::io::ErrorKind::BrokenPipe.into()))
@@ -269,6 +315,9 @@ fn close(sh: &Arc<Mutex<Shared>>) {
     s.closed = true;
     s.waiters.clear();
     s.locks.clear();
+    if let Some(n) = &s.notify {
+        n.notify_one();
+    }
 }
 
 fn dispatch(sh: &Arc<Mutex<Shared>>, resp: Response) {

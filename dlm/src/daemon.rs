@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::mode::Mode;
@@ -78,26 +77,121 @@ pub struct Ready {
     pub listen: Option<SocketAddr>,
 }
 
+/// The writing half of a connection.
+#[derive(Clone)]
+enum W {
+    Unix(Rc<tokio::net::unix::OwnedWriteHalf>),
+    Tcp(Rc<tokio::net::tcp::OwnedWriteHalf>),
+}
+
+impl W {
+    fn try_write(&self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            W::Unix(w) => w.try_write(b),
+            W::Tcp(w) => w.try_write(b),
+        }
+    }
+
+    async fn writable(&self) -> std::io::Result<()> {
+        match self {
+            W::Unix(w) => w.as_ref().as_ref().writable().await,
+            W::Tcp(w) => w.as_ref().as_ref().writable().await,
+        }
+    }
+}
+
+/// Bytes waiting for one connection. Frames are appended during a flush and written at
+/// its end straight from the task that produced them (no hop through another task); only
+/// what the socket does not take at once is left to the connection's writer task.
+struct Sink {
+    w: Option<W>,
+    pending: Vec<u8>,
+    busy: bool,
+    notify: Rc<tokio::sync::Notify>,
+}
+
+impl Sink {
+    fn new() -> Sink {
+        Sink { w: None, pending: Vec::new(), busy: false, notify: Rc::new(tokio::sync::Notify::new()) }
+    }
+
+    /// Write what is pending without blocking; hand the rest to the writer task.
+    fn kick(&mut self) {
+        if self.busy || self.pending.is_empty() {
+            return;
+        }
+        let Some(w) = &self.w else { return };
+        let mut done = 0;
+        while done < self.pending.len() {
+            match w.try_write(&self.pending[done..]) {
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.w = None;
+                    self.pending.clear();
+                    return;
+                }
+            }
+        }
+        self.pending.drain(..done);
+        if !self.pending.is_empty() {
+            self.busy = true;
+            self.notify.notify_one();
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Client(Owner),
+    Peer(NodeId),
+}
+
 struct Core {
     node: Node,
-    clients: HashMap<Owner, mpsc::UnboundedSender<Vec<u8>>>,
-    peers: HashMap<NodeId, mpsc::UnboundedSender<Vec<u8>>>,
+    sinks: HashMap<Key, Sink>,
+    dirty: Vec<Key>,
 }
 
 impl Core {
-    /// Carry out the node's outputs: frames to peers, callbacks to clients.
+    fn sink(&mut self, k: Key) -> Option<&mut Sink> {
+        let s = self.sinks.get_mut(&k)?;
+        if !self.dirty.contains(&k) {
+            self.dirty.push(k);
+        }
+        Some(s)
+    }
+
+    /// Queue a response for a client.
+    fn reply(&mut self, owner: Owner, resp: &Response) {
+        if let Some(s) = self.sink(Key::Client(owner)) {
+            encode_response(resp, &mut s.pending);
+        }
+    }
+
+    /// Carry out the node's outputs: frames to peers, callbacks to clients; then write.
     fn flush(&mut self) {
+        self.route();
+        self.kick();
+    }
+
+    /// Write what is pending for every connection touched since the last kick.
+    fn kick(&mut self) {
+        for k in std::mem::take(&mut self.dirty) {
+            if let Some(s) = self.sinks.get_mut(&k) {
+                s.kick();
+            }
+        }
+    }
+
+    /// Queue the node's outputs on their connections.
+    fn route(&mut self) {
         for o in self.node.take_output() {
             match o {
-                Output::Send { to, msg } => {
-                    if let Some(tx) = self.peers.get(&to) {
-                        let mut buf = Vec::with_capacity(64);
-                        encode(&msg, &mut buf);
-                        let _ = tx.send(buf);
-                    } else {
-                        warn!(to, "message for an unknown node dropped");
-                    }
-                }
+                Output::Send { to, msg } => match self.sink(Key::Peer(to)) {
+                    Some(s) => encode(&msg, &mut s.pending),
+                    None => warn!(to, "message for an unknown node dropped"),
+                },
                 Output::Ast(a) => {
                     let (owner, resp) = match a {
                         Ast::Completion { ls, lkid, owner, status, mode, sbflags, lvb } => {
@@ -105,13 +199,52 @@ impl Core {
                         }
                         Ast::Blocking { ls, lkid, owner, mode } => (owner, Response::Blocking { ls, lkid, mode }),
                     };
-                    if let Some(tx) = self.clients.get(&owner) {
-                        let mut buf = Vec::with_capacity(64);
-                        encode_response(&resp, &mut buf);
-                        let _ = tx.send(buf);
+                    self.reply(owner, &resp);
+                }
+            }
+        }
+    }
+}
+
+/// Write what [`Sink::kick`] could not, whenever it is notified.
+async fn sink_writer(core: Rc<RefCell<Core>>, key: Key, notify: Rc<tokio::sync::Notify>) {
+    loop {
+        notify.notified().await;
+        loop {
+            let (w, buf) = {
+                let mut c = core.borrow_mut();
+                let Some(s) = c.sinks.get_mut(&key) else { return };
+                if s.pending.is_empty() || s.w.is_none() {
+                    s.busy = false;
+                    break;
+                }
+                (s.w.clone().expect("checked"), std::mem::take(&mut s.pending))
+            };
+            let mut done = 0;
+            let mut failed = false;
+            while done < buf.len() {
+                if w.writable().await.is_err() {
+                    failed = true;
+                    break;
+                }
+                match w.try_write(&buf[done..]) {
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => {
+                        failed = true;
+                        break;
                     }
                 }
             }
+            let mut c = core.borrow_mut();
+            let Some(s) = c.sinks.get_mut(&key) else { return };
+            if failed {
+                s.w = None;
+                s.pending.clear();
+                s.busy = false;
+                break;
+            }
+            // Frames queued meanwhile went to `pending`, behind these bytes: loop.
         }
     }
 }
@@ -141,11 +274,13 @@ async fn serve(cfg: DaemonConfig, ready: impl FnOnce(&Ready)) -> Result<(), Daem
     let mut members: Vec<NodeId> = cfg.peers.iter().map(|p| p.0).collect();
     members.push(cfg.node_id);
     node.membership(MemberEvent::Members { epoch: 1, members, failed: Vec::new() });
-    let core = Rc::new(RefCell::new(Core { node, clients: HashMap::new(), peers: HashMap::new() }));
+    let core = Rc::new(RefCell::new(Core { node, sinks: HashMap::new(), dirty: Vec::new() }));
     for &(id, addr) in &cfg.peers {
-        let (tx, rx) = mpsc::unbounded_channel();
-        core.borrow_mut().peers.insert(id, tx);
-        tokio::task::spawn_local(peer_writer(cfg.node_id, id, addr, rx));
+        let sink = Sink::new();
+        let notify = sink.notify.clone();
+        core.borrow_mut().sinks.insert(Key::Peer(id), sink);
+        tokio::task::spawn_local(sink_writer(core.clone(), Key::Peer(id), notify));
+        tokio::task::spawn_local(peer_connector(core.clone(), cfg.node_id, id, addr));
     }
     if let Some(tcp) = tcp {
         let peers: Vec<NodeId> = cfg.peers.iter().map(|p| p.0).collect();
@@ -192,11 +327,15 @@ async fn serve(cfg: DaemonConfig, ready: impl FnOnce(&Ready)) -> Result<(), Daem
     Ok(())
 }
 
-/// Keep a connection to peer `id` and write its frames, reconnecting when it breaks.
-async fn peer_writer(me: NodeId, id: NodeId, addr: SocketAddr, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
-    let mut pending: Option<Vec<u8>> = None;
+/// Keep a connection open to peer `id`; frames to it go through its [`Sink`].
+async fn peer_connector(core: Rc<RefCell<Core>>, me: NodeId, id: NodeId, addr: SocketAddr) {
     loop {
-        let mut s = match TcpStream::connect(addr).await {
+        let connected = core.borrow().sinks.get(&Key::Peer(id)).is_some_and(|s| s.w.is_some());
+        if connected {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let s = match TcpStream::connect(addr).await {
             Ok(s) => s,
             Err(e) => {
                 debug!(peer = id, error = %e, "connect failed; retrying");
@@ -205,33 +344,24 @@ async fn peer_writer(me: NodeId, id: NodeId, addr: SocketAddr, mut rx: mpsc::Unb
             }
         };
         let _ = s.set_nodelay(true);
+        let (rd, mut wr) = s.into_split();
         let mut hello = Vec::new();
         encode(&Message::Hello { node: me }, &mut hello);
-        if s.write_all(&hello).await.is_err() {
+        if wr.write_all(&hello).await.is_err() {
             continue;
         }
         info!(peer = id, %addr, "connected to peer");
-        let mut buf = Vec::with_capacity(64 * 1024);
-        loop {
-            buf.clear();
-            match pending.take() {
-                Some(p) => buf.extend_from_slice(&p),
-                None => match rx.recv().await {
-                    Some(f) => buf.extend_from_slice(&f),
-                    None => return,
-                },
-            }
-            while buf.len() < 60 * 1024 {
-                match rx.try_recv() {
-                    Ok(f) => buf.extend_from_slice(&f),
-                    Err(_) => break,
-                }
-            }
-            if let Err(e) = s.write_all(&buf).await {
-                warn!(peer = id, error = %e, "peer connection lost; reconnecting");
-                pending = Some(buf.clone());
-                break;
-            }
+        // Nothing comes back on this connection; reading it notices when it closes.
+        tokio::task::spawn_local(async move {
+            let mut rd = rd;
+            let mut b = [0u8; 64];
+            while matches!(rd.read(&mut b).await, Ok(n) if n > 0) {}
+        });
+        let mut c = core.borrow_mut();
+        if let Some(sink) = c.sinks.get_mut(&Key::Peer(id)) {
+            sink.w = Some(W::Tcp(Rc::new(wr)));
+            sink.busy = false;
+            sink.kick();
         }
     }
 }
@@ -282,64 +412,57 @@ async fn peer_reader(core: Rc<RefCell<Core>>, mut s: TcpStream, addr: SocketAddr
     }
 }
 
-async fn client_writer(mut w: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
-    let mut buf = Vec::with_capacity(16 * 1024);
-    while let Some(f) = rx.recv().await {
-        buf.clear();
-        buf.extend_from_slice(&f);
-        while buf.len() < 60 * 1024 {
-            match rx.try_recv() {
-                Ok(f) => buf.extend_from_slice(&f),
-                Err(_) => break,
-            }
-        }
-        if w.write_all(&buf).await.is_err() {
-            return;
-        }
-    }
-}
-
 async fn client_conn(core: Rc<RefCell<Core>>, s: UnixStream, owner: Owner) {
     let (mut rd, wr) = s.into_split();
-    let (tx, rx) = mpsc::unbounded_channel();
-    core.borrow_mut().clients.insert(owner, tx.clone());
-    tokio::task::spawn_local(client_writer(wr, rx));
+    let mut sink = Sink::new();
+    sink.w = Some(W::Unix(Rc::new(wr)));
+    let notify = sink.notify.clone();
+    core.borrow_mut().sinks.insert(Key::Client(owner), sink);
+    let writer = tokio::task::spawn_local(sink_writer(core.clone(), Key::Client(owner), notify));
     debug!(owner, "client connected");
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 16 * 1024];
-    'conn: loop {
+    loop {
         let n = match rd.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
         let mut at = 0;
-        loop {
-            match decode_request(&buf[at..]) {
-                Ok(Frame::NeedMore(_)) => break,
-                Ok(Frame::Done(req, seq, used)) => {
-                    at += used;
-                    let mut c = core.borrow_mut();
-                    let resp = handle(&mut c.node, owner, req, seq);
-                    let mut out = Vec::with_capacity(32);
-                    encode_response(&resp, &mut out);
-                    let _ = tx.send(out);
-                    c.flush();
-                }
-                Err(e) => {
-                    warn!(owner, error = %e, "malformed request from a client; closing its connection");
-                    let mut out = Vec::new();
-                    encode_response(&Response::Reply { seq: 0, status: -22, ls: 0, lkid: 0 }, &mut out);
-                    let _ = tx.send(out);
-                    break 'conn;
+        let mut bad = false;
+        {
+            let mut c = core.borrow_mut();
+            loop {
+                match decode_request(&buf[at..]) {
+                    Ok(Frame::NeedMore(_)) => break,
+                    Ok(Frame::Done(req, seq, used)) => {
+                        at += used;
+                        let resp = handle(&mut c.node, owner, req, seq);
+                        // The reply goes before any callback the request caused.
+                        c.reply(owner, &resp);
+                        c.route();
+                    }
+                    Err(e) => {
+                        warn!(owner, error = %e, "malformed request from a client; closing its connection");
+                        c.reply(owner, &Response::Reply { seq: 0, status: -22, ls: 0, lkid: 0 });
+                        bad = true;
+                        break;
+                    }
                 }
             }
+            c.kick();
+        }
+        if bad {
+            // Let the writer drain the error reply before the connection goes.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            break;
         }
         buf.drain(..at);
     }
     debug!(owner, "client gone");
+    writer.abort();
     let mut c = core.borrow_mut();
-    c.clients.remove(&owner);
+    c.sinks.remove(&Key::Client(owner));
     let ids: Vec<u32> = c.node.lockspaces().iter().map(|l| l.id).collect();
     for ls in ids {
         c.node.purge_owner(ls, owner);
