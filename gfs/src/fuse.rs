@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache names and attributes. With lock_nolock every change goes
+/// through this mount, so the kernel's caches never go stale behind its back.
+const TTL: Duration = Duration::from_secs(3600);
 /// Commit as soon as the running transaction holds this many blocks.
 const COMMIT_BLOCKS: usize = 256;
 /// The periodic commit interval.
@@ -216,7 +218,28 @@ impl Filesystem for GfsFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let p = self.ino(parent);
-        self.entry(self.with(|fs| fs.lookup(p, name.as_bytes())), reply);
+        match self.with(|fs| fs.lookup(p, name.as_bytes())) {
+            // A negative entry (inode 0) lets the kernel cache the absence too.
+            Err(e) if e == Errno::ENOENT => {
+                let mut a = self.attr(&Attr {
+                    ino: 0,
+                    mode: 0,
+                    uid: 0,
+                    gid: 0,
+                    nlink: 0,
+                    size: 0,
+                    blocks: 0,
+                    atime: Timestamp::default(),
+                    mtime: Timestamp::default(),
+                    ctime: Timestamp::default(),
+                    rdev: 0,
+                    generation: 0,
+                });
+                a.ino = INodeNo(0);
+                reply.entry(&TTL, &a, Generation(0));
+            }
+            r => self.entry(r, reply),
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

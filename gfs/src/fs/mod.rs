@@ -116,6 +116,8 @@ pub struct FsStat {
 struct RgState {
     addr: u64,
     rg: Rgrp,
+    /// Entry to start the next free-block search at (just past the last allocation).
+    next: u64,
 }
 
 /// A mounted filesystem.
@@ -213,7 +215,7 @@ impl Fs {
         for i in 0..fs.sb.rg_count {
             let (addr, _) = fs.sb.rg_extent(i);
             let rg = Rgrp::decode(&fs.read_meta(addr)?[..], addr)?;
-            fs.rgs.push(RgState { addr, rg });
+            fs.rgs.push(RgState { addr, rg, next: 0 });
         }
         fs.fold_statfs()?;
         fs.commit()?;
@@ -338,27 +340,40 @@ impl Fs {
             if self.rgs[rgi].rg.free == 0 {
                 continue;
             }
-            let data0 = self.rgs[rgi].rg.data0;
             let count = self.rgs[rgi].rg.data_count as u64;
-            let mut entry = 0u64;
-            while entry < count {
-                let (baddr, e) = self.bitmap_addr(rgi, entry);
-                let limit = (count - (entry - e as u64)).min(BITMAP_BLOCKS_PER_BLOCK as u64) as u32;
-                let bm = Bitmap::decode(&self.read_meta(baddr)?[..], baddr)?;
-                let mut from = e;
-                while let Some(f) = bm.find_free(from, limit) {
-                    let blk = data0 + entry - e as u64 + f as u64;
-                    if !self.pinned.contains(&blk) {
-                        self.rg_hint = rgi;
-                        self.set_state(blk, s)?;
-                        return Ok(blk);
-                    }
-                    from = f + 1;
+            let next = self.rgs[rgi].next.min(count);
+            for (from, to) in [(next, count), (0, next)] {
+                if let Some(blk) = self.scan_rg(rgi, from, to)? {
+                    self.rg_hint = rgi;
+                    self.rgs[rgi].next = blk - self.rgs[rgi].rg.data0 + 1;
+                    self.set_state(blk, s)?;
+                    return Ok(blk);
                 }
-                entry = entry - e as u64 + limit as u64;
             }
         }
         Err(FsError::NoSpace)
+    }
+
+    /// First free, unpinned block of group `rgi` with entry in `[from, to)`.
+    fn scan_rg(&mut self, rgi: usize, from: u64, to: u64) -> Result<Option<u64>> {
+        let data0 = self.rgs[rgi].rg.data0;
+        let mut entry = from;
+        while entry < to {
+            let (baddr, e) = self.bitmap_addr(rgi, entry);
+            let base = entry - e as u64;
+            let limit = (to - base).min(BITMAP_BLOCKS_PER_BLOCK as u64) as u32;
+            let bm = Bitmap::decode(&self.read_meta(baddr)?[..], baddr)?;
+            let mut at = e;
+            while let Some(f) = bm.find_free(at, limit) {
+                let blk = data0 + base + f as u64;
+                if !self.pinned.contains(&blk) {
+                    return Ok(Some(blk));
+                }
+                at = f + 1;
+            }
+            entry = base + limit as u64;
+        }
+        Ok(None)
     }
 
     /// Frees a block; it stays unusable until the next checkpoint.
