@@ -236,3 +236,82 @@ fn director_pair_fails_over_to_the_backup() {
     assert!(has_vip(&t, "dir2"));
     assert!(get(&t, "2").is_some());
 }
+
+/// Whether the lvsd behind `sock` answers.
+fn director_up(sock: &Path) -> bool {
+    run(Command::new(bin_dir().join("lvsadm")).env("LVSD_SOCKET", sock).args(["-L", "-n"])).status.success()
+}
+
+#[test]
+fn told_to_take_over_the_standby_wins_and_the_active_steps_down() {
+    // Two pulses on loopback addresses (no VIP devices: nothing to bring up), same port.
+    let dir = TempDir::new();
+    let hb = std::net::UdpSocket::bind("127.0.13.1:0").unwrap().local_addr().unwrap().port();
+    let cf = dir.join("lvs.cf");
+    std::fs::write(
+        &cf,
+        format!(
+            "primary = 127.0.13.1\nbackup = 127.0.13.2\nheartbeat_port = {hb}\nkeepalive = 0.25\ndeadtime = 2\n\
+             virtual web {{\n address = 127.0.13.10\n port = {}\n scheduler = rr\n}}\n",
+            hb.wrapping_add(1).max(1024)
+        ),
+    )
+    .unwrap();
+    let pulse = bin_dir().join("pulse");
+    let lvsd = bin_dir().join("lvsd");
+    let mut children = Guard(Vec::new());
+    let mut start = |role: &str| -> (u32, std::path::PathBuf) {
+        let sock = dir.join(format!("{role}.sock"));
+        let mut c = Command::new(&pulse)
+            .args(["--foreground", "--role", role, "--config"])
+            .arg(&cf)
+            .arg("--socket")
+            .arg(&sock)
+            .arg("--lvsd")
+            .arg(&lvsd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join(format!("{role}.log"))).unwrap())
+            .spawn()
+            .expect("start pulse");
+        let mut line = String::new();
+        BufReader::new(c.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.contains("ready"), "{line}");
+        let pid = c.id();
+        children.0.push(c);
+        (pid, sock)
+    };
+    let (_, primary) = start("primary");
+    let (backup_pid, backup) = start("backup");
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("the primary to become active", &|| director_up(&primary));
+    assert!(!director_up(&backup));
+    // SIGUSR1: the backup takes over with a higher generation; the primary steps down.
+    run(Command::new("kill").args(["-USR1", &backup_pid.to_string()])).assert_success("kill -USR1");
+    wait("the backup to become active", &|| director_up(&backup));
+    wait("the primary to step down", &|| !director_up(&primary));
+}
+
+struct Guard(Vec<Child>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        }
+        for c in &mut self.0 {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
