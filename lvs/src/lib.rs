@@ -9,8 +9,10 @@
 //! - Piranha's `lvs.cf` ([`LvsConfig`]) with line-numbered errors;
 //! - `ipvsadm`'s command language ([`admin`]): argument parsing, `-L` listings and the
 //!   `ipvsadm-save` format;
-//! - the userspace data plane ([`proxy`]), the daemon ([`daemon`]) with its admin socket,
-//!   and the health checks ([`nanny`]).
+//! - the userspace data plane ([`proxy`]: TCP proxy with splice for bulk, UDP forwarder),
+//!   the daemon ([`daemon`], `lvsd`) with its admin socket (`lvsadm`), the health checks
+//!   ([`nanny`]) and the nftables fast path ([`nft`]);
+//! - director failover ([`pulse`]): heartbeats, takeover, VIPs with gratuitous ARP.
 //!
 //! The table is sans-IO: the data plane reports connection events with a `now`.
 //!
