@@ -288,6 +288,12 @@ impl DlmClient {
         }
     }
 
+    /// Hand the daemon a membership event (what the cluster layer does: members changed,
+    /// a node fenced, quorum).
+    pub async fn membership(&self, event: crate::node::MemberEvent) -> Result<(), ClientError> {
+        self.simple(Request::Member { event }).await.map(|_| ())
+    }
+
     /// `dlm_tool ls` text.
     pub async fn list(&self) -> Result<String, ClientError> {
         self.text(Request::List).await

@@ -505,6 +505,11 @@ fn handle(node: &mut Node, owner: Owner, req: Request, seq: u32) -> Response {
             Ok(sent) => Response::Reply { seq, status: if sent { 0 } else { 1 }, ls, lkid },
             Err(e) => reply(seq, Err(e)),
         },
+        Request::Member { event } => {
+            info!(?event, "membership event");
+            node.membership(event);
+            Response::Reply { seq, status: 0, ls: 0, lkid: 0 }
+        }
         Request::List => Response::Text { seq, status: 0, text: list_text(node) },
         Request::Dump { name } => match node.lockspace_by_name(&name) {
             Some(ls) => Response::Text { seq, status: 0, text: dump_text(node, ls) },

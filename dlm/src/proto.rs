@@ -4,6 +4,7 @@
 //! completions and blocking callbacks arrive in between as they happen.
 
 use crate::mode::{Flags, Mode, SbFlags, Status};
+use crate::node::MemberEvent;
 use crate::resource::LockId;
 use crate::wire::{MAX_LVB, MAX_NAME};
 
@@ -18,6 +19,7 @@ const Q_UNLOCK: u8 = 5;
 const Q_CANCEL: u8 = 6;
 const Q_LIST: u8 = 7;
 const Q_DUMP: u8 = 8;
+const Q_MEMBER: u8 = 9;
 const R_REPLY: u8 = 64;
 const R_TEXT: u8 = 65;
 const R_COMPLETION: u8 = 66;
@@ -89,6 +91,11 @@ pub enum Request {
     Dump {
         /// Lockspace name.
         name: Vec<u8>,
+    },
+    /// A membership event from the cluster layer (members, fenced, quorum).
+    Member {
+        /// The event.
+        event: MemberEvent,
     },
 }
 
@@ -201,6 +208,7 @@ pub fn encode_request(req: &Request, seq: u32, out: &mut Vec<u8>) {
         Request::Cancel { .. } => Q_CANCEL,
         Request::List => Q_LIST,
         Request::Dump { .. } => Q_DUMP,
+        Request::Member { .. } => Q_MEMBER,
     };
     let at = W::start(out, kind, seq);
     match req {
@@ -235,6 +243,26 @@ pub fn encode_request(req: &Request, seq: u32, out: &mut Vec<u8>) {
         }
         Request::List => {}
         Request::Dump { name } => put_name(out, name),
+        Request::Member { event } => match event {
+            MemberEvent::Members { epoch, members, failed } => {
+                out.push(0);
+                out.extend_from_slice(&epoch.to_be_bytes());
+                for list in [members, failed] {
+                    out.extend_from_slice(&(list.len().min(1024) as u16).to_be_bytes());
+                    for n in list.iter().take(1024) {
+                        out.extend_from_slice(&n.to_be_bytes());
+                    }
+                }
+            }
+            MemberEvent::Fenced { node } => {
+                out.push(1);
+                out.extend_from_slice(&node.to_be_bytes());
+            }
+            MemberEvent::Quorum { quorate } => {
+                out.push(2);
+                out.push(*quorate as u8);
+            }
+        },
     }
     W::finish(out, at);
 }
@@ -390,6 +418,34 @@ pub fn decode_request(buf: &[u8]) -> Result<Frame<Request>, ProtoError> {
         Q_CANCEL => Request::Cancel { ls: r.u32("lockspace")?, lkid: r.u64("lock id")? },
         Q_LIST => Request::List,
         Q_DUMP => Request::Dump { name: r.name()? },
+        Q_MEMBER => Request::Member {
+            event: match r.u8("event kind")? {
+                0 => {
+                    let epoch = r.u64("epoch")?;
+                    let mut lists = [Vec::new(), Vec::new()];
+                    for l in &mut lists {
+                        let n = r.u16("node count")? as usize;
+                        if n > 1024 {
+                            return Err(ProtoError::Malformed("node count"));
+                        }
+                        for _ in 0..n {
+                            l.push(r.u32("node")?);
+                        }
+                    }
+                    let [members, failed] = lists;
+                    MemberEvent::Members { epoch, members, failed }
+                }
+                1 => MemberEvent::Fenced { node: r.u32("node")? },
+                2 => MemberEvent::Quorum {
+                    quorate: match r.u8("quorate")? {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(ProtoError::Malformed("quorate")),
+                    },
+                },
+                _ => return Err(ProtoError::Malformed("event kind")),
+            },
+        },
         other => return Err(ProtoError::BadType(other)),
     };
     if !r.0.is_empty() {
@@ -468,6 +524,16 @@ mod tests {
             (any::<u32>(), any::<u64>()).prop_map(|(ls, lkid)| Request::Cancel { ls, lkid }),
             Just(Request::List),
             bytes(MAX_NAME).prop_map(|name| Request::Dump { name }),
+            (
+                any::<u64>(),
+                proptest::collection::vec(any::<u32>(), 0..8),
+                proptest::collection::vec(any::<u32>(), 0..4)
+            )
+                .prop_map(|(epoch, members, failed)| Request::Member {
+                    event: MemberEvent::Members { epoch, members, failed }
+                }),
+            any::<u32>().prop_map(|node| Request::Member { event: MemberEvent::Fenced { node } }),
+            any::<bool>().prop_map(|quorate| Request::Member { event: MemberEvent::Quorum { quorate } }),
         ]
     }
     fn response() -> impl Strategy<Value = Response> {

@@ -60,3 +60,11 @@ pub async fn unlock(socket: &Path, ls: &str, name: &str) -> Result<String, Clien
     }
     Err(ClientError::Status(crate::mode::Status::NotFound))
 }
+
+/// `dlm_tool members EPOCH --members LIST [--failed LIST]`, `dlm_tool fenced NODE`,
+/// `dlm_tool quorum yes|no`: feed a membership event to the daemon (the cluster layer's
+/// hook; also for tests and manual recovery).
+pub async fn member_event(socket: &Path, event: crate::node::MemberEvent) -> Result<String, ClientError> {
+    DlmClient::connect(socket).await?.membership(event.clone()).await?;
+    Ok(format!("{event:?}\n"))
+}

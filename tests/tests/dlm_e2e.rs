@@ -58,6 +58,12 @@ impl Daemon {
         eprintln!("--- {} ---\n{s}", self.log.display());
     }
 
+    /// Cut power: SIGKILL, and reap.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     fn tool(&self, args: &[&str]) -> std::process::Output {
         run_timeout(Command::new(bin_dir().join("dlm_tool")).arg("--socket").arg(&self.socket).args(args), STEP)
     }
@@ -244,4 +250,80 @@ async fn bad_client_input_gets_an_error_and_disturbs_nobody() {
     let mut held = held;
     step(held.convert(Mode::Pr, Flags::empty(), None)).await.unwrap();
     step(held.unlock(Flags::empty(), None)).await.unwrap();
+}
+
+#[tokio::test]
+async fn killed_ex_holder_waiter_granted_only_after_fence_with_value_block_invalid() {
+    let dir = TempDir::new();
+    let addrs: Vec<(u32, SocketAddr)> = (1..=3).map(|i| (i, free_port(&format!("127.0.0.{i}")))).collect();
+    let mut daemons: Vec<Daemon> = addrs
+        .iter()
+        .map(|&(id, addr)| {
+            let peers: Vec<(u32, SocketAddr)> = addrs.iter().copied().filter(|p| p.0 != id).collect();
+            Daemon::start(dir.path(), id, Some(addr), &peers)
+        })
+        .collect();
+    let mut clients = Vec::new();
+    for d in &daemons {
+        clients.push(step(DlmClient::connect(&d.socket)).await.unwrap());
+    }
+    let mut ls = 0;
+    for c in &clients {
+        ls = step(c.join(b"rec", 0)).await.unwrap();
+    }
+    // Several resources, so that some are mastered by the node that dies and some not.
+    let names: Vec<Vec<u8>> = (0..6).map(|i| format!("R{i}").into_bytes()).collect();
+    let mut held = Vec::new();
+    let mut waiters = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        // Node 1 writes a value block, then holds EX again (dirty).
+        let mut l = step(clients[0].lock(ls, name, Mode::Ex, Flags::VALBLK, None)).await.unwrap();
+        step(l.convert(Mode::Nl, Flags::VALBLK, Some(&[i as u8 + 1; 32]))).await.unwrap();
+        step(l.convert(Mode::Ex, Flags::VALBLK, None)).await.unwrap();
+        assert_eq!(l.lvb(), Some(&[i as u8 + 1; 32][..]));
+        // Node 2 waits for PR.
+        let w = step(clients[1].request(ls, name, Mode::Pr, Flags::VALBLK, None)).await.unwrap();
+        assert_eq!(step(l.blocked()).await, Some(Mode::Pr));
+        held.push(l);
+        waiters.push(w);
+    }
+    // Node 1 dies with its EX locks.
+    daemons[0].kill();
+    for c in &clients[1..] {
+        step(c.membership(dlm::MemberEvent::Members { epoch: 2, members: vec![2, 3], failed: vec![1] })).await.unwrap();
+    }
+    // Not fenced yet: nothing may be granted. (Any grant now would be a bug, whatever the
+    // timing; the wait only gives a wrong grant the chance to show.)
+    for w in &mut waiters {
+        assert!(tokio::time::timeout(Duration::from_millis(200), w.wait()).await.is_err(), "granted before fencing");
+    }
+    let out = daemons[1].tool(&["ls"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("state recovering"), "{out:?}");
+    for c in &clients[1..] {
+        step(c.membership(dlm::MemberEvent::Fenced { node: 1 })).await.unwrap();
+    }
+    for w in &mut waiters {
+        let c = step(w.wait()).await.unwrap();
+        assert_eq!((c.status, c.mode), (Status::Granted, Some(Mode::Pr)));
+        assert!(c.sbflags.contains(SbFlags::VALNOTVALID), "value block must be flagged not valid");
+    }
+    // Members and slots agree on the survivors, and slots did not move.
+    for d in &daemons[1..] {
+        let out = d.tool(&["ls"]);
+        out.assert_success("dlm_tool ls");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(text.contains("members 2 3\n") && text.contains("slots 2:2 3:3\n"), "{text}");
+        assert!(text.contains("state running"), "{text}");
+    }
+    // Life goes on: node 3 takes EX once node 2 lets go, and writes a fresh value block.
+    for (i, (w, name)) in waiters.into_iter().zip(&names).enumerate() {
+        let mut x = step(clients[2].request(ls, name, Mode::Ex, Flags::VALBLK, None)).await.unwrap();
+        step(w.unlock(Flags::empty(), None)).await.unwrap();
+        step(x.wait()).await.unwrap();
+        step(x.convert(Mode::Nl, Flags::VALBLK, Some(&[100 + i as u8; 32]))).await.unwrap();
+        let r = step(clients[1].lock(ls, name, Mode::Pr, Flags::VALBLK, None)).await.unwrap();
+        assert_eq!(r.lvb(), Some(&[100 + i as u8; 32][..]));
+        assert!(!r.sbflags().contains(SbFlags::VALNOTVALID));
+    }
+    drop(held);
 }

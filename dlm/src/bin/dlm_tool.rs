@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 ///   dlm_tool ls
 ///   dlm_tool lockdump myapp
 ///   dlm_tool lock myapp backup EX && run-backup; dlm_tool unlock myapp backup
+///   dlm_tool members 2 --members 2,3 --failed 1 && dlm_tool fenced 1
 ///
 /// FILES:
 ///   /run/dlm/dlm.sock   default daemon socket (--socket)
@@ -63,6 +64,29 @@ enum Cmd {
         #[arg(long)]
         noqueue: bool,
     },
+    /// Tell the daemon the members changed (the cluster layer's hook). Recovery starts and
+    /// waits until every --failed node is reported fenced.
+    Members {
+        /// Membership generation; must grow.
+        epoch: u64,
+        /// Member node ids, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        members: Vec<u32>,
+        /// Lost node ids that must be fenced first, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        failed: Vec<u32>,
+    },
+    /// Tell the daemon a node has been fenced.
+    Fenced {
+        /// The fenced node id.
+        node: u32,
+    },
+    /// Tell the daemon whether the cluster is quorate (nothing is granted without quorum).
+    Quorum {
+        /// yes or no.
+        #[arg(value_parser = ["yes", "no"])]
+        quorate: String,
+    },
     /// Release a lock taken with `dlm_tool lock` on this node.
     Unlock {
         /// Lockspace name.
@@ -96,6 +120,14 @@ fn main() {
                 dlm::tool::lock(s, lockspace, resource, *mode, *noqueue).await
             }
             Cmd::Unlock { lockspace, resource } => dlm::tool::unlock(s, lockspace, resource).await,
+            Cmd::Members { epoch, members, failed } => {
+                let ev = dlm::MemberEvent::Members { epoch: *epoch, members: members.clone(), failed: failed.clone() };
+                dlm::tool::member_event(s, ev).await
+            }
+            Cmd::Fenced { node } => dlm::tool::member_event(s, dlm::MemberEvent::Fenced { node: *node }).await,
+            Cmd::Quorum { quorate } => {
+                dlm::tool::member_event(s, dlm::MemberEvent::Quorum { quorate: quorate == "yes" }).await
+            }
         }
     });
     match r {
