@@ -10,7 +10,7 @@
 //! | `{"cmd":"status"}` | `{"ok":true,"status":{...}}` ([`DomainStatus`]) |
 //! | `{"cmd":"fence","node":"NAME"}` | after the fence: `{"ok":true,"method":"..."}` |
 //! | `{"cmd":"ack_manual","node":"NAME"}` | `{"ok":true}`: the operator vouches the node is off |
-//! | `{"cmd":"wait_fenced","nodeid":N}` | when N is no longer a pending victim: `{"ok":true}` |
+//! | `{"cmd":"wait_fenced","nodeid":N}` | when N is safe (member, left cleanly, or fenced): `{"ok":true}` |
 //! | `{"cmd":"subscribe"}` | a stream of [`Event`] lines until the client closes |
 //! | `{"cmd":"config_update","xml":"..."}` | after propagation: `{"ok":true,"version":V}` |
 //! | `{"cmd":"shutdown"}` | `{"ok":true}`; fenced leaves the group cleanly and exits |
@@ -42,7 +42,7 @@ pub enum Request {
     Fence { node: String },
     /// The operator confirms a node is off (fence_ack_manual).
     AckManual { node: String },
-    /// Wait until the node is not a pending victim.
+    /// Wait until the node is safe: a member, gone cleanly, or fenced.
     WaitFenced { nodeid: u32 },
     /// Stream events.
     Subscribe,
@@ -63,7 +63,7 @@ pub struct NodeEntry {
     pub member: bool,
     /// Fence group member.
     pub in_domain: bool,
-    /// Waiting to be fenced.
+    /// Not safe yet: gone from the membership uncleanly and not fenced.
     pub pending: bool,
     /// Failed attempts on the pending fence.
     pub failures: u32,
@@ -205,7 +205,8 @@ impl Client {
         self.call(&Request::AckManual { node: node.to_owned() }).map(|_| ())
     }
 
-    /// Waits until `nodeid` is not waiting to be fenced.
+    /// Waits until `nodeid` is safe: a member, gone cleanly, or fenced. Lock and journal
+    /// recovery call this for every node that left before touching what it held.
     pub fn wait_fenced(&mut self, nodeid: u32) -> Result<(), ApiError> {
         self.call(&Request::WaitFenced { nodeid }).map(|_| ())
     }

@@ -174,6 +174,12 @@ impl Daemon {
         let now = self.now();
         let actions = self.dom.step(input, now);
         self.perform(actions);
+        let safe: Vec<u32> = self.pending_waiters.keys().copied().filter(|id| self.dom.is_safe(*id)).collect();
+        for id in safe {
+            for w in self.pending_waiters.remove(&id).unwrap_or_default() {
+                let _ = w.send(ok_reply(serde_json::json!({})));
+            }
+        }
     }
 
     fn perform(&mut self, actions: Vec<Action>) {
@@ -215,9 +221,6 @@ impl Daemon {
                     for w in self.fence_waiters.remove(&victim).unwrap_or_default() {
                         let _ = w.send(ok_reply(serde_json::json!({"method": method})));
                     }
-                    for w in self.pending_waiters.remove(&victim).unwrap_or_default() {
-                        let _ = w.send(ok_reply(serde_json::json!({})));
-                    }
                 }
             }
         }
@@ -234,7 +237,7 @@ impl Daemon {
                 name: n.name.clone(),
                 member: self.dom.members().contains(&n.nodeid),
                 in_domain: self.dom.group().contains(&n.nodeid),
-                pending: self.dom.is_pending(n.nodeid),
+                pending: !self.dom.is_safe(n.nodeid),
                 failures: api::failures_of(&pending, n.nodeid).unwrap_or(0),
                 last_fence: self.dom.last_fences().get(&n.nodeid).map(|r| api::last_fence(r, |id| self.name(id))),
             })
@@ -396,7 +399,7 @@ impl Daemon {
                 }
             },
             Request::WaitFenced { nodeid } => {
-                if self.dom.is_pending(nodeid) {
+                if !self.dom.is_safe(nodeid) {
                     self.pending_waiters.entry(nodeid).or_default().push(r.reply);
                 } else {
                     let _ = r.reply.send(ok_reply(serde_json::json!({})));

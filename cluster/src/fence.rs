@@ -124,6 +124,8 @@ pub struct FenceDomain {
     joined: bool,
     startup_at: Option<Duration>,
     victims: BTreeMap<u32, Victim>,
+    /// Group members that left the quorum membership before the group told why.
+    departed: BTreeSet<u32>,
     running: Option<(u32, usize)>,
     announced: BTreeSet<u32>,
     last: BTreeMap<u32, FenceRecord>,
@@ -143,6 +145,7 @@ impl FenceDomain {
             joined: false,
             startup_at: None,
             victims: BTreeMap::new(),
+            departed: BTreeSet::new(),
             running: None,
             announced: BTreeSet::new(),
             last: BTreeMap::new(),
@@ -201,6 +204,14 @@ impl FenceDomain {
         self.victims.contains_key(&nodeid)
     }
 
+    /// True when nothing `nodeid` did can still reach shared storage unnoticed: it is a
+    /// member, or it left cleanly, or it was fenced. False from the moment a fence domain
+    /// member vanishes from the membership (even before the group says why) until then.
+    /// This is what lock and journal recovery wait for.
+    pub fn is_safe(&self, nodeid: u32) -> bool {
+        !self.victims.contains_key(&nodeid) && !self.departed.contains(&nodeid)
+    }
+
     /// The last fence of each node.
     pub fn last_fences(&self) -> &BTreeMap<u32, FenceRecord> {
         &self.last
@@ -238,7 +249,14 @@ impl FenceDomain {
                     out.push(Action::Log(format!("quorum {}", if quorate { "regained" } else { "lost" })));
                 }
                 self.quorate = quorate;
+                for gone in self.members.difference(&members) {
+                    if self.group.contains(gone) && *gone != self.local {
+                        self.departed.insert(*gone);
+                    }
+                }
                 self.members = members;
+                let members = &self.members;
+                self.departed.retain(|id| !members.contains(id));
                 // A victim the quorum membership lists again rejoined before it was fenced
                 // (within post_fail_delay, or unfenceable until then): it is not fenced.
                 let back: Vec<(u32, bool)> = self
@@ -265,6 +283,9 @@ impl FenceDomain {
                     }
                 }
                 self.group = members;
+                for (id, _) in &left {
+                    self.departed.remove(id);
+                }
                 for (id, reason) in left {
                     match reason {
                         LeaveReason::Leave => {}
@@ -525,6 +546,33 @@ mod tests {
         d.step(Input::Quorum { quorate: true, members: s(&[1, 2, 3]) }, t(3));
         assert!(!d.is_pending(3));
         assert!(runs(&d.step(Input::Tick, t(60))).is_empty());
+    }
+
+    #[test]
+    fn a_departed_member_is_unsafe_until_fenced_in_either_event_order() {
+        // Quorum change first: unsafe at once, before the group says why.
+        let mut d = formed(1, 3, 1, 0);
+        assert!(d.is_safe(3));
+        d.step(Input::Quorum { quorate: true, members: s(&[1, 2]) }, t(1));
+        assert!(!d.is_safe(3));
+        d.step(Input::Group { members: s(&[1, 2]), left: vec![(3, LeaveReason::NodeDown)] }, t(1));
+        assert!(!d.is_safe(3));
+        d.step(Input::AgentDone { victim: 3, method: 0, ok: true }, t(2));
+        assert!(!d.is_safe(3));
+        d.step(Input::Fenced { victim: 3, by: 1, method: "m0".into(), at_unix_ms: 0 }, t(2));
+        assert!(d.is_safe(3));
+        // Group change first, clean leave: safe once the group says so.
+        let mut d = formed(1, 3, 1, 0);
+        d.step(Input::Quorum { quorate: true, members: s(&[1, 2]) }, t(1));
+        assert!(!d.is_safe(3));
+        d.step(Input::Group { members: s(&[1, 2]), left: vec![(3, LeaveReason::Leave)] }, t(1));
+        assert!(d.is_safe(3));
+        // A node outside the fence domain never blocks anyone.
+        let mut d = domain(1, 3, 1, 0);
+        d.step(Input::Group { members: s(&[1, 2]), left: vec![] }, t(0));
+        d.step(Input::Quorum { quorate: true, members: s(&[1, 2, 3]) }, t(0));
+        d.step(Input::Quorum { quorate: true, members: s(&[1, 2]) }, t(1));
+        assert!(d.is_safe(3));
     }
 
     #[test]

@@ -111,31 +111,40 @@ fn local_api_reports_membership_and_fences_and_waits_for_them() {
     assert!(e["error"].as_str().unwrap().contains("bad request"), "{e}");
 
     nodes.kill(2);
-    // wait_fenced on node1 returns once node3 is fenced (or at once if it already is).
-    w2.write_all(b"{\"cmd\":\"wait_fenced\",\"nodeid\":3}\n").unwrap();
-    let mut saw_membership = false;
+    // Like a lock manager: on the membership change, wait until the lost node is fenced.
+    let mut saw_fenced = false;
     loop {
         let ev = line(&mut events);
         match ev["event"].as_str() {
             Some("membership") if ev["members"] == serde_json::json!([1, 2]) => {
                 assert_eq!(ev["quorate"], true);
-                saw_membership = true;
-            }
-            Some("fenced") => {
-                assert_eq!(ev["nodeid"], 3);
-                assert_eq!(ev["name"], "node3");
-                assert_eq!(ev["method"], "ok");
                 break;
             }
+            Some("fenced") => saw_fenced = true,
             _ => {}
         }
     }
-    assert!(saw_membership, "the membership change comes before the fence");
-    let done = line(&mut r);
+    let (mut r3, mut w3) = api(&nodes, 1);
+    w3.write_all(b"{\"cmd\":\"wait_fenced\",\"nodeid\":3}\n").unwrap();
+    let done = line(&mut r3);
     assert_eq!(done["ok"], true, "{done}");
-    let s = nodes.fence_entry(0, "node3");
-    assert_eq!(s["pending"], false);
-    assert_eq!(s["last_fence"]["method"], "ok");
+    // wait_fenced returned, so the fence is already recorded.
+    let s = nodes.fence_entry(1, "node3");
+    assert_eq!(s["pending"], false, "{s}");
+    assert_eq!(s["last_fence"]["method"], "ok", "{s}");
+    assert_eq!(s["last_fence"]["by"], "node1", "{s}");
+    while !saw_fenced {
+        let ev = line(&mut events);
+        if ev["event"] == "fenced" {
+            assert_eq!(ev["nodeid"], 3);
+            assert_eq!(ev["name"], "node3");
+            assert_eq!(ev["method"], "ok");
+            saw_fenced = true;
+        }
+    }
+    // A member is safe: wait_fenced on it answers at once.
+    w2.write_all(b"{\"cmd\":\"wait_fenced\",\"nodeid\":2}\n").unwrap();
+    assert_eq!(line(&mut r)["ok"], true);
 }
 
 #[test]
