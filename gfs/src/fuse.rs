@@ -7,7 +7,7 @@ use crate::fs::{Attr, Fs, FsError, SetAttr};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -164,6 +164,16 @@ impl GfsFuse {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
+    }
+}
+
+/// The getxattr/listxattr protocol: size 0 asks for the length; too small a buffer is ERANGE.
+fn xattr_reply(r: Result<Vec<u8>, Errno>, size: u32, reply: ReplyXattr) {
+    match r {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(e),
     }
 }
 
@@ -527,6 +537,35 @@ impl Filesystem for GfsFuse {
         }
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         Self::empty(self.with(|fs| fs.fallocate(i, offset, length, keep)), reply);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let i = self.ino(ino);
+        Self::empty(self.with(|fs| fs.setxattr(i, name.as_bytes(), value, flags)), reply);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let i = self.ino(ino);
+        xattr_reply(self.with(|fs| fs.getxattr(i, name.as_bytes())), size, reply);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let i = self.ino(ino);
+        xattr_reply(self.with(|fs| fs.listxattr(i)), size, reply);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let i = self.ino(ino);
+        Self::empty(self.with(|fs| fs.removexattr(i, name.as_bytes())), reply);
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {

@@ -81,6 +81,8 @@ rm -r many; test ! -e many
 mkdir private; chmod 700 private
 setpriv --reuid 4321 --regid 4321 --clear-groups sh -c ': > private/x' 2>/dev/null && exit 1 || true
 setpriv --reuid 4321 --regid 4321 --clear-groups ls / >/dev/null
+python3 -c "import os; os.setxattr('big', 'user.k', b'v' * 100); assert os.getxattr('big', 'user.k') == b'v' * 100"
+python3 -c "import os; os.setxattr('a', 'user.d', b'dir'); os.removexattr('a', 'user.d'); assert os.listxattr('a') == []"
 df $MNT | tail -1
 sync big
 cd /
@@ -91,6 +93,7 @@ cd $MNT
 md5sum -c $WORK/big.md5 >/dev/null
 test "$(cat hard)" = hello && test "$(cat a/b/f)" = new && test -d d2/d1 && test -p fifo
 test "$(stat -c %a:%u:%g hard)" = 751:1234:5678
+python3 -c "import os; assert os.listxattr('big') == ['user.k'] and os.getxattr('big', 'user.k') == b'v' * 100"
 cd /
 umount $MNT
 echo POSIX-OK

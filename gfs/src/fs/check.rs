@@ -71,6 +71,9 @@ impl Fs {
                                 continue;
                             }
                         };
+                        if first && c.xattr_block != 0 && used.insert(c.xattr_block, BlockState::Meta).is_some() {
+                            r.problems.push(format!("block {} used twice", c.xattr_block));
+                        }
                         if dtype(c.mode) != e.dtype {
                             r.problems.push(format!("entry type mismatch for inode {}", e.inum));
                         }
@@ -100,6 +103,9 @@ impl Fs {
                             }
                             if let Content::Index(idx) = &c.content {
                                 nblocks += idx.len() as u64;
+                            }
+                            if c.xattr_block != 0 {
+                                nblocks += 1;
                             }
                             if nblocks != c.blocks {
                                 r.problems.push(format!(
@@ -133,6 +139,9 @@ impl Fs {
             }
         }
         let root = self.dinode(self.root())?;
+        if root.xattr_block != 0 {
+            used.insert(root.xattr_block, BlockState::Meta);
+        }
         let want_root = 2 + subdirs.get(&self.root()).copied().unwrap_or(0);
         if root.nlink != want_root {
             r.problems.push(format!("root: link count {} but {want_root} found", root.nlink));

@@ -13,6 +13,7 @@ mod check;
 mod dir;
 mod file;
 mod journal;
+mod xattr;
 
 use crate::device::{Device, DeviceError};
 use crate::format::*;
@@ -22,6 +23,7 @@ use thiserror::Error;
 
 pub use check::CheckReport;
 pub use dir::ReaddirEntry;
+pub use xattr::{XATTR_CREATE, XATTR_REPLACE};
 
 /// Why a filesystem operation failed.
 #[derive(Debug, Error)]
@@ -46,6 +48,10 @@ pub enum FsError {
     TooBig,
     #[error("too many links")]
     TooManyLinks,
+    #[error("no such attribute")]
+    NoData,
+    #[error("operation not supported")]
+    NotSupported,
     #[error("device: {0}")]
     Device(#[from] DeviceError),
     #[error("corrupt metadata: {0}")]
@@ -68,6 +74,8 @@ impl FsError {
             FsError::Invalid => libc::EINVAL,
             FsError::TooBig => libc::EFBIG,
             FsError::TooManyLinks => libc::EMLINK,
+            FsError::NoData => libc::ENODATA,
+            FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::Device(_) | FsError::Corrupt(_) | FsError::Journal(_) => libc::EIO,
         }
     }

@@ -344,3 +344,31 @@ fn directory_table_moves_to_blocks() {
     fs.rmdir(root, b"huge").unwrap();
     assert_consistent(&mut fs);
 }
+
+#[test]
+fn xattrs_set_get_list_remove() {
+    let dev = new_fs(32, 256);
+    let mut fs = Fs::mount(dev.clone(), 0).unwrap();
+    let root = fs.root();
+    let f = fs.mknod(root, b"f", libc::S_IFREG | 0o644, 0, 0, 0).unwrap().ino;
+    fs.setxattr(f, b"user.a", b"one", 0).unwrap();
+    fs.setxattr(f, b"user.b", &[7u8; 1000], 0).unwrap();
+    fs.setxattr(root, b"trusted.r", b"root", 0).unwrap();
+    assert!(matches!(fs.setxattr(f, b"user.a", b"x", XATTR_CREATE), Err(FsError::Exists)));
+    assert!(matches!(fs.setxattr(f, b"user.c", b"x", XATTR_REPLACE), Err(FsError::NoData)));
+    assert!(matches!(fs.setxattr(f, b"user.big", &[0u8; 4000], 0), Err(FsError::NoSpace)));
+    fs.setxattr(f, b"user.a", b"two", XATTR_REPLACE).unwrap();
+    assert_consistent(&mut fs);
+    fs.unmount().unwrap();
+    let mut fs = Fs::mount(dev, 0).unwrap();
+    assert_eq!(fs.getxattr(f, b"user.a").unwrap(), b"two");
+    assert_eq!(fs.getxattr(root, b"trusted.r").unwrap(), b"root");
+    assert_eq!(fs.listxattr(f).unwrap(), b"user.a\0user.b\0");
+    fs.removexattr(f, b"user.a").unwrap();
+    fs.removexattr(f, b"user.b").unwrap();
+    assert!(matches!(fs.getxattr(f, b"user.a"), Err(FsError::NoData)));
+    assert_eq!(fs.getattr(f).unwrap().blocks, 0, "the xattr block is freed with the last attribute");
+    fs.setxattr(f, b"user.again", b"1", 0).unwrap();
+    fs.unlink(root, b"f").unwrap();
+    assert_consistent(&mut fs);
+}
