@@ -6,6 +6,7 @@
 //! file in one pass. Unknown elements and attributes are errors, never silently ignored.
 //! Fence device and fence method device elements are the exception by design: their extra
 //! attributes are the agent's options and are passed to the agent as `key=value` lines.
+//! The schema and every rule checked: `docs/cluster-conf.md`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
