@@ -163,7 +163,9 @@ fn stop_pidfile(name: &str, wait: Duration) -> Result<bool, CmanError> {
     let pidfile = Path::new(RUN_DIR).join(format!("{name}.pid"));
     let Ok(text) = std::fs::read_to_string(&pidfile) else { return Ok(false) };
     let Ok(pid) = text.trim().parse::<u32>() else { return Ok(false) };
-    if pid_alive(pid) {
+    // A stale pid file may name an unrelated process that reused the pid.
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if pid_alive(pid) && comm.trim() == name {
         let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).stderr(Stdio::null()).status();
         if !wait_until(wait, || !pid_alive(pid)) {
             let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).stderr(Stdio::null()).status();
