@@ -146,6 +146,8 @@ impl Fs {
         let mut run: Option<(u64, Vec<u8>)> = None;
         let mut done = offset;
         let mut failure = None;
+        // Blocks allocated ahead for the current hole: (next, count).
+        let mut prealloc = (0u64, 0u64);
         for lblk in first..=last {
             let bstart = lblk * bs();
             let lo = offset.max(bstart) - bstart;
@@ -158,18 +160,26 @@ impl Fs {
                         failure = Some(FsError::TooBig);
                         break;
                     }
-                    let goal = if lblk > 0 { map(&ext, lblk - 1).map(|p| p + 1) } else { None };
-                    match self.alloc(BlockState::Data, goal.or(Some(ino + 1))) {
-                        Ok(p) => {
-                            insert(&mut ext, lblk, p);
-                            d.blocks += 1;
-                            (p, true)
+                    // Take a run of blocks for this hole at once (one bitmap update).
+                    if prealloc.1 == 0 {
+                        let mut holes = 1;
+                        while lblk + holes <= last && map(&ext, lblk + holes).is_none() {
+                            holes += 1;
                         }
-                        Err(e) => {
-                            failure = Some(e);
-                            break;
+                        let goal = if lblk > 0 { map(&ext, lblk - 1).map(|p| p + 1) } else { None };
+                        match self.alloc_run(goal.or(Some(ino + 1)), holes) {
+                            Ok(run) => prealloc = run,
+                            Err(e) => {
+                                failure = Some(e);
+                                break;
+                            }
                         }
                     }
+                    let p = prealloc.0;
+                    prealloc = (p + 1, prealloc.1 - 1);
+                    insert(&mut ext, lblk, p);
+                    d.blocks += 1;
+                    (p, true)
                 }
             };
             let mut buf = vec![0u8; BLOCK_SIZE];
@@ -187,6 +197,11 @@ impl Fs {
                 }
             }
             done = bstart + hi;
+        }
+        // Blocks taken ahead but not used (the loop stopped early) go back at once: nothing
+        // ever referred to them.
+        for b in prealloc.0..prealloc.0 + prealloc.1 {
+            self.set_state(b, BlockState::Free)?;
         }
         if let Some((start, v)) = run {
             self.dev.write_at(&v, start * bs())?;

@@ -336,9 +336,43 @@ impl Fs {
 
     /// Allocates one block, preferably `goal` (to extend a run).
     fn alloc(&mut self, s: BlockState, goal: Option<u64>) -> Result<u64> {
+        let b = self.find_block(goal)?;
+        self.set_state(b, s)?;
+        Ok(b)
+    }
+
+    /// Allocates up to `max` contiguous data blocks (at least one), starting at `goal` if it
+    /// is free: returns (first block, count).
+    fn alloc_run(&mut self, goal: Option<u64>, max: u64) -> Result<(u64, u64)> {
+        let first = self.find_block(goal)?;
+        let rgi = self.rg_of(first).expect("found in a group");
+        let (baddr, entry) = self.bitmap_addr(rgi, first - self.rgs[rgi].rg.data0);
+        let mut bm = Bitmap::decode(&self.read_meta(baddr)?[..], baddr)?;
+        let room = (BITMAP_BLOCKS_PER_BLOCK - entry) as u64;
+        let in_rg = self.rgs[rgi].rg.data0 + self.rgs[rgi].rg.data_count as u64 - first;
+        let mut n = 0u64;
+        while n < max.min(room).min(in_rg)
+            && bm.get(entry + n as u32) == BlockState::Free
+            && !self.pinned.contains(&(first + n))
+        {
+            bm.set(entry + n as u32, BlockState::Data);
+            n += 1;
+        }
+        self.write_meta(baddr, bm.encode(baddr));
+        let r = &mut self.rgs[rgi];
+        r.rg.free -= n as u32;
+        r.next = first - r.rg.data0 + n;
+        self.statfs_free -= n as i64;
+        let (addr, rg) = (r.addr, r.rg);
+        self.write_meta(addr, rg.encode(addr));
+        Ok((first, n))
+    }
+
+    /// A free, unpinned block: `goal` if possible, else the next one after the last
+    /// allocation in the preferred group, else anywhere.
+    fn find_block(&mut self, goal: Option<u64>) -> Result<u64> {
         if let Some(g) = goal {
             if !self.pinned.contains(&g) && self.rg_of(g).is_some() && self.block_state(g)? == BlockState::Free {
-                self.set_state(g, s)?;
                 return Ok(g);
             }
         }
@@ -354,7 +388,6 @@ impl Fs {
                 if let Some(blk) = self.scan_rg(rgi, from, to)? {
                     self.rg_hint = rgi;
                     self.rgs[rgi].next = blk - self.rgs[rgi].rg.data0 + 1;
-                    self.set_state(blk, s)?;
                     return Ok(blk);
                 }
             }
