@@ -130,7 +130,7 @@ pub fn mkfs(dev: &dyn Device, o: &MkfsOptions) -> Result<Superblock, MkfsError> 
     for s in 0..o.journals {
         let jstart = journal_start + s as u64 * jblocks;
         let statfs_block = master_statfs + 1 + s as u64;
-        write(dev, jstart, &JournalHeader { slot: s, sequence: seq0 }.encode(jstart))?;
+        write(dev, jstart, &JournalHeader { slot: s, sequence: seq0, clean: true }.encode(jstart))?;
         write(dev, jstart + 1, &zero)?;
         write(dev, statfs_block, &Statfs { slot: s, total: 0, free: 0, dinodes: 0 }.encode(statfs_block))?;
         jindex.journals.push(JournalEntry { start: jstart, blocks: jblocks as u32, statfs_block });

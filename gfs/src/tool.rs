@@ -81,7 +81,13 @@ pub fn jindex_report(target: &str) -> Result<String, MkfsError> {
             (j.blocks as u64 * BLOCK_SIZE as u64) >> 20,
             j.statfs_block,
             h.sequence,
-            if dirty { "dirty" } else { "clean" }
+            if dirty {
+                "dirty"
+            } else if h.clean {
+                "clean"
+            } else {
+                "not unmounted (mounted, or its node died)"
+            }
         );
     }
     Ok(s)

@@ -29,10 +29,11 @@ fn in_namespace(work: &Path, device: &str, body: &str) -> std::process::Output {
     let full = format!(
         "set -eu\nMNT={mnt}\nDEV='{device}'\nWORK={work}\nMOUNT={mount}\n\
          cleanup() {{ umount $MNT 2>/dev/null || umount -l $MNT 2>/dev/null || true; }}\ntrap cleanup EXIT\n\
-         mkdir -p $MNT\n{body}\n",
+         GFS_TOOL={tool}\nmkdir -p $MNT\n{body}\n",
         mnt = work.join("mnt").display(),
         work = work.display(),
         mount = gfs_bin("mount_gfs").display(),
+        tool = gfs_bin("gfs_tool").display(),
     );
     std::fs::write(&script, full).unwrap();
     run_timeout(
@@ -84,6 +85,7 @@ setpriv --reuid 4321 --regid 4321 --clear-groups ls / >/dev/null
 python3 -c "import os; os.setxattr('big', 'user.k', b'v' * 100); assert os.getxattr('big', 'user.k') == b'v' * 100"
 python3 -c "import os; os.setxattr('a', 'user.d', b'dir'); os.removexattr('a', 'user.d'); assert os.listxattr('a') == []"
 df $MNT | tail -1
+$GFS_TOOL df $MNT | grep -q "SB lock table = \"test:gfs\""
 sync big
 cd /
 umount $MNT
@@ -159,6 +161,8 @@ pid=$!
 for i in $(seq 1 100); do grep -q " $MNT fuse" /proc/self/mounts && break; sleep 0.1; done
 grep -q " $MNT fuse" /proc/self/mounts
 : > $WORK/acked
+# A file unlinked while open when the node dies: freed by the next mount.
+head -c 100000 /dev/urandom > $MNT/held; exec 3<$MNT/held; rm $MNT/held; sync $MNT
 ( j=0; while :; do j=$((j+1)); mkdir -p $MNT/churn/$j 2>/dev/null || exit 0; : > $MNT/churn/$j/x 2>/dev/null || exit 0
   rm -rf $MNT/churn/$((j-3)) 2>/dev/null || exit 0; done ) &
 i=0
@@ -173,6 +177,7 @@ while [ $i -lt 400 ]; do
   if [ $i = 60 ]; then kill -9 $pid; fi
 done
 wait $pid || true
+exec 3<&-
 umount -l $MNT 2>/dev/null || umount $MNT 2>/dev/null || true
 wait
 echo acked $(wc -l < $WORK/acked)

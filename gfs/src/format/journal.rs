@@ -68,12 +68,16 @@ pub struct JournalHeader {
     pub slot: u32,
     /// Sequence number the first transaction at block 1 must carry to be replayed.
     pub sequence: u64,
+    /// Set by a clean unmount (and mkfs), cleared while mounted: a mount that finds it clear
+    /// looks for inodes that were unlinked while open when the node died.
+    pub clean: bool,
 }
 
 impl JournalHeader {
     pub fn encode(&self, blkno: u64) -> Box<Block> {
         let mut b = new_block(BlockType::JournalHeader, blkno);
         put_u32(&mut b[..], 24, self.slot);
+        put_u32(&mut b[..], 28, self.clean as u32);
         put_u64(&mut b[..], 32, self.sequence);
         Header::seal(&mut b);
         b
@@ -81,7 +85,11 @@ impl JournalHeader {
 
     pub fn decode(buf: &[u8], blkno: u64) -> Result<Self, FormatError> {
         Header::verify(buf, BlockType::JournalHeader, blkno)?;
-        Ok(JournalHeader { slot: get_u32(buf, 24), sequence: get_u64(buf, 32) })
+        let flags = get_u32(buf, 28);
+        if flags > 1 {
+            return Err(FormatError::invalid(blkno, "journal header flags"));
+        }
+        Ok(JournalHeader { slot: get_u32(buf, 24), sequence: get_u64(buf, 32), clean: flags == 1 })
     }
 }
 

@@ -157,7 +157,7 @@ proptest! {
         prop_assert_eq!(Statfs::decode(&s.encode(blkno)[..], blkno).unwrap(), s);
         let j = JIndex { journals: journals.into_iter().map(|(start, blocks, statfs_block)| JournalEntry { start, blocks, statfs_block }).collect() };
         prop_assert_eq!(JIndex::decode(&j.encode(blkno)[..], blkno).unwrap(), j);
-        let h = JournalHeader { slot, sequence: seq };
+        let h = JournalHeader { slot, sequence: seq, clean: crc % 2 == 0 };
         prop_assert_eq!(JournalHeader::decode(&h.encode(blkno)[..], blkno).unwrap(), h);
         let c = LogCommit { sequence: seq, blocks: nblocks, crc };
         prop_assert_eq!(LogCommit::decode(&c.encode(blkno)[..], blkno).unwrap(), c);

@@ -68,7 +68,7 @@ impl Fs {
 
     /// Writes every committed block home, flushes, and empties the journal.
     pub fn checkpoint(&mut self) -> Result<()> {
-        if self.committed.is_empty() && self.jtail_seq == self.jseq {
+        if self.committed.is_empty() && self.jtail_seq == self.jseq && !self.unmounting {
             self.pinned.clear();
             return Ok(());
         }
@@ -77,7 +77,8 @@ impl Fs {
         }
         self.dev.sync()?;
         let start = self.journal.start;
-        self.dev.write_at(&JournalHeader { slot: self.slot, sequence: self.jseq }.encode(start)[..], start * bs())?;
+        let h = JournalHeader { slot: self.slot, sequence: self.jseq, clean: self.unmounting };
+        self.dev.write_at(&h.encode(start)[..], start * bs())?;
         self.dev.sync()?;
         self.committed.clear();
         self.pinned.clear();
@@ -86,8 +87,9 @@ impl Fs {
         Ok(())
     }
 
-    /// Replays committed transactions; returns how many.
-    pub(super) fn replay(&mut self) -> Result<u64> {
+    /// Replays committed transactions; returns how many, and whether the journal was left
+    /// clean by an unmount. Leaves the header marked not clean (mounted).
+    pub(super) fn replay(&mut self) -> Result<(u64, bool)> {
         let start = self.journal.start;
         let jblocks = self.journal.blocks as u64;
         let mut raw = Box::new([0u8; BLOCK_SIZE]);
@@ -142,14 +144,15 @@ impl Fs {
             seq += 1;
             pos = p + 1;
         }
-        if count > 0 {
-            self.dev.sync()?;
-            self.dev.write_at(&JournalHeader { slot: self.slot, sequence: seq }.encode(start)[..], start * bs())?;
-            self.dev.sync()?;
-        }
+        self.dev.sync()?;
+        self.dev.write_at(
+            &JournalHeader { slot: self.slot, sequence: seq, clean: false }.encode(start)[..],
+            start * bs(),
+        )?;
+        self.dev.sync()?;
         self.jseq = seq;
         self.jtail_seq = seq;
         self.jhead = 1;
-        Ok(count)
+        Ok((count, header.clean))
     }
 }

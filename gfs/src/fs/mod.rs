@@ -168,6 +168,10 @@ pub struct Fs {
     cache_limit: usize,
     /// Deepest directory hash table kept in the dinode (at most [`INLINE_DIR_DEPTH`]).
     inline_dir_depth: u8,
+    /// Set for the final checkpoint of an unmount (marks the journal clean).
+    unmounting: bool,
+    /// Orphaned inodes freed at mount (the previous mount of this slot died).
+    orphans_freed: u64,
 }
 
 /// Clean metadata blocks kept in memory before the cache is emptied (256 MiB).
@@ -218,12 +222,18 @@ impl Fs {
             replayed: 0,
             cache_limit: CACHE_BLOCKS,
             inline_dir_depth: INLINE_DIR_DEPTH,
+            unmounting: false,
+            orphans_freed: 0,
         };
-        fs.replayed = fs.replay()?;
+        let (replayed, clean) = fs.replay()?;
+        fs.replayed = replayed;
         for i in 0..fs.sb.rg_count {
             let (addr, _) = fs.sb.rg_extent(i);
             let rg = Rgrp::decode(&fs.read_meta(addr)?[..], addr)?;
             fs.rgs.push(RgState { addr, rg, next: 0 });
+        }
+        if !clean {
+            fs.orphans_freed = fs.free_orphans()?;
         }
         fs.fold_statfs()?;
         fs.commit()?;
@@ -239,6 +249,46 @@ impl Fs {
     /// Transactions replayed when this mount started.
     pub fn replayed(&self) -> u64 {
         self.replayed
+    }
+
+    /// Inodes unlinked while open by a mount that died, freed when this mount started.
+    pub fn orphans_freed(&self) -> u64 {
+        self.orphans_freed
+    }
+
+    /// Frees every dinode with no links (left by a mount that died with them open).
+    fn free_orphans(&mut self) -> Result<u64> {
+        let mut found = Vec::new();
+        for rgi in 0..self.rgs.len() {
+            if self.rgs[rgi].rg.dinodes == 0 {
+                continue;
+            }
+            let (data0, count) = (self.rgs[rgi].rg.data0, self.rgs[rgi].rg.data_count as u64);
+            let mut entry = 0;
+            while entry < count {
+                let (baddr, e) = self.bitmap_addr(rgi, entry);
+                let base = entry - e as u64;
+                let limit = (count - base).min(BITMAP_BLOCKS_PER_BLOCK as u64) as u32;
+                let bm = Bitmap::decode(&self.read_meta(baddr)?[..], baddr)?;
+                for i in e..limit {
+                    if bm.get(i) == BlockState::Dinode {
+                        let ino = data0 + base + i as u64;
+                        if self.dinode(ino)?.nlink == 0 {
+                            found.push(ino);
+                        }
+                    }
+                }
+                entry = base + limit as u64;
+            }
+            if self.dirty.is_empty() && self.cache.len() > self.cache_limit {
+                self.cache.clear();
+            }
+        }
+        for &ino in &found {
+            tracing::info!(inode = ino, "freeing orphaned inode");
+            self.destroy_inode(ino)?;
+        }
+        Ok(found.len() as u64)
     }
 
     // ---- metadata cache ----
@@ -805,6 +855,7 @@ impl Fs {
         }
         self.fold_statfs()?;
         self.commit()?;
+        self.unmounting = true;
         self.checkpoint()
     }
 

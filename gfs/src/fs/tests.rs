@@ -372,3 +372,25 @@ fn xattrs_set_get_list_remove() {
     fs.unlink(root, b"f").unwrap();
     assert_consistent(&mut fs);
 }
+
+#[test]
+fn open_unlinked_inode_freed_after_crash() {
+    let dev = new_fs(32, 256);
+    let mut fs = Fs::mount(dev.clone(), 0).unwrap();
+    assert_eq!(fs.orphans_freed(), 0);
+    let root = fs.root();
+    let f = fs.mknod(root, b"tmp", libc::S_IFREG | 0o600, 0, 0, 0).unwrap().ino;
+    fs.write(f, 0, &pattern(3, 50_000)).unwrap();
+    fs.open_inode(f);
+    fs.unlink(root, b"tmp").unwrap();
+    // Still readable while open.
+    assert!(fs.read(f, 0, 50_000).unwrap() == pattern(3, 50_000));
+    fs.sync().unwrap();
+    drop(fs); // the node dies with the file open
+    let mut fs = Fs::mount(dev.clone(), 0).unwrap();
+    assert_eq!(fs.orphans_freed(), 1);
+    assert_consistent(&mut fs);
+    fs.unmount().unwrap();
+    let fs = Fs::mount(dev, 0).unwrap();
+    assert_eq!(fs.orphans_freed(), 0, "a clean unmount leaves no orphan scan to do");
+}
