@@ -153,7 +153,45 @@ impl Meter<'_> {
     }
 }
 
+/// A copy buffer from this worker thread's pool (no allocation or zeroing per connection),
+/// given back on drop.
+struct PooledBuf(Vec<u8>);
+
+impl PooledBuf {
+    fn take() -> PooledBuf {
+        PooledBuf(BUFS.with(|b| b.borrow_mut().pop()).unwrap_or_else(|| vec![0u8; BUF]))
+    }
+}
+
+impl std::ops::Deref for PooledBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for PooledBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        // try_with: a task dropped while its thread exits finds the pool gone.
+        let _ = BUFS.try_with(|b| {
+            let mut b = b.borrow_mut();
+            if b.len() < 256 {
+                b.push(v);
+            }
+        });
+    }
+}
+
 thread_local! {
+    /// Copy buffers kept for reuse by this worker thread.
+    static BUFS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Empty pipes kept for reuse by this worker thread.
     static PIPES: std::cell::RefCell<Vec<sys::Pipe>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -167,7 +205,7 @@ const SPLICE_AFTER_FULL_READS: u32 = 2;
 /// pipe, so the bytes never reach user space.
 async fn pump(shared: &Shared, conn: ConnId, from: &TcpStream, to: &TcpStream, inbound: bool) {
     let mut meter = Meter { shared, conn, inbound, pending: Stats::default() };
-    let mut buf = vec![0u8; BUF];
+    let mut buf = PooledBuf::take();
     let mut full_reads = 0;
     'copy: loop {
         let n = loop {
@@ -263,7 +301,7 @@ async fn splice_loop(from: &TcpStream, to: &TcpStream, meter: &mut Meter<'_>) {
     };
     // Only an empty pipe goes back to the pool.
     if clean {
-        PIPES.with(|p| {
+        let _ = PIPES.try_with(|p| {
             let mut p = p.borrow_mut();
             if p.len() < 64 {
                 p.push(pipe);
