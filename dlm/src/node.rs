@@ -286,7 +286,7 @@ struct Recovery {
     phase_a_done: bool,
     done_from: BTreeSet<NodeId>,
     copies: BTreeMap<Vec<u8>, Vec<Contribution>>,
-    prev_slots: BTreeMap<NodeId, Vec<(NodeId, u16)>>,
+    prev_slots: BTreeMap<NodeId, (bool, Vec<(NodeId, u16)>)>,
 }
 
 #[derive(Debug)]
@@ -306,6 +306,7 @@ struct Lockspace {
     epoch: u64,
     snap_epoch: u64,
     slots: BTreeMap<NodeId, u16>,
+    /// `slots` are the ones every member agrees on (false on a newcomer until recovery).
     slots_hist: bool,
     rsbs: HashMap<Vec<u8>, Rsb>,
     dir: HashMap<Vec<u8>, NodeId>,
@@ -316,6 +317,8 @@ struct Lockspace {
     handover: BTreeMap<Vec<u8>, MasterLvb>,
     /// Writes settled locally during recovery, kept until a recovery completes.
     ghosts: Vec<(Vec<u8>, LockCopy)>,
+    /// Nodes that left since the last completed recovery (even if back since).
+    departed: BTreeSet<NodeId>,
 }
 
 /// A snapshot of one lockspace for `dlm_tool ls`.
@@ -375,6 +378,8 @@ pub struct Node {
     me: NodeId,
     epoch: u64,
     members: Vec<NodeId>,
+    /// The last member lists, by epoch (newcomers replay them onto adopted slots).
+    history: Vec<(u64, Vec<NodeId>)>,
     need_fence: BTreeSet<NodeId>,
     fenced: BTreeSet<NodeId>,
     quorate: bool,
@@ -417,6 +422,7 @@ impl Node {
             me,
             epoch: 0,
             members: Vec::new(),
+            history: Vec::new(),
             need_fence: BTreeSet::new(),
             fenced: BTreeSet::new(),
             quorate: true,
@@ -509,6 +515,7 @@ impl Node {
                 held: Vec::new(),
                 handover: BTreeMap::new(),
                 ghosts: Vec::new(),
+                departed: BTreeSet::new(),
             },
         );
         if recovering {
@@ -905,16 +912,23 @@ impl Node {
                 self.fenced.retain(|n| !members.contains(n));
                 self.need_fence.retain(|n| !members.contains(n));
                 self.epoch = epoch;
-                self.members = members;
+                self.history.push((epoch, members.clone()));
+                if self.history.len() > 64 {
+                    self.history.remove(0);
+                }
+                let old = std::mem::replace(&mut self.members, members);
                 let mut ids: Vec<u32> = self.lockspaces.keys().copied().collect();
                 ids.sort_unstable();
                 for id in &ids {
                     let l = self.lockspaces.get_mut(id).expect("listed");
+                    // A node that left and is back already (a new incarnation) still lost
+                    // the locks of its old one.
+                    l.departed.extend(old.iter().filter(|n| !self.members.contains(n)));
                     l.epoch = epoch;
                     l.state = State::Recovering(Box::new(Recovery::new(epoch)));
                     // Every member sees the same sequence of member lists, so every member
-                    // computes the same slots; a newcomer adopts the others' during recovery.
-                    l.slots_hist = !l.slots.is_empty();
+                    // computes the same slots; a newcomer (whose slots are not the agreed
+                    // ones until a recovery completes) adopts the others' during recovery.
                     l.slots = compute_slots(&l.slots, &self.members);
                 }
                 self.replay_future();
@@ -993,6 +1007,20 @@ impl Node {
             }
         }
         let l = self.lockspaces.get_mut(&ls).expect("exists");
+        if let Message::RecoverDone { slots, epoch, agreed: true, .. } = &msg {
+            // A newcomer learns the agreed slots from any member that has them, even from
+            // an interrupted recovery: replay the member lists seen since onto them.
+            if !l.slots_hist {
+                if let Some(m) = self.history.iter().position(|(e, _)| e == epoch) {
+                    let mut map: BTreeMap<NodeId, u16> = slots.iter().copied().collect();
+                    for (_, members) in &self.history[m + 1..] {
+                        map = compute_slots(&map, members);
+                    }
+                    l.slots = map;
+                    l.slots_hist = true;
+                }
+            }
+        }
         match kind {
             Kind::Recovery => {
                 let State::Recovering(rec) = &mut l.state else {
@@ -1007,9 +1035,9 @@ impl Node {
                         let locks = locks.into_iter().filter(|c| lock_node(c.lkid) == from).collect();
                         rec.copies.entry(name).or_default().push((from, master, locks));
                     }
-                    Message::RecoverDone { slots, .. } => {
+                    Message::RecoverDone { slots, agreed, .. } => {
                         rec.done_from.insert(from);
-                        rec.prev_slots.insert(from, slots);
+                        rec.prev_slots.insert(from, (agreed, slots));
                         self.try_phase_b(ls);
                     }
                     _ => {}
@@ -1293,7 +1321,8 @@ impl Node {
         //    They are kept until a recovery completes, in case this one is interrupted.
         for (name, rsb) in &mut l.rsbs {
             if let Some(res) = &mut rsb.res {
-                res.purge(|id| !members.contains(&lock_node(id)));
+                let departed = &l.departed;
+                res.purge(|id| !members.contains(&lock_node(id)) || departed.contains(&lock_node(id)));
                 let (v, seq, inval) = res.lvb();
                 let m = MasterLvb { lvb: v.to_vec(), seq, valnotvalid: inval };
                 match l.handover.get(name) {
@@ -1409,16 +1438,19 @@ impl Node {
                 sends.push((to, Message::RecoverLocks { ls, epoch, name, master, locks }));
             }
         }
-        let slots: Vec<(NodeId, u16)> =
-            if l.slots_hist { l.slots.iter().map(|(n, s)| (*n, *s)).collect() } else { Vec::new() };
-        rec.prev_slots.insert(me, slots.clone());
+        let slots: Vec<(NodeId, u16)> = l.slots.iter().map(|(n, s)| (*n, *s)).collect();
+        let agreed = l.slots_hist;
+        rec.prev_slots.insert(me, (agreed, slots.clone()));
         rec.done_from.insert(me);
         for (to, msg) in sends {
             self.out.push(Output::Send { to, msg });
         }
         for &m in &members {
             if m != me {
-                self.out.push(Output::Send { to: m, msg: Message::RecoverDone { ls, epoch, slots: slots.clone() } });
+                self.out.push(Output::Send {
+                    to: m,
+                    msg: Message::RecoverDone { ls, epoch, agreed, slots: slots.clone() },
+                });
             }
         }
         for (id, owner, status, mode) in asts {
@@ -1446,8 +1478,11 @@ impl Node {
             return;
         }
         let rec = std::mem::take(&mut **rec);
-        // Slots: those of the members with history (they all agree), else our own.
-        if let Some((_, s)) = rec.prev_slots.iter().find(|(_, s)| !s.is_empty()) {
+        // Slots: those the members with history agree on.
+        // If no member has them (every node that had them is gone), take the lowest node
+        // id's, so that all still agree.
+        let pick = rec.prev_slots.values().find(|(agreed, _)| *agreed).or_else(|| rec.prev_slots.values().next());
+        if let Some((_, s)) = pick {
             l.slots = s.iter().copied().collect();
         }
         l.slots_hist = true;
@@ -1490,6 +1525,7 @@ impl Node {
         }
         l.handover.clear();
         l.ghosts.clear();
+        l.departed.clear();
         debug!(ls, epoch = rec.epoch, "recovery done");
         self.effects = eff;
         self.route_effects(ls, &mut all_eff);

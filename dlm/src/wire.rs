@@ -199,13 +199,15 @@ pub enum Message {
         /// The sender's locks.
         locks: Vec<LockCopy>,
     },
-    /// Recovery: the sender has sent everything for `epoch`; its slot table before it.
+    /// Recovery: the sender has sent everything for `epoch`; its slot table for it.
     RecoverDone {
         /// Lockspace.
         ls: u32,
         /// Recovery epoch.
         epoch: u64,
-        /// (node, slot) pairs the sender held before this epoch.
+        /// Whether `slots` is the table the members agreed on (false from a newcomer).
+        agreed: bool,
+        /// (node, slot) pairs for the members of `epoch`.
         slots: Vec<(NodeId, u16)>,
     },
 }
@@ -362,8 +364,9 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
                 w.lvb(&c.lvb);
             }
         }
-        Message::RecoverDone { ls, epoch, slots } => {
+        Message::RecoverDone { ls, epoch, agreed, slots } => {
             w.head(*ls, *epoch);
+            w.u8(*agreed as u8);
             w.u16(slots.len() as u16);
             for (n, s) in slots {
                 w.u32(*n);
@@ -572,12 +575,13 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, WireError> {
         }
         T_RECOVER_DONE => {
             let (ls, epoch) = r.head()?;
+            let agreed = r.bool("agreed")?;
             let n = r.u16("slot count")? as usize;
             let mut slots = Vec::with_capacity(n.min(r.b.len() / 6));
             for _ in 0..n {
                 slots.push((r.u32("node")?, r.u16("slot")?));
             }
-            Message::RecoverDone { ls, epoch, slots }
+            Message::RecoverDone { ls, epoch, agreed, slots }
         }
         other => return Err(WireError::BadType(other)),
     };
@@ -681,8 +685,8 @@ mod tests {
                     master: m.map(|(lvb, seq, valnotvalid)| MasterLvb { lvb, seq, valnotvalid }),
                     locks
                 }),
-            (h, proptest::collection::vec((any::<u32>(), any::<u16>()), 0..6))
-                .prop_map(|((ls, epoch), slots)| Message::RecoverDone { ls, epoch, slots }),
+            (h, any::<bool>(), proptest::collection::vec((any::<u32>(), any::<u16>()), 0..6))
+                .prop_map(|((ls, epoch), agreed, slots)| Message::RecoverDone { ls, epoch, agreed, slots }),
         ]
     }
 
