@@ -78,8 +78,18 @@ impl Fs {
         self.store_map(dir, d, ext, &old_index)
     }
 
-    pub(super) fn leaf(&mut self, blkno: u64) -> Result<DirLeaf> {
-        Ok(DirLeaf::decode(&self.read_meta(blkno)?[..], blkno)?)
+    pub(super) fn leaf(&mut self, blkno: u64) -> Result<Arc<DirLeaf>> {
+        if let Some(l) = self.leaves.get(&blkno) {
+            return Ok(l.clone());
+        }
+        let l = Arc::new(DirLeaf::decode(&self.read_meta(blkno)?[..], blkno)?);
+        self.leaves.insert(blkno, l.clone());
+        Ok(l)
+    }
+
+    fn put_leaf(&mut self, blkno: u64, leaf: DirLeaf) {
+        self.write_meta(blkno, leaf.encode(blkno));
+        self.leaves.insert(blkno, Arc::new(leaf));
     }
 
     fn slot(hash: u32, depth: u8) -> usize {
@@ -118,11 +128,11 @@ impl Fs {
             // Walk the chain for room.
             let mut blk = first;
             loop {
-                let mut leaf = self.leaf(blk)?;
+                let mut leaf = (*self.leaf(blk)?).clone();
                 if leaf.used() + entry.space() <= DIR_LEAF_SPACE {
                     let pos = leaf.entries.partition_point(|e| (e.hash, &e.name[..]) < (hash, name));
                     leaf.entries.insert(pos, entry.clone());
-                    self.write_meta(blk, leaf.encode(blk));
+                    self.put_leaf(blk, leaf);
                     d.dir_entries += 1;
                     self.put_dinode(dir, &d);
                     return Ok(());
@@ -144,12 +154,12 @@ impl Fs {
                 self.put_dinode(dir, &d);
                 continue;
             }
-            let mut last = self.leaf(blk)?;
+            let mut last = (*self.leaf(blk)?).clone();
             let new = self.alloc(BlockState::Meta, Some(blk + 1))?;
             let nl = DirLeaf { owner: dir, depth: last.depth, prefix: last.prefix, next: 0, entries: vec![entry] };
-            self.write_meta(new, nl.encode(new));
+            self.put_leaf(new, nl);
             last.next = new;
-            self.write_meta(blk, last.encode(blk));
+            self.put_leaf(blk, last);
             d.blocks += 1;
             d.dir_entries += 1;
             self.put_dinode(dir, &d);
@@ -159,13 +169,13 @@ impl Fs {
 
     /// Splits leaf `blk` (with its overflow chain) on its next hash bit.
     fn split_leaf(&mut self, dir: u64, d: &mut Dinode, table: &mut [u64], blk: u64) -> Result<()> {
-        let mut leaf = self.leaf(blk)?;
+        let mut leaf = (*self.leaf(blk)?).clone();
         // Gather the chain; its overflow leaves are freed and their entries redistributed.
         let mut entries = std::mem::take(&mut leaf.entries);
         let mut next = leaf.next;
         while next != 0 {
             let l = self.leaf(next)?;
-            entries.extend(l.entries);
+            entries.extend(l.entries.iter().cloned());
             self.free_block(next)?;
             d.blocks -= 1;
             next = l.next;
@@ -186,9 +196,9 @@ impl Fs {
         }
         // A split that leaves one side over-full is fine: the retry splits again or chains.
         let left = self.fit_or_chain(dir, d, blk, left)?;
-        self.write_meta(blk, left.encode(blk));
+        self.put_leaf(blk, left);
         let right = self.fit_or_chain(dir, d, new, right)?;
-        self.write_meta(new, right.encode(new));
+        self.put_leaf(new, right);
         Ok(())
     }
 
@@ -206,16 +216,16 @@ impl Fs {
         d.blocks += 1;
         let over = DirLeaf { owner: dir, depth: leaf.depth, prefix: leaf.prefix, next: 0, entries: rest };
         let over = self.fit_or_chain(dir, d, new, over)?;
-        self.write_meta(new, over.encode(new));
+        self.put_leaf(new, over);
         leaf.next = new;
         Ok(leaf)
     }
 
     pub(super) fn dir_remove(&mut self, dir: u64, name: &[u8]) -> Result<()> {
         let (_, blk) = self.lookup_entry(dir, name)?;
-        let mut leaf = self.leaf(blk)?;
+        let mut leaf = (*self.leaf(blk)?).clone();
         leaf.entries.retain(|e| e.name != name);
-        self.write_meta(blk, leaf.encode(blk));
+        self.put_leaf(blk, leaf);
         let mut d = self.dinode(dir)?;
         d.dir_entries = d.dir_entries.saturating_sub(1);
         self.put_dinode(dir, &d);
@@ -265,7 +275,7 @@ impl Fs {
             let mut blk = p;
             while blk != 0 {
                 let l = self.leaf(blk)?;
-                entries.extend(l.entries);
+                entries.extend(l.entries.iter().cloned());
                 blk = l.next;
             }
             entries.sort_by(|a, b| (a.hash, &a.name).cmp(&(b.hash, &b.name)));

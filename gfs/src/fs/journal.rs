@@ -61,7 +61,7 @@ impl Fs {
         self.jseq += 1;
         if self.cache.len() > self.cache_limit {
             // Everything cached is clean now (home, or kept in `committed` until it is).
-            self.cache.clear();
+            self.drop_caches();
         }
         Ok(())
     }

@@ -137,6 +137,9 @@ pub struct Fs {
     journal: JournalEntry,
     /// Metadata blocks read or written (verified when read).
     cache: HashMap<u64, Box<Block>>,
+    /// Decoded dinodes and directory leaves of cached blocks (saves decoding on every use).
+    dinodes: HashMap<u64, Dinode>,
+    leaves: HashMap<u64, Arc<DirLeaf>>,
     /// Blocks changed in the running transaction.
     dirty: BTreeSet<u64>,
     /// Blocks committed to the journal but not yet written home.
@@ -205,6 +208,8 @@ impl Fs {
             slot,
             journal,
             cache: HashMap::new(),
+            dinodes: HashMap::new(),
+            leaves: HashMap::new(),
             dirty: BTreeSet::new(),
             committed: BTreeMap::new(),
             pinned: HashSet::new(),
@@ -281,7 +286,7 @@ impl Fs {
                 entry = base + limit as u64;
             }
             if self.dirty.is_empty() && self.cache.len() > self.cache_limit {
-                self.cache.clear();
+                self.drop_caches();
             }
         }
         for &ino in &found {
@@ -318,15 +323,30 @@ impl Fs {
     fn write_meta(&mut self, blkno: u64, b: Box<Block>) {
         self.cache.insert(blkno, b);
         self.dirty.insert(blkno);
+        self.dinodes.remove(&blkno);
+        self.leaves.remove(&blkno);
+    }
+
+    /// Empties the caches (only clean blocks may be dropped: callers check `dirty`).
+    fn drop_caches(&mut self) {
+        self.cache.clear();
+        self.dinodes.clear();
+        self.leaves.clear();
     }
 
     fn dinode(&mut self, ino: u64) -> Result<Dinode> {
+        if let Some(d) = self.dinodes.get(&ino) {
+            return Ok(d.clone());
+        }
         let b = self.read_meta(ino)?;
-        Ok(Dinode::decode(&b[..], ino)?)
+        let d = Dinode::decode(&b[..], ino)?;
+        self.dinodes.insert(ino, d.clone());
+        Ok(d)
     }
 
     fn put_dinode(&mut self, ino: u64, d: &Dinode) {
         self.write_meta(ino, d.encode(ino));
+        self.dinodes.insert(ino, d.clone());
     }
 
     // ---- allocation ----
@@ -472,6 +492,8 @@ impl Fs {
         self.set_state(blkno, BlockState::Free)?;
         self.pinned.insert(blkno);
         self.cache.remove(&blkno);
+        self.dinodes.remove(&blkno);
+        self.leaves.remove(&blkno);
         self.dirty.remove(&blkno);
         self.committed.remove(&blkno);
         Ok(())
