@@ -212,7 +212,7 @@ async fn pump(shared: &Shared, conn: ConnId, from: &TcpStream, to: &TcpStream, i
             if from.readable().await.is_err() {
                 break 'copy;
             }
-            match from.try_read(&mut buf) {
+            match read_drained(from, &mut buf) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(_) => break 'copy,
@@ -236,6 +236,29 @@ async fn pump(shared: &Shared, conn: ConnId, from: &TcpStream, to: &TcpStream, i
     }
     meter.flush();
     let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+}
+
+/// One read from `from`. A short read (fewer bytes than `buf` holds) means the receive
+/// queue was emptied, so the socket's readiness is cleared right away, sparing the read
+/// that would only return EAGAIN before waiting. Safe with edge-triggered epoll for the
+/// same reason tokio's own clearing is: readiness is cleared only if no event arrived since
+/// it was sampled before the read, a later arrival is still queued in epoll, and tokio
+/// never clears the read-closed bit (so a FIN queued behind the data is not lost).
+fn read_drained(from: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut short = 0;
+    let r = from.try_io(tokio::io::Interest::READABLE, || {
+        let n = (&*socket2::SockRef::from(from)).read(buf)?;
+        if n > 0 && n < buf.len() {
+            short = n;
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && short > 0 => Ok(short),
+        r => r,
+    }
 }
 
 async fn write_all(to: &TcpStream, mut data: &[u8]) -> std::io::Result<()> {
