@@ -616,6 +616,24 @@ impl Checker<'_> {
                 s += span;
             }
         }
+        if broken.is_some() && !self.rebuild.contains_key(&dir) {
+            // Salvage: every other leaf the table names, whatever its place.
+            let mut tried: HashSet<u64> = seen.keys().copied().collect();
+            for &p in &table {
+                let mut b = p;
+                while b != 0 && tried.insert(b) {
+                    match self.read_leaf(dir, b) {
+                        Ok(l) => {
+                            let n = l.next;
+                            seen.insert(b, leaves.len());
+                            leaves.push((b, l));
+                            b = n;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
         // Entries.
         let mut entries: Vec<(usize, DirEntry)> = Vec::new();
         for (i, (_, l)) in leaves.iter().enumerate() {
@@ -744,13 +762,13 @@ impl Checker<'_> {
             }
         }
         if !rebuilding {
+            let n: u64 = keep.iter().map(|k| k.len() as u64).sum();
             for (i, (p, l)) in leaves.iter().enumerate() {
                 if dirty_leaf[i] {
                     let nl = DirLeaf { entries: std::mem::take(&mut keep[i]), ..l.clone() };
                     self.img.stage(*p, nl.encode(*p))?;
                 }
             }
-            let n: u64 = keep.iter().map(|k| k.len() as u64).sum();
             if d.dir_entries != n {
                 self.problem(
                     format!("directory {dir}: entry count {} but {n} entries found", d.dir_entries),
