@@ -261,6 +261,8 @@ struct LocalLock {
     cancel: Cancel,
     lvb: Vec<u8>,
     lvbseq: u32,
+    /// `lvb` was read flagged not valid.
+    lvb_invalid: bool,
 }
 
 #[derive(Debug, Default)]
@@ -694,6 +696,7 @@ impl Node {
                 cancel: Cancel::None,
                 lvb: lvb.map(<[u8]>::to_vec).unwrap_or_default(),
                 lvbseq: 0,
+                lvb_invalid: false,
             },
         );
         self.issue(ls, OpKind::Op, lkid);
@@ -1239,12 +1242,19 @@ impl Node {
         let mut remove = false;
         match status {
             Status::Granted => {
+                if let Pending::Convert { flags, .. } = pending {
+                    // A down-conversion from PW/EX wrote the lock's value block.
+                    if lk.grmode >= Some(Mode::Pw) && lvb.is_none() && flags.contains(Flags::VALBLK) {
+                        lk.lvb_invalid = flags.contains(Flags::IVVALBLK);
+                    }
+                }
                 lk.grmode = mode;
                 if let Pending::Request { flags, .. } | Pending::Convert { flags, .. } = pending {
                     lk.gr_flags = flags;
                 }
                 if let Some(v) = &lvb {
                     lk.lvb.clone_from(v);
+                    lk.lvb_invalid = sbflags.contains(SbFlags::VALNOTVALID);
                 }
                 lk.lvbseq = lvbseq;
             }
@@ -1352,6 +1362,7 @@ impl Node {
                 lvb: lk.lvb.clone(),
                 unconfirmed_write: false,
                 cancel: false,
+                lvb_invalid: lk.lvb_invalid,
             };
             match (lk.pending, issued) {
                 (Some(Pending::Request { .. }), false) => continue,
@@ -1377,6 +1388,9 @@ impl Node {
                         if gr >= Mode::Pw && flags.0 & (Flags::VALBLK | Flags::IVVALBLK).0 != 0 {
                             let ghost = LockCopy { grmode: None, flags, unconfirmed_write: true, ..copy.clone() };
                             l.ghosts.push((lk.name.clone(), ghost));
+                            // The lock now holds what it wrote.
+                            copy.lvb_invalid = flags.contains(Flags::IVVALBLK);
+                            lk.lvb_invalid = copy.lvb_invalid;
                         }
                         copy.grmode = Some(mode);
                         copy.flags = flags;
@@ -1551,11 +1565,22 @@ impl Recovery {
     }
 }
 
-/// The value block of a rebuilt resource: the old master's if it survived (plus a write its
-/// owner could not confirm), else the copy of a lock held above CR (nobody could have
-/// changed it since that lock was granted), else the newest copy flagged not valid.
+/// The value block of a rebuilt resource.
+///
+/// - A surviving lock held above CR has the current value: nobody could write it since that
+///   lock was granted (and it saw every write before).
+/// - Else the old master's value (plus a write its owner could not confirm), unless a lock
+///   copy has seen a newer one than it (a hand-over from an interrupted recovery is stale).
+/// - Else the newest copy, flagged not valid: a lost node may have written since.
 fn rebuild_lvb(res: &mut Resource, master: Option<&MasterLvb>, locks: &[LockCopy]) {
-    if let Some(m) = master {
+    let valblk = |c: &&LockCopy| c.flags.contains(Flags::VALBLK) && !c.lvb.is_empty();
+    let eff = |c: &LockCopy| c.lvbseq.wrapping_add(c.unconfirmed_write as u32);
+    let newest = locks.iter().filter(valblk).map(eff).max();
+    if let Some(big) = locks.iter().filter(valblk).find(|c| !c.unconfirmed_write && c.grmode > Some(Mode::Cr)) {
+        res.set_lvb(&big.lvb, newest.unwrap_or(0).max(big.lvbseq), big.lvb_invalid);
+        return;
+    }
+    if let Some(m) = master.filter(|m| !locks.iter().filter(valblk).any(|c| c.lvbseq > m.seq)) {
         res.set_lvb(&m.lvb, m.seq, m.valnotvalid);
         for c in locks.iter().filter(|c| c.unconfirmed_write && c.lvbseq == m.seq) {
             if c.flags.contains(Flags::IVVALBLK) {
@@ -1566,14 +1591,14 @@ fn rebuild_lvb(res: &mut Resource, master: Option<&MasterLvb>, locks: &[LockCopy
         }
         return;
     }
-    let valblk = |c: &&LockCopy| c.flags.contains(Flags::VALBLK) && !c.lvb.is_empty();
-    if let Some(big) = locks.iter().filter(valblk).find(|c| !c.unconfirmed_write && c.grmode > Some(Mode::Cr)) {
-        res.set_lvb(&big.lvb, big.lvbseq, false);
-        return;
-    }
-    match locks.iter().filter(valblk).max_by_key(|c| c.lvbseq.wrapping_add(c.unconfirmed_write as u32)) {
-        Some(c) => res.set_lvb(&c.lvb, c.lvbseq.wrapping_add(c.unconfirmed_write as u32), true),
-        None => res.invalidate_lvb(),
+    match locks.iter().filter(valblk).max_by_key(|c| eff(c)) {
+        Some(c) => res.set_lvb(&c.lvb, eff(c), true),
+        None => {
+            if let Some(m) = master {
+                res.set_lvb(&m.lvb, m.seq, true);
+            }
+            res.invalidate_lvb();
+        }
     }
 }
 

@@ -54,6 +54,8 @@ pub struct LockCopy {
     pub unconfirmed_write: bool,
     /// A cancel of the replayed request is pending.
     pub cancel: bool,
+    /// The value block in `lvb` was read flagged not valid.
+    pub lvb_invalid: bool,
 }
 
 /// The value block state an old master hands over during recovery.
@@ -360,7 +362,7 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
                 w.mode(c.rqmode);
                 w.u32(c.flags.0);
                 w.u32(c.lvbseq);
-                w.u8(c.unconfirmed_write as u8 | (c.cancel as u8) << 1);
+                w.u8(c.unconfirmed_write as u8 | (c.cancel as u8) << 1 | (c.lvb_invalid as u8) << 2);
                 w.lvb(&c.lvb);
             }
         }
@@ -556,7 +558,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, WireError> {
                 let flags = r.flags()?;
                 let lvbseq = r.u32("lvbseq")?;
                 let cf = r.u8("copy flags")?;
-                if cf & !3 != 0 {
+                if cf & !7 != 0 {
                     return Err(r.bad("copy flags"));
                 }
                 let lvb = r.lvb()?;
@@ -569,6 +571,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, WireError> {
                     lvb,
                     unconfirmed_write: cf & 1 != 0,
                     cancel: cf & 2 != 0,
+                    lvb_invalid: cf & 4 != 0,
                 });
             }
             Message::RecoverLocks { ls, epoch, name, master, locks }
@@ -623,16 +626,17 @@ mod tests {
         ]
     }
     fn copy() -> impl Strategy<Value = LockCopy> {
-        (any::<u64>(), opt_mode(), opt_mode(), flags(), any::<u32>(), lvb(), any::<bool>(), any::<bool>()).prop_map(
-            |(lkid, grmode, rqmode, flags, lvbseq, lvb, unconfirmed_write, cancel)| LockCopy {
+        (any::<u64>(), opt_mode(), opt_mode(), flags(), any::<u32>(), lvb(), any::<u8>()).prop_map(
+            |(lkid, grmode, rqmode, flags, lvbseq, lvb, b)| LockCopy {
                 lkid,
                 grmode,
                 rqmode,
                 flags,
                 lvbseq,
                 lvb,
-                unconfirmed_write,
-                cancel,
+                unconfirmed_write: b & 1 != 0,
+                cancel: b & 2 != 0,
+                lvb_invalid: b & 4 != 0,
             },
         )
     }

@@ -687,10 +687,20 @@ fn short(m: &Message) -> String {
         Message::Unlock { lkid, epoch, .. } => format!("Unlock {lkid:#x} e{epoch}"),
         Message::Cancel { lkid, epoch, .. } => format!("Cancel {lkid:#x} e{epoch}"),
         Message::RecoverLocks { name, locks, master, epoch, .. } => format!(
-            "RecoverLocks e{epoch} {} master={} {:?}",
+            "RecoverLocks e{epoch} {} master={:?} {:?}",
             String::from_utf8_lossy(name),
-            master.is_some(),
-            locks.iter().map(|c| (format!("{:#x}", c.lkid), c.grmode, c.rqmode)).collect::<Vec<_>>()
+            master.as_ref().map(|m| (m.seq, m.lvb.first().copied(), m.valnotvalid)),
+            locks
+                .iter()
+                .map(|c| (
+                    format!("{:#x}", c.lkid),
+                    c.grmode,
+                    c.rqmode,
+                    c.lvbseq,
+                    c.lvb.first().copied(),
+                    c.unconfirmed_write
+                ))
+                .collect::<Vec<_>>()
         ),
         other => format!("{other:?}"),
     }
