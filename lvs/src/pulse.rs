@@ -348,6 +348,18 @@ async fn vips_down(vips: &[(IpAddr, String)]) {
     }
 }
 
+/// Stops lvsd: SIGTERM (it stops listening, removes its socket and its nftables table),
+/// SIGKILL after 2 s.
+async fn stop_director(c: &mut tokio::process::Child) {
+    if let Some(pid) = c.id() {
+        sh("kill", &["-TERM", &pid.to_string()]).await;
+        if tokio::time::timeout(Duration::from_secs(2), c.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = c.kill().await;
+}
+
 fn local_role(cfg: &LvsConfig, port: u16) -> Option<(Role, SocketAddr)> {
     for (role, addr) in [(Role::Primary, cfg.primary), (Role::Backup, cfg.backup)] {
         if let Some(ip) = addr {
@@ -425,7 +437,7 @@ pub async fn run(
                 PulseAction::Deactivate => {
                     info!("becoming standby");
                     if let Some(mut c) = lvsd.take() {
-                        let _ = c.kill().await;
+                        stop_director(&mut c).await;
                     }
                     vips_down(&vips).await;
                 }
@@ -467,7 +479,7 @@ pub async fn run(
         }
     }
     if let Some(mut c) = lvsd.take() {
-        let _ = c.kill().await;
+        stop_director(&mut c).await;
         vips_down(&vips).await;
     }
     Ok(())
