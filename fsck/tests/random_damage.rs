@@ -118,10 +118,12 @@ fn damage() -> impl Strategy<Value = Damage> {
     ]
 }
 
+type Edit = Box<dyn Fn(&mut Block)>;
+
 fn apply(img: &Path, meta: &[u64], d: &Damage) {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new().read(true).write(true).open(img).unwrap();
-    let (which, edit): (usize, Box<dyn Fn(&mut Block)>) = match *d {
+    let (which, edit): (usize, Edit) = match *d {
         Damage::Flip { which, bit } => (which, Box::new(move |b: &mut Block| b[(bit / 8) as usize] ^= 1 << (bit % 8))),
         Damage::Field { which, off, value } => (
             which,
