@@ -4,6 +4,7 @@
 
 use crate::format::Timestamp;
 use crate::fs::{Attr, Fs, FsError, SetAttr};
+use crate::glock::Glocks;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
@@ -23,10 +24,11 @@ const COMMIT_BLOCKS: usize = 256;
 /// The periodic commit interval.
 const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// State shared between the FUSE session and the committer thread.
+/// State shared between the FUSE session, the committer thread and the glock thread.
 #[derive(Debug)]
 pub struct Shared {
     fs: Mutex<Option<Fs>>,
+    glocks: Mutex<Option<Arc<Glocks>>>,
     stop: AtomicBool,
     wake: Condvar,
     wake_lock: Mutex<()>,
@@ -47,11 +49,29 @@ impl Shared {
     pub fn shutdown(&self) -> Result<(), FsError> {
         self.stop.store(true, Ordering::SeqCst);
         self.wake.notify_all();
-        let fs = self.fs.lock().expect("fs mutex").take();
-        match fs {
-            Some(fs) => fs.unmount(),
+        let glocks = self.glocks.lock().expect("glocks mutex").take();
+        let mut g = self.fs.lock().expect("fs mutex");
+        let r = match g.take() {
+            Some(mut fs) => {
+                // The unmount writes (statfs, checkpoint) need the glock.
+                let r = match &glocks {
+                    Some(gl) if !gl.held() => match gl.acquire() {
+                        Ok(free) => fs.after_glock(&free),
+                        Err(e) => Err(FsError::Journal(e.to_string())),
+                    },
+                    _ => Ok(()),
+                };
+                r.and_then(|()| fs.unmount())
+            }
             None => Ok(()),
+        };
+        drop(g);
+        if let Some(gl) = glocks {
+            if let Ok(gl) = Arc::try_unwrap(gl) {
+                gl.shutdown();
+            }
         }
+        r
     }
 }
 
@@ -60,14 +80,22 @@ impl Shared {
 pub struct GfsFuse {
     shared: Arc<Shared>,
     root: u64,
+    glocks: Option<Arc<Glocks>>,
+    /// How long the kernel may cache names and attributes (zero with cluster locking).
+    ttl: Duration,
+    /// Open flags: direct I/O with cluster locking (no page cache to invalidate).
+    open_flags: FopenFlags,
 }
 
 impl GfsFuse {
-    /// Wraps a mounted engine and starts the committer thread.
-    pub fn new(fs: Fs) -> (GfsFuse, Arc<Shared>) {
+    /// Wraps a mounted engine and starts the committer thread; with `glocks` (lock_dlm)
+    /// every request runs under the cluster-wide glock.
+    pub fn new(fs: Fs, glocks: Option<Glocks>) -> (GfsFuse, Arc<Shared>) {
         let root = fs.root();
+        let glocks = glocks.map(Arc::new);
         let shared = Arc::new(Shared {
             fs: Mutex::new(Some(fs)),
+            glocks: Mutex::new(glocks.clone()),
             stop: AtomicBool::new(false),
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
@@ -86,7 +114,25 @@ impl GfsFuse {
                 }
             })
             .expect("spawn the committer thread");
-        (GfsFuse { shared: shared.clone(), root }, shared)
+        if let Some(gl) = &glocks {
+            let weak = Arc::downgrade(&shared);
+            gl.on_demote(Box::new(move |held| {
+                if let Some(s) = weak.upgrade() {
+                    let mut g = s.fs.lock().expect("fs mutex");
+                    if let Some(fs) = g.as_mut() {
+                        if let Err(e) = fs.release_for_glock() {
+                            tracing::error!(error = %e, "write-back before releasing the glock failed");
+                        }
+                    }
+                    held.store(false, Ordering::SeqCst);
+                } else {
+                    held.store(false, Ordering::SeqCst);
+                }
+            }));
+        }
+        let (ttl, open_flags) =
+            if glocks.is_some() { (Duration::ZERO, FopenFlags::FOPEN_DIRECT_IO) } else { (TTL, FopenFlags::empty()) };
+        (GfsFuse { shared: shared.clone(), root, glocks, ttl, open_flags }, shared)
     }
 
     fn ino(&self, ino: INodeNo) -> u64 {
@@ -108,6 +154,18 @@ impl GfsFuse {
     fn with<T>(&self, f: impl FnOnce(&mut Fs) -> Result<T, FsError>) -> Result<T, Errno> {
         let mut g = self.shared.fs.lock().expect("fs mutex");
         let fs = g.as_mut().ok_or(Errno::EIO)?;
+        if let Some(gl) = &self.glocks {
+            if !gl.held() {
+                let free = gl.acquire().map_err(|e| {
+                    tracing::error!(error = %e, "cannot take the filesystem glock");
+                    Errno::EIO
+                })?;
+                fs.after_glock(&free).map_err(|e| {
+                    tracing::error!(error = %e, "cannot refresh after taking the glock");
+                    Errno::EIO
+                })?;
+            }
+        }
         let r = f(fs);
         if fs.dirty_blocks() >= COMMIT_BLOCKS {
             if let Err(e) = fs.commit() {
@@ -154,7 +212,7 @@ impl GfsFuse {
 
     fn entry(&self, r: Result<Attr, Errno>, reply: ReplyEntry) {
         match r {
-            Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(a.generation)),
+            Ok(a) => reply.entry(&self.ttl, &self.attr(&a), Generation(a.generation)),
             Err(e) => reply.error(e),
         }
     }
@@ -246,7 +304,7 @@ impl Filesystem for GfsFuse {
                     generation: 0,
                 });
                 a.ino = INodeNo(0);
-                reply.entry(&TTL, &a, Generation(0));
+                reply.entry(&self.ttl, &a, Generation(0));
             }
             r => self.entry(r, reply),
         }
@@ -255,7 +313,7 @@ impl Filesystem for GfsFuse {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let i = self.ino(ino);
         match self.with(|fs| fs.getattr(i)) {
-            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
+            Ok(a) => reply.attr(&self.ttl, &self.attr(&a)),
             Err(e) => reply.error(e),
         }
     }
@@ -292,7 +350,7 @@ impl Filesystem for GfsFuse {
             fs.setattr(i, &s)
         });
         match r {
-            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
+            Ok(a) => reply.attr(&self.ttl, &self.attr(&a)),
             Err(e) => reply.error(e),
         }
     }
@@ -382,7 +440,7 @@ impl Filesystem for GfsFuse {
             fs.open_inode(i);
             Ok(())
         }) {
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(()) => reply.opened(FileHandle(0), self.open_flags),
             Err(e) => reply.error(e),
         }
     }
@@ -407,7 +465,7 @@ impl Filesystem for GfsFuse {
             Ok(a)
         });
         match r {
-            Ok(a) => reply.created(&TTL, &self.attr(&a), Generation(a.generation), FileHandle(0), FopenFlags::empty()),
+            Ok(a) => reply.created(&self.ttl, &self.attr(&a), Generation(a.generation), FileHandle(0), self.open_flags),
             Err(e) => reply.error(e),
         }
     }

@@ -28,6 +28,7 @@ pub mod device;
 pub mod format;
 pub mod fs;
 pub mod fuse;
+pub mod glock;
 mod mkfs;
 pub mod mount;
 pub mod tool;

@@ -4,6 +4,7 @@ use crate::device::open_device;
 use crate::format::LockProto;
 use crate::fs::Fs;
 use crate::fuse::GfsFuse;
+use crate::glock::Glocks;
 use anyhow::{bail, Context};
 use std::path::Path;
 
@@ -17,6 +18,8 @@ pub struct MountOptions {
     pub log: Option<String>,
     /// Allow a lock_dlm filesystem to be mounted with local locking (one node only!).
     pub lockproto_override: Option<LockProto>,
+    /// dlm_controld's socket (lock_dlm).
+    pub dlm_socket: Option<String>,
 }
 
 impl MountOptions {
@@ -29,6 +32,7 @@ impl MountOptions {
                 "ro" => o.read_only = true,
                 "journal" | "jid" => o.journal = v.parse().context("journal=N needs a number")?,
                 "log" => o.log = Some(v.to_string()),
+                "dlm_socket" => o.dlm_socket = Some(v.to_string()),
                 "lockproto" => {
                     o.lockproto_override = Some(LockProto::parse(v).context("lockproto=lock_nolock|lock_dlm")?)
                 }
@@ -46,19 +50,26 @@ pub fn run(device: &str, mountpoint: &Path, opts: &MountOptions, ready: impl FnO
         bail!("read-only mounts are not supported yet");
     }
     let dev = open_device(device).with_context(|| format!("cannot open {device}"))?;
-    let fs = Fs::mount(dev, opts.journal).with_context(|| format!("cannot mount {device}"))?;
-    let proto = opts.lockproto_override.unwrap_or(fs.superblock().lockproto);
-    if proto != LockProto::Nolock {
-        bail!(
-            "{device} uses {}; cluster locking is not available in this version \
-             (mount with -o lockproto=lock_nolock on ONE node only)",
-            fs.superblock().lockproto
-        );
-    }
+    let sb = crate::mkfs::read_superblock(&*dev).with_context(|| format!("{device} holds no gfs filesystem"))?;
+    let proto = opts.lockproto_override.unwrap_or(sb.lockproto);
+    let (fs, glocks) = match proto {
+        LockProto::Nolock => (Fs::mount(dev, opts.journal).with_context(|| format!("cannot mount {device}"))?, None),
+        LockProto::Dlm => {
+            let fsname = sb.locktable.split_once(':').map(|(_, f)| f).unwrap_or(&sb.locktable);
+            let socket = opts.dlm_socket.as_deref().unwrap_or("/run/dlm/dlm.sock");
+            let glocks = Glocks::start(socket, fsname, opts.journal, sb.journal_count).with_context(|| {
+                format!("cannot take journal {} of {} through {socket}", opts.journal, sb.locktable)
+            })?;
+            let free = glocks.acquire().context("cannot take the filesystem glock")?;
+            let mut fs = Fs::mount_with(dev, opts.journal, false).with_context(|| format!("cannot mount {device}"))?;
+            fs.after_glock(&free).context("cannot recover the journals of nodes that are gone")?;
+            (fs, Some(glocks))
+        }
+    };
     if fs.replayed() > 0 {
         tracing::info!(transactions = fs.replayed(), "journal replayed");
     }
-    let (fuse, shared) = GfsFuse::new(fs);
+    let (fuse, shared) = GfsFuse::new(fs, glocks);
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
         fuser::MountOption::FSName(device.to_string()),

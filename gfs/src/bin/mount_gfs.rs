@@ -21,21 +21,25 @@ DESCRIPTION
     Run as root, the mount lets every user in, with the kernel checking permissions
     (allow_other, default_permissions), as for a kernel filesystem.
 
-    This version supports lock_nolock (one node). A lock_dlm filesystem is refused unless
-    -o lockproto=lock_nolock is given, which is safe only when no other node mounts it.
+    lock_nolock: one node. lock_dlm: every node runs dlm_controld and mounts with its own
+    journal (-o journal=N, 0 <= N < the journal count given to mkfs.gfs); the nodes share the
+    filesystem through one cluster-wide glock (a node writes everything back and drops its
+    caches when another asks), and a node that takes over finds and replays the journals of
+    nodes that are gone (their journal locks were released by the DLM after fencing).
 
 OPTIONS (-o, comma separated)
     journal=N        use journal (node slot) N (default 0)
+    dlm_socket=PATH  dlm_controld's socket (lock_dlm; default /run/dlm/dlm.sock)
     log=FILE         where the background server logs (default: nowhere)
-    lockproto=lock_nolock
-                     override the superblock's lock protocol (one node only!)
+    lockproto=lock_nolock|lock_dlm
+                     override the superblock's lock protocol (lock_nolock: one node only!)
     rw, defaults, noatime, relatime, dev, suid, exec, nodev, nosuid
                      accepted and ignored
 
 EXAMPLES
     mkfs.gfs -p lock_nolock -t local:data -j 1 /srv/gfs.img
     mount.gfs /srv/gfs.img /mnt/gfs
-    mount.gfs gnbd://storage1/shared /mnt/shared -o journal=0,log=/var/log/gfs.log
+    mount.gfs gnbd://storage1/shared /mnt/shared -o journal=2,log=/var/log/gfs.log
     umount /mnt/gfs
 
 FILES

@@ -90,8 +90,18 @@ impl Fs {
     /// Replays committed transactions; returns how many, and whether the journal was left
     /// clean by an unmount. Leaves the header marked not clean (mounted).
     pub(super) fn replay(&mut self) -> Result<(u64, bool)> {
-        let start = self.journal.start;
-        let jblocks = self.journal.blocks as u64;
+        let (count, clean, seq) = self.replay_journal(self.journal, self.slot, false)?;
+        self.jseq = seq;
+        self.jtail_seq = seq;
+        self.jhead = 1;
+        Ok((count, clean))
+    }
+
+    /// Replays journal `j` (of `slot`); leaves its header at the next sequence, marked
+    /// `mark_clean`. Returns (transactions, whether it was clean, next sequence).
+    pub(super) fn replay_journal(&mut self, j: JournalEntry, slot: u32, mark_clean: bool) -> Result<(u64, bool, u64)> {
+        let start = j.start;
+        let jblocks = j.blocks as u64;
         let mut raw = Box::new([0u8; BLOCK_SIZE]);
         self.dev.read_at(&mut raw[..], start * bs())?;
         let header = JournalHeader::decode(&raw[..], start)?;
@@ -145,14 +155,8 @@ impl Fs {
             pos = p + 1;
         }
         self.dev.sync()?;
-        self.dev.write_at(
-            &JournalHeader { slot: self.slot, sequence: seq, clean: false }.encode(start)[..],
-            start * bs(),
-        )?;
+        self.dev.write_at(&JournalHeader { slot, sequence: seq, clean: mark_clean }.encode(start)[..], start * bs())?;
         self.dev.sync()?;
-        self.jseq = seq;
-        self.jtail_seq = seq;
-        self.jhead = 1;
-        Ok((count, header.clean))
+        Ok((count, header.clean, seq))
     }
 }

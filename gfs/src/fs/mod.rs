@@ -189,7 +189,15 @@ impl Fs {
     /// 10 s for a previous mount on this host to let go), replays the journal if it holds
     /// committed transactions and folds the slot's statfs changes into the master.
     pub fn mount(dev: Arc<dyn Device>, slot: u32) -> Result<Fs> {
-        dev.claim(std::time::Duration::from_secs(10))?;
+        Self::mount_with(dev, slot, true)
+    }
+
+    /// [`Fs::mount`], optionally without claiming the device (lock_dlm: the cluster's locks
+    /// coordinate the mounts, several of which may be on one host).
+    pub fn mount_with(dev: Arc<dyn Device>, slot: u32, claim: bool) -> Result<Fs> {
+        if claim {
+            dev.claim(std::time::Duration::from_secs(10))?;
+        }
         let sb = crate::mkfs::read_superblock(&*dev).map_err(|e| match e {
             crate::MkfsError::Device(d) => FsError::Device(d),
             crate::MkfsError::Format(f) => FsError::Corrupt(f),
@@ -261,6 +269,53 @@ impl Fs {
         self.orphans_freed
     }
 
+    /// Before another node takes the filesystem: everything home, caches dropped.
+    pub fn release_for_glock(&mut self) -> Result<()> {
+        self.commit()?;
+        self.checkpoint()?;
+        self.drop_caches();
+        Ok(())
+    }
+
+    /// After (re)taking the filesystem: forget what may have changed, reload the resource
+    /// groups, recover the journals of nodes that are gone (`free_slots`).
+    pub fn after_glock(&mut self, free_slots: &[u32]) -> Result<()> {
+        if !self.dirty.is_empty() {
+            return Err(FsError::Journal("glock taken with uncommitted changes".into()));
+        }
+        self.drop_caches();
+        for i in 0..self.rgs.len() {
+            let addr = self.rgs[i].addr;
+            self.rgs[i].rg = Rgrp::decode(&self.read_meta(addr)?[..], addr)?;
+        }
+        for &s in free_slots {
+            self.recover_slot(s)?;
+        }
+        Ok(())
+    }
+
+    /// Replays the journal of slot `slot` (a node that is gone) and frees its orphans.
+    fn recover_slot(&mut self, slot: u32) -> Result<()> {
+        let mut raw = Box::new([0u8; BLOCK_SIZE]);
+        self.dev.read_at(&mut raw[..], self.sb.jindex_block * bs())?;
+        let jindex = JIndex::decode(&raw[..], self.sb.jindex_block)?;
+        let Some(j) = jindex.journals.get(slot as usize).copied() else { return Ok(()) };
+        let (count, clean, _) = self.replay_journal(j, slot, true)?;
+        if count > 0 || !clean {
+            tracing::info!(slot, transactions = count, "recovered the journal of a node that is gone");
+            self.drop_caches();
+            for i in 0..self.rgs.len() {
+                let addr = self.rgs[i].addr;
+                self.rgs[i].rg = Rgrp::decode(&self.read_meta(addr)?[..], addr)?;
+            }
+            if !clean {
+                self.free_orphans()?;
+                self.commit()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Frees every dinode with no links (left by a mount that died with them open).
     fn free_orphans(&mut self) -> Result<u64> {
         let mut found = Vec::new();
@@ -278,7 +333,7 @@ impl Fs {
                 for i in e..limit {
                     if bm.get(i) == BlockState::Dinode {
                         let ino = data0 + base + i as u64;
-                        if self.dinode(ino)?.nlink == 0 {
+                        if self.dinode(ino)?.nlink == 0 && !self.orphans.contains(&ino) {
                             found.push(ino);
                         }
                     }

@@ -1,0 +1,91 @@
+//! lock_dlm: two nodes (two `dlm_controld` daemons talking TCP on 127.0.0.1 and 127.0.0.2,
+//! two mounts of one device) see each other's changes at once, create concurrently in one
+//! directory, and a survivor recovers the journal of a node whose mount process was killed.
+//! Everything runs inside `unshare -m --propagation private`; the EXIT trap unmounts and
+//! stops the daemons.
+
+use gnbd_tests::{bin_dir, require_tool, run_timeout, OutputExt, TempDir};
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::Duration;
+
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+const SCRIPT: &str = r#"
+set -eu
+cleanup() {
+  umount $W/m1 2>/dev/null || umount -l $W/m1 2>/dev/null || true
+  umount $W/m2 2>/dev/null || umount -l $W/m2 2>/dev/null || true
+  kill $D1 $D2 2>/dev/null || true
+}
+trap cleanup EXIT
+mkdir -p $W/m1 $W/m2
+$B/dlm_controld --node-id 1 --socket $W/d1.sock --listen 127.0.0.1:$P1 --peer 2=127.0.0.2:$P2 > $W/d1.out 2>$W/d1.log &
+D1=$!
+$B/dlm_controld --node-id 2 --socket $W/d2.sock --listen 127.0.0.2:$P2 --peer 1=127.0.0.1:$P1 > $W/d2.out 2>$W/d2.log &
+D2=$!
+for i in $(seq 1 100); do [ -S $W/d1.sock ] && [ -S $W/d2.sock ] && break; sleep 0.1; done
+$B/mount_gfs $W/img $W/m1 -f -o journal=0,dlm_socket=$W/d1.sock,log=$W/m1.log &
+M1=$!
+$B/mount_gfs $W/img $W/m2 -o journal=1,dlm_socket=$W/d2.sock,log=$W/m2.log
+for i in $(seq 1 100); do grep -q " $W/m1 fuse" /proc/self/mounts && break; sleep 0.1; done
+# Changes on one node are seen on the other at once.
+printf hello > $W/m1/a; test "$(cat $W/m2/a)" = hello
+mkdir $W/m2/d; test -d $W/m1/d
+mv $W/m1/a $W/m1/d/b; test ! -e $W/m2/a; test "$(cat $W/m2/d/b)" = hello
+chmod 600 $W/m2/d/b; test "$(stat -c %a $W/m1/d/b)" = 600
+head -c 2000000 /dev/urandom > $W/data; cp $W/data $W/m1/big; cmp $W/data $W/m2/big
+rm $W/m2/big; test ! -e $W/m1/big
+# Concurrent creates in one directory from both nodes.
+(for i in $(seq 1 150); do : > $W/m1/d/x$i; done) &
+C1=$!
+for i in $(seq 1 150); do : > $W/m2/d/y$i; done
+wait $C1
+test "$(ls $W/m1/d | wc -l)" = 301; test "$(ls $W/m2/d | wc -l)" = 301
+# Node 1 dies after an fsync; node 2 recovers its journal and sees the file.
+printf durable > $W/m1/d/last; sync $W/m1/d/last
+kill -9 $M1; wait $M1 || true
+umount -l $W/m1 2>/dev/null || true
+for i in $(seq 1 50); do test "$(cat $W/m2/d/last 2>/dev/null)" = durable && break; sleep 0.2; done
+test "$(cat $W/m2/d/last)" = durable
+test "$(ls $W/m2/d | wc -l)" = 302
+umount $W/m2
+echo CLUSTER-OK
+"#;
+
+#[test]
+fn two_nodes_share_one_filesystem_and_recover_a_dead_node() {
+    require_tool("unshare");
+    let work = TempDir::new();
+    let img = work.join("img");
+    std::fs::File::create(&img).unwrap().set_len(256 << 20).unwrap();
+    run_timeout(
+        Command::new(bin_dir().join("mkfs_gfs"))
+            .args(["-q", "-p", "lock_dlm", "-t", "alpha:shared", "-j", "2"])
+            .arg(&img),
+        Duration::from_secs(60),
+    )
+    .assert_success("mkfs.gfs");
+    let out = run_timeout(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", SCRIPT])
+            .env("W", work.path())
+            .env("B", bin_dir())
+            .env("P1", free_port("127.0.0.1").to_string())
+            .env("P2", free_port("127.0.0.2").to_string()),
+        Duration::from_secs(120),
+    );
+    let logs: String = ["m1.log", "m2.log", "d1.log", "d2.log"]
+        .iter()
+        .map(|f| format!("--- {f} ---\n{}\n", std::fs::read_to_string(work.join(f)).unwrap_or_default()))
+        .collect();
+    assert!(out.stdout_str().contains("CLUSTER-OK"), "{}\n{logs}", out.describe());
+    let m2 = std::fs::read_to_string(work.join("m2.log")).unwrap_or_default();
+    assert!(m2.contains("recovered the journal"), "node 2 did not recover node 1's journal\n{logs}");
+    let dev = gfs::open_device(&img.display().to_string()).unwrap();
+    let mut fs = gfs::Fs::mount(dev, 0).unwrap();
+    let r = fs.check().unwrap();
+    assert!(r.problems.is_empty(), "after the cluster run: {:#?}", r.problems);
+}
