@@ -7,7 +7,9 @@
 //! - metadata, from this program: creates, stats, a full directory listing and unlinks of
 //!   `--files` empty files in one directory (operations per second).
 //!
-//! The table gives both figures and the ratio gfs / ext4. Runs as root, inside its own
+//! The table gives both figures and the ratio gfs / ext4. Then two lock_dlm nodes (two
+//! `dlm_controld` on 127.0.0.1 and 127.0.0.2, two mounts of the device) create files in one
+//! shared directory at the same time, against one node alone. Runs as root, inside its own
 //! private mount namespace (it re-executes itself under `unshare -m`).
 
 use std::path::{Path, PathBuf};
@@ -242,9 +244,113 @@ fn bench(cli: &Cli) -> Result<()> {
         let (e, g) = (results[0][i], results[1][i]);
         println!("| {label} | {e:.0} | {g:.0} | {:.2} |", g / e.max(1e-9));
     }
+    shared_directory(cli, &bin_dir, &work, &dev)?;
     if cli.dir.is_none() {
         let _ = std::fs::remove_dir_all(&work);
     }
+    Ok(())
+}
+
+/// Kills a child on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn create_files(dir: &Path, prefix: &str, n: usize) -> Result<()> {
+    for i in 0..n {
+        std::fs::File::create(dir.join(format!("{prefix}{i}")))?;
+    }
+    Ok(())
+}
+
+/// Creates per second in one directory: one lock_dlm node alone, then two nodes at once.
+fn shared_directory(cli: &Cli, bin_dir: &Path, work: &Path, dev: &str) -> Result<()> {
+    run(
+        Command::new(bin_dir.join("mkfs_gfs")).args([
+            "-q",
+            "-O",
+            "-p",
+            "lock_dlm",
+            "-t",
+            "bench:shared",
+            "-j",
+            "2",
+            dev,
+        ]),
+        "mkfs.gfs lock_dlm",
+    )?;
+    let port = |ip: &str| -> Result<u16> { Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port()) };
+    let (p1, p2) = (port("127.0.0.1")?, port("127.0.0.2")?);
+    let mut daemons = Vec::new();
+    for (id, me, peer) in [
+        (1, format!("127.0.0.1:{p1}"), format!("2=127.0.0.2:{p2}")),
+        (2, format!("127.0.0.2:{p2}"), format!("1=127.0.0.1:{p1}")),
+    ] {
+        let sock = work.join(format!("dlm{id}.sock"));
+        let child = Command::new(bin_dir.join("dlm_controld"))
+            .args(["--node-id", &id.to_string(), "--listen", &me, "--peer", &peer])
+            .arg("--socket")
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("dlm_controld")?;
+        daemons.push(Killed(child));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            if Instant::now() > deadline {
+                bail!("dlm_controld {id} did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let mut mounts = Vec::new();
+    for slot in 0..2u32 {
+        let mnt = work.join(format!("node{slot}"));
+        std::fs::create_dir_all(&mnt)?;
+        let opts = format!("journal={slot},dlm_socket={}", work.join(format!("dlm{}.sock", slot + 1)).display());
+        let child = Command::new(bin_dir.join("mount_gfs"))
+            .arg(dev)
+            .arg(&mnt)
+            .args(["-f", "-o", &opts])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("mount.gfs")?;
+        mounts.push(Mounted { mnt: mnt.clone(), server: Some(child) });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(&mnt) {
+            if Instant::now() > deadline {
+                bail!("mount.gfs (lock_dlm, slot {slot}) did not mount");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let n = cli.files.min(5000);
+    let (a, b) = (mounts[0].mnt.clone(), mounts[1].mnt.clone());
+    std::fs::create_dir(a.join("alone"))?;
+    std::fs::create_dir(a.join("shared"))?;
+    let t = Instant::now();
+    create_files(&a.join("alone"), "f", n)?;
+    let one = rate(n, t.elapsed());
+    let t = Instant::now();
+    let (da, db) = (a.join("shared"), b.join("shared"));
+    let h = std::thread::spawn(move || create_files(&da, "a", n / 2));
+    create_files(&db, "b", n - n / 2)?;
+    h.join().map_err(|_| anyhow::anyhow!("creator thread panicked"))??;
+    let two = rate(n, t.elapsed());
+    drop(mounts);
+    drop(daemons);
+    println!();
+    println!("| lock_dlm, one shared directory | creates/s |");
+    println!("|---|---:|");
+    println!("| one node | {one:.0} |");
+    println!("| two nodes at once | {two:.0} ({:.2}x one node) |", two / one.max(1e-9));
     Ok(())
 }
 
