@@ -34,19 +34,55 @@ fn dtype(mode: u32) -> u8 {
     gfs::fs::dtype(mode)
 }
 
-/// The device with staged block images on top.
+/// Blocks read at once (read-ahead: dinodes, leaves and bitmaps sit close together).
+const CHUNK: u64 = 64;
+/// Chunks kept (16 MiB).
+const CHUNKS_KEPT: usize = 64;
+
+/// The device with staged block images on top, read in chunks.
 struct Img {
     dev: Arc<dyn Device>,
     staged: BTreeMap<u64, Box<Block>>,
+    /// Recently read chunks, oldest first.
+    chunks: std::cell::RefCell<std::collections::VecDeque<(u64, Vec<u8>)>>,
+    /// Blocks on the device.
+    blocks: u64,
 }
 
 impl Img {
+    fn new(dev: Arc<dyn Device>) -> Self {
+        let blocks = dev.size() / BS;
+        Img { dev, staged: BTreeMap::new(), chunks: Default::default(), blocks }
+    }
+
     fn read(&self, b: u64) -> Result<Box<Block>, FsckError> {
         if let Some(x) = self.staged.get(&b) {
             return Ok(x.clone());
         }
         let mut x = Box::new([0u8; BLOCK_SIZE]);
-        self.dev.read_at(&mut x[..], b * BS)?;
+        if b >= self.blocks {
+            self.dev.read_at(&mut x[..], b * BS)?;
+            return Ok(x);
+        }
+        let c = b / CHUNK;
+        let mut chunks = self.chunks.borrow_mut();
+        if chunks.back().is_none_or(|(k, _)| *k != c) {
+            if let Some(i) = chunks.iter().position(|(k, _)| *k == c) {
+                let hit = chunks.remove(i).expect("found");
+                chunks.push_back(hit);
+            } else {
+                let n = CHUNK.min(self.blocks - c * CHUNK);
+                let mut buf = vec![0u8; (n * BS) as usize];
+                self.dev.read_at(&mut buf, c * CHUNK * BS)?;
+                if chunks.len() >= CHUNKS_KEPT {
+                    chunks.pop_front();
+                }
+                chunks.push_back((c, buf));
+            }
+        }
+        let (_, buf) = chunks.back().expect("just read");
+        let off = ((b - c * CHUNK) * BS) as usize;
+        x.copy_from_slice(&buf[off..off + BLOCK_SIZE]);
         Ok(x)
     }
     /// Stages `blk` for block `b` unless the block already holds exactly that.
@@ -58,6 +94,7 @@ impl Img {
     }
     fn flush(&mut self) -> Result<u64, FsckError> {
         let n = self.staged.len() as u64;
+        self.chunks.borrow_mut().clear();
         for (b, x) in std::mem::take(&mut self.staged) {
             self.dev.write_at(&x[..], b * BS)?;
         }
@@ -83,6 +120,8 @@ struct Ino {
     subdirs: u32,
     /// The directory it was found in (`LOST_FOUND` for orphans).
     found_in: u64,
+    /// The dinode as found (`None`: made by fsck), so only changed dinodes are written.
+    orig: Option<Dinode>,
 }
 
 struct Checker<'a> {
@@ -107,7 +146,7 @@ struct Checker<'a> {
 
 /// Checks (and with `-y`/`-p` repairs) the filesystem on `dev`.
 pub fn check_device(dev: Arc<dyn Device>, opts: &Options, out: &mut dyn Write) -> Result<Summary, FsckError> {
-    let img = Img { dev, staged: BTreeMap::new() };
+    let img = Img::new(dev);
     let sb = match Superblock::decode(&img.read(SB_BLOCK)?[..]) {
         Ok(sb) => sb,
         Err(e) => return Err(FsckError::Superblock(e)),
@@ -494,7 +533,8 @@ impl Checker<'_> {
         if fresh {
             self.rebuild.insert(root, Vec::new());
         }
-        self.inodes.insert(root, Ino { d: rd, links: 0, subdirs: 0, found_in: root });
+        let orig = (!fresh).then(|| rd.clone());
+        self.inodes.insert(root, Ino { d: rd, links: 0, subdirs: 0, found_in: root, orig });
         self.walk_from(root)?;
         self.verbose(format!("  {} inodes reachable", self.inodes.len()));
         Ok(())
@@ -676,8 +716,8 @@ impl Checker<'_> {
         let mut names = HashSet::new();
         let mut subdirs = Vec::new();
         for (li, mut e) in entries {
-            let name = String::from_utf8_lossy(&e.name).into_owned();
             let drop = |c: &mut Self, why: String| {
+                let name = String::from_utf8_lossy(&e.name);
                 c.problem(format!("directory {dir}: entry {name:?} -> {}: {why}", e.inum), "entry removed", false);
             };
             if e.name == b"." || e.name == b".." {
@@ -718,7 +758,10 @@ impl Checker<'_> {
                     }
                     Ok(cd) => {
                         self.claims[e.inum as usize] = C_DINODE;
-                        self.inodes.insert(e.inum, Ino { d: cd.clone(), links: 0, subdirs: 0, found_in: dir });
+                        self.inodes.insert(
+                            e.inum,
+                            Ino { d: cd.clone(), links: 0, subdirs: 0, found_in: dir, orig: Some(cd.clone()) },
+                        );
                         if cd.is_dir() {
                             subdirs.push(e.inum);
                         }
@@ -732,6 +775,7 @@ impl Checker<'_> {
                 }
             };
             if e.dtype != dtype(cd.mode) {
+                let name = String::from_utf8_lossy(&e.name).into_owned();
                 self.problem(
                     format!(
                         "directory {dir}: entry {name:?} has type {} but inode {} is type {}",
@@ -950,7 +994,7 @@ impl Checker<'_> {
         let kind = if d.is_dir() { "directory" } else { "inode" };
         self.problem(format!("{kind} {b}: not reachable from the root"), "moved to lost+found", false);
         self.claims[b as usize] = C_DINODE;
-        self.inodes.insert(b, Ino { d, links: 0, subdirs: 0, found_in: LOST_FOUND });
+        self.inodes.insert(b, Ino { orig: Some(d.clone()), d, links: 0, subdirs: 0, found_in: LOST_FOUND });
         self.lf_new.push(b);
         Ok(())
     }
@@ -1076,7 +1120,7 @@ impl Checker<'_> {
                     };
                     self.problem("no lost+found directory".into(), "lost+found created", false);
                     let d = new_dir_dinode(root, 0o40700);
-                    self.inodes.insert(lf, Ino { d, links: 1, subdirs: 0, found_in: root });
+                    self.inodes.insert(lf, Ino { d, links: 1, subdirs: 0, found_in: root, orig: None });
                     self.inodes.get_mut(&root).expect("root").subdirs += 1;
                     let e = DirEntry {
                         inum: lf,
@@ -1148,7 +1192,9 @@ impl Checker<'_> {
                 );
                 d.parent = parent;
             }
-            self.img.stage(ino, d.encode(ino))?;
+            if self.inodes[&ino].orig.as_ref() != Some(&d) {
+                self.img.stage(ino, d.encode(ino))?;
+            }
         }
         self.finish_counters()
     }
