@@ -1393,6 +1393,9 @@ impl Node {
                         if gr >= Mode::Pw && flags.0 & (Flags::VALBLK | Flags::IVVALBLK).0 != 0 {
                             let ghost = LockCopy { grmode: None, flags, unconfirmed_write: true, ..copy.clone() };
                             l.ghosts.push((lk.name.clone(), ghost));
+                            // A later write by this lock goes on top of this one.
+                            lk.lvbseq = lk.lvbseq.wrapping_add(1);
+                            copy.lvbseq = lk.lvbseq;
                             // The lock now holds what it wrote.
                             copy.lvb_invalid = flags.contains(Flags::IVVALBLK);
                             lk.lvb_invalid = copy.lvb_invalid;
@@ -1610,11 +1613,14 @@ fn rebuild_lvb(res: &mut Resource, master: Option<&MasterLvb>, locks: &[LockCopy
     }
     if let Some(m) = master.filter(|m| !locks.iter().filter(valblk).any(|c| c.lvbseq > m.seq)) {
         res.set_lvb(&m.lvb, m.seq, m.valnotvalid);
-        for c in locks.iter().filter(|c| c.unconfirmed_write && c.lvbseq == m.seq) {
+        // Writes in flight, each on top of the previous one.
+        let mut seq = m.seq;
+        while let Some(c) = locks.iter().find(|c| c.unconfirmed_write && c.lvbseq == seq) {
+            seq = seq.wrapping_add(1);
             if c.flags.contains(Flags::IVVALBLK) {
-                res.invalidate_lvb();
+                res.set_lvb(&c.lvb, seq, true);
             } else {
-                res.set_lvb(&c.lvb, m.seq.wrapping_add(1), false);
+                res.set_lvb(&c.lvb, seq, false);
             }
         }
         return;
