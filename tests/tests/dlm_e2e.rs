@@ -327,3 +327,46 @@ async fn killed_ex_holder_waiter_granted_only_after_fence_with_value_block_inval
     }
     drop(held);
 }
+
+#[tokio::test]
+async fn bad_peer_input_is_refused_and_disturbs_nobody() {
+    let dir = TempDir::new();
+    let me = free_port("127.0.0.1");
+    // Node 2 is configured but never started: its address is just a closed port.
+    let ghost = free_port("127.0.0.2");
+    let d = Daemon::start(dir.path(), 1, Some(me), &[(2, ghost)]);
+    let c = step(DlmClient::connect(&d.socket)).await.unwrap();
+    let ls = step(c.join(b"app", 0)).await.unwrap();
+    // A resource whose directory node is this one (node 2 never answers).
+    let res = (0..).map(|i| format!("res{i}").into_bytes()).find(|n| dlm::dir_node(n, &[1, 2]) == 1).unwrap();
+    let mut frame = Vec::new();
+    dlm::encode(&dlm::Message::Hello { node: 9 }, &mut frame);
+    // A node that is not configured: closed at once.
+    let mut s = std::net::TcpStream::connect(me).unwrap();
+    s.set_read_timeout(Some(STEP)).unwrap();
+    s.write_all(&frame).unwrap();
+    assert_eq!(s.read(&mut [0u8; 16]).unwrap_or(0), 0, "connection from an unknown node must be closed");
+    // A configured node sending garbage, then a lock request with a forged lock id.
+    let mut s = std::net::TcpStream::connect(me).unwrap();
+    s.set_read_timeout(Some(STEP)).unwrap();
+    let mut bytes = Vec::new();
+    dlm::encode(&dlm::Message::Hello { node: 2 }, &mut bytes);
+    dlm::encode(
+        &dlm::Message::Request {
+            ls,
+            epoch: 1,
+            name: res.clone(),
+            lkid: 7 << 32 | 1,
+            mode: Mode::Ex,
+            flags: Flags::empty(),
+            lvb: vec![],
+        },
+        &mut bytes,
+    );
+    bytes.extend_from_slice(b"DL\x01\x63garbage-garbage");
+    s.write_all(&bytes).unwrap();
+    assert_eq!(s.read(&mut [0u8; 16]).unwrap_or(0), 0, "a malformed frame closes the connection");
+    // The daemon still serves: a local lock on the same resource is granted.
+    let l = step(c.lock(ls, &res, Mode::Ex, Flags::NOQUEUE, None)).await.unwrap();
+    step(l.unlock(Flags::empty(), None)).await.unwrap();
+}
