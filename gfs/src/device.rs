@@ -36,11 +36,12 @@ pub trait Device: Send + Sync + std::fmt::Debug {
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DeviceError>;
     /// Makes every completed write stable.
     fn sync(&self) -> Result<(), DeviceError>;
-    /// Takes this host's exclusive claim on the device for a mount (held until the device is
-    /// dropped), waiting up to `wait` for a previous holder (e.g. a mount process still
-    /// finishing its unmount). No-op where there is nothing to lock.
-    fn claim(&self, wait: std::time::Duration) -> Result<(), DeviceError> {
-        let _ = wait;
+    /// Takes this host's claim on the device for a mount (held until the device is dropped):
+    /// exclusive, or `shared` (lock_dlm mounts of several nodes on one host), waiting up to
+    /// `wait` for a conflicting holder (e.g. a mount process still finishing its unmount).
+    /// No-op where there is nothing to lock.
+    fn claim(&self, wait: std::time::Duration, shared: bool) -> Result<(), DeviceError> {
+        let _ = (wait, shared);
         Ok(())
     }
 }
@@ -93,10 +94,11 @@ impl Device for FileDevice {
     fn sync(&self) -> Result<(), DeviceError> {
         self.file.sync_data().map_err(|source| DeviceError::Io { offset: 0, source })
     }
-    fn claim(&self, wait: std::time::Duration) -> Result<(), DeviceError> {
+    fn claim(&self, wait: std::time::Duration, shared: bool) -> Result<(), DeviceError> {
         let deadline = std::time::Instant::now() + wait;
         loop {
-            match self.file.try_lock() {
+            let r = if shared { self.file.try_lock_shared() } else { self.file.try_lock() };
+            match r {
                 Ok(()) => return Ok(()),
                 Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -219,7 +221,7 @@ impl Device for CutoffDevice {
         }
         self.inner.sync()
     }
-    fn claim(&self, wait: std::time::Duration) -> Result<(), DeviceError> {
-        self.inner.claim(wait)
+    fn claim(&self, wait: std::time::Duration, shared: bool) -> Result<(), DeviceError> {
+        self.inner.claim(wait, shared)
     }
 }

@@ -61,7 +61,7 @@ pub fn run(device: &str, mountpoint: &Path, opts: &MountOptions, ready: impl FnO
                 format!("cannot take journal {} of {} through {socket}", opts.journal, sb.locktable)
             })?;
             let free = glocks.acquire().context("cannot take the filesystem glock")?;
-            let mut fs = Fs::mount_with(dev, opts.journal, false).with_context(|| format!("cannot mount {device}"))?;
+            let mut fs = Fs::mount_with(dev, opts.journal, true).with_context(|| format!("cannot mount {device}"))?;
             fs.after_glock(&free).context("cannot recover the journals of nodes that are gone")?;
             (fs, Some(glocks))
         }

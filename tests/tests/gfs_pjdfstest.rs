@@ -1,5 +1,5 @@
 //! The pjdfstest POSIX conformance suite (crates.io 0.2.2, installed by scripts/deps.sh) on a
-//! lock_nolock gfs mount. Target: no failures. Skipped by the suite itself (and listed in the
+//! lock_nolock gfs mount and on a lock_dlm mount (one `dlm_controld`). Target: no failures. Skipped by the suite itself (and listed in the
 //! README): the 13 EROFS tests (they remount read-only; not allowed here), the 2 tests that
 //! need a secondary filesystem, and the LINK_MAX test (FUSE reports no LINK_MAX).
 
@@ -25,26 +25,39 @@ entries = [
 ]
 "#;
 
-#[test]
-fn pjdfstest_on_lock_nolock_mount() {
+/// Runs the suite on a fresh filesystem made with `lockproto` (lock_dlm: one dlm_controld).
+fn pjdfstest_on(lockproto: &str) {
     let pjd = require_tool("pjdfstest");
     require_tool("unshare");
     let work = TempDir::new();
     let img = work.join("fs.img");
     std::fs::File::create(&img).unwrap().set_len(1 << 30).unwrap();
     run_timeout(
-        Command::new(bin_dir().join("mkfs_gfs"))
-            .args(["-q", "-p", "lock_nolock", "-t", "test:pjd", "-j", "1"])
-            .arg(&img),
+        Command::new(bin_dir().join("mkfs_gfs")).args(["-q", "-p", lockproto, "-t", "test:pjd", "-j", "1"]).arg(&img),
         Duration::from_secs(60),
     )
     .assert_success("mkfs.gfs");
     std::fs::write(work.join("pjdfstest.toml"), CONFIG).unwrap();
     let mnt = work.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
+    let sock = work.join("dlm.sock");
+    let (dlm_start, dlm_opt) = if lockproto == "lock_dlm" {
+        (
+            format!(
+                "{dlm} --node-id 1 --socket {sock} >/dev/null 2>{log} &\nD=$!\n\
+                 for i in $(seq 1 100); do [ -S {sock} ] && break; sleep 0.1; done\n",
+                dlm = bin_dir().join("dlm_controld").display(),
+                sock = sock.display(),
+                log = work.join("dlm.log").display(),
+            ),
+            format!(",dlm_socket={}", sock.display()),
+        )
+    } else {
+        ("D=\n".to_string(), String::new())
+    };
     let script = format!(
-        "set -u\ntrap 'cd /; umount {mnt} 2>/dev/null || umount -l {mnt}' EXIT\n\
-         {mount} {img} {mnt} -o log={log} || exit 1\n\
+        "set -u\n{dlm_start}trap 'cd /; umount {mnt} 2>/dev/null || umount -l {mnt}; sleep 0.2; [ -n \"$D\" ] && kill $D' EXIT\n\
+         {mount} {img} {mnt} -o log={log}{dlm_opt} || exit 1\n\
          cd {mnt} && {pjd} -c {conf} -p {mnt} > {out} 2>&1\necho pjdfstest exit $?\n",
         mnt = mnt.display(),
         mount = bin_dir().join("mount_gfs").display(),
@@ -61,7 +74,7 @@ fn pjdfstest_on_lock_nolock_mount() {
     let report = std::fs::read_to_string(work.join("out")).unwrap_or_default();
     let count = |w: &str| report.lines().filter(|l| l.trim_end().ends_with(w)).count();
     let (ok, failed, skipped) = (count(" ok"), count("FAILED"), count("skipped"));
-    println!("pjdfstest: {ok} ok, {failed} failed, {skipped} skipped");
+    println!("pjdfstest on {lockproto}: {ok} ok, {failed} failed, {skipped} skipped");
     let failures: Vec<&str> = report.lines().filter(|l| l.trim_end().ends_with("FAILED")).collect();
     assert!(out.status.success(), "{}", out.describe());
     assert!(failures.is_empty(), "pjdfstest failures: {failures:#?}\n{report}");
@@ -70,4 +83,14 @@ fn pjdfstest_on_lock_nolock_mount() {
     let mut fs = gfs::Fs::mount(dev, 0).unwrap();
     let r = fs.check().unwrap();
     assert!(r.problems.is_empty(), "after pjdfstest: {:#?}", r.problems);
+}
+
+#[test]
+fn pjdfstest_on_lock_nolock_mount() {
+    pjdfstest_on("lock_nolock");
+}
+
+#[test]
+fn pjdfstest_on_lock_dlm_mount() {
+    pjdfstest_on("lock_dlm");
 }

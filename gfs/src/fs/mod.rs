@@ -189,15 +189,13 @@ impl Fs {
     /// 10 s for a previous mount on this host to let go), replays the journal if it holds
     /// committed transactions and folds the slot's statfs changes into the master.
     pub fn mount(dev: Arc<dyn Device>, slot: u32) -> Result<Fs> {
-        Self::mount_with(dev, slot, true)
+        Self::mount_with(dev, slot, false)
     }
 
-    /// [`Fs::mount`], optionally without claiming the device (lock_dlm: the cluster's locks
-    /// coordinate the mounts, several of which may be on one host).
-    pub fn mount_with(dev: Arc<dyn Device>, slot: u32, claim: bool) -> Result<Fs> {
-        if claim {
-            dev.claim(std::time::Duration::from_secs(10))?;
-        }
+    /// [`Fs::mount`]; with `shared_claim` (lock_dlm: the cluster's locks coordinate the
+    /// mounts, several of which may be on one host) the device claim is shared.
+    pub fn mount_with(dev: Arc<dyn Device>, slot: u32, shared_claim: bool) -> Result<Fs> {
+        dev.claim(std::time::Duration::from_secs(10), shared_claim)?;
         let sb = crate::mkfs::read_superblock(&*dev).map_err(|e| match e {
             crate::MkfsError::Device(d) => FsError::Device(d),
             crate::MkfsError::Format(f) => FsError::Corrupt(f),
