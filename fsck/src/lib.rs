@@ -111,7 +111,7 @@ pub fn run(device: &str, opts: &Options, out: &mut dyn std::io::Write) -> Result
 /// mount namespace; a mount process finishing its unmount gets 3 s to let go), or
 /// /proc/self/mountinfo lists it as a mount source.
 fn mounted(device: &str, dev: &dyn gfs::Device) -> Option<String> {
-    if let Err(gfs::DeviceError::Busy) = dev.claim(std::time::Duration::from_secs(3)) {
+    if let Err(gfs::DeviceError::Busy) = dev.claim(std::time::Duration::from_secs(3), false) {
         return Some(format!("{device} is mounted (a mount on this host holds it); unmount it or use -f"));
     }
     let canon = std::fs::canonicalize(device).ok();
