@@ -2,9 +2,9 @@
 //! programs on a Unix socket (the protocol of [`crate::proto`]) and talks to the other
 //! nodes' daemons over TCP (the protocol of [`crate::wire`]).
 //!
-//! Membership is static for now: the configured node ids (this one and its peers) are the
-//! members, always quorate. The cluster layer will replace that by feeding
-//! [`crate::MemberEvent`]s.
+//! Membership is either static (the configured node ids, this one and its peers, are the
+//! members, always quorate) or, in cluster mode, fenced's view fed in as
+//! [`crate::MemberEvent`]s (see [`crate::cluster`]).
 //!
 //! Everything runs on one thread: one task per connection, all sharing the node through a
 //! `RefCell` (no lock is ever held across an await).
@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tracing::{debug, info, warn};
 
+use crate::cluster::{spawn_subscriber, spawn_wait_fenced, ClusterSource, Input, Tracker};
 use crate::mode::Mode;
 use crate::node::{Ast, MemberEvent, Node, Output, Owner, DEFAULT_LVB_LEN};
 use crate::proto::{decode_request, encode_response, Frame, Request, Response};
@@ -37,6 +38,8 @@ pub struct DaemonConfig {
     pub listen: Option<SocketAddr>,
     /// The other nodes: id and TCP address.
     pub peers: Vec<(NodeId, SocketAddr)>,
+    /// Cluster mode: membership, quorum and fencing from fenced (None: static members).
+    pub cluster: Option<ClusterSource>,
 }
 
 /// Why the daemon could not run.
@@ -271,10 +274,17 @@ async fn serve(cfg: DaemonConfig, ready: impl FnOnce(&Ready)) -> Result<(), Daem
         None => None,
     };
     let mut node = Node::new(cfg.node_id);
-    let mut members: Vec<NodeId> = cfg.peers.iter().map(|p| p.0).collect();
-    members.push(cfg.node_id);
-    node.membership(MemberEvent::Members { epoch: 1, members, failed: Vec::new() });
+    if cfg.cluster.is_none() {
+        let mut members: Vec<NodeId> = cfg.peers.iter().map(|p| p.0).collect();
+        members.push(cfg.node_id);
+        node.membership(MemberEvent::Members { epoch: 1, members, failed: Vec::new() });
+    }
     let core = Rc::new(RefCell::new(Core { node, sinks: HashMap::new(), dirty: Vec::new() }));
+    if let Some(src) = &cfg.cluster {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        spawn_subscriber(src, tx.clone());
+        tokio::task::spawn_local(cluster_events(core.clone(), src.clone(), cfg.node_id, tx, rx));
+    }
     for &(id, addr) in &cfg.peers {
         let sink = Sink::new();
         let notify = sink.notify.clone();
@@ -325,6 +335,42 @@ async fn serve(cfg: DaemonConfig, ready: impl FnOnce(&Ready)) -> Result<(), Daem
     let _ = std::fs::remove_file(&cfg.socket);
     info!("dlm_controld stopping");
     Ok(())
+}
+
+/// Feed the cluster layer's view to the node (cluster mode).
+async fn cluster_events(
+    core: Rc<RefCell<Core>>,
+    src: ClusterSource,
+    me: NodeId,
+    tx: tokio::sync::mpsc::UnboundedSender<Input>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Input>,
+) {
+    let mut tracker = Tracker::new(me);
+    while let Some(input) = rx.recv().await {
+        let step = match input {
+            Input::Event(ev) => {
+                debug!(?ev, "fenced event");
+                tracker.on_event(&ev)
+            }
+            Input::Lost => tracker.on_lost(),
+            Input::Safe(node) => {
+                info!(node, "fenced: node is safe; its locks can be recovered");
+                crate::cluster::Step { events: vec![MemberEvent::Fenced { node }], wait_for: Vec::new() }
+            }
+        };
+        for n in step.wait_for {
+            spawn_wait_fenced(&src, n, tx.clone());
+        }
+        if step.events.is_empty() {
+            continue;
+        }
+        let mut c = core.borrow_mut();
+        for ev in step.events {
+            info!(?ev, "membership event");
+            c.node.membership(ev);
+        }
+        c.flush();
+    }
 }
 
 /// Keep a connection open to peer `id`; frames to it go through its [`Sink`].

@@ -28,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+pub mod cluster;
 mod daemon;
 mod mode;
 mod node;
