@@ -56,13 +56,22 @@ impl Img {
     }
 
     fn read(&self, b: u64) -> Result<Box<Block>, FsckError> {
+        self.with(b, |x| {
+            let mut out = Box::new([0u8; BLOCK_SIZE]);
+            out.copy_from_slice(x);
+            out
+        })
+    }
+
+    /// Runs `f` on block `b` without copying it.
+    fn with<R>(&self, b: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R, FsckError> {
         if let Some(x) = self.staged.get(&b) {
-            return Ok(x.clone());
+            return Ok(f(&x[..]));
         }
-        let mut x = Box::new([0u8; BLOCK_SIZE]);
         if b >= self.blocks {
+            let mut x = Box::new([0u8; BLOCK_SIZE]);
             self.dev.read_at(&mut x[..], b * BS)?;
-            return Ok(x);
+            return Ok(f(&x[..]));
         }
         let c = b / CHUNK;
         let mut chunks = self.chunks.borrow_mut();
@@ -82,12 +91,11 @@ impl Img {
         }
         let (_, buf) = chunks.back().expect("just read");
         let off = ((b - c * CHUNK) * BS) as usize;
-        x.copy_from_slice(&buf[off..off + BLOCK_SIZE]);
-        Ok(x)
+        Ok(f(&buf[off..off + BLOCK_SIZE]))
     }
     /// Stages `blk` for block `b` unless the block already holds exactly that.
     fn stage(&mut self, b: u64, blk: Box<Block>) -> Result<(), FsckError> {
-        if *self.read(b)? != *blk {
+        if !self.with(b, |x| x == &blk[..])? {
             self.staged.insert(b, blk);
         }
         Ok(())
@@ -614,8 +622,10 @@ impl Checker<'_> {
         if !self.is_data(ino) {
             return Err(format!("inode number {ino} is not a data block"));
         }
-        let b = self.img.read(ino).map_err(|e| e.to_string())?;
-        Dinode::decode(&b[..], ino).map_err(|e| e.to_string())
+        match self.img.with(ino, |b| Dinode::decode(b, ino)) {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     fn pass3_dirs(&mut self) -> Result<(), FsckError> {
@@ -948,8 +958,8 @@ impl Checker<'_> {
         if !self.try_claim(p, C_META) {
             return Err(format!("leaf pointer {p}: outside the data area or already in use"));
         }
-        let b = self.img.read(p).map_err(|e| e.to_string())?;
-        match DirLeaf::decode(&b[..], p) {
+        let leaf = self.img.with(p, |b| DirLeaf::decode(b, p)).map_err(|e| e.to_string())?;
+        match leaf {
             Ok(l) if l.owner == dir => Ok(l),
             Ok(l) => {
                 self.unclaim(p);
