@@ -115,3 +115,27 @@ pub fn df_report(target: &str) -> Result<String, MkfsError> {
     let _ = writeln!(s, "  dinodes        {:<14} {:<14} {:<14}", d.dinodes, d.dinodes, "-");
     Ok(s)
 }
+
+/// `gfs_tool lockdump`: the DLM's view of this filesystem's glocks (lock_dlm), from the
+/// local `dlm_controld` at `socket`: the resources this node masters, their queues and modes.
+pub fn lockdump_report(target: &str, socket: &str) -> Result<String, MkfsError> {
+    let spec = resolve_device(target);
+    let dev = open_device(&spec)?;
+    let sb = read_superblock(&*dev)?;
+    let fsname = sb.locktable.split_once(':').map(|(_, f)| f.to_string()).unwrap_or(sb.locktable.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| crate::DeviceError::Io { offset: 0, source })?;
+    let dump = rt.block_on(async {
+        let c = dlm::DlmClient::connect(socket).await?;
+        c.lockdump(fsname.as_bytes()).await
+    });
+    dump.map_err(|e| {
+        crate::DeviceError::Connect {
+            spec: socket.to_string(),
+            reason: format!("dlm_controld lockdump of {fsname}: {e}"),
+        }
+        .into()
+    })
+}

@@ -1,7 +1,7 @@
 //! `gfs_tool`: look at a gfs filesystem (superblock, journals, free space).
 
 use clap::{Parser, Subcommand};
-use gfs::tool::{df_report, jindex_report, sb_report};
+use gfs::tool::{df_report, jindex_report, lockdump_report, sb_report};
 use std::process::ExitCode;
 
 const AFTER_HELP: &str = "\
@@ -15,6 +15,7 @@ EXAMPLES
     gfs_tool sb /srv/gfs.img
     gfs_tool jindex gnbd://storage1/shared
     gfs_tool df /mnt/gfs
+    gfs_tool lockdump /mnt/shared --dlm-socket /run/dlm/dlm.sock
 
 FILES
     /proc/self/mounts   to find the device of a mount point
@@ -40,6 +41,14 @@ enum Cmd {
     Jindex { target: String },
     /// Print space and inode usage (from the statfs blocks; cheap).
     Df { target: String },
+    /// Print the glocks (DLM resources) of a lock_dlm filesystem this node masters: the
+    /// filesystem glock `fs` and the journal locks `journal-N`, with queues and modes.
+    Lockdump {
+        target: String,
+        /// dlm_controld's socket.
+        #[arg(long, default_value = "/run/dlm/dlm.sock")]
+        dlm_socket: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +57,7 @@ fn main() -> ExitCode {
         Cmd::Sb { target } => (target, sb_report(target)),
         Cmd::Jindex { target } => (target, jindex_report(target)),
         Cmd::Df { target } => (target, df_report(target)),
+        Cmd::Lockdump { target, dlm_socket } => (target, lockdump_report(target, dlm_socket)),
     };
     match r {
         Ok(s) => {
