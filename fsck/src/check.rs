@@ -660,9 +660,17 @@ impl Checker<'_> {
     /// Walks the directory tree under `top` (already claimed and in `inodes`).
     fn walk_from(&mut self, top: u64) -> Result<(), FsckError> {
         let mut queue = std::collections::VecDeque::from([top]);
+        // Progress against the dinode count the resource groups record (an estimate).
+        let total: u64 = self.rgs.iter().map(|r| r.rg.dinodes as u64).sum::<u64>().max(1);
+        let mut next_pct = 25;
         while let Some(dir) = queue.pop_front() {
             for child in self.check_dir(dir)? {
                 queue.push_back(child);
+            }
+            let pct = self.inodes.len() as u64 * 100 / total;
+            if self.opts.verbose && self.pass == 3 && pct >= next_pct && next_pct < 100 {
+                self.say(format!("  {next_pct}%"));
+                next_pct += 25;
             }
         }
         Ok(())
@@ -1471,7 +1479,11 @@ impl Checker<'_> {
         let mut total = 0i64;
         let mut free_all = 0i64;
         let mut dinodes_all = 0i64;
-        for i in 0..self.rgs.len() {
+        let groups = self.rgs.len();
+        for i in 0..groups {
+            if self.opts.verbose && groups >= 4 && i > 0 && (i * 4 / groups) != ((i - 1) * 4 / groups) {
+                self.say(format!("  {}%", i * 4 / groups * 25));
+            }
             let Rg { addr, rg, .. } = self.rgs[i];
             let (mut free, mut dinodes) = (0u32, 0u32);
             for k in 0..rg.bitmap_blocks {

@@ -89,3 +89,39 @@ fn preen_after_a_node_crash() {
     assert!(report.problems.is_empty(), "gfs's own checker after fsck: {:#?}", report.problems);
     fs.unmount().unwrap();
 }
+
+#[test]
+fn refuses_a_mounted_filesystem() {
+    require_tool("unshare");
+    let work = TempDir::new();
+    let img = work.join("fs.img");
+    std::fs::File::create(&img).unwrap().set_len(32 << 20).unwrap();
+    run_timeout(
+        Command::new(bin("mkfs_gfs")).args(["-q", "-p", "lock_nolock", "-t", "test:mounted", "-j", "1"]).arg(&img),
+        Duration::from_secs(60),
+    )
+    .assert_success("mkfs.gfs");
+    let script = work.join("mounted.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "set -u\nMNT={mnt}\ncleanup() {{ umount $MNT 2>/dev/null || umount -l $MNT 2>/dev/null || true; }}\n\
+             trap cleanup EXIT\nmkdir -p $MNT\n{mount} {dev} $MNT -o log={work}/mount.log || exit 1\n\
+             {fsck} -n {dev}; echo \"plain=$?\"\n{fsck} -n -f {dev}; echo \"forced=$?\"\n",
+            mnt = work.join("mnt").display(),
+            dev = img.display(),
+            work = work.path().display(),
+            mount = bin("mount_gfs").display(),
+            fsck = bin("gfs_fsck").display(),
+        ),
+    )
+    .unwrap();
+    let out = run_timeout(
+        Command::new("unshare").args(["-m", "--propagation", "private", "sh"]).arg(&script),
+        Duration::from_secs(60),
+    );
+    let text = out.stdout_str();
+    assert!(text.contains("plain=8"), "a mounted filesystem is refused: {}", out.describe());
+    assert!(out.stderr_str().contains("is mounted"), "{}", out.describe());
+    assert!(text.contains("forced=0") || text.contains("forced=4"), "-f checks anyway: {}", out.describe());
+}
