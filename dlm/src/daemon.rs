@@ -280,10 +280,13 @@ async fn serve(cfg: DaemonConfig, ready: impl FnOnce(&Ready)) -> Result<(), Daem
         node.membership(MemberEvent::Members { epoch: 1, members, failed: Vec::new() });
     }
     let core = Rc::new(RefCell::new(Core { node, sinks: HashMap::new(), dirty: Vec::new() }));
+    let mut first_view = None;
     if let Some(src) = &cfg.cluster {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (view_tx, view_rx) = tokio::sync::oneshot::channel();
+        first_view = Some(view_rx);
         spawn_subscriber(src, tx.clone());
-        tokio::task::spawn_local(cluster_events(core.clone(), src.clone(), cfg.node_id, tx, rx));
+        tokio::task::spawn_local(cluster_events(core.clone(), src.clone(), cfg.node_id, tx, rx, view_tx));
     }
     for &(id, addr) in &cfg.peers {
         let sink = Sink::new();
@@ -309,6 +312,12 @@ async fn serve(cfg: DaemonConfig, ready: impl FnOnce(&Ready)) -> Result<(), Daem
                 }
             }
         });
+    }
+    if let Some(view) = first_view {
+        // Clients are served once the members are known (like the static list): a
+        // lockspace is never created before the first member list.
+        info!("waiting for the first member list from fenced");
+        let _ = view.await;
     }
     ready(&Ready { node_id: cfg.node_id, socket: cfg.socket.clone(), listen: cfg.listen });
     info!(node = cfg.node_id, socket = %cfg.socket.display(), "dlm_controld ready");
@@ -344,7 +353,9 @@ async fn cluster_events(
     me: NodeId,
     tx: tokio::sync::mpsc::UnboundedSender<Input>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Input>,
+    first_view: tokio::sync::oneshot::Sender<()>,
 ) {
+    let mut first_view = Some(first_view);
     let mut tracker = Tracker::new(me);
     while let Some(input) = rx.recv().await {
         let step = match input {
@@ -370,6 +381,11 @@ async fn cluster_events(
             c.node.membership(ev);
         }
         c.flush();
+        if tracker.epoch() > 0 {
+            if let Some(v) = first_view.take() {
+                let _ = v.send(());
+            }
+        }
     }
 }
 

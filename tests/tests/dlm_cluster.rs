@@ -1,0 +1,149 @@
+//! dlm_controld in cluster mode: three nodes in network namespaces, each running corosync
+//! and fenced (`cman_tool join`) and `dlm_controld` with no flags (cluster mode is the
+//! default when fenced's socket exists). Members, quorum and fences come from fenced; the
+//! locks of a node that died are recovered only after it is fenced.
+//!
+//! Needs root (namespaces, mounts) and corosync (scripts/deps.sh installs it).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use dlm::{DlmClient, Flags, Mode, SbFlags, Status};
+use gnbd_tests::corosync::{node_name, Nodes};
+
+const TOKEN_MS: u32 = 1000;
+
+/// Bound on any single lock operation.
+async fn step<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), f).await.expect("lock operation timed out")
+}
+
+fn fenced_by(s: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
+    let n = s["nodes"].as_array()?.iter().find(|n| n["name"] == name)?;
+    (!n["last_fence"].is_null()).then(|| n["last_fence"].clone())
+}
+
+/// The dlm_controld processes: killed and reaped on drop (before the harness tears the
+/// nodes down), their logs printed if the test is failing.
+struct Dlms {
+    children: Vec<std::process::Child>,
+    logs: Vec<std::path::PathBuf>,
+}
+
+impl Drop for Dlms {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (i, p) in self.logs.iter().enumerate() {
+                eprintln!("--- node{} dlm.log\n{}", i + 1, std::fs::read_to_string(p).unwrap_or_default());
+            }
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts dlm_controld on every node and connects a client to each through the node's
+/// private /run (a Unix socket is reachable by path from any network namespace).
+async fn start_dlm(nodes: &Nodes) -> (Dlms, Vec<DlmClient>) {
+    let mut dlms = Dlms { children: Vec::new(), logs: Vec::new() };
+    let mut clients = Vec::new();
+    for i in 0..nodes.members() {
+        dlms.children.push(nodes.spawn(i, "dlm_controld", &[], "dlm.log"));
+        dlms.logs.push(nodes.path(i, "log/dlm.log"));
+    }
+    for i in 0..nodes.members() {
+        let sock = nodes.path(i, "run/dlm/dlm.sock");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let c = loop {
+            if let Ok(c) = DlmClient::connect(&sock).await {
+                break c;
+            }
+            let log = std::fs::read_to_string(nodes.path(i, "log/dlm.log")).unwrap_or_default();
+            assert!(Instant::now() < deadline, "node{}: dlm_controld never listened:\n{log}", i + 1);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        clients.push(c);
+    }
+    (dlms, clients)
+}
+
+#[tokio::test]
+async fn killed_holder_is_fenced_before_its_lock_goes_to_the_waiter() {
+    let nodes = Nodes::new(3);
+    let fence = |i: usize| {
+        format!(r#"<fence><method name="human"><device name="manual" nodename="{}"/></method></fence>"#, node_name(i))
+    };
+    let extra = r#"<fence_daemon post_join_delay="120"/><fencedevices><fencedevice name="manual" agent="fence_manual"/></fencedevices>"#;
+    nodes.write_conf(&nodes.conf_with("alpha", 1, TOKEN_MS, fence, extra));
+    nodes.join_all();
+    nodes.wait_formed();
+    let (_dlms, clients) = start_dlm(&nodes).await;
+    let mut ls = 0;
+    for c in &clients {
+        ls = step(c.join(b"clu", 0)).await.unwrap();
+    }
+    // Every daemon has the three members from fenced.
+    for i in 0..3 {
+        nodes.wait_output(i, "dlm_tool", &["ls"], |s| s.contains("members 1 2 3\n") && s.contains("state running"));
+    }
+
+    // Node 3 holds EX with a value block on several resources (some mastered by node 3,
+    // some not); node 1 asks for PR and waits.
+    let names: Vec<Vec<u8>> = (0..4).map(|i| format!("R{i}").into_bytes()).collect();
+    let mut held = Vec::new();
+    let mut waiters = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut l = step(clients[2].lock(ls, name, Mode::Ex, Flags::VALBLK, None)).await.unwrap();
+        step(l.convert(Mode::Nl, Flags::VALBLK, Some(&[i as u8 + 1; 32]))).await.unwrap();
+        step(l.convert(Mode::Ex, Flags::VALBLK, None)).await.unwrap();
+        assert_eq!(l.lvb(), Some(&[i as u8 + 1; 32][..]));
+        let w = step(clients[0].request(ls, name, Mode::Pr, Flags::VALBLK, None)).await.unwrap();
+        // The holder is told someone waits: the request is queued behind it.
+        assert_eq!(step(l.blocked()).await, Some(Mode::Pr));
+        held.push(l);
+        waiters.push(w);
+    }
+
+    // Power cut on node 3: corosync drops it, fenced runs fence_manual and waits for the
+    // operator; the DLM must recover but grant nothing meanwhile.
+    nodes.kill(2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let log = || std::fs::read_to_string(nodes.path(0, "log/fenced.log")).unwrap_or_default();
+    while !log().contains("turn node3 off by hand") {
+        assert!(Instant::now() < deadline, "fence_manual never ran:\n{}", nodes.logs(0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..2 {
+        nodes.wait_output(i, "dlm_tool", &["ls"], |s| s.contains("members 1 2\n") && s.contains("state recovering"));
+    }
+    assert!(fenced_by(&nodes.fence_status(0), "node3").is_none());
+    // Any grant now would be a bug, whatever the timing; the wait only gives a wrong grant
+    // the chance to show.
+    for w in &mut waiters {
+        assert!(tokio::time::timeout(Duration::from_millis(300), w.wait()).await.is_err(), "granted before the fence");
+    }
+
+    // The operator confirms; fenced records the fence, wait_fenced answers, recovery ends.
+    nodes.must(1, "fence_ack_manual", &["node3"]);
+    for w in &mut waiters {
+        let c = step(w.wait()).await.unwrap();
+        assert_eq!((c.status, c.mode), (Status::Granted, Some(Mode::Pr)));
+        assert!(c.sbflags.contains(SbFlags::VALNOTVALID), "value block must be flagged not valid");
+    }
+    // The grant came after the fence: fenced already has it on record.
+    let last = fenced_by(&nodes.fence_status(0), "node3").expect("node3 fenced before the grant");
+    assert_eq!(last["method"], "human");
+    for i in 0..2 {
+        nodes.wait_output(i, "dlm_tool", &["ls"], |s| s.contains("members 1 2\n") && s.contains("state running"));
+    }
+    // The survivors go on: node 2 waits for node 1's PR and gets it after the unlock.
+    let w = step(clients[1].request(ls, &names[0], Mode::Ex, Flags::empty(), None)).await.unwrap();
+    let pr = waiters.remove(0);
+    pr.unlock(Flags::empty(), None).await.unwrap();
+    let mut w = w;
+    let c = step(w.wait()).await.unwrap();
+    assert_eq!((c.status, c.mode), (Status::Granted, Some(Mode::Ex)));
+    drop(held);
+}
