@@ -178,7 +178,7 @@ impl Pulse {
 
     fn activate(&mut self, out: &mut Vec<PulseAction>, now_ms: Millis) {
         self.active = true;
-        self.generation += 1;
+        self.generation = self.generation.saturating_add(1);
         out.push(PulseAction::Activate);
         // Tell the peer at once.
         out.push(PulseAction::Send(self.heartbeat()));
@@ -191,7 +191,7 @@ impl Pulse {
         if !self.active {
             self.activate(&mut out, now_ms);
         } else {
-            self.generation += 1;
+            self.generation = self.generation.saturating_add(1);
             out.push(PulseAction::Send(self.heartbeat()));
         }
         out
@@ -547,6 +547,20 @@ mod tests {
             assert!(a_down ^ b_down, "exactly one steps down for generations {ga},{gb}");
             assert_eq!(a_down, gb > ga);
         }
+    }
+
+    #[test]
+    fn a_peer_at_the_last_generation_does_not_overflow() {
+        // Found by the fuzzer: a heartbeat carrying u32::MAX, then a takeover.
+        let mut p = Pulse::new(Role::Backup, 100, 300, 1, 0);
+        let hb = Heartbeat { active: false, role: Role::Backup, generation: u32::MAX, serial: 1 };
+        assert!(p.on_heartbeat(&hb, 1).is_empty());
+        assert!(p.tick(1000).contains(&PulseAction::Activate));
+        assert_eq!(p.generation(), u32::MAX);
+        let _ = p.takeover(1001);
+        let peer = Heartbeat { active: true, role: Role::Primary, generation: u32::MAX, serial: 1 };
+        // Equal generations: the primary stays, we step down.
+        assert!(p.on_heartbeat(&peer, 1002).contains(&PulseAction::Deactivate));
     }
 
     proptest! {
