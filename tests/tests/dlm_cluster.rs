@@ -69,8 +69,9 @@ async fn start_dlm(nodes: &Nodes) -> (Dlms, Vec<DlmClient>) {
     (dlms, clients)
 }
 
-#[tokio::test]
-async fn killed_holder_is_fenced_before_its_lock_goes_to_the_waiter() {
+/// Three joined nodes fenced by fence_manual, dlm_controld on each, lockspace "clu"
+/// joined everywhere and running with the three members.
+async fn three_nodes() -> (Nodes, Dlms, Vec<DlmClient>, u32) {
     let nodes = Nodes::new(3);
     let fence = |i: usize| {
         format!(r#"<fence><method name="human"><device name="manual" nodename="{}"/></method></fence>"#, node_name(i))
@@ -79,7 +80,7 @@ async fn killed_holder_is_fenced_before_its_lock_goes_to_the_waiter() {
     nodes.write_conf(&nodes.conf_with("alpha", 1, TOKEN_MS, fence, extra));
     nodes.join_all();
     nodes.wait_formed();
-    let (_dlms, clients) = start_dlm(&nodes).await;
+    let (dlms, clients) = start_dlm(&nodes).await;
     let mut ls = 0;
     for c in &clients {
         ls = step(c.join(b"clu", 0)).await.unwrap();
@@ -88,6 +89,23 @@ async fn killed_holder_is_fenced_before_its_lock_goes_to_the_waiter() {
     for i in 0..3 {
         nodes.wait_output(i, "dlm_tool", &["ls"], |s| s.contains("members 1 2 3\n") && s.contains("state running"));
     }
+    (nodes, dlms, clients, ls)
+}
+
+/// Waits until node 1's fence_manual asks for node3 to be turned off.
+async fn wait_manual_fence_of_node3(nodes: &Nodes) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let log = || std::fs::read_to_string(nodes.path(0, "log/fenced.log")).unwrap_or_default();
+    while !log().contains("turn node3 off by hand") {
+        assert!(Instant::now() < deadline, "fence_manual never ran:\n{}", nodes.logs(0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn killed_holder_is_fenced_before_its_lock_goes_to_the_waiter() {
+    // Bindings drop in reverse order: the daemons go before the harness tears the nodes down.
+    let (nodes, _dlms, clients, ls) = three_nodes().await;
 
     // Node 3 holds EX with a value block on several resources (some mastered by node 3,
     // some not); node 1 asks for PR and waits.
@@ -109,12 +127,7 @@ async fn killed_holder_is_fenced_before_its_lock_goes_to_the_waiter() {
     // Power cut on node 3: corosync drops it, fenced runs fence_manual and waits for the
     // operator; the DLM must recover but grant nothing meanwhile.
     nodes.kill(2);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let log = || std::fs::read_to_string(nodes.path(0, "log/fenced.log")).unwrap_or_default();
-    while !log().contains("turn node3 off by hand") {
-        assert!(Instant::now() < deadline, "fence_manual never ran:\n{}", nodes.logs(0));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_manual_fence_of_node3(&nodes).await;
     for i in 0..2 {
         nodes.wait_output(i, "dlm_tool", &["ls"], |s| s.contains("members 1 2\n") && s.contains("state recovering"));
     }
@@ -146,4 +159,41 @@ async fn killed_holder_is_fenced_before_its_lock_goes_to_the_waiter() {
     let c = step(w.wait()).await.unwrap();
     assert_eq!((c.status, c.mode), (Status::Granted, Some(Mode::Ex)));
     drop(held);
+}
+
+#[tokio::test]
+async fn cut_off_node_grants_nothing_while_the_quorate_side_fences_it_and_goes_on() {
+    let (nodes, _dlms, clients, ls) = three_nodes().await;
+    // Node 1 holds EX on Q.
+    let held = step(clients[0].lock(ls, b"Q", Mode::Ex, Flags::empty(), None)).await.unwrap();
+
+    // Node 3 loses its link: alone it is not quorate; nodes 1 and 2 are, and fence it.
+    nodes.cut(2);
+    nodes.wait_output(2, "dlm_tool", &["ls"], |s| s.contains("members 3\n"));
+    wait_manual_fence_of_node3(&nodes).await;
+    // The lone node must not grant anything, not even a resource nobody else has locked
+    // (it cannot know), and certainly not Q (held EX on node 1).
+    let mut lone_q = step(clients[2].request(ls, b"Q", Mode::Pr, Flags::empty(), None)).await.unwrap();
+    let mut lone_z = step(clients[2].request(ls, b"Z", Mode::Ex, Flags::empty(), None)).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(300), lone_z.wait()).await.is_err(), "granted without quorum");
+
+    // The quorate side waits for the fence, then goes on without node 3.
+    nodes.wait_output(0, "dlm_tool", &["ls"], |s| s.contains("members 1 2\n") && s.contains("state recovering"));
+    nodes.must(1, "fence_ack_manual", &["node3"]);
+    nodes.wait_fence(0, "node3 fenced", |s| fenced_by(s, "node3").is_some());
+    for i in 0..2 {
+        nodes.wait_output(i, "dlm_tool", &["ls"], |s| s.contains("members 1 2\n") && s.contains("state running"));
+    }
+    let z = step(clients[1].lock(ls, b"Z", Mode::Ex, Flags::empty(), None)).await.unwrap();
+    assert_eq!(z.mode(), Some(Mode::Ex));
+    let mut q = step(clients[1].request(ls, b"Q", Mode::Pr, Flags::empty(), None)).await.unwrap();
+    held.unlock(Flags::empty(), None).await.unwrap();
+    let c = step(q.wait()).await.unwrap();
+    assert_eq!((c.status, c.mode), (Status::Granted, Some(Mode::Pr)));
+    // Still nothing on the lone node while the others hold Z EX and Q PR.
+    for l in [&mut lone_q, &mut lone_z] {
+        assert!(tokio::time::timeout(Duration::from_millis(300), l.wait()).await.is_err(), "granted without quorum");
+    }
+    let out = nodes.must(2, "dlm_tool", &["ls"]);
+    assert!(out.contains("members 3\n") && !out.contains("state running"), "{out}");
 }
