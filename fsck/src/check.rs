@@ -733,20 +733,22 @@ impl Checker<'_> {
             let mut s = 0usize;
             while s < table.len() {
                 let p = table[s];
-                let leaf = if let Some(&i) = seen.get(&p) {
+                if seen.contains_key(&p) {
                     // Already read: must not reappear after other leaves.
                     broken.get_or_insert(format!("hash table slot {s}: leaf {p} out of place"));
-                    leaves[i].1.clone()
-                } else {
-                    match self.read_leaf(dir, p) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            broken.get_or_insert(e);
-                            break;
-                        }
+                    break;
+                }
+                let leaf = match self.read_leaf(dir, p) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        broken.get_or_insert(e);
+                        break;
                     }
                 };
-                let depth = leaf.depth as u32;
+                let (depth, lprefix, ldepth, mut next) = (leaf.depth as u32, leaf.prefix, leaf.depth, leaf.next);
+                // Kept even if misplaced: it is claimed, and its entries are salvaged.
+                seen.insert(p, leaves.len());
+                leaves.push((p, leaf));
                 if depth > g as u32 {
                     broken.get_or_insert(format!("leaf {p}: depth {depth} above the table's {g}"));
                     break;
@@ -754,7 +756,7 @@ impl Checker<'_> {
                 let span = 1usize << (g as u32 - depth);
                 let slot_prefix = if g == 0 { 0 } else { ((s as u64) << (32 - g as u32)) as u32 };
                 let mask = if depth == 0 { 0 } else { u32::MAX << (32 - depth) };
-                if !s.is_multiple_of(span) || slot_prefix & mask != leaf.prefix || table[s..].len() < span {
+                if !s.is_multiple_of(span) || slot_prefix & mask != lprefix || table[s..].len() < span {
                     broken.get_or_insert(format!("leaf {p}: prefix does not match its hash table slots"));
                     break;
                 }
@@ -762,19 +764,20 @@ impl Checker<'_> {
                     broken.get_or_insert(format!("hash table slots {s}..{}: leaf {p} not repeated", s + span));
                     break;
                 }
-                seen.insert(p, leaves.len());
-                leaves.push((p, leaf.clone()));
                 // Overflow chain.
-                let mut next = leaf.next;
                 while next != 0 && broken.is_none() {
                     match self.read_leaf(dir, next) {
-                        Ok(l) if l.depth == leaf.depth && l.prefix == leaf.prefix && !seen.contains_key(&next) => {
+                        Ok(l) if l.depth == ldepth && l.prefix == lprefix && !seen.contains_key(&next) => {
                             seen.insert(next, leaves.len());
                             let n = l.next;
                             leaves.push((next, l));
                             next = n;
                         }
-                        Ok(_) => broken = Some(format!("overflow leaf {next}: depth or prefix")),
+                        Ok(l) => {
+                            broken = Some(format!("overflow leaf {next}: depth or prefix"));
+                            seen.insert(next, leaves.len());
+                            leaves.push((next, l));
+                        }
                         Err(e) => broken = Some(e),
                     }
                 }
@@ -801,8 +804,8 @@ impl Checker<'_> {
         }
         // Entries.
         let mut entries: Vec<(usize, DirEntry)> = Vec::new();
-        for (i, (_, l)) in leaves.iter().enumerate() {
-            entries.extend(l.entries.iter().cloned().map(|e| (i, e)));
+        for (i, (_, l)) in leaves.iter_mut().enumerate() {
+            entries.extend(std::mem::take(&mut l.entries).into_iter().map(|e| (i, e)));
         }
         if let Some(why) = &broken {
             let n = entries.len();
