@@ -516,3 +516,25 @@ fn superblock_and_operational_errors() {
     let out = run_timeout(Command::new(bin("gfs_fsck")).args(["-n", "-y"]).arg(&img), Duration::from_secs(30));
     out.assert_code(16, "conflicting options");
 }
+
+#[test]
+fn preen_leaves_unsafe_repairs_alone() {
+    let fx = fixture();
+    let dir = TempDir::new();
+    // Safe only (a link count): preen repairs it.
+    let img = dir.join("safe");
+    std::fs::copy(&fx.base, &img).unwrap();
+    edit_dinode(&img, fx.ino("/a/f11"), |d| d.nlink = 3);
+    fsck(&img, "-p").assert_code(1, "gfs_fsck -p on a wrong link count");
+    fsck(&img, "-n").assert_code(0, "gfs_fsck -n after preening");
+    // Unsafe (an entry must go): preen writes nothing and exits 4.
+    let img = dir.join("unsafe");
+    std::fs::copy(&fx.base, &img).unwrap();
+    break_checksum(&img, fx.ino("/a/f12"));
+    let before = std::fs::read(&img).unwrap();
+    let out = fsck(&img, "-p");
+    out.assert_code(4, "gfs_fsck -p on a damaged dinode");
+    assert!(out.stdout_str().contains("UNEXPECTED INCONSISTENCY"), "{}", out.describe());
+    assert!(std::fs::read(&img).unwrap() == before, "preen changed the image");
+    fsck(&img, "-y").assert_code(1, "gfs_fsck -y after preen gave up");
+}
