@@ -538,3 +538,42 @@ fn preen_leaves_unsafe_repairs_alone() {
     assert!(std::fs::read(&img).unwrap() == before, "preen changed the image");
     fsck(&img, "-y").assert_code(1, "gfs_fsck -y after preen gave up");
 }
+
+/// After a repair the filesystem mounts through mount.gfs: orphans are listed in lost+found
+/// and untouched files read back the same through the kernel.
+#[test]
+fn repaired_filesystem_mounts_through_fuse() {
+    let fx = fixture();
+    let dir = TempDir::new();
+    let img = dir.join("img");
+    std::fs::copy(&fx.base, &img).unwrap();
+    let (b, l) = leaves(&img, fx.ino("/d")).into_iter().nth(1).unwrap();
+    break_checksum(&img, b);
+    run_sequence("directory leaf, then FUSE mount", &img);
+    std::fs::write(dir.join("f1.expected"), &fx.snap["/a/f1"].data).unwrap();
+    std::fs::write(dir.join("big.expected"), &fx.snap["/big"].data).unwrap();
+    let mnt = dir.join("mnt");
+    let script = dir.join("mount.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "set -eu\nMNT={mnt}\ncleanup() {{ umount $MNT 2>/dev/null || umount -l $MNT 2>/dev/null || true; }}\n\
+             trap cleanup EXIT\nmkdir -p $MNT\n{mount} {img} $MNT -o log={work}/mount.log\n\
+             cmp $MNT/a/f1 {work}/f1.expected\ncmp $MNT/big {work}/big.expected\n\
+             echo lost=$(ls $MNT/lost+found | wc -l)\necho d=$(ls $MNT/d | wc -l)\numount $MNT\n",
+            mnt = mnt.display(),
+            mount = bin("mount_gfs").display(),
+            img = img.display(),
+            work = dir.path().display(),
+        ),
+    )
+    .unwrap();
+    let out = run_timeout(
+        Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-x"]).arg(&script),
+        Duration::from_secs(60),
+    );
+    out.assert_success("mount.gfs after repair");
+    let n = l.entries.len();
+    assert!(out.stdout_str().contains(&format!("lost={n}")), "{n} orphans in lost+found: {}", out.describe());
+    assert!(out.stdout_str().contains(&format!("d={}", 700 - n)), "{}", out.describe());
+}
