@@ -6,7 +6,7 @@
 //! `FSCK_PROP_CASES=N` for more.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use fsck::{check_device, Mode, Options};
 use gfs::format::*;
@@ -15,9 +15,8 @@ use proptest::prelude::*;
 struct Base {
     dir: PathBuf,
     img: PathBuf,
-    /// (block, type) of every metadata block outside the journals' log area.
+    /// Every metadata block outside the journals' log area.
     meta: Vec<u64>,
-    block_count: u64,
 }
 
 impl Drop for Base {
@@ -26,9 +25,8 @@ impl Drop for Base {
     }
 }
 
-fn base() -> &'static Base {
-    static B: OnceLock<Base> = OnceLock::new();
-    B.get_or_init(|| {
+fn build_base() -> Base {
+    {
         let dir = std::env::temp_dir().join(format!("fsck-prop-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let img = dir.join("base.img");
@@ -85,8 +83,8 @@ fn base() -> &'static Base {
         let opts = Options { mode: Mode::No, verbose: false, force: true };
         let s = check(&img, opts);
         assert!(s.problems.is_empty(), "base image not clean: {:#?}", s.problems);
-        Base { dir, img, meta, block_count: sb.block_count }
-    })
+        Base { dir, img, meta }
+    }
 }
 
 fn check(img: &Path, opts: Options) -> fsck::Summary {
@@ -149,14 +147,13 @@ fn cases() -> u32 {
     std::env::var("FSCK_PROP_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48)
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
-
-    #[test]
-    fn repair_converges(damages in proptest::collection::vec(damage(), 1..4)) {
-        let b = base();
-        let _ = b.block_count;
-        let img = b.dir.join(format!("case-{:?}.img", std::thread::current().id()));
+#[test]
+fn repair_converges() {
+    let b = build_base();
+    let config = ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let result = runner.run(&proptest::collection::vec(damage(), 1..4), |damages| {
+        let img = b.dir.join("case.img");
         std::fs::copy(&b.img, &img).unwrap();
         for d in &damages {
             apply(&img, &b.meta, d);
@@ -164,13 +161,19 @@ proptest! {
         let yes = Options { mode: Mode::Yes, verbose: false, force: true };
         let first = try_check(&img, yes);
         let second = try_check(&img, yes);
-        let _ = std::fs::remove_file(&img);
         match (first, second) {
             (Err(fsck::FsckError::Superblock(_)), Err(fsck::FsckError::Superblock(_))) => {}
             (Ok(_), Ok(second)) => {
                 prop_assert!(second.problems.is_empty(), "second -y run still found: {:#?}", second.problems)
             }
-            (a, b) => prop_assert!(false, "first run {:?}, second run {:?}", a.map(|s| s.problems), b.map(|s| s.problems)),
+            (a, b) => {
+                prop_assert!(false, "first run {:?}, second run {:?}", a.map(|s| s.problems), b.map(|s| s.problems))
+            }
         }
+        Ok(())
+    });
+    drop(b);
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }

@@ -169,22 +169,39 @@ fn fsck(img: &Path, flag: &str) -> std::process::Output {
 }
 
 struct Fixture {
-    _dir: TempDir,
     base: PathBuf,
     snap: BTreeMap<String, FileState>,
+}
+
+/// The shared base image lives (statics are never dropped) in `<tmp>/fsck-fixture-<pid>`;
+/// those of test processes that are gone are removed first.
+fn fixture_dir() -> PathBuf {
+    let tmp = std::env::temp_dir();
+    for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("fsck-fixture-") {
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let dir = tmp.join(format!("fsck-fixture-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 fn fixture() -> &'static Fixture {
     static F: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
     F.get_or_init(|| {
-        let dir = TempDir::new();
-        let base = build_image(dir.path());
+        let dir = fixture_dir();
+        let base = build_image(&dir);
         fsck(&base, "-n").assert_code(0, "gfs_fsck -n on the freshly populated filesystem");
         let snap = snapshot(&base);
         // The snapshot mounted and unmounted the image: still clean.
         fsck(&base, "-n").assert_code(0, "gfs_fsck -n after a library mount");
         assert!(snap.len() > 750, "file set: {} paths", snap.len());
-        Fixture { _dir: dir, base, snap }
+        Fixture { base, snap }
     })
 }
 
