@@ -11,7 +11,7 @@
 //! | `{"cmd":"fence","node":"NAME"}` | after the fence: `{"ok":true,"method":"..."}` |
 //! | `{"cmd":"ack_manual","node":"NAME"}` | `{"ok":true}`: the operator vouches the node is off |
 //! | `{"cmd":"wait_fenced","nodeid":N}` | when N is safe (member, left cleanly, or fenced): `{"ok":true}` |
-//! | `{"cmd":"subscribe"}` | a stream of [`Event`] lines until the client closes |
+//! | `{"cmd":"subscribe"}` | a stream of [`Event`] lines until the client closes (membership events carry corosync's ring sequence number, `ring_seq`) |
 //! | `{"cmd":"config_update","xml":"..."}` | after propagation: `{"ok":true,"version":V}` |
 //! | `{"cmd":"shutdown"}` | `{"ok":true}`; fenced leaves the group cleanly and exits |
 //!
@@ -97,14 +97,25 @@ pub struct DomainStatus {
     pub master: Option<u32>,
     /// Every configured node.
     pub nodes: Vec<NodeEntry>,
+    /// Sequence number of corosync's current ring (membership generation), once known.
+    /// Every member of a ring reports the same number, and it grows with every new ring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_seq: Option<u64>,
 }
 
 /// An event on a subscription.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    /// Membership or quorum changed.
-    Membership { quorate: bool, members: Vec<u32> },
+    /// Membership or quorum changed. `ring_seq` is the sequence number of corosync's ring
+    /// the list belongs to (the same on every member, growing with every new ring); absent
+    /// before corosync reported one (and from older daemons).
+    Membership {
+        quorate: bool,
+        members: Vec<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ring_seq: Option<u64>,
+    },
     /// A node was fenced.
     Fenced { nodeid: u32, name: String, method: String },
     /// A new configuration is in force.

@@ -56,7 +56,7 @@ pub enum DaemonError {
 }
 
 enum CsEvent {
-    Quorum { quorate: bool, members: BTreeSet<u32> },
+    Quorum { quorate: bool, members: BTreeSet<u32>, ring_seq: u64 },
     Confchg { members: BTreeSet<u32>, left: Vec<(u32, LeaveReason)> },
     Deliver { nodeid: u32, data: Vec<u8> },
 }
@@ -94,8 +94,8 @@ fn on_confchg(
     push(CsEvent::Confchg { members, left });
 }
 
-fn on_quorum(_h: &cs::quorum::Handle, quorate: bool, _ring: cs::quorum::RingId, members: Vec<cs::NodeId>) {
-    push(CsEvent::Quorum { quorate, members: members.into_iter().map(u32::from).collect() });
+fn on_quorum(_h: &cs::quorum::Handle, quorate: bool, ring: cs::quorum::RingId, members: Vec<cs::NodeId>) {
+    push(CsEvent::Quorum { quorate, members: members.into_iter().map(u32::from).collect(), ring_seq: ring.seq });
 }
 
 /// A request from an API client with the channel for its reply lines.
@@ -139,6 +139,8 @@ struct Daemon {
     /// config_update callers waiting for their version to come back.
     config_waiters: Vec<(u64, Sender<String>)>,
     shutdown: Option<Sender<String>>,
+    /// Sequence number of corosync's current ring (from the quorum callback).
+    ring_seq: Option<u64>,
 }
 
 impl Daemon {
@@ -249,6 +251,7 @@ impl Daemon {
             quorate: self.dom.quorate(),
             master: self.dom.master(),
             nodes,
+            ring_seq: self.ring_seq,
         }
     }
 
@@ -353,6 +356,7 @@ impl Daemon {
                 let ev = Event::Membership {
                     quorate: self.dom.quorate(),
                     members: self.dom.members().iter().copied().collect(),
+                    ring_seq: self.ring_seq,
                 };
                 let _ = r.reply.send(serde_json::to_string(&ev).expect("events serialize"));
                 self.subscribers.push(r.reply);
@@ -563,13 +567,14 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         pending_waiters: BTreeMap::new(),
         config_waiters: Vec::new(),
         shutdown: None,
+        ring_seq: None,
     };
     // Join the group only once the API socket is up: cman_tool join waits on the socket.
     cs::cpg::join(cpg, GROUP).map_err(cs_err("cpg_join"))?;
     info!(nodeid = local, cluster = %d.conf.name, "fenced started; joined the fence group");
     eprintln!("fenced: ready (node {local})");
 
-    let mut last_membership: Option<(bool, BTreeSet<u32>)> = None;
+    let mut last_membership: Option<(bool, BTreeSet<u32>, u64)> = None;
     loop {
         if let Err(e) = cs::cpg::dispatch(cpg, cs::DispatchFlags::All) {
             error!(error = %e, "lost corosync (cpg); exiting");
@@ -582,11 +587,16 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         let events: Vec<CsEvent> = std::mem::take(&mut *EVENTS.lock().unwrap_or_else(|p| p.into_inner()));
         for ev in events {
             match ev {
-                CsEvent::Quorum { quorate, members } => {
-                    info!(quorate, members = ?members, "membership");
-                    if last_membership.as_ref() != Some(&(quorate, members.clone())) {
-                        last_membership = Some((quorate, members.clone()));
-                        let ev = Event::Membership { quorate, members: members.iter().copied().collect() };
+                CsEvent::Quorum { quorate, members, ring_seq } => {
+                    info!(quorate, members = ?members, ring_seq, "membership");
+                    d.ring_seq = Some(ring_seq);
+                    if last_membership.as_ref() != Some(&(quorate, members.clone(), ring_seq)) {
+                        last_membership = Some((quorate, members.clone(), ring_seq));
+                        let ev = Event::Membership {
+                            quorate,
+                            members: members.iter().copied().collect(),
+                            ring_seq: Some(ring_seq),
+                        };
                         d.broadcast(&ev);
                     }
                     d.step(Input::Quorum { quorate, members });

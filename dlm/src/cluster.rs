@@ -9,9 +9,11 @@
 //!   the node is safe: fenced, or gone cleanly); only then does the node get
 //!   [`MemberEvent::Fenced`], so recovery of its locks waits for the fence.
 //!
-//! Epochs count the member-list changes seen since the daemon started. Every daemon sees
-//! the same sequence of lists from corosync, so daemons started while the membership was
-//! the same agree on epochs.
+//! The epoch of a member list is corosync's ring sequence number, which fenced puts in every
+//! `membership` event: every member of a ring has the same one, and it grows with every new
+//! ring, so a daemon (re)started on a running cluster numbers the current list as the others
+//! do. Without it (an older fenced) epochs count the member-list changes seen since the
+//! daemon started, which agree only between daemons started under the same membership.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -136,7 +138,7 @@ impl Tracker {
     pub fn on_event(&mut self, ev: &Event) -> Step {
         let mut step = Step::default();
         match ev {
-            Event::Membership { quorate, members } => {
+            Event::Membership { quorate, members, ring_seq } => {
                 let mut members = members.clone();
                 members.sort_unstable();
                 members.dedup();
@@ -147,7 +149,15 @@ impl Tracker {
                 }
                 if members.contains(&self.me) && members != self.members {
                     let failed: Vec<NodeId> = self.members.iter().copied().filter(|n| !members.contains(n)).collect();
-                    self.epoch += 1;
+                    self.epoch = match ring_seq {
+                        Some(seq) if *seq > self.epoch => *seq,
+                        Some(seq) => {
+                            // Never expected: epochs must grow, so count instead.
+                            warn!(ring_seq = seq, epoch = self.epoch, "ring sequence number went backwards");
+                            self.epoch + 1
+                        }
+                        None => self.epoch + 1,
+                    };
                     step.events.push(MemberEvent::Members {
                         epoch: self.epoch,
                         members: members.clone(),
@@ -243,7 +253,69 @@ mod tests {
     use super::*;
 
     fn m(quorate: bool, members: &[u32]) -> Event {
-        Event::Membership { quorate, members: members.to_vec() }
+        Event::Membership { quorate, members: members.to_vec(), ring_seq: None }
+    }
+
+    fn r(quorate: bool, members: &[u32], seq: u64) -> Event {
+        Event::Membership { quorate, members: members.to_vec(), ring_seq: Some(seq) }
+    }
+
+    #[test]
+    fn ring_sequence_number_is_the_epoch() {
+        let mut t = Tracker::new(1);
+        let s = t.on_event(&r(true, &[1, 2, 3], 12));
+        assert_eq!(
+            s.events,
+            vec![
+                MemberEvent::Members { epoch: 12, members: vec![1, 2, 3], failed: vec![] },
+                MemberEvent::Quorum { quorate: true }
+            ]
+        );
+        // A quorum-only change on the same ring: no new epoch.
+        assert_eq!(t.on_event(&r(false, &[1, 2, 3], 12)).events, vec![MemberEvent::Quorum { quorate: false }]);
+        assert_eq!(t.epoch(), 12);
+        let s = t.on_event(&r(true, &[1, 2], 16));
+        assert_eq!(
+            s.events,
+            vec![
+                MemberEvent::Members { epoch: 16, members: vec![1, 2], failed: vec![3] },
+                MemberEvent::Quorum { quorate: true }
+            ]
+        );
+        assert_eq!(s.wait_for, vec![3]);
+        assert_eq!(t.epoch(), 16);
+    }
+
+    #[test]
+    fn a_restarted_tracker_agrees_with_a_running_one() {
+        // Node 1 has followed the cluster since ring 4; node 2's daemon starts at ring 20.
+        let mut old = Tracker::new(1);
+        old.on_event(&r(true, &[1], 4));
+        old.on_event(&r(true, &[1, 2], 8));
+        old.on_event(&r(true, &[1, 2, 3], 20));
+        let mut new = Tracker::new(2);
+        let s = new.on_event(&r(true, &[3, 2, 1], 20));
+        assert_eq!(s.events[0], MemberEvent::Members { epoch: 20, members: vec![1, 2, 3], failed: vec![] });
+        assert_eq!(new.epoch(), old.epoch());
+        // And they stay in step.
+        let a = old.on_event(&r(true, &[1, 2], 24));
+        let b = new.on_event(&r(true, &[1, 2], 24));
+        assert_eq!(a, b);
+        assert_eq!(old.epoch(), 24);
+    }
+
+    #[test]
+    fn without_ring_ids_epochs_count_and_never_go_back() {
+        let mut t = Tracker::new(1);
+        t.on_event(&m(true, &[1, 2]));
+        assert_eq!(t.epoch(), 1);
+        t.on_event(&r(true, &[1, 2, 3], 9));
+        assert_eq!(t.epoch(), 9);
+        // A sequence number that does not grow (never sent by corosync) still gives a new epoch.
+        let s = t.on_event(&r(true, &[1, 3], 9));
+        assert_eq!(s.events, vec![MemberEvent::Members { epoch: 10, members: vec![1, 3], failed: vec![2] }]);
+        t.on_event(&m(true, &[1]));
+        assert_eq!(t.epoch(), 11);
     }
 
     #[test]
