@@ -314,8 +314,10 @@ async fn serve(cfg: DaemonConfig, ready: impl FnOnce(&Ready)) -> Result<(), Daem
         });
     }
     if let Some(view) = first_view {
-        // Clients are served once the members are known (like the static list): a
-        // lockspace is never created before the first member list.
+        // Clients are served once the members are known (like the static list), so nothing
+        // waits on a lockspace that cannot recover yet. (The lock engine copes with a
+        // lockspace joined before the first member list: it recovers with the others, or
+        // makes running members recover with it.)
         info!("waiting for the first member list from fenced");
         let _ = view.await;
     }

@@ -21,6 +21,10 @@
 //! changed them), replay the carried-over requests, grant, and everybody resumes. Every
 //! recovery rebuilds every resource, so a recovery interrupted by another membership change
 //! is simply started again.
+//!
+//! A member that gets a recovery message for its current epoch while not recovering (the
+//! sender restarted under the same membership, or this node created the lockspace after
+//! the member list) recovers again at that epoch with the sender.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -1030,6 +1034,19 @@ impl Node {
                 }
             }
         }
+        let mut l = l;
+        if kind == Kind::Recovery && epoch == l.epoch && !matches!(l.state, State::Recovering(_)) {
+            // A member recovers at this node's epoch, which this node is not doing (it never
+            // sends recovery messages after completing one): the member is a new incarnation
+            // (its daemon restarted under the same membership and joined before knowing the
+            // members), or this node created the lockspace after its member list while the
+            // others recover it. Either way take part (again): the recovery rebuilds every
+            // resource from the locks their owners hold now.
+            debug!(from, ls, epoch, "a member recovers at this epoch; recovering too");
+            l.state = State::Recovering(Box::new(Recovery::new(epoch)));
+            self.try_phase_a(ls);
+            l = self.lockspaces.get_mut(&ls).expect("exists");
+        }
         match kind {
             Kind::Recovery => {
                 let State::Recovering(rec) = &mut l.state else {
@@ -1678,4 +1695,151 @@ fn lvb_opt(v: &[u8]) -> Option<&[u8]> {
 
 fn lvb_fits(v: &[u8], lvblen: usize) -> bool {
     v.is_empty() || v.len() == lvblen
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    /// Nodes with messages carried by hand, in order.
+    struct Net {
+        nodes: BTreeMap<NodeId, Node>,
+        queue: VecDeque<(NodeId, NodeId, Message)>,
+        asts: Vec<(NodeId, Ast)>,
+    }
+
+    impl Net {
+        fn collect(&mut self, id: NodeId) {
+            for o in self.nodes.get_mut(&id).expect("node").take_output() {
+                match o {
+                    Output::Send { to, msg } => self.queue.push_back((id, to, msg)),
+                    Output::Ast(a) => self.asts.push((id, a)),
+                }
+            }
+        }
+
+        fn event(&mut self, id: NodeId, ev: MemberEvent) {
+            self.nodes.get_mut(&id).expect("node").membership(ev);
+            self.collect(id);
+        }
+
+        fn run(&mut self) {
+            while let Some((from, to, msg)) = self.queue.pop_front() {
+                if let Some(n) = self.nodes.get_mut(&to) {
+                    n.receive(from, msg);
+                    self.collect(to);
+                }
+            }
+        }
+
+        fn state(&self, id: NodeId) -> &'static str {
+            self.nodes[&id].lockspaces()[0].state
+        }
+
+        /// Takes EX on `name` from node `id`, runs the net, and says whether it was granted.
+        fn ex(&mut self, id: NodeId, name: &[u8]) -> Option<LockId> {
+            let ls = lockspace_id(b"test");
+            let lkid = self.nodes.get_mut(&id).expect("node").lock(ls, 1, name, Mode::Ex, Flags(0), None).ok()?;
+            self.collect(id);
+            self.run();
+            let granted = self.asts.iter().any(|(n, a)| {
+                *n == id && matches!(a, Ast::Completion { lkid: l, status: Status::Granted, .. } if *l == lkid)
+            });
+            granted.then_some(lkid)
+        }
+    }
+
+    fn members(ids: &[NodeId]) -> MemberEvent {
+        MemberEvent::Members { epoch: 5, members: ids.to_vec(), failed: vec![] }
+    }
+
+    /// Three nodes running at epoch 5, the lockspace joined after the member list.
+    fn running() -> Net {
+        let mut net = Net { nodes: BTreeMap::new(), queue: VecDeque::new(), asts: Vec::new() };
+        for id in 1..=3 {
+            net.nodes.insert(id, Node::new(id));
+            net.event(id, members(&[1, 2, 3]));
+        }
+        for id in 1..=3 {
+            net.nodes.get_mut(&id).unwrap().join(b"test", 32).unwrap();
+        }
+        net.run();
+        for id in 1..=3 {
+            assert_eq!(net.state(id), "running");
+        }
+        net
+    }
+
+    #[test]
+    fn a_lockspace_joined_before_the_member_list_recovers_with_running_peers() {
+        let mut net = running();
+        // Node 3's daemon restarts: its clients join the lockspace before it learns the
+        // members, which are (by ring id) the same list at the same epoch as the others'.
+        let mut fresh = Node::new(3);
+        fresh.join(b"test", 32).unwrap();
+        net.nodes.insert(3, fresh);
+        net.collect(3);
+        assert_eq!(net.state(3), "recovering");
+        net.event(3, members(&[1, 2, 3]));
+        net.run();
+        for id in 1..=3 {
+            assert_eq!(net.state(id), "running", "node {id}");
+        }
+        // Locking works across the nodes, whoever masters the names.
+        for name in [&b"a"[..], b"b", b"c", b"d", b"e", b"f"] {
+            let a = net.ex(3, name).expect("granted to node 3");
+            let n3 = net.nodes.get_mut(&3).unwrap();
+            n3.unlock(lockspace_id(b"test"), 1, a, Flags(0), None).unwrap();
+            net.collect(3);
+            net.run();
+            assert!(net.ex(1, name).is_some(), "granted to node 1 after node 3 unlocked");
+        }
+        let slots: Vec<_> = (1..=3).map(|id| net.nodes[&id].lockspaces()[0].slots.clone()).collect();
+        assert!(slots.windows(2).all(|w| w[0] == w[1]), "{slots:?}");
+    }
+
+    #[test]
+    fn a_newcomer_joining_after_its_member_list_takes_part_in_the_others_recovery() {
+        // Nodes 1 and 2 run the lockspace; node 3 comes up and every node gets [1, 2, 3] at
+        // epoch 9; node 3's client joins before the others' recovery messages reach it.
+        let mut net = Net { nodes: BTreeMap::new(), queue: VecDeque::new(), asts: Vec::new() };
+        for id in 1..=2 {
+            net.nodes.insert(id, Node::new(id));
+            net.event(id, members(&[1, 2]));
+            net.nodes.get_mut(&id).unwrap().join(b"test", 32).unwrap();
+        }
+        net.run();
+        let held = net.ex(1, b"x").expect("granted before node 3 came");
+        net.nodes.insert(3, Node::new(3));
+        for id in 1..=3 {
+            net.event(id, MemberEvent::Members { epoch: 9, members: vec![1, 2, 3], failed: vec![] });
+        }
+        net.nodes.get_mut(&3).unwrap().join(b"test", 32).unwrap();
+        net.collect(3);
+        net.run();
+        for id in 1..=3 {
+            assert_eq!(net.state(id), "running", "node {id}");
+        }
+        // Node 1's lock survived the recovery: node 3 waits for it, then gets it.
+        let ls = lockspace_id(b"test");
+        let n3 = net.nodes.get_mut(&3).unwrap();
+        let w = n3.lock(ls, 1, b"x", Mode::Ex, Flags(0), None).unwrap();
+        net.collect(3);
+        net.run();
+        let granted = |net: &Net| {
+            net.asts.iter().any(|(n, a)| {
+                *n == 3 && matches!(a, Ast::Completion { lkid, status: Status::Granted, .. } if *lkid == w)
+            })
+        };
+        assert!(!granted(&net));
+        net.nodes.get_mut(&1).unwrap().unlock(ls, 1, held, Flags(0), None).unwrap();
+        net.collect(1);
+        net.run();
+        assert!(granted(&net));
+        for name in [&b"a"[..], b"b", b"c", b"d"] {
+            assert!(net.ex(3, name).is_some());
+        }
+    }
 }
