@@ -20,7 +20,7 @@ use nbd_proto::{
     encode_request, ClientConfig, ClientHandshake, ClientNegotiated, ClientStatus, Command, Extent, ReplyMode, Request,
     ServerEntry,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
@@ -424,8 +424,36 @@ enum End {
     Disconnected,
 }
 
-async fn writer(slot: Arc<Slot>, w: WriteHalf) -> End {
-    let mut w = BufWriter::with_capacity(256 << 10, w);
+/// Payloads at least this large go to the socket straight from the caller's buffer, after
+/// the buffered headers, in one vectored write (no copy into the output buffer).
+const VECTORED_MIN: usize = 64 << 10;
+/// Buffered headers and small payloads are written out once this much has gathered (and
+/// whenever the queue runs empty).
+const OUT_FLUSH: usize = 256 << 10;
+
+/// Writes all of `a` then all of `b`, with as few system calls as the socket allows.
+async fn write_both(w: &mut WriteHalf, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+    while !a.is_empty() || !b.is_empty() {
+        let n = if a.is_empty() {
+            w.write(b).await?
+        } else {
+            w.write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)]).await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if n < a.len() {
+            a = &a[n..];
+        } else {
+            b = &b[n - a.len()..];
+            a = &[];
+        }
+    }
+    Ok(())
+}
+
+async fn writer(slot: Arc<Slot>, mut w: WriteHalf) -> End {
+    let mut out: Vec<u8> = Vec::with_capacity(OUT_FLUSH + (64 << 10));
     let mut hdr = Vec::with_capacity(64);
     loop {
         enum Next {
@@ -460,25 +488,46 @@ async fn writer(slot: Arc<Slot>, w: WriteHalf) -> End {
         };
         let r = match next {
             Next::Send(payload) => {
-                async {
-                    w.write_all(&hdr).await?;
-                    if let Some(p) = payload {
-                        w.write_all(&p).await?;
+                out.extend_from_slice(&hdr);
+                match payload {
+                    Some(p) if p.len() >= VECTORED_MIN => {
+                        let r = write_both(&mut w, &out, &p).await;
+                        out.clear();
+                        r
                     }
-                    Ok::<_, io::Error>(())
+                    small => {
+                        if let Some(p) = small {
+                            out.extend_from_slice(&p);
+                        }
+                        if out.len() >= OUT_FLUSH {
+                            let r = w.write_all(&out).await;
+                            out.clear();
+                            r
+                        } else {
+                            Ok(())
+                        }
+                    }
                 }
-                .await
             }
             Next::Idle => {
-                if let Err(e) = w.flush().await {
+                let r = async {
+                    if !out.is_empty() {
+                        w.write_all(&out).await?;
+                        out.clear();
+                    }
+                    w.flush().await
+                }
+                .await;
+                if let Err(e) = r {
                     return End::Lost(e.into());
                 }
                 slot.wake_writer.notified().await;
                 Ok(())
             }
             Next::Disc => {
+                out.extend_from_slice(&hdr);
                 let r = async {
-                    w.write_all(&hdr).await?;
+                    w.write_all(&out).await?;
                     w.flush().await
                 }
                 .await;

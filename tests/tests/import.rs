@@ -339,7 +339,8 @@ fn fencing_verbs_cut_an_imported_device_and_let_it_back() {
 fn imports_over_tls_with_a_certificate_directory() {
     let pki = gnbd_tests::pki::Pki::new();
     let node1 = pki.client("node1");
-    let mut b = Server::builder().arg("--tls").arg("required");
+    // --tls-ca opens the network control channel: on a free port, never the shared default.
+    let mut b = Server::builder().arg("--tls").arg("required").arg("--control-port").arg("0");
     for a in pki.server_args() {
         b = b.arg(a);
     }
@@ -413,7 +414,14 @@ fn fencing_verbs_over_tls_use_the_node_certificate() {
     let dir = TempDir::new();
     let nodes = dir.join("nodes");
     std::fs::write(&nodes, format!("node1 {NODE1}\nnode2 {NODE2}\n")).unwrap();
-    let mut b = Server::builder().arg("--tls").arg("required").arg("--nodes").arg(&nodes).arg("--cluster");
+    let mut b = Server::builder()
+        .arg("--tls")
+        .arg("required")
+        .arg("--nodes")
+        .arg(&nodes)
+        .arg("--cluster")
+        .arg("--control-port")
+        .arg("0");
     for a in pki.server_args() {
         b = b.arg(a);
     }
