@@ -1764,6 +1764,7 @@ mod tests {
         }
         for id in 1..=3 {
             net.nodes.get_mut(&id).unwrap().join(b"test", 32).unwrap();
+            net.collect(id);
         }
         net.run();
         for id in 1..=3 {
@@ -1809,6 +1810,7 @@ mod tests {
             net.nodes.insert(id, Node::new(id));
             net.event(id, members(&[1, 2]));
             net.nodes.get_mut(&id).unwrap().join(b"test", 32).unwrap();
+            net.collect(id);
         }
         net.run();
         let held = net.ex(1, b"x").expect("granted before node 3 came");
