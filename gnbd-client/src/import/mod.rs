@@ -362,7 +362,9 @@ pub fn check_free(state_dir: &Path, name: &str) -> Result<(), ImportError> {
 pub fn run_device(cfg: DeviceConfig, ready: impl FnOnce(&Record)) -> anyhow::Result<()> {
     use anyhow::Context;
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        // Replies to FUSE are blocking writes that copy up to 1 MiB each: more threads than
+        // cores keep the sockets served while some of them copy.
+        .worker_threads(4)
         .thread_name("gnbd-import-io")
         .enable_all()
         .build()
