@@ -6,7 +6,7 @@
 use crate::mode::{Flags, Mode, SbFlags, Status};
 use crate::node::MemberEvent;
 use crate::resource::LockId;
-use crate::wire::{MAX_LVB, MAX_NAME};
+use crate::wire::{FieldError, Fields};
 
 /// Largest frame body accepted.
 pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
@@ -311,55 +311,13 @@ pub fn encode_response(resp: &Response, out: &mut Vec<u8>) {
     }
 }
 
-struct R<'a>(&'a [u8]);
-
-impl R<'_> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&[u8], ProtoError> {
-        if self.0.len() < n {
-            return Err(ProtoError::Malformed(what));
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn u8(&mut self, what: &'static str) -> Result<u8, ProtoError> {
-        Ok(self.take(1, what)?[0])
-    }
-    fn u16(&mut self, what: &'static str) -> Result<u16, ProtoError> {
-        let b = self.take(2, what)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self, what: &'static str) -> Result<u32, ProtoError> {
-        Ok(u32::from_be_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
-    }
-    fn u64(&mut self, what: &'static str) -> Result<u64, ProtoError> {
-        Ok(u64::from_be_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
-    }
-    fn name(&mut self) -> Result<Vec<u8>, ProtoError> {
-        let n = self.u8("name length")? as usize;
-        if n > MAX_NAME {
-            return Err(ProtoError::Malformed("name length"));
-        }
-        Ok(self.take(n, "name")?.to_vec())
-    }
-    fn lvb(&mut self) -> Result<Vec<u8>, ProtoError> {
-        let n = self.u16("value block length")? as usize;
-        if n > MAX_LVB {
-            return Err(ProtoError::Malformed("value block length"));
-        }
-        Ok(self.take(n, "value block")?.to_vec())
-    }
-    fn mode(&mut self) -> Result<Mode, ProtoError> {
-        Mode::from_u8(self.u8("mode")?).ok_or(ProtoError::Malformed("mode"))
-    }
-    fn flags(&mut self) -> Result<Flags, ProtoError> {
-        let f = Flags(self.u32("flags")?);
-        if !Flags::KNOWN.contains(f) {
-            return Err(ProtoError::Malformed("flags"));
-        }
-        Ok(f)
+impl FieldError for ProtoError {
+    fn malformed(_kind: u8, what: &'static str) -> Self {
+        ProtoError::Malformed(what)
     }
 }
+
+type R<'a> = Fields<'a, ProtoError>;
 
 /// A frame's type, sequence number, body after the header, and total size.
 type Split<'a> = (u8, u32, &'a [u8], usize);
@@ -394,7 +352,7 @@ fn need(buf: &[u8]) -> usize {
 /// Decode one request from the front of `buf`.
 pub fn decode_request(buf: &[u8]) -> Result<Frame<Request>, ProtoError> {
     let Some((kind, seq, body, used)) = split(buf)? else { return Ok(Frame::NeedMore(need(buf))) };
-    let mut r = R(body);
+    let mut r = R::new(body, kind);
     let req = match kind {
         Q_JOIN => Request::Join { name: r.name()?, lvblen: r.u16("lvblen")? },
         Q_LEAVE => Request::Leave { ls: r.u32("lockspace")? },
@@ -448,7 +406,7 @@ pub fn decode_request(buf: &[u8]) -> Result<Frame<Request>, ProtoError> {
         },
         other => return Err(ProtoError::BadType(other)),
     };
-    if !r.0.is_empty() {
+    if !r.b.is_empty() {
         return Err(ProtoError::Malformed("trailing bytes"));
     }
     Ok(Frame::Done(req, seq, used))
@@ -457,7 +415,7 @@ pub fn decode_request(buf: &[u8]) -> Result<Frame<Request>, ProtoError> {
 /// Decode one response from the front of `buf`.
 pub fn decode_response(buf: &[u8]) -> Result<Frame<Response>, ProtoError> {
     let Some((kind, seq, body, used)) = split(buf)? else { return Ok(Frame::NeedMore(need(buf))) };
-    let mut r = R(body);
+    let mut r = R::new(body, kind);
     let resp = match kind {
         R_REPLY => {
             Response::Reply { seq, status: r.u32("status")? as i32, ls: r.u32("lockspace")?, lkid: r.u64("lock id")? }
@@ -487,7 +445,7 @@ pub fn decode_response(buf: &[u8]) -> Result<Frame<Response>, ProtoError> {
         R_BLOCKING => Response::Blocking { ls: r.u32("lockspace")?, lkid: r.u64("lock id")?, mode: r.mode()? },
         other => return Err(ProtoError::BadType(other)),
     };
-    if !r.0.is_empty() {
+    if !r.b.is_empty() {
         return Err(ProtoError::Malformed("trailing bytes"));
     }
     Ok(Frame::Done(resp, seq, used))
@@ -496,6 +454,7 @@ pub fn decode_response(buf: &[u8]) -> Result<Frame<Response>, ProtoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::MAX_NAME;
     use proptest::prelude::*;
 
     fn mode() -> impl Strategy<Value = Mode> {

@@ -396,16 +396,34 @@ fn msg_type(m: &Message) -> u8 {
     }
 }
 
-struct R<'a> {
-    b: &'a [u8],
-    kind: u8,
+/// What a field reader reports when a frame is malformed; both protocols (this one and the
+/// local client protocol) read their bodies with the one [`Fields`] reader.
+pub(crate) trait FieldError {
+    /// The field `what` of a frame of type `kind` is short or out of range.
+    fn malformed(kind: u8, what: &'static str) -> Self;
 }
 
-impl R<'_> {
-    fn bad(&self, what: &'static str) -> WireError {
-        WireError::Malformed { kind: self.kind, what }
+impl FieldError for WireError {
+    fn malformed(kind: u8, what: &'static str) -> Self {
+        WireError::Malformed { kind, what }
     }
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&[u8], WireError> {
+}
+
+/// Big-endian field reader over one frame body.
+pub(crate) struct Fields<'a, E> {
+    pub(crate) b: &'a [u8],
+    kind: u8,
+    error: std::marker::PhantomData<E>,
+}
+
+impl<'a, E: FieldError> Fields<'a, E> {
+    pub(crate) fn new(b: &'a [u8], kind: u8) -> Self {
+        Fields { b, kind, error: std::marker::PhantomData }
+    }
+    pub(crate) fn bad(&self, what: &'static str) -> E {
+        E::malformed(self.kind, what)
+    }
+    pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], E> {
         if self.b.len() < n {
             return Err(self.bad(what));
         }
@@ -413,59 +431,64 @@ impl R<'_> {
         self.b = rest;
         Ok(a)
     }
-    fn u8(&mut self, what: &'static str) -> Result<u8, WireError> {
+    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, E> {
         Ok(self.take(1, what)?[0])
     }
-    fn u16(&mut self, what: &'static str) -> Result<u16, WireError> {
+    pub(crate) fn u16(&mut self, what: &'static str) -> Result<u16, E> {
         let b = self.take(2, what)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
-    fn u32(&mut self, what: &'static str) -> Result<u32, WireError> {
+    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32, E> {
         let b = self.take(4, what)?;
         Ok(u32::from_be_bytes(b.try_into().expect("4 bytes")))
     }
-    fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
+    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64, E> {
         let b = self.take(8, what)?;
         Ok(u64::from_be_bytes(b.try_into().expect("8 bytes")))
     }
-    fn name(&mut self) -> Result<Vec<u8>, WireError> {
+    pub(crate) fn name(&mut self) -> Result<Vec<u8>, E> {
         let n = self.u8("name length")? as usize;
         if n > MAX_NAME {
             return Err(self.bad("name length"));
         }
         Ok(self.take(n, "name")?.to_vec())
     }
-    fn lvb(&mut self) -> Result<Vec<u8>, WireError> {
+    pub(crate) fn lvb(&mut self) -> Result<Vec<u8>, E> {
         let n = self.u16("value block length")? as usize;
         if n > MAX_LVB {
             return Err(self.bad("value block length"));
         }
         Ok(self.take(n, "value block")?.to_vec())
     }
-    fn mode(&mut self) -> Result<Mode, WireError> {
+    pub(crate) fn mode(&mut self) -> Result<Mode, E> {
         let v = self.u8("mode")?;
         Mode::from_u8(v).ok_or_else(|| self.bad("mode"))
     }
-    fn opt_mode(&mut self) -> Result<Option<Mode>, WireError> {
+    pub(crate) fn opt_mode(&mut self) -> Result<Option<Mode>, E> {
         match self.u8("mode")? {
             NO_MODE => Ok(None),
             v => Mode::from_u8(v).map(Some).ok_or_else(|| self.bad("mode")),
         }
     }
-    fn flags(&mut self) -> Result<Flags, WireError> {
+    pub(crate) fn flags(&mut self) -> Result<Flags, E> {
         let f = Flags(self.u32("flags")?);
         if !Flags::KNOWN.contains(f) {
             return Err(self.bad("flags"));
         }
         Ok(f)
     }
-    fn bool(&mut self, what: &'static str) -> Result<bool, WireError> {
+    pub(crate) fn bool(&mut self, what: &'static str) -> Result<bool, E> {
         match self.u8(what)? {
             0 => Ok(false),
             1 => Ok(true),
             _ => Err(self.bad(what)),
         }
     }
+}
+
+type R<'a> = Fields<'a, WireError>;
+
+impl R<'_> {
     fn head(&mut self) -> Result<(u32, u64), WireError> {
         Ok((self.u32("lockspace")?, self.u64("epoch")?))
     }
@@ -491,7 +514,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, WireError> {
     if buf.len() < HEADER_SIZE + len {
         return Ok(Decoded::NeedMore(HEADER_SIZE + len - buf.len()));
     }
-    let mut r = R { b: &buf[HEADER_SIZE..HEADER_SIZE + len], kind };
+    let mut r = R::new(&buf[HEADER_SIZE..HEADER_SIZE + len], kind);
     let msg = match kind {
         T_HELLO => Message::Hello { node: r.u32("node")? },
         T_LOOKUP => {
