@@ -511,30 +511,41 @@ fn restore(d: &mut Director, text: &str, now_ms: Millis) -> Outcome {
     Outcome::ok(String::new())
 }
 
+/// The scheduler flags as ipvsadm names them (`sh-fallback,sh-port`), if any are set.
+fn sched_flag_names(sp: &crate::table::ServiceSpec) -> Option<String> {
+    if sp.flags == SchedFlags::default() {
+        return None;
+    }
+    let prefix = if sp.sched == SchedKind::Mh { "mh" } else { "sh" };
+    let mut f = Vec::new();
+    if sp.flags.fallback {
+        f.push(format!("{prefix}-fallback"));
+    }
+    if sp.flags.port {
+        f.push(format!("{prefix}-port"));
+    }
+    Some(f.join(","))
+}
+
+/// The persistence netmask, unless it is the full mask (which ipvsadm leaves out).
+fn mask_text(netmask: NetMask) -> Option<String> {
+    match netmask {
+        NetMask::V4(m) if u32::from(m) != u32::MAX => Some(m.to_string()),
+        NetMask::V6(p) if p != 128 => Some(p.to_string()),
+        _ => None,
+    }
+}
+
 fn service_line_rule(s: &crate::table::Service) -> String {
     let sp = &s.spec;
     let mut l = format!("-A {} -s {}", sp.key.to_option(), sp.sched);
-    if sp.flags != SchedFlags::default() {
-        let prefix = if sp.sched == SchedKind::Mh { "mh" } else { "sh" };
-        let mut f = Vec::new();
-        if sp.flags.fallback {
-            f.push(format!("{prefix}-fallback"));
-        }
-        if sp.flags.port {
-            f.push(format!("{prefix}-port"));
-        }
-        let _ = write!(l, " -b {}", f.join(","));
+    if let Some(f) = sched_flag_names(sp) {
+        let _ = write!(l, " -b {f}");
     }
     if let Some(p) = sp.persistent_s {
         let _ = write!(l, " -p {p}");
-        match sp.netmask {
-            NetMask::V4(m) if u32::from(m) != u32::MAX => {
-                let _ = write!(l, " -M {m}");
-            }
-            NetMask::V6(p) if p != 128 => {
-                let _ = write!(l, " -M {p}");
-            }
-            _ => {}
+        if let Some(m) = mask_text(sp.netmask) {
+            let _ = write!(l, " -M {m}");
         }
     }
     l
@@ -580,27 +591,13 @@ fn largenum(out: &mut String, n: u64, exact: bool) {
 fn plain_service_line(s: &crate::table::Service) -> String {
     let sp = &s.spec;
     let mut l = format!("{} {}", sp.key, sp.sched);
-    if sp.flags != SchedFlags::default() {
-        let prefix = if sp.sched == SchedKind::Mh { "mh" } else { "sh" };
-        let mut f = Vec::new();
-        if sp.flags.fallback {
-            f.push(format!("{prefix}-fallback"));
-        }
-        if sp.flags.port {
-            f.push(format!("{prefix}-port"));
-        }
-        let _ = write!(l, " ({})", f.join(","));
+    if let Some(f) = sched_flag_names(sp) {
+        let _ = write!(l, " ({f})");
     }
     if let Some(p) = sp.persistent_s {
         let _ = write!(l, " persistent {p}");
-        match sp.netmask {
-            NetMask::V4(m) if u32::from(m) != u32::MAX => {
-                let _ = write!(l, " mask {m}");
-            }
-            NetMask::V6(p) if p != 128 => {
-                let _ = write!(l, " mask {p}");
-            }
-            _ => {}
+        if let Some(m) = mask_text(sp.netmask) {
+            let _ = write!(l, " mask {m}");
         }
     }
     l
