@@ -32,6 +32,7 @@ pub mod cluster;
 mod daemon;
 mod mode;
 mod node;
+mod plock;
 mod proto;
 mod resource;
 pub mod tool;
@@ -44,6 +45,7 @@ pub use node::{
     dir_node, lockspace_id, Ast, DlmError, LockDump, LockspaceInfo, MemberEvent, Membership, Node, Output, Owner,
     ResourceDump, StaticMembership, DEFAULT_LVB_LEN,
 };
+pub use plock::{Plock, PlockConflict, PlockKind, PlockOwner, PlockReq, PlockTable, PlockWaiter, SetOutcome};
 pub use proto::{
     decode_request, decode_response, encode_request, encode_response, Frame, ProtoError, Request, Response,
     MAX_CLIENT_FRAME,
