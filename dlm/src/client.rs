@@ -22,6 +22,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::mode::{Flags, Mode, SbFlags, Status};
+use crate::plock::{PlockArgs, PlockConflict, PlockKind, PlockOpCode};
 use crate::proto::{decode_response, encode_request, Frame, Request, Response};
 use crate::resource::LockId;
 use crate::wire::{MAX_LVB, MAX_NAME};
@@ -41,6 +42,10 @@ pub enum ClientError {
     /// The daemon sent something this library does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A byte-range lock conflicts with another owner's and the caller does not wait
+    /// (EAGAIN from F_SETLK).
+    #[error("byte-range lock conflicts with another owner's lock")]
+    WouldBlock,
 }
 
 /// A completion callback.
@@ -79,6 +84,52 @@ struct Shared {
     locks: HashMap<(u32, LockId), mpsc::UnboundedSender<Event>>,
     closed: bool,
     notify: Option<Arc<tokio::sync::Notify>>,
+    /// Plock requests waiting for their outcome, by sequence number.
+    plocks: HashMap<u32, oneshot::Sender<PlockOutcome>>,
+    /// Waiting plock requests given up by their caller: if one is granted anyway, its
+    /// range is released (lockspace, name, the request's arguments).
+    abandoned: HashMap<u32, (u32, Vec<u8>, PlockArgs)>,
+}
+
+type PlockOutcome = (i32, Option<PlockConflict>);
+
+/// Withdraws a waiting plock request when the future waiting for it is dropped.
+struct PlockGuard {
+    client: DlmClient,
+    ls: u32,
+    seq: u32,
+    name: Vec<u8>,
+    args: PlockArgs,
+    armed: bool,
+    outcome: oneshot::Receiver<PlockOutcome>,
+}
+
+impl Drop for PlockGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let name = std::mem::take(&mut self.name);
+        match self.outcome.try_recv() {
+            Ok((0, _)) => {
+                // Granted, but nobody will hear of it: release the range again.
+                let args = PlockArgs { kind: PlockKind::Unlock, ..self.args };
+                queue_detached(
+                    &self.client.shared,
+                    Request::Plock { ls: self.ls, op: PlockOpCode::Set, name, args, wait: false },
+                );
+            }
+            Ok(_) | Err(oneshot::error::TryRecvError::Closed) => {}
+            Err(oneshot::error::TryRecvError::Empty) => {
+                {
+                    let mut sh = self.client.shared.lock().expect("client state lock");
+                    sh.plocks.remove(&self.seq);
+                    sh.abandoned.insert(self.seq, (self.ls, name, self.args));
+                }
+                let _ = self.client.start(Request::PlockCancel { ls: self.ls, reqid: self.seq }, false, false);
+            }
+        }
+    }
 }
 
 /// A connection to `dlm_controld`. Cheap to clone; clones share the connection.
@@ -178,14 +229,44 @@ impl DlmClient {
         req: Request,
         register: bool,
     ) -> Result<(Response, Option<mpsc::UnboundedReceiver<Event>>), ClientError> {
+        let (rx, _, _) = self.start(req, register, false)?;
+        rx.await.map_err(|_| ClientError::Io(std::io::ErrorKind::BrokenPipe.into()))
+    }
+
+    /// Queue request `req` and write it if the socket takes it now. Returns the receiver of
+    /// its reply, its sequence number and, with `plock`, the receiver of its plock outcome.
+    #[allow(clippy::type_complexity)]
+    fn start(
+        &self,
+        req: Request,
+        register: bool,
+        plock: bool,
+    ) -> Result<
+        (
+            oneshot::Receiver<(Response, Option<mpsc::UnboundedReceiver<Event>>)>,
+            u32,
+            Option<oneshot::Receiver<PlockOutcome>>,
+        ),
+        ClientError,
+    > {
         let (tx, rx) = oneshot::channel();
+        let seq;
+        let mut outcome = None;
         {
             let mut sh = self.shared.lock().expect("client state lock");
             if sh.closed {
                 return Err(ClientError::Io(std::io::ErrorKind::BrokenPipe.into()));
             }
             sh.next_seq = sh.next_seq.wrapping_add(1);
-            let seq = sh.next_seq;
+            if sh.next_seq == 0 {
+                sh.next_seq = 1;
+            }
+            seq = sh.next_seq;
+            if plock {
+                let (ptx, prx) = oneshot::channel();
+                sh.plocks.insert(seq, ptx);
+                outcome = Some(prx);
+            }
             encode_request(&req, seq, &mut sh.pending);
             // Queue the waiter and write under the same lock so replies match in order.
             sh.waiters.push_back(Waiter { seq, register, tx });
@@ -210,7 +291,86 @@ impl DlmClient {
                 }
             }
         }
-        rx.await.map_err(|_| ClientError::Io(std::io::ErrorKind::BrokenPipe.into()))
+        Ok((rx, seq, outcome))
+    }
+
+    async fn plock_call(
+        &self,
+        ls: u32,
+        op: PlockOpCode,
+        name: &[u8],
+        args: PlockArgs,
+        wait: bool,
+    ) -> Result<PlockOutcome, ClientError> {
+        if name.is_empty() || name.len() > MAX_NAME || args.start > args.end {
+            return Err(ClientError::Refused(-22));
+        }
+        let req = Request::Plock { ls, op, name: name.to_vec(), args, wait };
+        let (reply, seq, outcome) = self.start(req, false, true)?;
+        let outcome = outcome.expect("asked for");
+        let mut guard = PlockGuard {
+            client: self.clone(),
+            ls,
+            seq,
+            name: name.to_vec(),
+            args,
+            armed: op == PlockOpCode::Set,
+            outcome,
+        };
+        let broken = || ClientError::Io(std::io::ErrorKind::BrokenPipe.into());
+        let accepted = match reply.await.map_err(|_| broken()) {
+            Ok((Response::Reply { status, .. }, _)) if status < 0 => Err(ClientError::Refused(status)),
+            Ok((Response::Reply { .. }, _)) => Ok(()),
+            Ok((other, _)) => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = accepted {
+            guard.armed = false;
+            self.shared.lock().expect("client state lock").plocks.remove(&seq);
+            return Err(e);
+        }
+        let r = (&mut guard.outcome).await.map_err(|_| broken());
+        guard.armed = false;
+        r
+    }
+
+    /// A POSIX byte-range lock (fcntl F_SETLK, or F_SETLKW with `wait`) on resource `name`
+    /// of lockspace `ls`, cluster-wide: `args.kind` Read or Write takes `[start, end]`
+    /// (`end == u64::MAX`: to EOF) for `args.owner`, replacing what that owner held there
+    /// (splitting and merging as POSIX does); Unlock releases it. Without `wait`, a
+    /// conflict fails with [`ClientError::WouldBlock`]; with `wait` this returns once
+    /// granted. Dropping the future while it waits withdraws the request on the daemon;
+    /// if the grant crossed the withdrawal, the range is unlocked again.
+    pub async fn plock_set(&self, ls: u32, name: &[u8], args: PlockArgs, wait: bool) -> Result<(), ClientError> {
+        match self.plock_call(ls, PlockOpCode::Set, name, args, wait).await? {
+            (0, _) => Ok(()),
+            (-11, _) => Err(ClientError::WouldBlock),
+            (s, _) if s == -crate::mode::DLM_ECANCEL => Err(ClientError::Status(Status::Canceled)),
+            (s, _) => Err(ClientError::Refused(s)),
+        }
+    }
+
+    /// F_GETLK: the first lock of another owner that conflicts with `args` (kind Read or
+    /// Write over `[start, end]`), or None if the lock could be granted now.
+    pub async fn plock_get(&self, ls: u32, name: &[u8], args: PlockArgs) -> Result<Option<PlockConflict>, ClientError> {
+        match self.plock_call(ls, PlockOpCode::Get, name, args, false).await? {
+            (0, c) => Ok(c),
+            (s, _) => Err(ClientError::Refused(s)),
+        }
+    }
+
+    /// Release every byte-range lock of `owner` on resource `name` (close of the file).
+    pub async fn plock_release_owner(&self, ls: u32, name: &[u8], owner: u64) -> Result<(), ClientError> {
+        let args = PlockArgs { owner, pid: 0, start: 0, end: u64::MAX, kind: PlockKind::Unlock };
+        match self.plock_call(ls, PlockOpCode::ReleaseOwner, name, args, false).await? {
+            (0, _) => Ok(()),
+            (s, _) => Err(ClientError::Refused(s)),
+        }
+    }
+
+    /// `dlm_tool plocks` text: the byte-range locks this daemon masters in lockspace `name`.
+    pub async fn plock_dump(&self, name: &[u8]) -> Result<String, ClientError> {
+        self.text(Request::PlockDump { name: name.to_vec() }).await
     }
 
     async fn simple(&self, req: Request) -> Result<(u32, LockId), ClientError> {
@@ -321,6 +481,7 @@ fn close(sh: &Arc<Mutex<Shared>>) {
     s.closed = true;
     s.waiters.clear();
     s.locks.clear();
+    s.plocks.clear();
     if let Some(n) = &s.notify {
         n.notify_one();
     }
@@ -329,6 +490,19 @@ fn close(sh: &Arc<Mutex<Shared>>) {
 fn dispatch(sh: &Arc<Mutex<Shared>>, resp: Response) {
     let mut s = sh.lock().expect("client state lock");
     match resp {
+        Response::Plock { seq, status, conflict, .. } => {
+            if let Some(tx) = s.plocks.remove(&seq) {
+                let _ = tx.send((status, conflict));
+            } else if let Some((ls, name, args)) = s.abandoned.remove(&seq) {
+                if status == 0 {
+                    // Granted although its caller gave up: release the range again.
+                    let args = PlockArgs { kind: PlockKind::Unlock, ..args };
+                    let req = Request::Plock { ls, op: PlockOpCode::Set, name, args, wait: false };
+                    drop(s);
+                    queue_detached(sh, req);
+                }
+            }
+        }
         Response::Reply { seq, .. } | Response::Text { seq, .. } => {
             let Some(w) = s.waiters.pop_front() else { return };
             if w.seq != seq {
@@ -468,5 +642,30 @@ impl Lock {
         let req = Request::Unlock { ls: self.ls, lkid: self.id, flags, lvb: lvb.unwrap_or_default().to_vec() };
         self.client.simple(req).await?;
         self.wait().await.map(|_| ())
+    }
+}
+
+/// Queue a request whose reply nobody waits for (called where no [`DlmClient`] is at hand,
+/// from the reader task). The writer task writes it.
+fn queue_detached(sh: &Arc<Mutex<Shared>>, req: Request) {
+    let mut s = sh.lock().expect("client state lock");
+    if s.closed {
+        return;
+    }
+    s.next_seq = s.next_seq.wrapping_add(1);
+    if s.next_seq == 0 {
+        s.next_seq = 1;
+    }
+    let seq = s.next_seq;
+    let (tx, _) = oneshot::channel();
+    let (ptx, _) = oneshot::channel();
+    s.plocks.insert(seq, ptx);
+    encode_request(&req, seq, &mut s.pending);
+    s.waiters.push_back(Waiter { seq, register: false, tx });
+    if !s.busy {
+        s.busy = true;
+        if let Some(n) = &s.notify {
+            n.notify_one();
+        }
     }
 }

@@ -22,7 +22,8 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::{spawn_subscriber, spawn_wait_fenced, ClusterSource, Input, Tracker};
 use crate::mode::Mode;
-use crate::node::{Ast, MemberEvent, Node, Output, Owner, DEFAULT_LVB_LEN};
+use crate::node::{Ast, MemberEvent, Node, Output, Owner, PlockOp, DEFAULT_LVB_LEN};
+use crate::plock::{PlockKind, PlockOpCode};
 use crate::proto::{decode_request, encode_response, Frame, Request, Response};
 use crate::resource::Queue;
 use crate::wire::{decode, encode, Decoded, Message, NodeId};
@@ -201,6 +202,9 @@ impl Core {
                             (owner, Response::Completion { ls, lkid, status, mode, sbflags, lvb })
                         }
                         Ast::Blocking { ls, lkid, owner, mode } => (owner, Response::Blocking { ls, lkid, mode }),
+                        Ast::Plock { ls, owner, reqid, status, conflict } => {
+                            (owner, Response::Plock { seq: reqid as u32, status, ls, conflict })
+                        }
                     };
                     self.reply(owner, &resp);
                 }
@@ -574,6 +578,26 @@ fn handle(node: &mut Node, owner: Owner, req: Request, seq: u32) -> Response {
             node.membership(event);
             Response::Reply { seq, status: 0, ls: 0, lkid: 0 }
         }
+        Request::Plock { ls, op, name, args, wait } => {
+            let op = match op {
+                PlockOpCode::Set => PlockOp::Set { args, wait },
+                PlockOpCode::Get => PlockOp::Get { args },
+                _ => PlockOp::ReleaseOwner { owner: args.owner },
+            };
+            reply(seq, node.plock(ls, owner, u64::from(seq), &name, op).map(|()| (ls, u64::from(seq))))
+        }
+        Request::PlockCancel { ls, reqid } => match node.plock_cancel(ls, owner, u64::from(reqid)) {
+            Ok(found) => Response::Reply { seq, status: if found { 0 } else { 1 }, ls, lkid: u64::from(reqid) },
+            Err(e) => reply(seq, Err(e)),
+        },
+        Request::PlockDump { name } => match node.lockspace_by_name(&name) {
+            Some(ls) => Response::Text { seq, status: 0, text: plock_text(node, ls) },
+            None => Response::Text {
+                seq,
+                status: -2,
+                text: format!("no lockspace {:?} on this node\n", String::from_utf8_lossy(&name)),
+            },
+        },
         Request::List => Response::Text { seq, status: 0, text: list_text(node) },
         Request::Dump { name } => match node.lockspace_by_name(&name) {
             Some(ls) => Response::Text { seq, status: 0, text: dump_text(node, ls) },
@@ -631,6 +655,54 @@ fn dump_text(node: &Node, ls: u32) -> String {
                 crate::resource::lock_node(l.lkid),
                 mode_name(l.grmode),
                 mode_name(l.rqmode)
+            ));
+        }
+    }
+    s
+}
+
+fn plock_kind_name(k: PlockKind) -> &'static str {
+    match k {
+        PlockKind::Read => "RD",
+        PlockKind::Write => "WR",
+        PlockKind::Unlock => "UN",
+    }
+}
+
+fn plock_range(start: u64, end: u64) -> String {
+    if end == u64::MAX {
+        format!("{start}-EOF")
+    } else {
+        format!("{start}-{end}")
+    }
+}
+
+/// `dlm_tool plocks`: the plock resources this node masters, one line per lock.
+fn plock_text(node: &Node, ls: u32) -> String {
+    let mut s = String::new();
+    for r in node.plock_dump(ls).unwrap_or_default() {
+        s.push_str(&format!("resource {:?} master {}\n", String::from_utf8_lossy(&r.name), node.id()));
+        for p in r.locks {
+            s.push_str(&format!(
+                "  {} {} node {} client {} owner {:x} pid {}\n",
+                plock_kind_name(p.kind),
+                plock_range(p.start, p.end),
+                p.who.node,
+                p.who.client,
+                p.who.owner,
+                p.pid
+            ));
+        }
+        for (req, p) in r.waiters {
+            s.push_str(&format!(
+                "  WAITING {} {} node {} client {} owner {:x} pid {} request {}\n",
+                plock_kind_name(p.kind),
+                plock_range(p.start, p.end),
+                req.node,
+                req.client,
+                p.who.owner,
+                p.pid,
+                req.id
             ));
         }
     }

@@ -43,9 +43,12 @@ pub use daemon::{run as run_daemon, DaemonConfig, DaemonError, Ready};
 pub use mode::{Flags, Mode, SbFlags, Status, DLM_ECANCEL, DLM_EUNLOCK};
 pub use node::{
     dir_node, lockspace_id, Ast, DlmError, LockDump, LockspaceInfo, MemberEvent, Membership, Node, Output, Owner,
-    ResourceDump, StaticMembership, DEFAULT_LVB_LEN,
+    PlockDump, PlockOp, ResourceDump, StaticMembership, DEFAULT_LVB_LEN, PLOCK_EAGAIN, PLOCK_ECANCELED, PLOCK_EINVAL,
 };
-pub use plock::{Plock, PlockConflict, PlockKind, PlockOwner, PlockReq, PlockTable, PlockWaiter, SetOutcome};
+pub use plock::{
+    Plock, PlockArgs, PlockConflict, PlockCopy, PlockKind, PlockOpCode, PlockOwner, PlockReq, PlockTable, PlockWaiter,
+    SetOutcome,
+};
 pub use proto::{
     decode_request, decode_response, encode_request, encode_response, Frame, ProtoError, Request, Response,
     MAX_CLIENT_FRAME,

@@ -31,8 +31,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tracing::{debug, warn};
 
 use crate::mode::{Flags, Mode, SbFlags, Status};
+use crate::plock::PlockConflict;
 use crate::resource::{lock_node, Effect, Lkb, LockId, Queue, Resource};
 use crate::wire::{LockCopy, MasterLvb, Message, NodeId, MAX_LVB, MAX_NAME};
+
+mod plock;
+pub use plock::{PlockDump, PlockOp, PLOCK_EAGAIN, PLOCK_ECANCELED, PLOCK_EINVAL};
 
 /// Identifies the local client that owns a lock (the daemon uses its connection number).
 pub type Owner = u64;
@@ -122,6 +126,19 @@ pub enum Ast {
         owner: Owner,
         /// The blocked mode.
         mode: Mode,
+    },
+    /// The outcome of a [`Node::plock`] request.
+    Plock {
+        /// Lockspace id.
+        ls: u32,
+        /// The client.
+        owner: Owner,
+        /// The request id it gave.
+        reqid: u64,
+        /// 0, [`PLOCK_EAGAIN`], [`PLOCK_ECANCELED`] or [`PLOCK_EINVAL`].
+        status: i32,
+        /// For a Get: the conflicting lock, if any.
+        conflict: Option<PlockConflict>,
     },
 }
 
@@ -292,6 +309,8 @@ struct Recovery {
     phase_a_done: bool,
     done_from: BTreeSet<NodeId>,
     copies: BTreeMap<Vec<u8>, Vec<Contribution>>,
+    /// Plock tables being rebuilt from the members' copies.
+    plocks: plock::Rebuild,
     prev_slots: BTreeMap<NodeId, (bool, Vec<(NodeId, u16)>)>,
 }
 
@@ -325,6 +344,8 @@ struct Lockspace {
     ghosts: Vec<(Vec<u8>, LockCopy)>,
     /// Nodes that left since the last completed recovery (even if back since).
     departed: BTreeSet<NodeId>,
+    /// POSIX byte-range locks.
+    plock: plock::LsPlocks,
 }
 
 /// A snapshot of one lockspace for `dlm_tool ls`.
@@ -410,13 +431,15 @@ fn msg_head(m: &Message) -> Option<(u32, u64, Kind)> {
         | Message::Request { ls, epoch, .. }
         | Message::Convert { ls, epoch, .. }
         | Message::Unlock { ls, epoch, .. }
-        | Message::Cancel { ls, epoch, .. } => (*ls, *epoch, Kind::Op),
-        Message::LookupReply { ls, epoch, .. } | Message::Cast { ls, epoch, .. } | Message::Bast { ls, epoch, .. } => {
-            (*ls, *epoch, Kind::Reply)
-        }
-        Message::RecoverLocks { ls, epoch, .. } | Message::RecoverDone { ls, epoch, .. } => {
-            (*ls, *epoch, Kind::Recovery)
-        }
+        | Message::Cancel { ls, epoch, .. }
+        | Message::PlockOp { ls, epoch, .. } => (*ls, *epoch, Kind::Op),
+        Message::LookupReply { ls, epoch, .. }
+        | Message::Cast { ls, epoch, .. }
+        | Message::Bast { ls, epoch, .. }
+        | Message::PlockReply { ls, epoch, .. } => (*ls, *epoch, Kind::Reply),
+        Message::RecoverLocks { ls, epoch, .. }
+        | Message::RecoverDone { ls, epoch, .. }
+        | Message::PlockRecover { ls, epoch, .. } => (*ls, *epoch, Kind::Recovery),
     })
 }
 
@@ -522,6 +545,7 @@ impl Node {
                 handover: BTreeMap::new(),
                 ghosts: Vec::new(),
                 departed: BTreeSet::new(),
+                plock: plock::LsPlocks::default(),
             },
         );
         if recovering {
@@ -805,6 +829,7 @@ impl Node {
             }
         }
         self.reap_doomed(ls);
+        self.plock_drop_client(ls, owner);
     }
 
     /// Issue what doomed locks need next: a cancel while queued, an unlock once granted.
@@ -1061,6 +1086,9 @@ impl Node {
                         let locks = locks.into_iter().filter(|c| lock_node(c.lkid) == from).collect();
                         rec.copies.entry(name).or_default().push((from, master, locks));
                     }
+                    Message::PlockRecover { name, locks, .. } => {
+                        plock::add_copies(&mut rec.plocks, &name, from, &locks)
+                    }
                     Message::RecoverDone { slots, agreed, .. } => {
                         rec.done_from.insert(from);
                         rec.prev_slots.insert(from, (agreed, slots));
@@ -1092,6 +1120,9 @@ impl Node {
                         self.local_cast(ls, lkid, status, mode, sbflags, lvb, lvbseq);
                     }
                     Message::Bast { lkid, mode, .. } => self.local_bast(ls, lkid, mode),
+                    Message::PlockReply { client, reqid, status, conflict, .. } => {
+                        self.plock_reply(ls, epoch, client, reqid, status, conflict)
+                    }
                     _ => {}
                 }
             }
@@ -1116,6 +1147,8 @@ impl Node {
                         self.set_master(ls, &name, master);
                     }
                     self.out.push(Output::Send { to: from, msg: Message::LookupReply { ls, epoch, name, master } });
+                } else if let Message::PlockOp { .. } = msg {
+                    self.plock_master(ls, from, msg);
                 } else {
                     self.master_receive(ls, from, msg);
                 }
@@ -1336,6 +1369,7 @@ impl Node {
         }
         // Recovery may have settled the operations of locks whose owner went away.
         self.reap_doomed(ls);
+        self.plock_resume(ls);
     }
 
     fn try_phase_a(&mut self, ls: u32) {
@@ -1481,6 +1515,17 @@ impl Node {
         let agreed = l.slots_hist;
         rec.prev_slots.insert(me, (agreed, slots.clone()));
         rec.done_from.insert(me);
+        let mut own = std::mem::take(&mut rec.plocks);
+        // Plock copies go out before RecoverDone, so a master has them all with the last one.
+        sends.extend(self.plock_phase_a(ls, epoch, &members, &mut own));
+        let l = self.lockspaces.get_mut(&ls).expect("caller checked");
+        let State::Recovering(rec) = &mut l.state else { unreachable!("checked above") };
+        for (name, t) in own {
+            let dst = rec.plocks.entry(name).or_default();
+            for p in t.locks() {
+                dst.apply(*p);
+            }
+        }
         for (to, msg) in sends {
             self.out.push(Output::Send { to, msg });
         }
@@ -1566,6 +1611,7 @@ impl Node {
         l.ghosts.clear();
         l.departed.clear();
         debug!(ls, epoch = rec.epoch, "recovery done");
+        self.plock_phase_b(ls, rec.plocks);
         self.effects = eff;
         self.route_effects(ls, &mut all_eff);
         self.resume(ls);
@@ -1608,6 +1654,7 @@ impl Recovery {
             phase_a_done: false,
             done_from: BTreeSet::new(),
             copies: BTreeMap::new(),
+            plocks: BTreeMap::new(),
             prev_slots: BTreeMap::new(),
         }
     }

@@ -32,13 +32,14 @@ use std::collections::VecDeque;
 use crate::wire::NodeId;
 
 /// The type of a byte-range lock request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum PlockKind {
     /// F_RDLCK: shared.
     Read,
     /// F_WRLCK: exclusive.
     Write,
     /// F_UNLCK: release the range.
+    #[default]
     Unlock,
 }
 
@@ -87,6 +88,79 @@ pub struct PlockReq {
     pub client: u64,
     /// Request id on that connection.
     pub id: u64,
+}
+
+/// A byte-range lock request as a client gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PlockArgs {
+    /// The caller's owner number (`fl_owner`: one per open file description or process).
+    pub owner: u64,
+    /// Process id, reported to others by F_GETLK.
+    pub pid: u32,
+    /// First byte.
+    pub start: u64,
+    /// Last byte, inclusive (`u64::MAX`: to EOF).
+    pub end: u64,
+    /// Read, Write or Unlock.
+    pub kind: PlockKind,
+}
+
+/// A plock operation of a node's client, as the node sends it to the resource's plock
+/// master (wire value in parentheses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PlockOpCode {
+    /// (0) F_SETLK / F_SETLKW.
+    Set,
+    /// (1) F_GETLK.
+    Get,
+    /// (2) Release every lock of `args.owner` (close).
+    ReleaseOwner,
+    /// (3) Withdraw the waiting request `reqid` (the FUSE request was interrupted).
+    Cancel,
+    /// (4) The client connection is gone: drop its locks and waiting requests.
+    DropClient,
+}
+
+impl PlockOpCode {
+    /// Wire value.
+    pub fn to_u8(self) -> u8 {
+        match self {
+            PlockOpCode::Set => 0,
+            PlockOpCode::Get => 1,
+            PlockOpCode::ReleaseOwner => 2,
+            PlockOpCode::Cancel => 3,
+            PlockOpCode::DropClient => 4,
+        }
+    }
+
+    /// From the wire value.
+    pub fn from_u8(v: u8) -> Option<PlockOpCode> {
+        Some(match v {
+            0 => PlockOpCode::Set,
+            1 => PlockOpCode::Get,
+            2 => PlockOpCode::ReleaseOwner,
+            3 => PlockOpCode::Cancel,
+            4 => PlockOpCode::DropClient,
+            _ => return None,
+        })
+    }
+}
+
+/// A lock a node's client holds, as the node hands it to the plock master in recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlockCopy {
+    /// Client connection on the sending node.
+    pub client: u64,
+    /// Owner number.
+    pub owner: u64,
+    /// Process id.
+    pub pid: u32,
+    /// Read or Write.
+    pub kind: PlockKind,
+    /// First byte.
+    pub start: u64,
+    /// Last byte.
+    pub end: u64,
 }
 
 /// The lock that makes a request conflict (what F_GETLK reports).

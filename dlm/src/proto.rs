@@ -5,6 +5,7 @@
 
 use crate::mode::{Flags, Mode, SbFlags, Status};
 use crate::node::MemberEvent;
+use crate::plock::{PlockArgs, PlockConflict, PlockOpCode};
 use crate::resource::LockId;
 use crate::wire::{FieldError, Fields};
 
@@ -20,10 +21,14 @@ const Q_CANCEL: u8 = 6;
 const Q_LIST: u8 = 7;
 const Q_DUMP: u8 = 8;
 const Q_MEMBER: u8 = 9;
+const Q_PLOCK: u8 = 10;
+const Q_PLOCK_CANCEL: u8 = 11;
+const Q_PLOCK_DUMP: u8 = 12;
 const R_REPLY: u8 = 64;
 const R_TEXT: u8 = 65;
 const R_COMPLETION: u8 = 66;
 const R_BLOCKING: u8 = 67;
+const R_PLOCK: u8 = 68;
 const NO_MODE: u8 = 0xff;
 
 /// A request from a local program.
@@ -97,6 +102,34 @@ pub enum Request {
         /// The event.
         event: MemberEvent,
     },
+    /// A POSIX byte-range lock operation on resource `name`: Set (F_SETLK/F_SETLKW), Get
+    /// (F_GETLK) or ReleaseOwner (close; only `args.owner` counts). The reply accepts it;
+    /// the outcome follows as a [`Response::Plock`] with this request's sequence number.
+    Plock {
+        /// Lockspace id.
+        ls: u32,
+        /// Set, Get or ReleaseOwner.
+        op: PlockOpCode,
+        /// Resource name.
+        name: Vec<u8>,
+        /// Owner, pid, range, kind.
+        args: PlockArgs,
+        /// F_SETLKW: wait for the grant instead of failing with EAGAIN.
+        wait: bool,
+    },
+    /// Withdraw the waiting Plock request with sequence number `reqid` (reply status 0:
+    /// withdrawn or being withdrawn, 1: not pending).
+    PlockCancel {
+        /// Lockspace id.
+        ls: u32,
+        /// The request.
+        reqid: u32,
+    },
+    /// `dlm_tool plocks NAME`.
+    PlockDump {
+        /// Lockspace name.
+        name: Vec<u8>,
+    },
 }
 
 /// A frame from the daemon.
@@ -145,6 +178,17 @@ pub enum Response {
         lkid: LockId,
         /// Blocked mode.
         mode: Mode,
+    },
+    /// The outcome of Plock request `seq`.
+    Plock {
+        /// The request's sequence number.
+        seq: u32,
+        /// 0, -11 (EAGAIN), `-DLM_ECANCEL` (cancelled) or -22.
+        status: i32,
+        /// Lockspace id.
+        ls: u32,
+        /// For a Get: the conflicting lock, if any.
+        conflict: Option<PlockConflict>,
     },
 }
 
@@ -209,6 +253,9 @@ pub fn encode_request(req: &Request, seq: u32, out: &mut Vec<u8>) {
         Request::List => Q_LIST,
         Request::Dump { .. } => Q_DUMP,
         Request::Member { .. } => Q_MEMBER,
+        Request::Plock { .. } => Q_PLOCK,
+        Request::PlockCancel { .. } => Q_PLOCK_CANCEL,
+        Request::PlockDump { .. } => Q_PLOCK_DUMP,
     };
     let at = W::start(out, kind, seq);
     match req {
@@ -263,6 +310,22 @@ pub fn encode_request(req: &Request, seq: u32, out: &mut Vec<u8>) {
                 out.push(*quorate as u8);
             }
         },
+        Request::Plock { ls, op, name, args, wait } => {
+            out.extend_from_slice(&ls.to_be_bytes());
+            out.push(op.to_u8());
+            put_name(out, name);
+            out.extend_from_slice(&args.owner.to_be_bytes());
+            out.extend_from_slice(&args.pid.to_be_bytes());
+            out.push(args.kind.to_u8());
+            out.extend_from_slice(&args.start.to_be_bytes());
+            out.extend_from_slice(&args.end.to_be_bytes());
+            out.push(*wait as u8);
+        }
+        Request::PlockCancel { ls, reqid } => {
+            out.extend_from_slice(&ls.to_be_bytes());
+            out.extend_from_slice(&reqid.to_be_bytes());
+        }
+        Request::PlockDump { name } => put_name(out, name),
     }
     W::finish(out, at);
 }
@@ -306,6 +369,23 @@ pub fn encode_response(resp: &Response, out: &mut Vec<u8>) {
             out.extend_from_slice(&ls.to_be_bytes());
             out.extend_from_slice(&lkid.to_be_bytes());
             out.push(*mode as u8);
+            W::finish(out, at);
+        }
+        Response::Plock { seq, status, ls, conflict } => {
+            let at = W::start(out, R_PLOCK, *seq);
+            out.extend_from_slice(&status.to_be_bytes());
+            out.extend_from_slice(&ls.to_be_bytes());
+            match conflict {
+                Some(c) => {
+                    out.push(1);
+                    out.push(c.kind.to_u8());
+                    out.extend_from_slice(&c.start.to_be_bytes());
+                    out.extend_from_slice(&c.end.to_be_bytes());
+                    out.extend_from_slice(&c.pid.to_be_bytes());
+                    out.extend_from_slice(&c.node.to_be_bytes());
+                }
+                None => out.push(0),
+            }
             W::finish(out, at);
         }
     }
@@ -404,6 +484,21 @@ pub fn decode_request(buf: &[u8]) -> Result<Frame<Request>, ProtoError> {
                 _ => return Err(ProtoError::Malformed("event kind")),
             },
         },
+        Q_PLOCK => {
+            let ls = r.u32("lockspace")?;
+            let op = match PlockOpCode::from_u8(r.u8("plock op")?) {
+                Some(op @ (PlockOpCode::Set | PlockOpCode::Get | PlockOpCode::ReleaseOwner)) => op,
+                _ => return Err(ProtoError::Malformed("plock op")),
+            };
+            let name = r.name()?;
+            let owner = r.u64("owner")?;
+            let pid = r.u32("pid")?;
+            let kind = r.plock_kind()?;
+            let args = PlockArgs { owner, pid, kind, start: r.u64("start")?, end: r.u64("end")? };
+            Request::Plock { ls, op, name, args, wait: r.bool("wait")? }
+        }
+        Q_PLOCK_CANCEL => Request::PlockCancel { ls: r.u32("lockspace")?, reqid: r.u32("request")? },
+        Q_PLOCK_DUMP => Request::PlockDump { name: r.name()? },
         other => return Err(ProtoError::BadType(other)),
     };
     if !r.b.is_empty() {
@@ -443,6 +538,18 @@ pub fn decode_response(buf: &[u8]) -> Result<Frame<Response>, ProtoError> {
             Response::Completion { ls, lkid, status, mode, sbflags, lvb }
         }
         R_BLOCKING => Response::Blocking { ls: r.u32("lockspace")?, lkid: r.u64("lock id")?, mode: r.mode()? },
+        R_PLOCK => {
+            let status = r.u32("status")? as i32;
+            let ls = r.u32("lockspace")?;
+            let conflict = if r.bool("conflict present")? {
+                let kind = r.plock_kind()?;
+                let (start, end) = (r.u64("start")?, r.u64("end")?);
+                Some(PlockConflict { kind, start, end, pid: r.u32("pid")?, node: r.u32("node")? })
+            } else {
+                None
+            };
+            Response::Plock { seq, status, ls, conflict }
+        }
         other => return Err(ProtoError::BadType(other)),
     };
     if !r.b.is_empty() {
@@ -493,6 +600,17 @@ mod tests {
                 }),
             any::<u32>().prop_map(|node| Request::Member { event: MemberEvent::Fenced { node } }),
             any::<bool>().prop_map(|quorate| Request::Member { event: MemberEvent::Quorum { quorate } }),
+            (any::<u32>(), 0u8..3, bytes(MAX_NAME), crate::wire::tests::plock_args(), any::<bool>()).prop_map(
+                |(ls, op, name, args, wait)| Request::Plock {
+                    ls,
+                    op: PlockOpCode::from_u8(op).expect("in range"),
+                    name,
+                    args,
+                    wait
+                }
+            ),
+            (any::<u32>(), any::<u32>()).prop_map(|(ls, reqid)| Request::PlockCancel { ls, reqid }),
+            bytes(MAX_NAME).prop_map(|name| Request::PlockDump { name }),
         ]
     }
     fn response() -> impl Strategy<Value = Response> {
@@ -529,6 +647,19 @@ mod tests {
                     lvb
                 }),
             (any::<u32>(), any::<u64>(), mode()).prop_map(|(ls, lkid, mode)| Response::Blocking { ls, lkid, mode }),
+            (any::<(u32, i32, u32)>(), proptest::option::of((crate::wire::tests::plock_args(), any::<u32>())))
+                .prop_map(|((seq, status, ls), c)| Response::Plock {
+                    seq,
+                    status,
+                    ls,
+                    conflict: c.map(|(a, node)| PlockConflict {
+                        kind: a.kind,
+                        start: a.start,
+                        end: a.end,
+                        pid: a.pid,
+                        node
+                    })
+                }),
         ]
     }
 
@@ -545,7 +676,10 @@ mod tests {
         fn responses_round_trip(resp in response()) {
             let mut buf = Vec::new();
             encode_response(&resp, &mut buf);
-            let seq = match &resp { Response::Reply { seq, .. } | Response::Text { seq, .. } => *seq, _ => 0 };
+            let seq = match &resp {
+                Response::Reply { seq, .. } | Response::Text { seq, .. } | Response::Plock { seq, .. } => *seq,
+                _ => 0,
+            };
             prop_assert_eq!(decode_response(&buf).unwrap(), Frame::Done(resp, seq, buf.len()));
         }
 

@@ -2,6 +2,7 @@
 //! The byte-by-byte layout is in `docs/wire.md`; [`decode`] never panics on any input.
 
 use crate::mode::{Flags, Mode, SbFlags, Status};
+use crate::plock::{PlockArgs, PlockConflict, PlockCopy, PlockKind, PlockOpCode};
 use crate::resource::LockId;
 
 /// A node id, as the cluster layer numbers nodes (cluster.conf `nodeid`).
@@ -31,6 +32,9 @@ const T_CAST: u8 = 7;
 const T_BAST: u8 = 8;
 const T_RECOVER_LOCKS: u8 = 9;
 const T_RECOVER_DONE: u8 = 10;
+const T_PLOCK_OP: u8 = 11;
+const T_PLOCK_REPLY: u8 = 12;
+const T_PLOCK_RECOVER: u8 = 13;
 
 const NO_MODE: u8 = 0xff;
 
@@ -212,6 +216,51 @@ pub enum Message {
         /// (node, slot) pairs for the members of `epoch`.
         slots: Vec<(NodeId, u16)>,
     },
+    /// A POSIX lock operation of the sender's client `client`, to the plock master of `name`.
+    PlockOp {
+        /// Lockspace.
+        ls: u32,
+        /// Sender's epoch.
+        epoch: u64,
+        /// Resource.
+        name: Vec<u8>,
+        /// Client connection on the sender.
+        client: u64,
+        /// Request id (for Cancel: the request to withdraw).
+        reqid: u64,
+        /// Operation.
+        op: PlockOpCode,
+        /// Owner, pid, range and kind (only `owner` for ReleaseOwner; unused otherwise).
+        args: PlockArgs,
+        /// F_SETLKW: queue instead of failing.
+        wait: bool,
+    },
+    /// The outcome of a [`Message::PlockOp`], master to requester.
+    PlockReply {
+        /// Lockspace.
+        ls: u32,
+        /// The epoch the request was sent at.
+        epoch: u64,
+        /// Client connection on the requester.
+        client: u64,
+        /// Request id.
+        reqid: u64,
+        /// 0, -11 (EAGAIN) or `-DLM_ECANCEL`.
+        status: i32,
+        /// For a Get: the conflicting lock, if any.
+        conflict: Option<PlockConflict>,
+    },
+    /// Recovery: the locks the sender's clients hold on `name`, to its new plock master.
+    PlockRecover {
+        /// Lockspace.
+        ls: u32,
+        /// Recovery epoch.
+        epoch: u64,
+        /// Resource.
+        name: Vec<u8>,
+        /// The locks.
+        locks: Vec<PlockCopy>,
+    },
 }
 
 /// Why bytes could not be decoded.
@@ -279,6 +328,11 @@ impl W<'_> {
     fn head(&mut self, ls: u32, epoch: u64) {
         self.u32(ls);
         self.u64(epoch);
+    }
+    fn range(&mut self, kind: PlockKind, start: u64, end: u64) {
+        self.u8(kind.to_u8());
+        self.u64(start);
+        self.u64(end);
     }
 }
 
@@ -375,6 +429,43 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
                 w.u16(*s);
             }
         }
+        Message::PlockOp { ls, epoch, name, client, reqid, op, args, wait } => {
+            w.head(*ls, *epoch);
+            w.name(name);
+            w.u64(*client);
+            w.u64(*reqid);
+            w.u8(op.to_u8());
+            w.u64(args.owner);
+            w.u32(args.pid);
+            w.range(args.kind, args.start, args.end);
+            w.u8(*wait as u8);
+        }
+        Message::PlockReply { ls, epoch, client, reqid, status, conflict } => {
+            w.head(*ls, *epoch);
+            w.u64(*client);
+            w.u64(*reqid);
+            w.u32(*status as u32);
+            match conflict {
+                Some(c) => {
+                    w.u8(1);
+                    w.range(c.kind, c.start, c.end);
+                    w.u32(c.pid);
+                    w.u32(c.node);
+                }
+                None => w.u8(0),
+            }
+        }
+        Message::PlockRecover { ls, epoch, name, locks } => {
+            w.head(*ls, *epoch);
+            w.name(name);
+            w.u16(locks.len() as u16);
+            for l in locks {
+                w.u64(l.client);
+                w.u64(l.owner);
+                w.u32(l.pid);
+                w.range(l.kind, l.start, l.end);
+            }
+        }
     }
     let len = (out.len() - start - HEADER_SIZE) as u32;
     out[start + 4..start + 8].copy_from_slice(&len.to_be_bytes());
@@ -393,6 +484,9 @@ fn msg_type(m: &Message) -> u8 {
         Message::Bast { .. } => T_BAST,
         Message::RecoverLocks { .. } => T_RECOVER_LOCKS,
         Message::RecoverDone { .. } => T_RECOVER_DONE,
+        Message::PlockOp { .. } => T_PLOCK_OP,
+        Message::PlockReply { .. } => T_PLOCK_REPLY,
+        Message::PlockRecover { .. } => T_PLOCK_RECOVER,
     }
 }
 
@@ -491,6 +585,13 @@ type R<'a> = Fields<'a, WireError>;
 impl R<'_> {
     fn head(&mut self) -> Result<(u32, u64), WireError> {
         Ok((self.u32("lockspace")?, self.u64("epoch")?))
+    }
+}
+
+impl<E: FieldError> Fields<'_, E> {
+    pub(crate) fn plock_kind(&mut self) -> Result<PlockKind, E> {
+        let v = self.u8("plock type")?;
+        PlockKind::from_u8(v).ok_or_else(|| self.bad("plock type"))
     }
 }
 
@@ -609,6 +710,47 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, WireError> {
             }
             Message::RecoverDone { ls, epoch, agreed, slots }
         }
+        T_PLOCK_OP => {
+            let (ls, epoch) = r.head()?;
+            let name = r.name()?;
+            let client = r.u64("client")?;
+            let reqid = r.u64("request id")?;
+            let op = r.u8("plock op")?;
+            let op = PlockOpCode::from_u8(op).ok_or_else(|| r.bad("plock op"))?;
+            let owner = r.u64("owner")?;
+            let pid = r.u32("pid")?;
+            let kind = r.plock_kind()?;
+            let args = PlockArgs { owner, pid, kind, start: r.u64("start")?, end: r.u64("end")? };
+            Message::PlockOp { ls, epoch, name, client, reqid, op, args, wait: r.bool("wait")? }
+        }
+        T_PLOCK_REPLY => {
+            let (ls, epoch) = r.head()?;
+            let client = r.u64("client")?;
+            let reqid = r.u64("request id")?;
+            let status = r.u32("status")? as i32;
+            let conflict = if r.bool("conflict present")? {
+                let kind = r.plock_kind()?;
+                let (start, end) = (r.u64("start")?, r.u64("end")?);
+                Some(PlockConflict { kind, start, end, pid: r.u32("pid")?, node: r.u32("node")? })
+            } else {
+                None
+            };
+            Message::PlockReply { ls, epoch, client, reqid, status, conflict }
+        }
+        T_PLOCK_RECOVER => {
+            let (ls, epoch) = r.head()?;
+            let name = r.name()?;
+            let n = r.u16("plock count")? as usize;
+            let mut locks = Vec::with_capacity(n.min(r.b.len() / 37));
+            for _ in 0..n {
+                let client = r.u64("client")?;
+                let owner = r.u64("owner")?;
+                let pid = r.u32("pid")?;
+                let kind = r.plock_kind()?;
+                locks.push(PlockCopy { client, owner, pid, kind, start: r.u64("start")?, end: r.u64("end")? });
+            }
+            Message::PlockRecover { ls, epoch, name, locks }
+        }
         other => return Err(WireError::BadType(other)),
     };
     if !r.b.is_empty() {
@@ -618,7 +760,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, WireError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -662,6 +804,16 @@ mod tests {
                 lvb_invalid: b & 4 != 0,
             },
         )
+    }
+
+    pub(crate) fn plock_args() -> impl Strategy<Value = PlockArgs> {
+        (any::<(u64, u32, u64, u64)>(), 0u8..3).prop_map(|((owner, pid, start, end), k)| PlockArgs {
+            owner,
+            pid,
+            start,
+            end,
+            kind: PlockKind::from_u8(k).expect("in range"),
+        })
     }
 
     pub(crate) fn message() -> impl Strategy<Value = Message> {
@@ -714,6 +866,52 @@ mod tests {
                 }),
             (h, any::<bool>(), proptest::collection::vec((any::<u32>(), any::<u16>()), 0..6))
                 .prop_map(|((ls, epoch), agreed, slots)| Message::RecoverDone { ls, epoch, agreed, slots }),
+            (h, name(), any::<(u64, u64)>(), 0u8..5, plock_args(), any::<bool>()).prop_map(
+                |((ls, epoch), name, (client, reqid), op, args, wait)| Message::PlockOp {
+                    ls,
+                    epoch,
+                    name,
+                    client,
+                    reqid,
+                    op: PlockOpCode::from_u8(op).expect("in range"),
+                    args,
+                    wait
+                }
+            ),
+            (h, any::<(u64, u64, i32)>(), proptest::option::of((plock_args(), any::<u32>()))).prop_map(
+                |((ls, epoch), (client, reqid, status), c)| Message::PlockReply {
+                    ls,
+                    epoch,
+                    client,
+                    reqid,
+                    status,
+                    conflict: c.map(|(a, node)| PlockConflict {
+                        kind: a.kind,
+                        start: a.start,
+                        end: a.end,
+                        pid: a.pid,
+                        node
+                    })
+                }
+            ),
+            (h, name(), proptest::collection::vec((any::<u64>(), plock_args()), 0..5)).prop_map(
+                |((ls, epoch), name, locks)| Message::PlockRecover {
+                    ls,
+                    epoch,
+                    name,
+                    locks: locks
+                        .into_iter()
+                        .map(|(client, a)| PlockCopy {
+                            client,
+                            owner: a.owner,
+                            pid: a.pid,
+                            kind: a.kind,
+                            start: a.start,
+                            end: a.end
+                        })
+                        .collect()
+                }
+            ),
         ]
     }
 

@@ -70,7 +70,7 @@ impl Net {
         let i = self.asts.iter().position(|(_, a)| matches!(a, Ast::Completion { lkid: l, .. } if *l == lkid))?;
         match self.asts.remove(i).1 {
             Ast::Completion { status, mode, sbflags, lvb, .. } => Some((status, mode, sbflags, lvb)),
-            Ast::Blocking { .. } => unreachable!(),
+            Ast::Blocking { .. } | Ast::Plock { .. } => unreachable!(),
         }
     }
 }

@@ -204,6 +204,7 @@ impl Sim {
             Ast::Blocking { lkid, mode, .. } => {
                 self.log.push(format!("n{node} bast {lkid:#x} {mode}"));
             }
+            Ast::Plock { .. } => self.fail("plock outcome without a plock request".into()),
             Ast::Completion { lkid, status, mode, sbflags, lvb, .. } => {
                 self.log.push(format!("n{node} cast {lkid:#x} {status:?} {mode:?} {sbflags:?}"));
                 let Some(v) = self.views.get(&lkid).cloned() else {
