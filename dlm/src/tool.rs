@@ -15,6 +15,12 @@ pub async fn lockdump(socket: &Path, name: &str) -> Result<String, ClientError> 
     DlmClient::connect(socket).await?.lockdump(name.as_bytes()).await
 }
 
+/// `dlm_tool plocks NAME`: the POSIX byte-range locks this daemon masters in lockspace
+/// `NAME` (held ones, then waiting requests marked WAITING).
+pub async fn plocks(socket: &Path, name: &str) -> Result<String, ClientError> {
+    DlmClient::connect(socket).await?.plock_dump(name.as_bytes()).await
+}
+
 /// `dlm_tool join NAME`.
 pub async fn join(socket: &Path, name: &str, lvblen: u16) -> Result<String, ClientError> {
     let id = DlmClient::connect(socket).await?.join(name.as_bytes(), lvblen).await?;

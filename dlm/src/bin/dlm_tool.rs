@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 /// EXAMPLES:
 ///   dlm_tool ls
 ///   dlm_tool lockdump myapp
+///   dlm_tool plocks myfs
 ///   dlm_tool lock myapp backup EX && run-backup; dlm_tool unlock myapp backup
 ///   dlm_tool members 2 --members 2,3 --failed 1 && dlm_tool fenced 1
 ///
@@ -35,6 +36,12 @@ enum Cmd {
     Ls,
     /// Show the resources this node masters in a lockspace: queues and modes.
     Lockdump {
+        /// Lockspace name.
+        lockspace: String,
+    },
+    /// Show the POSIX byte-range locks (fcntl) this node masters in a lockspace: one line
+    /// per lock (RD/WR, range, node, client connection, owner, pid), then WAITING requests.
+    Plocks {
         /// Lockspace name.
         lockspace: String,
     },
@@ -114,6 +121,7 @@ fn main() {
         match &args.cmd {
             Cmd::Ls => dlm::tool::ls(s).await,
             Cmd::Lockdump { lockspace } => dlm::tool::lockdump(s, lockspace).await,
+            Cmd::Plocks { lockspace } => dlm::tool::plocks(s, lockspace).await,
             Cmd::Join { lockspace, lvb_len } => dlm::tool::join(s, lockspace, *lvb_len).await,
             Cmd::Leave { lockspace } => dlm::tool::leave(s, lockspace).await,
             Cmd::Lock { lockspace, resource, mode, noqueue } => {
