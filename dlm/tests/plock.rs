@@ -226,3 +226,133 @@ fn a_failed_nodes_plocks_are_dropped_and_the_masters_rebuilt() {
     assert_eq!(dumps, 21, "one table per name still locked (20 of nodes 1 and 2, and node 1's new one)");
     let _ = ls;
 }
+
+mod model {
+    //! Random operations from clients on three nodes give the same outcomes as one
+    //! [`PlockTable`] per name (the cluster behaves as one lock table), and each node's
+    //! record of what its clients hold matches it.
+    use super::*;
+    use dlm::{PlockOwner, PlockReq, PlockTable, SetOutcome};
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Set { node: u32, client: u64, owner: u64, name: usize, kind: PlockKind, start: u64, len: u64, wait: bool },
+        Get { node: u32, client: u64, owner: u64, name: usize, kind: PlockKind, start: u64, len: u64 },
+        Release { node: u32, client: u64, owner: u64, name: usize },
+        Cancel { nth: usize },
+        Close { node: u32, client: u64 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let who = (1..=3u32, 1..=2u64, 1..=2u64, 0..2usize);
+        let kind = prop_oneof![Just(Read), Just(Write), Just(Unlock)];
+        let range = (0..12u64, prop_oneof![1..6u64, Just(u64::MAX)]);
+        prop_oneof![
+            6 => (who.clone(), kind, range.clone(), any::<bool>()).prop_map(
+                |((node, client, owner, name), kind, (start, len), wait)| Op::Set {
+                    node, client, owner, name, kind, start, len, wait
+                }),
+            2 => (who.clone(), prop_oneof![Just(Read), Just(Write)], range).prop_map(
+                |((node, client, owner, name), kind, (start, len))| Op::Get {
+                    node, client, owner, name, kind, start, len
+                }),
+            1 => who.prop_map(|(node, client, owner, name)| Op::Release { node, client, owner, name }),
+            1 => (0..6usize).prop_map(|nth| Op::Cancel { nth }),
+            1 => (1..=3u32, 1..=2u64).prop_map(|(node, client)| Op::Close { node, client }),
+        ]
+    }
+
+    fn end(start: u64, len: u64) -> u64 {
+        if len == u64::MAX {
+            u64::MAX
+        } else {
+            start + len - 1
+        }
+    }
+
+    const NAMES: [&[u8]; 2] = [b"alpha", b"beta"];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+        #[test]
+        fn three_nodes_behave_as_one_table(ops in proptest::collection::vec(op(), 1..40)) {
+            let mut net = Net::new(3);
+            let ls = net.ls;
+            let mut tables = [PlockTable::default(), PlockTable::default()];
+            let mut want: BTreeMap<(NodeId, u64, u64), i32> = BTreeMap::new();
+            // Waiting requests: (node, client, reqid, name).
+            let mut waiting: Vec<(NodeId, u64, u64, usize)> = Vec::new();
+            for op in ops {
+                let mut granted = Vec::new();
+                match op {
+                    Op::Set { node, client, owner, name, kind, start, len, wait } => {
+                        let e = end(start, len);
+                        let args = PlockArgs { owner, pid: owner as u32, start, end: e, kind };
+                        let r = net.op(node, client, NAMES[name], PlockOp::Set { args, wait });
+                        let who = PlockOwner { node, client, owner };
+                        let lock = dlm::Plock { who, pid: owner as u32, kind, start, end: e };
+                        let req = PlockReq { node, client, id: r };
+                        match tables[name].set(lock, wait.then_some(req), &mut granted) {
+                            SetOutcome::Granted => { want.insert((node, client, r), 0); }
+                            SetOutcome::WouldBlock => { want.insert((node, client, r), PLOCK_EAGAIN); }
+                            SetOutcome::Queued => waiting.push((node, client, r, name)),
+                        }
+                    }
+                    Op::Get { node, client, owner, name, kind, start, len } => {
+                        let e = end(start, len);
+                        let args = PlockArgs { owner, pid: 0, start, end: e, kind };
+                        let r = net.op(node, client, NAMES[name], PlockOp::Get { args });
+                        let c = tables[name].get(PlockOwner { node, client, owner }, kind, start, e);
+                        prop_assert_eq!(net.result(node, client, r), Some((0, c)));
+                        want.insert((node, client, r), 0);
+                    }
+                    Op::Release { node, client, owner, name } => {
+                        let r = net.op(node, client, NAMES[name], PlockOp::ReleaseOwner { owner });
+                        tables[name].release_owner(PlockOwner { node, client, owner }, &mut granted);
+                        want.insert((node, client, r), 0);
+                    }
+                    Op::Cancel { nth } => {
+                        if let Some(&(node, client, r, name)) = waiting.get(nth) {
+                            prop_assert!(net.nodes.get_mut(&node).unwrap().plock_cancel(ls, client, r).unwrap());
+                            net.collect(node);
+                            net.run();
+                            let cancelled = tables[name].cancel(PlockReq { node, client, id: r });
+                            prop_assert!(cancelled);
+                            waiting.remove(nth);
+                            want.insert((node, client, r), PLOCK_ECANCELED);
+                        }
+                    }
+                    Op::Close { node, client } => {
+                        net.nodes.get_mut(&node).unwrap().purge_owner(ls, client);
+                        net.collect(node);
+                        net.run();
+                        for t in &mut tables {
+                            t.drop_where(|o| o.node == node && o.client == client, &mut granted);
+                        }
+                        waiting.retain(|w| !(w.0 == node && w.1 == client));
+                        // A closed client's requests are never answered; forget them.
+                        want.retain(|k, _| !(k.0 == node && k.1 == client));
+                        net.done.retain(|k, _| !(k.0 == node && k.1 == client));
+                    }
+                }
+                for g in granted {
+                    waiting.retain(|w| !(w.0 == g.node && w.1 == g.client && w.2 == g.id));
+                    want.insert((g.node, g.client, g.id), 0);
+                }
+                let got: BTreeMap<(NodeId, u64, u64), i32> = net.done.iter().map(|(k, v)| (*k, v.0)).collect();
+                prop_assert_eq!(&got, &want);
+                for n in 1..=3u32 {
+                    let mut expect: Vec<(Vec<u8>, dlm::Plock)> = Vec::new();
+                    for (i, t) in tables.iter().enumerate() {
+                        for p in t.locks().iter().filter(|p| p.who.node == n) {
+                            expect.push((NAMES[i].to_vec(), *p));
+                        }
+                    }
+                    expect.sort_by(|a, b| (&a.0, a.1.who, a.1.start).cmp(&(&b.0, b.1.who, b.1.start)));
+                    prop_assert_eq!(net.nodes[&n].plocks_held(ls), expect);
+                }
+            }
+        }
+    }
+}
