@@ -1,6 +1,8 @@
 //! End-to-end: cluster-wide POSIX byte-range locks (fcntl) through real `dlm_controld`
-//! daemons — one daemon with several clients ("processes"), and two or three daemons on
-//! 127.0.0.1-3 talking TCP, including a node that dies holding locks.
+//! daemons — one daemon with several clients ("processes"), two or three daemons on
+//! 127.0.0.1-3 talking TCP including a node that dies holding locks, and three nodes in
+//! cluster mode (corosync and fenced in network namespaces) where a dead holder's locks go
+//! only after it is fenced.
 
 use std::io::{BufRead, BufReader, Read as _};
 use std::net::{SocketAddr, TcpListener};
@@ -9,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use dlm::{dir_node, ClientError, DlmClient, MemberEvent, PlockArgs, PlockKind};
+use gnbd_tests::corosync::{node_name, Nodes};
 use gnbd_tests::{bin_dir, run_timeout, OutputExt, TempDir};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -296,4 +299,118 @@ async fn a_dead_nodes_plocks_go_after_fencing_and_masters_move() {
     }
     assert_eq!(text.matches("WR 50-1500 node 3").count(), names.len(), "{text}");
     assert!(!text.contains("node 1 ") && !text.contains("WAITING"), "{text}");
+}
+
+/// The dlm_controld processes of a namespace cluster: killed and reaped on drop (before the
+/// harness tears the nodes down), their logs printed if the test is failing.
+struct Dlms {
+    children: Vec<Child>,
+    logs: Vec<PathBuf>,
+}
+
+impl Drop for Dlms {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (i, p) in self.logs.iter().enumerate() {
+                eprintln!("--- node{} dlm.log\n{}", i + 1, std::fs::read_to_string(p).unwrap_or_default());
+            }
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn cluster_mode_dead_holders_plocks_go_only_after_its_fence() {
+    let nodes = Nodes::new(3);
+    let fence = |i: usize| {
+        format!(r#"<fence><method name="human"><device name="manual" nodename="{}"/></method></fence>"#, node_name(i))
+    };
+    let extra = r#"<fence_daemon post_join_delay="120"/><fencedevices><fencedevice name="manual" agent="fence_manual"/></fencedevices>"#;
+    nodes.write_conf(&nodes.conf_with("alpha", 1, 1000, fence, extra));
+    nodes.join_all();
+    nodes.wait_formed();
+    let mut dlms = Dlms { children: Vec::new(), logs: Vec::new() };
+    for i in 0..3 {
+        dlms.children.push(nodes.spawn(i, "dlm_controld", &[], "dlm.log"));
+        dlms.logs.push(nodes.path(i, "log/dlm.log"));
+    }
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let sock = nodes.path(i, "run/dlm/dlm.sock");
+        let c = step(async {
+            loop {
+                if let Ok(c) = DlmClient::connect(&sock).await {
+                    return c;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        clients.push(c);
+    }
+    let mut ls = 0;
+    for c in &clients {
+        ls = step(c.join(b"gfs", 0)).await.unwrap();
+    }
+    for i in 0..3 {
+        nodes.wait_output(i, "dlm_tool", &["ls"], |s| s.contains("members 1 2 3\n") && s.contains("state running"));
+    }
+    // Node 3 write-locks files mastered by every node; node 2 read-locks elsewhere in them;
+    // node 1 waits for a write lock over both.
+    let names: Vec<Vec<u8>> = (0..6).map(|i| format!("ino{i}").into_bytes()).collect();
+    let mut waiters = Vec::new();
+    for f in &names {
+        step(clients[2].plock_set(ls, f, args(3, 3, Write, 0, 99), false)).await.unwrap();
+        step(clients[1].plock_set(ls, f, args(2, 2, Read, 500, 599), false)).await.unwrap();
+        waiters.push(waiter(&clients[0], ls, f, args(1, 1, Write, 0, 199)));
+    }
+    step(async {
+        loop {
+            let n: usize = (0..3)
+                .map(|i| {
+                    let out = nodes.run(i, "dlm_tool", &["plocks", "gfs"]);
+                    String::from_utf8_lossy(&out.stdout).matches("WAITING").count()
+                })
+                .sum();
+            if n == names.len() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    // Power cut on node 3: fenced runs fence_manual and waits for the operator; nothing of
+    // node 3's may be released meanwhile.
+    nodes.kill(2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let log = || std::fs::read_to_string(nodes.path(0, "log/fenced.log")).unwrap_or_default();
+    while !log().contains("turn node3 off by hand") {
+        assert!(std::time::Instant::now() < deadline, "fence_manual never ran:\n{}", nodes.logs(0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..2 {
+        nodes.wait_output(i, "dlm_tool", &["ls"], |s| s.contains("members 1 2\n") && s.contains("state recovering"));
+    }
+    // Any grant now would be a bug, whatever the timing; the wait only gives a wrong grant
+    // the chance to show.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(waiters.iter().all(|w| !w.is_finished()), "a plock was granted before the fence");
+
+    // The operator confirms: node 3's locks go, node 1's waiters are granted on the new
+    // masters; node 2's read locks (outside the waiters' ranges) are still there.
+    nodes.must(1, "fence_ack_manual", &["node3"]);
+    for w in waiters {
+        step(w).await.unwrap().unwrap();
+    }
+    for f in &names {
+        let c = step(clients[0].plock_get(ls, f, args(1, 1, Write, 0, u64::MAX))).await.unwrap().expect("node 2");
+        assert_eq!((c.node, c.kind, c.start, c.end), (2, Read, 500, 599));
+        let c = step(clients[1].plock_get(ls, f, args(2, 2, Read, 0, 99))).await.unwrap().expect("node 1");
+        assert_eq!((c.node, c.kind, c.start, c.end), (1, Write, 0, 199));
+    }
+    drop(dlms);
 }
