@@ -149,11 +149,16 @@ impl Node {
     }
 
     /// Withdraw the waiting request `reqid` of `client` (its FUSE request was interrupted).
-    /// Returns false if it is not pending (already answered). If the master has granted it
+    /// Returns false if it is not pending (already answered) or is not a lock request that
+    /// may wait (F_SETLKW of a read or write lock). If the master has granted it
     /// meanwhile, the grant still comes (the lock is held, as with Linux's DLM).
     pub fn plock_cancel(&mut self, ls: u32, client: Owner, reqid: u64) -> Result<bool, DlmError> {
         let l = self.lockspaces.get_mut(&ls).ok_or(DlmError::NoLockspace { ls })?;
         let Some(p) = l.plock.pending.get_mut(&(client, reqid)) else { return Ok(false) };
+        if !matches!(p.op, PlockOp::Set { wait: true, args } if args.kind != PlockKind::Unlock) {
+            // Only a request that may wait can be withdrawn; the others complete as sent.
+            return Ok(false);
+        }
         p.cancel = true;
         if p.sent.is_none() {
             l.plock.pending.remove(&(client, reqid));
