@@ -582,6 +582,26 @@ fn check_steps(dump: &str, done: u64) {
     }
 }
 
+/// The time of a log line starting `YYYY-MM-DDTHH:MM:SS.ffffffZ` (tracing's format), in
+/// milliseconds since the Unix epoch.
+fn log_time_ms(line: &str) -> Option<u64> {
+    let (date, rest) = line.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let time = rest.split_once('Z')?.0;
+    let mut t = time.split(':');
+    let (h, min, sec) =
+        (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?, t.next()?.parse::<f64>().ok()?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let ms = ((days * 86_400 + h * 3600 + min * 60) * 1000) as f64 + sec * 1000.0;
+    u64::try_from(ms as i64).ok()
+}
+
 /// Numbers appended (one per line) to node `i`'s outside log `name`; the last complete one.
 fn last_logged(c: &Cluster, i: usize, name: &str) -> u64 {
     let t = std::fs::read_to_string(c.nodes.path(i, &format!("log/{name}"))).unwrap_or_default();
@@ -635,15 +655,20 @@ fn killed_node_is_fenced_and_its_fsynced_work_survives() {
     assert!(listed.contains("node3"), "{listed}");
 
     // A survivor replays node 3's journal (slot 2) once the DLM has released it.
-    let recovered = |c: &Cluster| {
-        (0..2).find(|&i| c.gfs_log(i).lines().any(|l| l.contains("recovered the journal") && l.contains("slot=2")))
+    let recovery_line = |c: &Cluster| {
+        (0..2).find_map(|i| {
+            let log = c.gfs_log(i);
+            let line = log.lines().find(|l| l.contains("recovered the journal") && l.contains("slot=2"))?.to_owned();
+            Some((i, line))
+        })
     };
-    wait_until(60, || recovered(&c).is_some(), || "no survivor recovered journal 2".into());
-    eprintln!(
-        "MEASURE SIGKILL of node3 -> its journal replayed by node{}: {:?}",
-        recovered(&c).unwrap() + 1,
-        killed.elapsed()
-    );
+    wait_until(60, || recovery_line(&c).is_some(), || "no survivor recovered journal 2".into());
+    let (by, line) = recovery_line(&c).unwrap();
+    eprintln!("MEASURE SIGKILL of node3 -> its journal replayed by node{}: {:?}", by + 1, killed.elapsed());
+    // Only after the fence: the replay's log time is not before fenced's record of it.
+    let replayed_ms = log_time_ms(&line).unwrap_or_else(|| panic!("no time in {line:?}"));
+    let fenced_ms = rec["at_unix_ms"].as_u64().expect("fence time");
+    assert!(replayed_ms >= fenced_ms, "journal replayed at {replayed_ms} before the fence at {fenced_ms}: {line}");
     // Still exactly the fsync-ed state, on both survivors.
     for i in 0..2 {
         check_steps(&c.py(i, DUMP_PY), done);
@@ -686,6 +711,14 @@ fn killed_node_is_fenced_and_its_fsynced_work_survives() {
         c.umount(i);
     }
     c.fsck_clean();
+}
+
+#[test]
+fn log_times_parse_to_unix_milliseconds() {
+    assert_eq!(log_time_ms("1970-01-01T00:00:01.500000Z  INFO x"), Some(1500));
+    assert_eq!(log_time_ms("2026-11-22T07:22:08.624428Z  INFO gfs::fs: recovered"), Some(1_795_332_128_624));
+    assert_eq!(log_time_ms("2000-03-01T00:00:00Z"), Some(951_868_800_000));
+    assert_eq!(log_time_ms("no time here"), None);
 }
 
 #[test]
