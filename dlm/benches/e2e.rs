@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dlm::{DlmClient, Flags, Mode};
+use dlm::{DlmClient, Flags, Mode, PlockArgs, PlockKind};
 
 struct Proc(Child);
 
@@ -236,6 +236,18 @@ async fn pairs(c: &DlmClient, ls: u32, name: &[u8], n: u64) -> Duration {
     start.elapsed()
 }
 
+/// `n` fcntl-style write lock + unlock pairs on byte 0 of `name`.
+async fn plock_pairs(c: &DlmClient, ls: u32, name: &[u8], n: u64) -> Duration {
+    let w = PlockArgs { owner: 1, pid: 1, start: 0, end: 0, kind: PlockKind::Write };
+    let u = PlockArgs { kind: PlockKind::Unlock, ..w };
+    let start = Instant::now();
+    for _ in 0..n {
+        c.plock_set(ls, name, w, true).await.expect("plock");
+        c.plock_set(ls, name, u, false).await.expect("unlock");
+    }
+    start.elapsed()
+}
+
 fn main() {
     let smoke = std::env::args().any(|a| a == "--test");
     let n = |full: u64| if smoke { 10 } else { full };
@@ -254,6 +266,8 @@ fn main() {
         let ls = c.join(b"bench", 0).await.expect("join");
         let t = pairs(&c, ls, b"local", n(20_000)).await;
         row(&mut rows, "dlm local master, 1 client, sequential", n(20_000), t);
+        let t = plock_pairs(&c, ls, b"local", n(20_000)).await;
+        row(&mut rows, "dlm plock (fcntl) local master, 1 client", n(20_000), t);
         // Many clients and resources in parallel.
         let conns = 4;
         let per_conn = 32;
@@ -300,6 +314,10 @@ fn main() {
         }
         row(&mut rows, "dlm remote master (1 round trip per op)", count, start.elapsed());
         remote_grant = grant / count as u32;
+        let on_1 = (0..).map(|i| format!("file{i}").into_bytes()).find(|f| dlm::dir_node(f, &[11, 12]) == 11);
+        let on_1 = on_1.expect("some name is mastered by node 11");
+        let t = plock_pairs(&c2, ls2, &on_1, count).await;
+        row(&mut rows, "dlm plock (fcntl) remote master (1 round trip)", count, t);
         // Ping-pong: nodes 1 and 2 take EX in turn.
         let count = n(5_000);
         let start = Instant::now();
