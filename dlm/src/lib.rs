@@ -12,6 +12,10 @@
 //! - [`encode`]/[`decode`]: the node-to-node wire codec (`docs/wire.md`);
 //!   [`encode_request`]/[`decode_request`] and friends: the local client protocol
 //!   (`docs/client-protocol.md`).
+//! - [`PlockTable`]: POSIX byte-range locks (fcntl) of one resource, pure; [`Node::plock`]
+//!   runs them cluster-wide (each name's table on its directory node, rebuilt in recovery)
+//!   and [`DlmClient::plock_set`], [`DlmClient::plock_get`] and
+//!   [`DlmClient::plock_release_owner`] are the filesystem's entry points.
 //! - [`run_daemon`]: `dlm_controld` — the node on a Unix socket for programs and TCP for
 //!   peers; [`DlmClient`]: the async client library; [`tool`]: `dlm_tool`.
 //!
