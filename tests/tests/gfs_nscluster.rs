@@ -498,7 +498,7 @@ while True:
 /// A survivor's workload in its own directory until the stop file appears outside the
 /// filesystem: write a file, rename it, unlink the one from two rounds before.
 const ROUNDS_PY: &str = r#"
-import sys
+import sys, time
 d = sys.argv[1]
 log = os.open('/var/log/cluster/rounds', os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 j = 0
@@ -509,7 +509,7 @@ while True:
     os.rename('%s/a%d' % (d, j), '%s/b%d' % (d, j))
     if j > 2:
         os.unlink('%s/b%d' % (d, j - 2))
-    os.write(log, b'%d\n' % j)
+    os.write(log, b'%d %f\n' % (j, time.time()))
     if os.path.exists('/var/log/cluster/stop'):
         break
 print(j)
@@ -617,11 +617,19 @@ fn log_time_ms(line: &str) -> Option<u64> {
     u64::try_from(ms as i64).ok()
 }
 
-/// Numbers appended (one per line) to node `i`'s outside log `name`; the last complete one.
+/// The number starting the last complete line of node `i`'s outside log `name`.
 fn last_logged(c: &Cluster, i: usize, name: &str) -> u64 {
     let t = std::fs::read_to_string(c.nodes.path(i, &format!("log/{name}"))).unwrap_or_default();
     let complete = t.rsplit_once('\n').map_or("", |(head, _)| head);
-    complete.lines().last().map_or(0, |l| l.parse().expect("number"))
+    complete.lines().last().map_or(0, |l| l.split(' ').next().unwrap_or(l).parse().expect("number"))
+}
+
+/// The longest pause between two rounds logged by node `i` (lines "ROUND UNIX_SECONDS").
+fn longest_pause(c: &Cluster, i: usize) -> Duration {
+    let t = std::fs::read_to_string(c.nodes.path(i, "log/rounds")).unwrap_or_default();
+    let times: Vec<f64> = t.lines().filter_map(|l| l.split(' ').nth(1)?.parse().ok()).collect();
+    let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    Duration::from_secs_f64(gap.max(0.0))
 }
 
 #[test]
@@ -700,6 +708,13 @@ fn killed_node_is_fenced_and_its_fsynced_work_survives() {
     );
     for i in 0..2 {
         std::fs::write(c.nodes.path(i, "log/stop"), b"").unwrap();
+    }
+    for i in 0..2 {
+        eprintln!(
+            "MEASURE node{}: longest pause between two rounds of its workload: {:?}",
+            i + 1,
+            longest_pause(&c, i)
+        );
     }
     for (i, &job) in survivors.iter().enumerate() {
         let child = &mut c.jobs[job];
