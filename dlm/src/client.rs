@@ -339,12 +339,15 @@ impl DlmClient {
     /// (`end == u64::MAX`: to EOF) for `args.owner`, replacing what that owner held there
     /// (splitting and merging as POSIX does); Unlock releases it. Without `wait`, a
     /// conflict fails with [`ClientError::WouldBlock`]; with `wait` this returns once
-    /// granted. Dropping the future while it waits withdraws the request on the daemon;
+    /// granted, or fails with [`ClientError::Status`]`(`[`Status::Deadlock`]`)` if waiting
+    /// would close a cycle of owners waiting for each other on this resource (EDEADLK).
+    /// Dropping the future while it waits withdraws the request on the daemon;
     /// if the grant crossed the withdrawal, the range is unlocked again.
     pub async fn plock_set(&self, ls: u32, name: &[u8], args: PlockArgs, wait: bool) -> Result<(), ClientError> {
         match self.plock_call(ls, PlockOpCode::Set, name, args, wait).await? {
             (0, _) => Ok(()),
             (-11, _) => Err(ClientError::WouldBlock),
+            (-35, _) => Err(ClientError::Status(Status::Deadlock)),
             (s, _) if s == -crate::mode::DLM_ECANCEL => Err(ClientError::Status(Status::Canceled)),
             (s, _) => Err(ClientError::Refused(s)),
         }

@@ -47,7 +47,8 @@ pub use daemon::{run as run_daemon, DaemonConfig, DaemonError, Ready};
 pub use mode::{Flags, Mode, SbFlags, Status, DLM_ECANCEL, DLM_EUNLOCK};
 pub use node::{
     dir_node, lockspace_id, Ast, DlmError, LockDump, LockspaceInfo, MemberEvent, Membership, Node, Output, Owner,
-    PlockDump, PlockOp, ResourceDump, StaticMembership, DEFAULT_LVB_LEN, PLOCK_EAGAIN, PLOCK_ECANCELED, PLOCK_EINVAL,
+    PlockDump, PlockOp, ResourceDump, StaticMembership, DEFAULT_LVB_LEN, PLOCK_EAGAIN, PLOCK_ECANCELED, PLOCK_EDEADLK,
+    PLOCK_EINVAL,
 };
 pub use plock::{
     Plock, PlockArgs, PlockConflict, PlockCopy, PlockKind, PlockOpCode, PlockOwner, PlockReq, PlockTable, PlockWaiter,

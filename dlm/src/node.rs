@@ -36,7 +36,7 @@ use crate::resource::{lock_node, Effect, Lkb, LockId, Queue, Resource};
 use crate::wire::{LockCopy, MasterLvb, Message, NodeId, MAX_LVB, MAX_NAME};
 
 mod plock;
-pub use plock::{PlockDump, PlockOp, PLOCK_EAGAIN, PLOCK_ECANCELED, PLOCK_EINVAL};
+pub use plock::{PlockDump, PlockOp, PLOCK_EAGAIN, PLOCK_ECANCELED, PLOCK_EDEADLK, PLOCK_EINVAL};
 
 /// Identifies the local client that owns a lock (the daemon uses its connection number).
 pub type Owner = u64;
@@ -135,7 +135,7 @@ pub enum Ast {
         owner: Owner,
         /// The request id it gave.
         reqid: u64,
-        /// 0, [`PLOCK_EAGAIN`], [`PLOCK_ECANCELED`] or [`PLOCK_EINVAL`].
+        /// 0, [`PLOCK_EAGAIN`], [`PLOCK_EDEADLK`], [`PLOCK_ECANCELED`] or [`PLOCK_EINVAL`].
         status: i32,
         /// For a Get: the conflicting lock, if any.
         conflict: Option<PlockConflict>,

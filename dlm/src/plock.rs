@@ -211,6 +211,9 @@ pub enum SetOutcome {
     WouldBlock,
     /// Conflicts; queued under its [`PlockReq`] until granted or cancelled.
     Queued,
+    /// Conflicts, and waiting would close a cycle of owners waiting for each other on
+    /// this resource (EDEADLK); not queued.
+    Deadlock,
 }
 
 /// The byte-range locks of one resource.
@@ -263,12 +266,46 @@ impl PlockTable {
         }
         if self.get(who, kind, start, end).is_some() {
             let Some(req) = wait else { return SetOutcome::WouldBlock };
+            if self.would_deadlock(&lock) {
+                return SetOutcome::Deadlock;
+            }
             self.waiters.push_back(PlockWaiter { req, lock });
             return SetOutcome::Queued;
         }
         self.apply(lock);
         self.wake(granted);
         SetOutcome::Granted
+    }
+
+    /// The owners holding locks that conflict with `lock`.
+    fn blockers<'a>(&'a self, lock: &'a Plock) -> impl Iterator<Item = PlockOwner> + 'a {
+        self.locks
+            .iter()
+            .filter(move |l| {
+                l.who != lock.who && overlaps(l.start, l.end, lock.start, lock.end) && l.kind.conflicts(lock.kind)
+            })
+            .map(|l| l.who)
+    }
+
+    /// Whether `lock`'s owner would wait, through a chain of owners each waiting for the
+    /// next's locks on this resource, for itself (deadlocks across resources or masters are
+    /// not seen).
+    fn would_deadlock(&self, lock: &Plock) -> bool {
+        let mut todo: Vec<PlockOwner> = self.blockers(lock).collect();
+        let mut seen = Vec::new();
+        while let Some(o) = todo.pop() {
+            if o == lock.who {
+                return true;
+            }
+            if seen.contains(&o) {
+                continue;
+            }
+            seen.push(o);
+            for w in self.waiters.iter().filter(|w| w.lock.who == o) {
+                todo.extend(self.blockers(&w.lock));
+            }
+        }
+        false
     }
 
     /// Apply a lock or unlock of an owner without a conflict check (rebuilding a table, or a
@@ -430,6 +467,35 @@ mod tests {
         assert_eq!(t.locks().len(), 1);
     }
 
+    #[test]
+    fn a_wait_that_closes_a_cycle_is_refused() {
+        let mut t = PlockTable::default();
+        let mut g = Vec::new();
+        let c = PlockOwner { node: 3, client: 1, owner: 1 };
+        t.set(Plock { who: A, pid: 1, kind: W, start: 0, end: 0 }, None, &mut g);
+        t.set(Plock { who: B, pid: 2, kind: W, start: 1, end: 1 }, None, &mut g);
+        t.set(Plock { who: c, pid: 3, kind: R, start: 2, end: 2 }, None, &mut g);
+        // A waits for B, B for C: no cycle.
+        assert_eq!(
+            t.set(Plock { who: A, pid: 1, kind: W, start: 1, end: 1 }, Some(req(1)), &mut g),
+            SetOutcome::Queued
+        );
+        assert_eq!(
+            t.set(Plock { who: B, pid: 2, kind: W, start: 2, end: 2 }, Some(req(2)), &mut g),
+            SetOutcome::Queued
+        );
+        // C waiting for A closes A -> B -> C -> A.
+        let r = t.set(Plock { who: c, pid: 3, kind: W, start: 0, end: 0 }, Some(req(3)), &mut g);
+        assert_eq!(r, SetOutcome::Deadlock);
+        assert_eq!(t.waiters().count(), 2);
+        // Once A gives up waiting, C may wait for A.
+        assert!(t.cancel(req(1)));
+        assert_eq!(
+            t.set(Plock { who: c, pid: 3, kind: W, start: 0, end: 0 }, Some(req(3)), &mut g),
+            SetOutcome::Queued
+        );
+    }
+
     /// The naive model: per owner, the kind held on each of `N` cells; cell `N - 1` stands
     /// for `[N - 1, u64::MAX]`.
     const N: usize = 25;
@@ -470,6 +536,27 @@ mod tests {
     }
 
     impl Model {
+        fn blockers(&self, who: usize, kind: PlockKind, s: usize, e: usize) -> Vec<usize> {
+            (0..4)
+                .filter(|&o| o != who && (s..=e).any(|c| self.cells[o][c].is_some_and(|k| k.conflicts(kind))))
+                .collect()
+        }
+        fn deadlock(&self, who: usize, kind: PlockKind, s: usize, e: usize) -> bool {
+            let mut todo = self.blockers(who, kind, s, e);
+            let mut seen = Vec::new();
+            while let Some(o) = todo.pop() {
+                if o == who {
+                    return true;
+                }
+                if !seen.contains(&o) {
+                    seen.push(o);
+                    for w in self.waiters.iter().filter(|w| w.1 == o) {
+                        todo.extend(self.blockers(w.1, w.2, w.3, w.4));
+                    }
+                }
+            }
+            false
+        }
         fn conflict(&self, who: usize, kind: PlockKind, s: usize, e: usize) -> bool {
             kind != U
                 && (0..4).any(|o| o != who && (s..=e).any(|c| self.cells[o][c].is_some_and(|k| k.conflicts(kind))))
@@ -537,7 +624,9 @@ mod tests {
                         let r = PlockReq { node: own[who].node, client: own[who].client, id: next };
                         let got = t.set(Plock { who: own[who], pid: who as u32, kind, start: cell_start(start), end: cell_end(end) }, wait.then_some(r), &mut g1);
                         let want = if m.conflict(who, kind, start, end) {
-                            if wait {
+                            if wait && m.deadlock(who, kind, start, end) {
+                                SetOutcome::Deadlock
+                            } else if wait {
                                 m.waiters.push((r, who, kind, start, end));
                                 SetOutcome::Queued
                             } else {

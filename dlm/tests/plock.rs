@@ -296,6 +296,7 @@ mod model {
                         match tables[name].set(lock, wait.then_some(req), &mut granted) {
                             SetOutcome::Granted => { want.insert((node, client, r), 0); }
                             SetOutcome::WouldBlock => { want.insert((node, client, r), PLOCK_EAGAIN); }
+                            SetOutcome::Deadlock => { want.insert((node, client, r), dlm::PLOCK_EDEADLK); }
                             SetOutcome::Queued => waiting.push((node, client, r, name)),
                         }
                     }

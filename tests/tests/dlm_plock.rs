@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use dlm::{dir_node, ClientError, DlmClient, MemberEvent, PlockArgs, PlockKind};
+use dlm::{dir_node, ClientError, DlmClient, MemberEvent, PlockArgs, PlockKind, Status};
 use gnbd_tests::corosync::{node_name, Nodes};
 use gnbd_tests::{bin_dir, run_timeout, OutputExt, TempDir};
 
@@ -183,6 +183,17 @@ async fn one_daemon_two_processes_exclude_wake_and_cancel() {
     // A range that ends before it starts is refused.
     let e = step(c.plock_set(ls, f, args(3, 300, Read, 9, 1), false)).await.unwrap_err();
     assert!(matches!(e, ClientError::Refused(-22)), "{e}");
+
+    // A waits for C's lock; C asking to wait for A's would deadlock: EDEADLK.
+    let dl = b"deadlock";
+    step(a.plock_set(ls, dl, args(1, 100, Write, 0, 0), false)).await.unwrap();
+    step(c.plock_set(ls, dl, args(3, 300, Write, 1, 1), false)).await.unwrap();
+    let w = waiter(&a, ls, dl, args(1, 100, Write, 1, 1));
+    until_waiting(&d, "fs", 1).await;
+    let e = step(c.plock_set(ls, dl, args(3, 300, Write, 0, 0), true)).await.unwrap_err();
+    assert!(matches!(e, ClientError::Status(Status::Deadlock)), "{e}");
+    step(c.plock_release_owner(ls, dl, 3)).await.unwrap();
+    step(w).await.unwrap().unwrap();
 }
 
 #[tokio::test]

@@ -37,6 +37,8 @@ use crate::wire::{Message, NodeId, MAX_NAME};
 
 /// Status of a request that conflicts and does not wait.
 pub const PLOCK_EAGAIN: i32 = -11;
+/// Status of a waiting request refused because waiting would deadlock.
+pub const PLOCK_EDEADLK: i32 = -35;
 /// Status of a waiting request that was cancelled.
 pub const PLOCK_ECANCELED: i32 = -DLM_ECANCEL;
 /// Status of a request refused as malformed.
@@ -329,6 +331,7 @@ impl Node {
                     match table.set(lock, wait.then_some(req), &mut granted) {
                         SetOutcome::Granted => answer = Some((0, None)),
                         SetOutcome::WouldBlock => answer = Some((PLOCK_EAGAIN, None)),
+                        SetOutcome::Deadlock => answer = Some((PLOCK_EDEADLK, None)),
                         SetOutcome::Queued => debug!(from, client, reqid, "plock request waits"),
                     }
                 }
