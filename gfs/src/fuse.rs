@@ -1,10 +1,15 @@
 //! The FUSE front end: every request runs against the [`Fs`] engine under one mutex. A
 //! background thread commits the running transaction every 5 seconds (and requests that dirty
 //! many blocks commit at once); fsync and fsyncdir commit before they answer.
+//!
+//! With lock_dlm every request first takes the glocks it needs ([`Shared::op`]): a *plan*
+//! names them step by step (it may read only what the glocks it already holds cover, e.g.
+//! look a name up in a directory held to find the inode to lock next), the glocks are taken
+//! in lock order outside the engine's mutex, and the request runs once the plan is covered.
 
 use crate::format::Timestamp;
-use crate::fs::{Attr, Fs, FsError, SetAttr};
-use crate::glock::Glocks;
+use crate::fs::{Attr, Fs, FsError, LockKey, SetAttr};
+use crate::glock::{GlockHooks, Glocks, HeldLocks, Want};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
@@ -48,31 +53,189 @@ impl Shared {
 
     /// Commits, checkpoints and releases the filesystem (clean unmount).
     pub fn shutdown(&self) -> Result<(), FsError> {
-        self.stop.store(true, Ordering::SeqCst);
+        if self.stop.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
         self.wake.notify_all();
-        let glocks = self.glocks.lock().expect("glocks mutex").take();
-        let mut g = self.fs.lock().expect("fs mutex");
-        let r = match g.take() {
-            Some(mut fs) => {
-                // The unmount writes (statfs, checkpoint) need the glock.
-                let r = match &glocks {
-                    Some(gl) if !gl.held() => match gl.acquire() {
-                        Ok(free) => fs.after_glock(&free),
-                        Err(e) => Err(FsError::Journal(e.to_string())),
-                    },
-                    _ => Ok(()),
-                };
-                r.and_then(|()| fs.unmount())
-            }
-            None => Ok(()),
+        let glocks = self.glocks.lock().expect("glocks mutex").clone();
+        let r = match &glocks {
+            None => match self.fs.lock().expect("fs mutex").take() {
+                Some(fs) => fs.unmount(),
+                None => Ok(()),
+            },
+            Some(gl) => self.shutdown_clustered(gl),
         };
-        drop(g);
         if let Some(gl) = glocks {
-            if let Ok(gl) = Arc::try_unwrap(gl) {
-                gl.shutdown();
+            gl.shutdown();
+        }
+        *self.glocks.lock().expect("glocks mutex") = None;
+        r
+    }
+
+    /// lock_dlm unmount: free this node's orphans and fold statfs under their glocks.
+    fn shutdown_clustered(&self, gl: &Arc<Glocks>) -> Result<(), FsError> {
+        let orphans = match self.fs.lock().expect("fs mutex").as_mut() {
+            Some(fs) => fs.orphan_list(),
+            None => return Ok(()),
+        };
+        for ino in orphans {
+            let r = self.op(
+                gl,
+                |_, h, n| {
+                    n.lock(h, LockKey::Inode(ino), Want::Ex);
+                    Ok(())
+                },
+                |fs| fs.destroy_orphan(ino),
+            );
+            if let Err(e) = r {
+                tracing::error!(inode = ino, error = %e, "cannot free an inode unlinked while open");
             }
         }
+        let mut held = HeldLocks::default();
+        let fresh =
+            gl.acquire(&mut held, &[(LockKey::Statfs, Want::Ex)]).map_err(|e| FsError::Journal(e.to_string()))?;
+        let mut g = self.fs.lock().expect("fs mutex");
+        let Some(mut fs) = g.take() else { return Ok(()) };
+        for k in fresh {
+            fs.invalidate(k);
+        }
+        let (sh, ex) = held.split();
+        fs.set_held(sh, ex)?;
+        let r = fs.unmount();
+        drop(g);
+        drop(held);
         r
+    }
+
+    /// Runs `f` once the glocks `plan` names are held (lock_dlm). `plan` is called under
+    /// the engine's mutex with the glocks held so far; it adds what the request needs and may
+    /// read only what those glocks cover ([`Need::lock`] says whether a glock is held yet).
+    fn op<T>(
+        &self,
+        gl: &Glocks,
+        plan: impl Fn(&mut Fs, &HeldLocks, &mut Need) -> Result<(), FsError>,
+        f: impl FnOnce(&mut Fs) -> Result<T, FsError>,
+    ) -> Result<T, FsError> {
+        let mut held = HeldLocks::default();
+        let mut f = Some(f);
+        for _ in 0..64 {
+            let mut g = self.fs.lock().expect("fs mutex");
+            let fs = g.as_mut().ok_or(FsError::Journal("the filesystem is unmounted".into()))?;
+            let (sh, ex) = held.split();
+            fs.set_held(sh, ex)?;
+            let mut need = Need::default();
+            plan(fs, &held, &mut need)?;
+            if need.alloc > 0 {
+                let have: u64 = (0..fs.rgrp_count())
+                    .filter(|&i| held.covers(LockKey::Rgrp(i), Want::Ex))
+                    .map(|i| fs.rgrp_free(i))
+                    .sum();
+                if have < need.alloc {
+                    if let Some(c) = fs
+                        .alloc_candidates(need.alloc - have)
+                        .into_iter()
+                        .find(|&c| !held.covers(LockKey::Rgrp(c), Want::Ex))
+                    {
+                        need.keys.push((LockKey::Rgrp(c), Want::Ex));
+                    }
+                }
+            }
+            if need.keys.iter().all(|&(k, w)| held.covers(k, w)) {
+                let run = f.take().expect("runs once");
+                let r = run(fs);
+                for (b, k) in fs.take_violations() {
+                    tracing::error!(block = b, lock = ?k, "block changed without its glock (bug)");
+                }
+                let deferred = fs.take_deferred_frees();
+                if fs.dirty_blocks() >= COMMIT_BLOCKS {
+                    fs.commit()?;
+                }
+                drop(g);
+                drop(held);
+                if !deferred.is_empty() {
+                    self.free_deferred(gl, deferred);
+                }
+                return r;
+            }
+            drop(g);
+            let fresh = gl.acquire(&mut held, &need.keys).map_err(|e| FsError::Journal(e.to_string()))?;
+            if !fresh.is_empty() {
+                let mut g = self.fs.lock().expect("fs mutex");
+                if let Some(fs) = g.as_mut() {
+                    for k in fresh {
+                        fs.invalidate(k);
+                    }
+                }
+            }
+        }
+        Err(FsError::Journal("the glocks an operation needs kept changing".into()))
+    }
+
+    /// Frees blocks an operation gave back in resource groups it did not hold.
+    fn free_deferred(&self, gl: &Glocks, blocks: Vec<u64>) {
+        let r = self.op(
+            gl,
+            |fs, h, n| {
+                for &b in &blocks {
+                    if let Some(i) = fs.rgrp_of(b) {
+                        n.lock(h, LockKey::Rgrp(i), Want::Ex);
+                    }
+                }
+                Ok(())
+            },
+            |fs| fs.free_deferred(&blocks),
+        );
+        if let Err(e) = r {
+            tracing::error!(error = %e, blocks = blocks.len(), "cannot free blocks (left allocated; gfs_fsck reclaims them)");
+        }
+    }
+}
+
+/// What a request needs (lock_dlm): glocks, and how many blocks it may allocate.
+#[derive(Debug, Default)]
+pub struct Need {
+    keys: Vec<(LockKey, Want)>,
+    alloc: u64,
+}
+
+impl Need {
+    /// Adds `key`; returns whether it is held already (so the plan may read what it covers).
+    fn lock(&mut self, held: &HeldLocks, key: LockKey, want: Want) -> bool {
+        self.keys.push((key, want));
+        held.covers(key, want)
+    }
+}
+
+/// The glocks' view of the filesystem: write back, invalidate, recover.
+struct Hooks(std::sync::Weak<Shared>);
+
+impl GlockHooks for Hooks {
+    fn write_back(&self) {
+        if let Some(s) = self.0.upgrade() {
+            if let Some(fs) = s.fs.lock().expect("fs mutex").as_mut() {
+                if let Err(e) = fs.write_back() {
+                    tracing::error!(error = %e, "write-back before releasing a glock failed");
+                }
+            }
+        }
+    }
+
+    fn invalidate(&self, key: LockKey) {
+        if let Some(s) = self.0.upgrade() {
+            if let Some(fs) = s.fs.lock().expect("fs mutex").as_mut() {
+                fs.invalidate(key);
+            }
+        }
+    }
+
+    fn recover(&self, slots: &[u32]) {
+        if let Some(s) = self.0.upgrade() {
+            if let Some(fs) = s.fs.lock().expect("fs mutex").as_mut() {
+                if let Err(e) = fs.recover_slots(slots) {
+                    tracing::error!(error = %e, ?slots, "journal recovery failed");
+                }
+            }
+        }
     }
 }
 
@@ -116,20 +279,7 @@ impl GfsFuse {
             })
             .expect("spawn the committer thread");
         if let Some(gl) = &glocks {
-            let weak = Arc::downgrade(&shared);
-            gl.on_demote(Box::new(move |held| {
-                if let Some(s) = weak.upgrade() {
-                    let mut g = s.fs.lock().expect("fs mutex");
-                    if let Some(fs) = g.as_mut() {
-                        if let Err(e) = fs.release_for_glock() {
-                            tracing::error!(error = %e, "write-back before releasing the glock failed");
-                        }
-                    }
-                    held.store(false, Ordering::SeqCst);
-                } else {
-                    held.store(false, Ordering::SeqCst);
-                }
-            }));
+            gl.set_hooks(Box::new(Hooks(Arc::downgrade(&shared))));
         }
         // Nothing is buffered per open file, so close needs no FLUSH request.
         let (ttl, open_flags) = if glocks.is_some() {
@@ -157,28 +307,28 @@ impl GfsFuse {
         }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Fs) -> Result<T, FsError>) -> Result<T, Errno> {
-        let mut g = self.shared.fs.lock().expect("fs mutex");
-        let fs = g.as_mut().ok_or(Errno::EIO)?;
-        if let Some(gl) = &self.glocks {
-            if !gl.held() {
-                let free = gl.acquire().map_err(|e| {
-                    tracing::error!(error = %e, "cannot take the filesystem glock");
-                    Errno::EIO
-                })?;
-                fs.after_glock(&free).map_err(|e| {
-                    tracing::error!(error = %e, "cannot refresh after taking the glock");
-                    Errno::EIO
-                })?;
+    /// Runs `f` against the engine: with lock_dlm once the glocks `plan` names are held
+    /// (see [`Shared::op`]), with lock_nolock at once.
+    fn run<T>(
+        &self,
+        plan: impl Fn(&mut Fs, &HeldLocks, &mut Need) -> Result<(), FsError>,
+        f: impl FnOnce(&mut Fs) -> Result<T, FsError>,
+    ) -> Result<T, Errno> {
+        let r = match &self.glocks {
+            Some(gl) => self.shared.op(gl, plan, f),
+            None => {
+                let mut g = self.shared.fs.lock().expect("fs mutex");
+                let fs = g.as_mut().ok_or(Errno::EIO)?;
+                let r = f(fs);
+                if fs.dirty_blocks() >= COMMIT_BLOCKS {
+                    if let Err(e) = fs.commit() {
+                        tracing::error!(error = %e, "commit failed");
+                        return Err(Errno::EIO);
+                    }
+                }
+                r
             }
-        }
-        let r = f(fs);
-        if fs.dirty_blocks() >= COMMIT_BLOCKS {
-            if let Err(e) = fs.commit() {
-                tracing::error!(error = %e, "commit failed");
-                return Err(Errno::EIO);
-            }
-        }
+        };
         r.map_err(|e| {
             if matches!(e, FsError::Device(_) | FsError::Corrupt(_) | FsError::Journal(_)) {
                 tracing::error!(error = %e, "I/O error");
@@ -277,6 +427,110 @@ fn new_gid(fs: &mut Fs, parent: u64, req_gid: u32) -> Result<(u32, bool), FsErro
     Ok(if p.mode & libc::S_ISGID != 0 { (p.gid, true) } else { (req_gid, false) })
 }
 
+/// Blocks a namespace change may allocate (a dinode, directory leaves, hash table blocks).
+const NAMESPACE_ALLOC: u64 = 16;
+/// fallocate runs in pieces of this many bytes (each locks its own resource groups).
+const FALLOCATE_CHUNK: u64 = 64 << 20;
+
+type PlanResult = Result<(), FsError>;
+
+/// No glocks (the request touches only this node's state or journal).
+fn no_locks(_: &mut Fs, _: &HeldLocks, _: &mut Need) -> PlanResult {
+    Ok(())
+}
+
+/// Reads inode `ino`.
+fn shared(ino: u64) -> impl Fn(&mut Fs, &HeldLocks, &mut Need) -> PlanResult {
+    move |_, h, n| {
+        n.lock(h, LockKey::Inode(ino), Want::Sh);
+        Ok(())
+    }
+}
+
+/// Changes inode `ino`, allocating at most `alloc` blocks.
+fn exclusive(ino: u64, alloc: u64) -> impl Fn(&mut Fs, &HeldLocks, &mut Need) -> PlanResult {
+    move |_, h, n| {
+        n.lock(h, LockKey::Inode(ino), Want::Ex);
+        n.alloc = alloc;
+        Ok(())
+    }
+}
+
+/// Looks `name` up in `parent`: the directory, then the inode it names.
+fn lookup_plan(parent: u64, name: &[u8]) -> impl Fn(&mut Fs, &HeldLocks, &mut Need) -> PlanResult + '_ {
+    move |fs, h, n| {
+        if name.len() > crate::format::MAX_NAME_LEN {
+            return Err(FsError::NameTooLong);
+        }
+        if !n.lock(h, LockKey::Inode(parent), Want::Sh) {
+            return Ok(());
+        }
+        let child = match name {
+            b"." => parent,
+            b".." => fs.parent_of(parent)?,
+            _ => fs.lookup_ino(parent, name)?,
+        };
+        n.lock(h, LockKey::Inode(child), Want::Sh);
+        Ok(())
+    }
+}
+
+/// unlink/rmdir: the directory and the inode losing a link.
+fn remove_plan(parent: u64, name: &[u8]) -> impl Fn(&mut Fs, &HeldLocks, &mut Need) -> PlanResult + '_ {
+    move |fs, h, n| {
+        if !n.lock(h, LockKey::Inode(parent), Want::Ex) {
+            return Ok(());
+        }
+        let victim = fs.lookup_ino(parent, name)?;
+        n.lock(h, LockKey::Inode(victim), Want::Ex);
+        Ok(())
+    }
+}
+
+/// rename: both directories, the inode moved, the inode replaced; a directory moving to
+/// another parent also takes the rename glock and reads the new parent's ancestors (to
+/// refuse moving a directory below itself).
+fn rename_plan<'a>(
+    parent: u64,
+    name: &'a [u8],
+    newparent: u64,
+    newname: &'a [u8],
+) -> impl Fn(&mut Fs, &HeldLocks, &mut Need) -> PlanResult + 'a {
+    move |fs, h, n| {
+        n.alloc = NAMESPACE_ALLOC;
+        let a = n.lock(h, LockKey::Inode(parent), Want::Ex);
+        let b = n.lock(h, LockKey::Inode(newparent), Want::Ex);
+        if !(a && b) {
+            return Ok(());
+        }
+        let moved = fs.lookup_ino(parent, name)?;
+        if !n.lock(h, LockKey::Inode(moved), Want::Ex) {
+            return Ok(());
+        }
+        match fs.lookup_ino(newparent, newname) {
+            Ok(t) => {
+                n.lock(h, LockKey::Inode(t), Want::Ex);
+            }
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        if parent != newparent && fs.is_dir(moved)? {
+            if !n.lock(h, LockKey::Rename, Want::Ex) {
+                return Ok(());
+            }
+            let mut at = newparent;
+            loop {
+                let up = fs.parent_of(at)?;
+                if up == at || up == 0 || !n.lock(h, LockKey::Inode(up), Want::Sh) {
+                    break;
+                }
+                at = up;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Filesystem for GfsFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
@@ -292,7 +546,7 @@ impl Filesystem for GfsFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let p = self.ino(parent);
-        match self.with(|fs| fs.lookup(p, name.as_bytes())) {
+        match self.run(lookup_plan(p, name.as_bytes()), |fs| fs.lookup(p, name.as_bytes())) {
             // A negative entry (inode 0) lets the kernel cache the absence too.
             Err(e) if e == Errno::ENOENT => {
                 let mut a = self.attr(&Attr {
@@ -318,7 +572,7 @@ impl Filesystem for GfsFuse {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let i = self.ino(ino);
-        match self.with(|fs| fs.getattr(i)) {
+        match self.run(shared(i), |fs| fs.getattr(i)) {
             Ok(a) => reply.attr(&self.ttl, &self.attr(&a)),
             Err(e) => reply.error(e),
         }
@@ -344,7 +598,8 @@ impl Filesystem for GfsFuse {
     ) {
         let i = self.ino(ino);
         let s = SetAttr { mode, uid, gid, size, atime: atime.map(time_or_now), mtime: mtime.map(time_or_now) };
-        let r = self.with(|fs| {
+        let alloc = if s.size.is_some() { 8 } else { 0 };
+        let r = self.run(exclusive(i, alloc), |fs| {
             let mut s = s;
             // chown by anyone clears setuid/setgid (the kernel checked permission already).
             if (s.uid.is_some() || s.gid.is_some()) && s.mode.is_none() {
@@ -363,7 +618,7 @@ impl Filesystem for GfsFuse {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let i = self.ino(ino);
-        match self.with(|fs| fs.readlink(i)) {
+        match self.run(shared(i), |fs| fs.readlink(i)) {
             Ok(v) => reply.data(&v),
             Err(e) => reply.error(e),
         }
@@ -372,7 +627,7 @@ impl Filesystem for GfsFuse {
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
         let p = self.ino(parent);
         let (uid, gid) = (req.uid(), req.gid());
-        let r = self.with(|fs| {
+        let r = self.run(exclusive(p, NAMESPACE_ALLOC), |fs| {
             let (gid, _) = new_gid(fs, p, gid)?;
             let mode = if mode & libc::S_IFMT == 0 { mode | libc::S_IFREG } else { mode };
             fs.mknod(p, name.as_bytes(), mode & !(umask & 0o777), uid, gid, rdev)
@@ -383,7 +638,7 @@ impl Filesystem for GfsFuse {
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let p = self.ino(parent);
         let (uid, gid) = (req.uid(), req.gid());
-        let r = self.with(|fs| {
+        let r = self.run(exclusive(p, NAMESPACE_ALLOC), |fs| {
             let (gid, inherit) = new_gid(fs, p, gid)?;
             let mode = (mode & !umask & 0o7777) | if inherit { libc::S_ISGID } else { 0 };
             fs.mkdir(p, name.as_bytes(), mode, uid, gid)
@@ -393,18 +648,18 @@ impl Filesystem for GfsFuse {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let p = self.ino(parent);
-        Self::empty(self.with(|fs| fs.unlink(p, name.as_bytes())), reply);
+        Self::empty(self.run(remove_plan(p, name.as_bytes()), |fs| fs.unlink(p, name.as_bytes())), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let p = self.ino(parent);
-        Self::empty(self.with(|fs| fs.rmdir(p, name.as_bytes())), reply);
+        Self::empty(self.run(remove_plan(p, name.as_bytes()), |fs| fs.rmdir(p, name.as_bytes())), reply);
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
         let p = self.ino(parent);
         let (uid, gid) = (req.uid(), req.gid());
-        let r = self.with(|fs| {
+        let r = self.run(exclusive(p, NAMESPACE_ALLOC), |fs| {
             let (gid, _) = new_gid(fs, p, gid)?;
             fs.symlink(p, link_name.as_bytes(), target.as_os_str().as_bytes(), uid, gid)
         });
@@ -422,7 +677,8 @@ impl Filesystem for GfsFuse {
         reply: ReplyEmpty,
     ) {
         let (p, np) = (self.ino(parent), self.ino(newparent));
-        let r = self.with(|fs| {
+        let plan = rename_plan(p, name.as_bytes(), np, newname.as_bytes());
+        let r = self.run(plan, |fs| {
             if flags.contains(RenameFlags::RENAME_NOREPLACE) && fs.lookup(np, newname.as_bytes()).is_ok() {
                 return Err(FsError::Exists);
             }
@@ -436,12 +692,18 @@ impl Filesystem for GfsFuse {
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let (i, np) = (self.ino(ino), self.ino(newparent));
-        self.entry(self.with(|fs| fs.link(i, np, newname.as_bytes())), reply);
+        let plan = move |_: &mut Fs, h: &HeldLocks, n: &mut Need| {
+            n.lock(h, LockKey::Inode(i), Want::Ex);
+            n.lock(h, LockKey::Inode(np), Want::Ex);
+            n.alloc = NAMESPACE_ALLOC;
+            Ok(())
+        };
+        self.entry(self.run(plan, |fs| fs.link(i, np, newname.as_bytes())), reply);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let i = self.ino(ino);
-        match self.with(|fs| {
+        match self.run(shared(i), |fs| {
             fs.getattr(i)?;
             fs.open_inode(i);
             Ok(())
@@ -463,7 +725,7 @@ impl Filesystem for GfsFuse {
     ) {
         let p = self.ino(parent);
         let (uid, gid) = (req.uid(), req.gid());
-        let r = self.with(|fs| {
+        let r = self.run(exclusive(p, NAMESPACE_ALLOC), |fs| {
             let (gid, _) = new_gid(fs, p, gid)?;
             let mode = if mode & libc::S_IFMT == 0 { mode | libc::S_IFREG } else { mode };
             let a = fs.mknod(p, name.as_bytes(), mode & !(umask & 0o777), uid, gid, 0)?;
@@ -488,7 +750,7 @@ impl Filesystem for GfsFuse {
         reply: ReplyData,
     ) {
         let i = self.ino(ino);
-        match self.with(|fs| fs.read(i, offset, size as usize)) {
+        match self.run(shared(i), |fs| fs.read(i, offset, size as usize)) {
             Ok(v) => reply.data(&v),
             Err(e) => reply.error(e),
         }
@@ -508,7 +770,7 @@ impl Filesystem for GfsFuse {
     ) {
         let i = self.ino(ino);
         let sync = flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0;
-        let r = self.with(|fs| {
+        let r = self.run(exclusive(i, data.len() as u64 / 4096 + 8), |fs| {
             // A write by anyone clears setuid (and setgid with group execute).
             let a = fs.getattr(i)?;
             if a.mode & libc::S_ISUID != 0 || a.mode & (libc::S_ISGID | 0o010) == (libc::S_ISGID | 0o010) {
@@ -544,17 +806,23 @@ impl Filesystem for GfsFuse {
         reply: ReplyEmpty,
     ) {
         let i = self.ino(ino);
-        Self::empty(self.with(|fs| fs.release_inode(i)), reply);
+        let plan = move |fs: &mut Fs, h: &HeldLocks, n: &mut Need| {
+            if fs.last_close_frees(i) {
+                n.lock(h, LockKey::Inode(i), Want::Ex);
+            }
+            Ok(())
+        };
+        Self::empty(self.run(plan, |fs| fs.release_inode(i)), reply);
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        Self::empty(self.with(|fs| fs.sync()), reply);
+        Self::empty(self.run(no_locks, |fs| fs.sync()), reply);
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let i = self.ino(ino);
-        let r = self.with(|fs| {
-            let parent = fs.lookup(i, b"..")?.ino;
+        let r = self.run(shared(i), |fs| {
+            let parent = fs.parent_of(i)?;
             let entries = fs.readdir(i, offset, 512)?;
             Ok((parent, entries))
         });
@@ -600,7 +868,16 @@ impl Filesystem for GfsFuse {
             return reply.error(Errno::EOPNOTSUPP);
         }
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
-        Self::empty(self.with(|fs| fs.fallocate(i, offset, length, keep)), reply);
+        // In pieces, so that each one fits the resource groups it locks.
+        let mut r = Ok(());
+        let mut at = offset;
+        let end = offset.saturating_add(length);
+        while at < end && r.is_ok() {
+            let n = (end - at).min(FALLOCATE_CHUNK);
+            r = self.run(exclusive(i, n / 4096 + 8), |fs| fs.fallocate(i, at, n, keep));
+            at += n;
+        }
+        Self::empty(r, reply);
     }
 
     fn setxattr(
@@ -614,30 +891,30 @@ impl Filesystem for GfsFuse {
         reply: ReplyEmpty,
     ) {
         let i = self.ino(ino);
-        Self::empty(self.with(|fs| fs.setxattr(i, name.as_bytes(), value, flags)), reply);
+        Self::empty(self.run(exclusive(i, 2), |fs| fs.setxattr(i, name.as_bytes(), value, flags)), reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let i = self.ino(ino);
-        xattr_reply(self.with(|fs| fs.getxattr(i, name.as_bytes())), size, reply);
+        xattr_reply(self.run(shared(i), |fs| fs.getxattr(i, name.as_bytes())), size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let i = self.ino(ino);
-        xattr_reply(self.with(|fs| fs.listxattr(i)), size, reply);
+        xattr_reply(self.run(shared(i), |fs| fs.listxattr(i)), size, reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let i = self.ino(ino);
-        Self::empty(self.with(|fs| fs.removexattr(i, name.as_bytes())), reply);
+        Self::empty(self.run(exclusive(i, 2), |fs| fs.removexattr(i, name.as_bytes())), reply);
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        Self::empty(self.with(|fs| fs.sync()), reply);
+        Self::empty(self.run(no_locks, |fs| fs.sync()), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.with(|fs| fs.statfs()) {
+        match self.run(no_locks, |fs| if fs.clustered() { fs.statfs_cluster() } else { fs.statfs() }) {
             Ok(s) => reply.statfs(s.total, s.free, s.free, s.dinodes + s.free, s.free, 4096, 255, 4096),
             Err(e) => reply.error(e),
         }

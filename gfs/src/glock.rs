@@ -1,25 +1,41 @@
 //! lock_dlm: glocks through the cluster's DLM (`dlm_controld` and its client library).
 //!
-//! This first version is coarse: one glock covers the whole filesystem. A node takes it in
-//! EX for any operation and keeps it (caching what it read) until another node asks for it;
-//! then it writes everything back home (commit + checkpoint), drops its caches and demotes
-//! to NL. The kernel caches nothing (zero TTLs, direct I/O), so there is nothing to
-//! invalidate there. Each node also holds its journal's lock (`journal-N`, EX) for as long as
-//! it is mounted: whoever can take another slot's journal lock knows that node is gone (the
-//! DLM releases a dead node's locks only after it is fenced) and replays its journal.
+//! One glock per inode, per resource group, one for the master statfs block and one that
+//! serializes directory moves ([`LockKey`]); each is a DLM lock in the filesystem's lockspace.
+//! A node takes a glock in PR to read and cache what it covers, in EX to change it, and keeps
+//! it (in the DLM) after the operation until another node asks for it: then, after a minimum
+//! hold time, it waits for its local holders, writes everything back home (commit and
+//! checkpoint), forgets what the glock covers (when going to NL) and converts down (EX to PR
+//! when the other node only reads). Operations take their glocks in [`LockKey`] order, so
+//! nodes never wait on each other in a cycle.
+//!
+//! Journals and recovery: each node holds its journal's lock (`journal-N`, EX) while mounted.
+//! Every glock is requested with a value block; the DLM marks a value block not valid when a
+//! node dies holding the lock in EX (after it is fenced). A node granted a glock that way,
+//! and every node every two seconds, runs a recovery pass under the cluster-wide `recovery`
+//! lock: it tries every other journal's lock with NOQUEUE, and replays the journals it can
+//! take. A node's journal only ever holds changes covered by glocks it holds in EX (every
+//! demotion writes everything home), so nobody reads those blocks before the replay.
 
-use dlm::{DlmClient, Flags, Lock, Mode};
+use crate::fs::LockKey;
+use dlm::{DlmClient, Flags, Lock, Mode, SbFlags};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-/// The shortest time a node keeps the glock once granted (avoids ping-pong).
+/// The shortest time a node keeps a glock once granted (avoids ping-pong).
 const MIN_HOLD: Duration = Duration::from_millis(20);
 /// How long a mount waits for its journal slot's lock.
 const JOURNAL_WAIT: Duration = Duration::from_secs(20);
+/// How often every node looks for journals of nodes that are gone.
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(2);
+/// Written into a glock's value block when it leaves EX (a valid value block means "the last
+/// EX holder let go properly"). The lockspace's value blocks are the default 32 bytes.
+const LVB: [u8; 32] = *b"gfs: last EX holder let go\0\0\0\0\0\0";
 
 /// Why a glock operation failed.
 #[derive(Debug, Error)]
@@ -28,32 +44,83 @@ pub enum GlockError {
     Dlm(#[from] dlm::ClientError),
     #[error("journal slot {0} is in use by another node (pick another with -o journal=N)")]
     SlotBusy(u32),
-    #[error("the glock thread is gone")]
+    #[error("the glock service is gone")]
     Gone,
 }
 
-enum Cmd {
-    /// Take the filesystem glock in EX; answers with the slots whose journals are free.
-    Acquire(std_mpsc::Sender<Result<Vec<u32>, GlockError>>),
-    Shutdown(std_mpsc::Sender<()>),
+/// How an operation holds a glock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Want {
+    /// Read and cache (DLM PR; shared with other nodes and local operations).
+    Sh,
+    /// Change (DLM EX; one local operation at a time).
+    Ex,
 }
 
-/// What the glock thread calls when another node wants the filesystem: under the
-/// filesystem's own mutex, write everything back, forget cached state and clear the `held`
-/// flag it is given (so no operation slips in between).
-pub type DemoteFn = Box<dyn Fn(&AtomicBool) + Send + Sync>;
+/// What the filesystem does for the glocks (implemented by the FUSE front end).
+pub trait GlockHooks: Send + Sync {
+    /// Before a glock leaves EX: everything changed so far goes home.
+    fn write_back(&self);
+    /// A glock went to NL (or was re-taken): forget what it covers.
+    fn invalidate(&self, key: LockKey);
+    /// Replay the journals of `slots` (nodes that are gone).
+    fn recover(&self, slots: &[u32]);
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// Mode granted by the DLM (NL: nothing usable).
+    mode: Mode,
+    /// Local holders.
+    sh: u32,
+    ex: bool,
+    /// A DLM operation is in flight.
+    busy: bool,
+    /// Another node asked for it: no new local holders until it is demoted.
+    demote: bool,
+    granted_at: Instant,
+    task: Option<mpsc::UnboundedSender<TaskCmd>>,
+}
+
+/// What a blocking callback leads to.
+enum Demote {
+    /// Nothing: the mode held does not block the other node.
+    NotNeeded,
+    /// A local conversion is in flight; look again once it is done.
+    Later,
+    /// Written back and invalidated: convert to this mode.
+    To(Mode),
+}
+
+enum TaskCmd {
+    Lock(Mode, Flags, std_mpsc::Sender<Result<SbFlags, dlm::ClientError>>),
+    Unlock(std_mpsc::Sender<()>),
+}
+
+struct Inner {
+    rt: tokio::runtime::Runtime,
+    client: DlmClient,
+    ls: u32,
+    slot: u32,
+    journals: u32,
+    table: Mutex<HashMap<LockKey, Entry>>,
+    cond: Condvar,
+    hooks: OnceLock<Box<dyn GlockHooks>>,
+    stop: AtomicBool,
+    /// One recovery pass at a time on this node.
+    recovering: Mutex<HashSet<u32>>,
+    journal_lock: Mutex<Option<Lock>>,
+}
 
 /// This node's glocks.
 pub struct Glocks {
-    tx: mpsc::UnboundedSender<Cmd>,
-    held: Arc<AtomicBool>,
-    demote: Arc<OnceLock<DemoteFn>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    inner: Arc<Inner>,
+    recovery_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Glocks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Glocks").field("held", &self.held.load(Ordering::SeqCst)).finish()
+        f.debug_struct("Glocks").field("slot", &self.inner.slot).finish()
     }
 }
 
@@ -61,161 +128,485 @@ fn journal_name(slot: u32) -> Vec<u8> {
     format!("journal-{slot}").into_bytes()
 }
 
+/// Local holders that `want` cannot share with.
+fn local_conflict(e: &Entry, want: Want) -> bool {
+    match want {
+        Want::Sh => e.ex,
+        Want::Ex => e.ex || e.sh > 0,
+    }
+}
+
+fn covers(mode: Mode, want: Want) -> bool {
+    match want {
+        Want::Sh => mode == Mode::Pr || mode == Mode::Ex,
+        Want::Ex => mode == Mode::Ex,
+    }
+}
+
+impl Inner {
+    fn hooks(&self) -> Option<&dyn GlockHooks> {
+        self.hooks.get().map(|h| &**h)
+    }
+
+    /// Sends `mode` to the glock's task and waits for the DLM's answer.
+    fn dlm_lock(&self, tx: &mpsc::UnboundedSender<TaskCmd>, mode: Mode) -> Result<SbFlags, GlockError> {
+        let (rtx, rrx) = std_mpsc::channel();
+        let flags = Flags::VALBLK;
+        tx.send(TaskCmd::Lock(mode, flags, rtx)).map_err(|_| GlockError::Gone)?;
+        Ok(rrx.recv().map_err(|_| GlockError::Gone)??)
+    }
+
+    /// Called by a glock's task when another node wants `wanted`: wait for local holders
+    /// and the minimum hold, write back and invalidate; says what to convert to.
+    fn prepare_demote(&self, key: LockKey, granted: Mode, wanted: Mode) -> Demote {
+        let mut t = self.table.lock().expect("glock table");
+        let Some(e) = t.get(&key) else { return Demote::NotNeeded };
+        // A local conversion is in flight (this task runs it): decide once it is done.
+        if e.busy {
+            return Demote::Later;
+        }
+        if granted == Mode::Nl || (granted == Mode::Pr && wanted == Mode::Pr) {
+            return Demote::NotNeeded;
+        }
+        let target = if granted == Mode::Ex && wanted == Mode::Pr { Mode::Pr } else { Mode::Nl };
+        if let Some(e) = t.get_mut(&key) {
+            e.demote = true;
+        }
+        loop {
+            let Some(e) = t.get(&key) else { return Demote::NotNeeded };
+            if e.sh == 0 && !e.ex && !e.busy {
+                let left = (e.granted_at + MIN_HOLD).saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                drop(t);
+                std::thread::sleep(left);
+                t = self.table.lock().expect("glock table");
+                continue;
+            }
+            t = self.cond.wait(t).expect("glock table");
+        }
+        if let Some(e) = t.get_mut(&key) {
+            e.busy = true;
+        }
+        drop(t);
+        if let Some(h) = self.hooks() {
+            if granted == Mode::Ex {
+                h.write_back();
+            }
+            if target == Mode::Nl {
+                h.invalidate(key);
+            }
+        }
+        Demote::To(target)
+    }
+
+    fn finish_demote(&self, key: LockKey, mode: Option<Mode>) {
+        let mut t = self.table.lock().expect("glock table");
+        if let Some(e) = t.get_mut(&key) {
+            if let Some(m) = mode {
+                e.mode = m;
+            }
+            e.busy = false;
+            e.demote = false;
+        }
+        drop(t);
+        self.cond.notify_all();
+    }
+
+    /// The task that owns one glock's DLM lock: runs conversions asked by operations and
+    /// demotions asked by other nodes.
+    async fn glock_task(self: Arc<Self>, key: LockKey, mut rx: mpsc::UnboundedReceiver<TaskCmd>) {
+        let mut lock: Option<Lock> = None;
+        // A blocking callback not acted on yet (a local conversion was in flight).
+        let mut pending: Option<Mode> = None;
+        enum Ev {
+            Cmd(Option<TaskCmd>),
+            Blocked(Option<Mode>),
+        }
+        loop {
+            let ev = match (lock.as_mut(), pending) {
+                (_, Some(m)) => tokio::select! {
+                    c = rx.recv() => Ev::Cmd(c),
+                    _ = tokio::time::sleep(Duration::from_millis(2)) => Ev::Blocked(Some(m)),
+                },
+                (Some(l), None) => tokio::select! {
+                    c = rx.recv() => Ev::Cmd(c),
+                    m = l.blocked() => Ev::Blocked(m),
+                },
+                (None, None) => Ev::Cmd(rx.recv().await),
+            };
+            match ev {
+                Ev::Cmd(None) => break,
+                Ev::Cmd(Some(TaskCmd::Lock(mode, flags, reply))) => {
+                    let r = match lock.as_mut() {
+                        Some(l) => l.convert(mode, flags, None).await.map(|c| c.sbflags),
+                        None => match self.client.lock(self.ls, &key.resource_name(), mode, flags, None).await {
+                            Ok(l) => {
+                                let f = l.sbflags();
+                                lock = Some(l);
+                                Ok(f)
+                            }
+                            Err(e) => Err(e),
+                        },
+                    };
+                    let _ = reply.send(r);
+                }
+                Ev::Cmd(Some(TaskCmd::Unlock(reply))) => {
+                    if let Some(l) = lock.take() {
+                        let lvb = (l.mode() == Some(Mode::Ex)).then_some(&LVB[..]);
+                        let _ = l.unlock(Flags::VALBLK, lvb).await;
+                    }
+                    let _ = reply.send(());
+                    return;
+                }
+                Ev::Blocked(None) => {
+                    tracing::error!(?key, "lost the connection to dlm_controld");
+                    self.finish_demote(key, Some(Mode::Nl));
+                    return;
+                }
+                Ev::Blocked(Some(wanted)) => {
+                    let me = self.clone();
+                    let granted = lock.as_ref().and_then(|l| l.mode()).unwrap_or(Mode::Nl);
+                    let d = tokio::task::spawn_blocking(move || me.prepare_demote(key, granted, wanted)).await;
+                    pending = None;
+                    let target = match d {
+                        Ok(Demote::To(t)) => t,
+                        Ok(Demote::NotNeeded) => continue,
+                        Ok(Demote::Later) => {
+                            pending = Some(wanted);
+                            continue;
+                        }
+                        Err(_) => {
+                            self.finish_demote(key, None);
+                            continue;
+                        }
+                    };
+                    let Some(l) = lock.as_mut() else { continue };
+                    let lvb = (l.mode() == Some(Mode::Ex)).then_some(&LVB[..]);
+                    match l.convert(target, Flags::VALBLK, lvb).await {
+                        Ok(_) => self.finish_demote(key, Some(target)),
+                        Err(e) => {
+                            tracing::error!(?key, error = %e, "cannot demote a glock");
+                            self.finish_demote(key, None);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(l) = lock.take() {
+            let _ = l.unlock(Flags::empty(), None).await;
+        }
+    }
+
+    /// Takes `key` for a local operation; returns whether the DLM granted it afresh (what
+    /// it covers must be re-read) and whether the last EX holder died (recovery first).
+    fn acquire_one(self: &Arc<Self>, key: LockKey, want: Want) -> Result<(bool, bool), GlockError> {
+        let mut fresh = false;
+        let mut dead_holder = false;
+        let mut t = self.table.lock().expect("glock table");
+        loop {
+            let e = t.entry(key).or_insert_with(|| Entry {
+                mode: Mode::Nl,
+                sh: 0,
+                ex: false,
+                busy: false,
+                demote: false,
+                granted_at: Instant::now(),
+                task: None,
+            });
+            if e.demote || e.busy {
+                t = self.cond.wait(t).expect("glock table");
+                continue;
+            }
+            if covers(e.mode, want) {
+                if local_conflict(e, want) {
+                    t = self.cond.wait(t).expect("glock table");
+                    continue;
+                }
+                match want {
+                    Want::Sh => e.sh += 1,
+                    Want::Ex => e.ex = true,
+                }
+                return Ok((fresh, dead_holder));
+            }
+            // The DLM must grant more: no local holder may be using the weaker mode.
+            if e.sh > 0 || e.ex {
+                t = self.cond.wait(t).expect("glock table");
+                continue;
+            }
+            e.busy = true;
+            let tx = match &e.task {
+                Some(tx) => tx.clone(),
+                None => {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    self.rt.spawn(self.clone().glock_task(key, rx));
+                    e.task = Some(tx.clone());
+                    tx
+                }
+            };
+            let from = e.mode;
+            drop(t);
+            // PR -> EX goes through NL, so two readers upgrading never deadlock.
+            let mut r = Ok(SbFlags::default());
+            if from == Mode::Pr {
+                r = self.dlm_lock(&tx, Mode::Nl);
+                if r.is_ok() {
+                    let mut t = self.table.lock().expect("glock table");
+                    if let Some(e) = t.get_mut(&key) {
+                        e.mode = Mode::Nl;
+                    }
+                }
+            }
+            let mode = match want {
+                Want::Sh => Mode::Pr,
+                Want::Ex => Mode::Ex,
+            };
+            let r = r.and_then(|_| self.dlm_lock(&tx, mode));
+            t = self.table.lock().expect("glock table");
+            let e = t.get_mut(&key).expect("entry stays");
+            e.busy = false;
+            match r {
+                Ok(sb) => {
+                    e.mode = mode;
+                    e.granted_at = Instant::now();
+                    fresh = true;
+                    dead_holder |= sb.contains(SbFlags::VALNOTVALID);
+                    self.cond.notify_all();
+                }
+                Err(err) => {
+                    self.cond.notify_all();
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    fn release_one(&self, key: LockKey, want: Want) {
+        let mut t = self.table.lock().expect("glock table");
+        if let Some(e) = t.get_mut(&key) {
+            match want {
+                Want::Sh => e.sh = e.sh.saturating_sub(1),
+                Want::Ex => e.ex = false,
+            }
+        }
+        drop(t);
+        self.cond.notify_all();
+    }
+
+    /// One recovery pass: under the cluster's `recovery` lock, replay the journals whose
+    /// locks nobody holds (nodes that are gone), unless already replayed since.
+    fn recover_pass(&self, force: bool) -> Result<(), GlockError> {
+        let mut clean = self.recovering.lock().expect("recovery mutex");
+        self.rt.block_on(async {
+            let rec = self.client.lock(self.ls, b"recovery", Mode::Ex, Flags::empty(), None).await?;
+            let mut free = Vec::new();
+            let mut locks = Vec::new();
+            for s in (0..self.journals).filter(|&s| s != self.slot) {
+                match self.client.lock(self.ls, &journal_name(s), Mode::Ex, Flags::NOQUEUE, None).await {
+                    Ok(l) => {
+                        if force || !clean.contains(&s) {
+                            free.push(s);
+                        }
+                        locks.push(l);
+                    }
+                    Err(_) => {
+                        clean.remove(&s);
+                    }
+                }
+            }
+            if !free.is_empty() {
+                if let Some(h) = self.hooks() {
+                    h.recover(&free);
+                    clean.extend(free.iter().copied());
+                }
+            }
+            for l in locks {
+                let _ = l.unlock(Flags::empty(), None).await;
+            }
+            rec.unlock(Flags::empty(), None).await?;
+            Ok::<_, GlockError>(())
+        })
+    }
+}
+
+/// Glocks held by one operation; released when dropped.
+#[derive(Debug, Default)]
+pub struct HeldLocks {
+    keys: Vec<(LockKey, Want)>,
+    inner: Option<Arc<Inner>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner").field("slot", &self.slot).finish()
+    }
+}
+
+impl HeldLocks {
+    /// Whether `key` is held at least as `want`.
+    pub fn covers(&self, key: LockKey, want: Want) -> bool {
+        self.keys.iter().any(|&(k, w)| k == key && w >= want)
+    }
+
+    /// The keys held shared and exclusive.
+    pub fn split(&self) -> (Vec<LockKey>, Vec<LockKey>) {
+        let sh = self.keys.iter().filter(|(_, w)| *w == Want::Sh).map(|(k, _)| *k).collect();
+        let ex = self.keys.iter().filter(|(_, w)| *w == Want::Ex).map(|(k, _)| *k).collect();
+        (sh, ex)
+    }
+
+    fn release_all(&mut self) {
+        if let Some(inner) = &self.inner {
+            for (k, w) in self.keys.drain(..).rev() {
+                inner.release_one(k, w);
+            }
+        }
+    }
+}
+
+impl Drop for HeldLocks {
+    fn drop(&mut self) {
+        self.release_all();
+    }
+}
+
 impl Glocks {
     /// Connects to `dlm_controld` at `socket`, joins lockspace `fsname` and takes the lock of
-    /// journal `slot` (waiting a little for a previous holder).
+    /// journal `slot` (waiting a little for a previous holder), under the recovery lock: the
+    /// caller replays its own journal and then calls [`Glocks::mounted`].
     pub fn start(socket: &str, fsname: &str, slot: u32, journals: u32) -> Result<Glocks, GlockError> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
-        let held = Arc::new(AtomicBool::new(false));
-        let demote: Arc<OnceLock<DemoteFn>> = Arc::new(OnceLock::new());
-        let (ready_tx, ready_rx) = std_mpsc::channel::<Result<(), GlockError>>();
-        let (socket, fsname) = (socket.to_string(), fsname.to_string());
-        let (h, d) = (held.clone(), demote.clone());
-        let thread = std::thread::Builder::new()
-            .name("gfs-glock".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(GlockError::Dlm(dlm::ClientError::Io(e))));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let setup = async {
-                        let client = DlmClient::connect(&socket).await?;
-                        let ls = client.join(fsname.as_bytes(), 0).await?;
-                        let mut j = client.request(ls, &journal_name(slot), Mode::Ex, Flags::empty(), None).await?;
-                        match tokio::time::timeout(JOURNAL_WAIT, j.wait()).await {
-                            Ok(r) => {
-                                r?;
-                            }
-                            Err(_) => {
-                                let _ = j.cancel().await;
-                                return Err(GlockError::SlotBusy(slot));
-                            }
-                        }
-                        Ok::<_, GlockError>((client, ls, j))
-                    };
-                    let (client, ls, journal_lock) = match setup.await {
-                        Ok(x) => {
-                            let _ = ready_tx.send(Ok(()));
-                            x
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let mut fs_lock: Option<Lock> = None;
-                    let mut granted_at = Instant::now();
-                    enum Ev {
-                        Cmd(Option<Cmd>),
-                        Blocked,
-                    }
-                    loop {
-                        let holding = h.load(Ordering::SeqCst);
-                        let ev = match fs_lock.as_mut() {
-                            Some(l) if holding => tokio::select! {
-                                c = rx.recv() => Ev::Cmd(c),
-                                b = l.blocked() => if b.is_some() { Ev::Blocked } else { Ev::Cmd(None) },
-                            },
-                            _ => Ev::Cmd(rx.recv().await),
-                        };
-                        match ev {
-                            Ev::Cmd(None) => break,
-                            Ev::Cmd(Some(Cmd::Shutdown(reply))) => {
-                                if let Some(l) = fs_lock.take() {
-                                    let _ = l.unlock(Flags::empty(), None).await;
-                                }
-                                let _ = journal_lock.unlock(Flags::empty(), None).await;
-                                let _ = client.leave(ls).await;
-                                let _ = reply.send(());
-                                return;
-                            }
-                            Ev::Cmd(Some(Cmd::Acquire(reply))) => {
-                                let r = async {
-                                    match fs_lock.as_mut() {
-                                        Some(l) => {
-                                            l.convert(Mode::Ex, Flags::empty(), None).await?;
-                                        }
-                                        None => {
-                                            fs_lock =
-                                                Some(client.lock(ls, b"fs", Mode::Ex, Flags::empty(), None).await?);
-                                        }
-                                    }
-                                    // Journals nobody holds belong to nodes that are gone.
-                                    let mut free = Vec::new();
-                                    for s in (0..journals).filter(|&s| s != slot) {
-                                        if let Ok(l) =
-                                            client.lock(ls, &journal_name(s), Mode::Ex, Flags::NOQUEUE, None).await
-                                        {
-                                            free.push(s);
-                                            let _ = l.unlock(Flags::empty(), None).await;
-                                        }
-                                    }
-                                    Ok::<_, GlockError>(free)
-                                }
-                                .await;
-                                if r.is_ok() {
-                                    granted_at = Instant::now();
-                                    h.store(true, Ordering::SeqCst);
-                                }
-                                let _ = reply.send(r);
-                            }
-                            Ev::Blocked => {
-                                tokio::time::sleep_until((granted_at + MIN_HOLD).into()).await;
-                                match d.get() {
-                                    Some(f) => f(&h),
-                                    None => h.store(false, Ordering::SeqCst),
-                                }
-                                if let Some(l) = fs_lock.as_mut() {
-                                    if let Err(e) = l.convert(Mode::Nl, Flags::empty(), None).await {
-                                        tracing::error!(error = %e, "cannot demote the filesystem glock");
-                                    }
-                                }
-                            }
-                        }
-                    }
-                });
-            })
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("gfs-glock")
+            .enable_all()
+            .build()
             .map_err(|e| GlockError::Dlm(dlm::ClientError::Io(e)))?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Glocks { tx, held, demote, thread: Some(thread) }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
+        let (client, ls, journal_lock) = rt.block_on(async {
+            let client = DlmClient::connect(socket).await?;
+            let ls = client.join(fsname.as_bytes(), 0).await?;
+            let mut j = client.request(ls, &journal_name(slot), Mode::Ex, Flags::empty(), None).await?;
+            match tokio::time::timeout(JOURNAL_WAIT, j.wait()).await {
+                Ok(r) => {
+                    r?;
+                }
+                Err(_) => {
+                    let _ = j.cancel().await;
+                    return Err(GlockError::SlotBusy(slot));
+                }
             }
-            Err(_) => Err(GlockError::Gone),
+            Ok::<_, GlockError>((client, ls, j))
+        })?;
+        let inner = Arc::new(Inner {
+            rt,
+            client,
+            ls,
+            slot,
+            journals,
+            table: Mutex::new(HashMap::new()),
+            cond: Condvar::new(),
+            hooks: OnceLock::new(),
+            stop: AtomicBool::new(false),
+            recovering: Mutex::new(HashSet::new()),
+            journal_lock: Mutex::new(Some(journal_lock)),
+        });
+        Ok(Glocks { inner, recovery_thread: Mutex::new(None) })
+    }
+
+    /// Runs `f` (this node's own journal replay at mount) under the cluster's recovery lock.
+    pub fn with_recovery_lock<T>(&self, f: impl FnOnce() -> T) -> Result<T, GlockError> {
+        let i = &self.inner;
+        let rec = i.rt.block_on(i.client.lock(i.ls, b"recovery", Mode::Ex, Flags::empty(), None))?;
+        let r = f();
+        i.rt.block_on(rec.unlock(Flags::empty(), None))?;
+        Ok(r)
+    }
+
+    /// Sets what the glocks call into; starts the periodic recovery pass.
+    pub fn set_hooks(&self, hooks: Box<dyn GlockHooks>) {
+        let _ = self.inner.hooks.set(hooks);
+        let inner = self.inner.clone();
+        let t = std::thread::Builder::new().name("gfs-recovery".into()).spawn(move || {
+            while !inner.stop.load(Ordering::SeqCst) {
+                if let Err(e) = inner.recover_pass(false) {
+                    tracing::warn!(error = %e, "recovery pass failed");
+                }
+                let until = Instant::now() + RECOVERY_INTERVAL;
+                while Instant::now() < until && !inner.stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        });
+        if let Ok(t) = t {
+            *self.recovery_thread.lock().expect("thread slot") = Some(t);
         }
     }
 
-    /// Sets what runs when another node wants the filesystem.
-    pub fn on_demote(&self, f: DemoteFn) {
-        let _ = self.demote.set(f);
-    }
-
-    /// Whether this node holds the filesystem glock.
-    pub fn held(&self) -> bool {
-        self.held.load(Ordering::SeqCst)
-    }
-
-    /// Takes the filesystem glock in EX (waits for other nodes to write back and let go).
-    /// Returns the journal slots of nodes that are gone.
-    pub fn acquire(&self) -> Result<Vec<u32>, GlockError> {
-        let (tx, rx) = std_mpsc::channel();
-        self.tx.send(Cmd::Acquire(tx)).map_err(|_| GlockError::Gone)?;
-        rx.recv().map_err(|_| GlockError::Gone)?
-    }
-
-    /// Releases every lock and leaves the lockspace.
-    pub fn shutdown(mut self) {
-        let (tx, rx) = std_mpsc::channel();
-        if self.tx.send(Cmd::Shutdown(tx)).is_ok() {
-            let _ = rx.recv_timeout(Duration::from_secs(10));
+    /// Takes `keys` (in lock order) for one operation, adding to what `held` already has.
+    /// When a new key sorts before one already held, everything is released and taken
+    /// again in order. Returns the keys granted afresh (their cached blocks must be
+    /// forgotten before use).
+    pub fn acquire(&self, held: &mut HeldLocks, keys: &[(LockKey, Want)]) -> Result<Vec<LockKey>, GlockError> {
+        let mut want: Vec<(LockKey, Want)> = Vec::new();
+        for &(k, w) in held.keys.iter().chain(keys.iter()) {
+            match want.iter_mut().find(|(x, _)| *x == k) {
+                Some(e) => e.1 = e.1.max(w),
+                None => want.push((k, w)),
+            }
         }
-        if let Some(t) = self.thread.take() {
+        want.sort();
+        let in_order = {
+            let max_held = held.keys.iter().map(|(k, _)| *k).max();
+            let upgrades = keys.iter().any(|&(k, w)| held.keys.iter().any(|&(hk, hw)| hk == k && hw < w));
+            !upgrades && keys.iter().all(|&(k, _)| held.covers(k, Want::Sh) || max_held.is_none_or(|m| k > m))
+        };
+        if !in_order {
+            held.release_all();
+        }
+        held.inner = Some(self.inner.clone());
+        let mut fresh = Vec::new();
+        let mut dead = false;
+        for (k, w) in want {
+            if held.covers(k, w) {
+                continue;
+            }
+            let (f, d) = self.inner.acquire_one(k, w)?;
+            held.keys.push((k, w));
+            if f {
+                fresh.push(k);
+            }
+            dead |= d;
+        }
+        if dead {
+            // The last EX holder of something we now hold died: replay before using it.
+            self.inner.recover_pass(true)?;
+        }
+        Ok(fresh)
+    }
+
+    /// Releases every glock and the journal lock, and leaves the lockspace.
+    pub fn shutdown(&self) {
+        let i = &self.inner;
+        i.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.recovery_thread.lock().expect("thread slot").take() {
             let _ = t.join();
         }
+        let tasks: Vec<_> = {
+            let mut t = i.table.lock().expect("glock table");
+            t.drain().filter_map(|(_, e)| e.task).collect()
+        };
+        for tx in tasks {
+            let (rtx, rrx) = std_mpsc::channel();
+            if tx.send(TaskCmd::Unlock(rtx)).is_ok() {
+                let _ = rrx.recv_timeout(Duration::from_secs(10));
+            }
+        }
+        let j = i.journal_lock.lock().expect("journal lock").take();
+        i.rt.block_on(async {
+            if let Some(j) = j {
+                let _ = j.unlock(Flags::empty(), None).await;
+            }
+            let _ = i.client.leave(i.ls).await;
+        });
     }
 }

@@ -1,10 +1,11 @@
-//! `mount.gfs`: mount a filesystem over FUSE (lock_nolock).
+//! `mount.gfs`: mount a filesystem over FUSE (lock_nolock or lock_dlm).
 
 use crate::device::open_device;
 use crate::format::LockProto;
 use crate::fs::Fs;
+use crate::fs::LockKey;
 use crate::fuse::GfsFuse;
-use crate::glock::Glocks;
+use crate::glock::{Glocks, HeldLocks, Want};
 use anyhow::{bail, Context};
 use std::path::Path;
 
@@ -60,16 +61,30 @@ pub fn run(device: &str, mountpoint: &Path, opts: &MountOptions, ready: impl FnO
             let glocks = Glocks::start(socket, fsname, opts.journal, sb.journal_count).with_context(|| {
                 format!("cannot take journal {} of {} through {socket}", opts.journal, sb.locktable)
             })?;
-            let free = glocks.acquire().context("cannot take the filesystem glock")?;
-            let mut fs = Fs::mount_with(dev, opts.journal, true).with_context(|| format!("cannot mount {device}"))?;
-            fs.after_glock(&free).context("cannot recover the journals of nodes that are gone")?;
-            (fs, Some(glocks))
+            // Mounting replays this slot's journal and folds its statfs changes: under the
+            // recovery lock and the statfs glock (kept until the engine is in place).
+            let mut held = HeldLocks::default();
+            glocks.acquire(&mut held, &[(LockKey::Statfs, Want::Ex)]).context("cannot take the statfs glock")?;
+            let mut fs = glocks
+                .with_recovery_lock(|| Fs::mount_with(dev, opts.journal, true))
+                .context("cannot take the recovery lock")?
+                .with_context(|| format!("cannot mount {device}"))?;
+            fs.set_clustered();
+            let rgs = fs.rgrp_count();
+            fs.set_rgrp_hint((opts.journal as u64 * rgs as u64 / sb.journal_count.max(1) as u64) as u32);
+            (fs, Some((glocks, held)))
         }
     };
     if fs.replayed() > 0 {
         tracing::info!(transactions = fs.replayed(), "journal replayed");
     }
+    let (glocks, mount_held) = match glocks {
+        Some((g, h)) => (Some(g), Some(h)),
+        None => (None, None),
+    };
     let (fuse, shared) = GfsFuse::new(fs, glocks);
+    // The engine is in place: other nodes may have the statfs glock now.
+    drop(mount_held);
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
         fuser::MountOption::FSName(device.to_string()),
@@ -80,6 +95,11 @@ pub fn run(device: &str, mountpoint: &Path, opts: &MountOptions, ready: impl FnO
     ];
     if is_root() {
         cfg.acl = fuser::SessionACL::All;
+    }
+    if proto == LockProto::Dlm {
+        // A request waiting for another node's glock must not hold up the others.
+        cfg.n_threads = Some(8);
+        cfg.clone_fd = true;
     }
     let session = fuser::Session::new(fuse, mountpoint, &cfg)
         .with_context(|| format!("cannot mount FUSE at {}", mountpoint.display()))?;

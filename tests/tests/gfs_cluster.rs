@@ -46,7 +46,7 @@ wait $C1
 test "$(ls $W/m1/d | wc -l)" = 301; test "$(ls $W/m2/d | wc -l)" = 301
 # The glocks as the DLM sees them (each daemon dumps what it masters).
 { $B/gfs_tool lockdump $W/m1 --dlm-socket $W/d1.sock; $B/gfs_tool lockdump $W/m2 --dlm-socket $W/d2.sock; } > $W/dump
-grep -q 'resource "fs"' $W/dump; grep -q 'resource "journal-1"' $W/dump
+grep -q 'resource "inode-' $W/dump; grep -q 'resource "rgrp-' $W/dump; grep -q 'resource "journal-1"' $W/dump
 # Node 1 dies after an fsync; node 2 recovers its journal and sees the file.
 printf durable > $W/m1/d/last; sync $W/m1/d/last
 kill -9 $M1; wait $M1 || true

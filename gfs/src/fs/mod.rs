@@ -13,6 +13,7 @@ mod check;
 mod dir;
 mod file;
 mod journal;
+mod locks;
 mod xattr;
 
 use crate::device::{Device, DeviceError};
@@ -23,6 +24,7 @@ use thiserror::Error;
 
 pub use check::CheckReport;
 pub use dir::ReaddirEntry;
+pub use locks::LockKey;
 pub use xattr::{XATTR_CREATE, XATTR_REPLACE};
 
 /// Why a filesystem operation failed.
@@ -126,6 +128,8 @@ struct RgState {
     rg: Rgrp,
     /// Entry to start the next free-block search at (just past the last allocation).
     next: u64,
+    /// The counters may have changed on disk (lock_dlm: its lock went to another node).
+    stale: bool,
 }
 
 /// A mounted filesystem.
@@ -175,6 +179,12 @@ pub struct Fs {
     unmounting: bool,
     /// Orphaned inodes freed at mount (the previous mount of this slot died).
     orphans_freed: u64,
+    /// lock_dlm: the locks the running operation holds (None with lock_nolock).
+    held: Option<locks::Held>,
+    /// lock_dlm: cached blocks by the lock that covers them.
+    owned: HashMap<LockKey, HashSet<u64>>,
+    /// lock_dlm: blocks to free once their resource groups' locks are held.
+    deferred_frees: Vec<u64>,
 }
 
 /// Clean metadata blocks kept in memory before the cache is emptied (256 MiB).
@@ -235,15 +245,19 @@ impl Fs {
             inline_dir_depth: INLINE_DIR_DEPTH,
             unmounting: false,
             orphans_freed: 0,
+            held: None,
+            owned: HashMap::new(),
+            deferred_frees: Vec::new(),
         };
         let (replayed, clean) = fs.replay()?;
         fs.replayed = replayed;
         for i in 0..fs.sb.rg_count {
             let (addr, _) = fs.sb.rg_extent(i);
             let rg = Rgrp::decode(&fs.read_meta(addr)?[..], addr)?;
-            fs.rgs.push(RgState { addr, rg, next: 0 });
+            fs.rgs.push(RgState { addr, rg, next: 0, stale: false });
         }
-        if !clean {
+        // lock_dlm: an unlinked inode may still be open on another node; no scan.
+        if !clean && !shared_claim {
             fs.orphans_freed = fs.free_orphans()?;
         }
         fs.fold_statfs()?;
@@ -265,53 +279,6 @@ impl Fs {
     /// Inodes unlinked while open by a mount that died, freed when this mount started.
     pub fn orphans_freed(&self) -> u64 {
         self.orphans_freed
-    }
-
-    /// Before another node takes the filesystem: everything home, caches dropped.
-    pub fn release_for_glock(&mut self) -> Result<()> {
-        self.commit()?;
-        self.checkpoint()?;
-        self.drop_caches();
-        Ok(())
-    }
-
-    /// After (re)taking the filesystem: forget what may have changed, reload the resource
-    /// groups, recover the journals of nodes that are gone (`free_slots`).
-    pub fn after_glock(&mut self, free_slots: &[u32]) -> Result<()> {
-        if !self.dirty.is_empty() {
-            return Err(FsError::Journal("glock taken with uncommitted changes".into()));
-        }
-        self.drop_caches();
-        for i in 0..self.rgs.len() {
-            let addr = self.rgs[i].addr;
-            self.rgs[i].rg = Rgrp::decode(&self.read_meta(addr)?[..], addr)?;
-        }
-        for &s in free_slots {
-            self.recover_slot(s)?;
-        }
-        Ok(())
-    }
-
-    /// Replays the journal of slot `slot` (a node that is gone) and frees its orphans.
-    fn recover_slot(&mut self, slot: u32) -> Result<()> {
-        let mut raw = Box::new([0u8; BLOCK_SIZE]);
-        self.dev.read_at(&mut raw[..], self.sb.jindex_block * bs())?;
-        let jindex = JIndex::decode(&raw[..], self.sb.jindex_block)?;
-        let Some(j) = jindex.journals.get(slot as usize).copied() else { return Ok(()) };
-        let (count, clean, _) = self.replay_journal(j, slot, true)?;
-        if count > 0 || !clean {
-            tracing::info!(slot, transactions = count, "recovered the journal of a node that is gone");
-            self.drop_caches();
-            for i in 0..self.rgs.len() {
-                let addr = self.rgs[i].addr;
-                self.rgs[i].rg = Rgrp::decode(&self.read_meta(addr)?[..], addr)?;
-            }
-            if !clean {
-                self.free_orphans()?;
-                self.commit()?;
-            }
-        }
-        Ok(())
     }
 
     /// Frees every dinode with no links (left by a mount that died with them open).
@@ -367,6 +334,11 @@ impl Fs {
                     b
                 }
             };
+            if self.held.is_some() {
+                if let Some(k) = self.owner_of(blkno, &b) {
+                    self.owned.entry(k).or_default().insert(blkno);
+                }
+            }
             self.cache.insert(blkno, b);
         }
         Ok(self.cache.get(&blkno).expect("just inserted"))
@@ -374,6 +346,12 @@ impl Fs {
 
     /// Puts a new version of metadata block `blkno` in the running transaction.
     fn write_meta(&mut self, blkno: u64, b: Box<Block>) {
+        if self.held.is_some() {
+            self.check_write(blkno, &b);
+            if let Some(k) = self.owner_of(blkno, &b) {
+                self.owned.entry(k).or_default().insert(blkno);
+            }
+        }
         self.cache.insert(blkno, b);
         self.dirty.insert(blkno);
         self.dinodes.remove(&blkno);
@@ -385,6 +363,7 @@ impl Fs {
         self.cache.clear();
         self.dinodes.clear();
         self.leaves.clear();
+        self.owned.clear();
     }
 
     fn dinode(&mut self, ino: u64) -> Result<Dinode> {
@@ -428,6 +407,9 @@ impl Fs {
 
     fn set_state(&mut self, blkno: u64, s: BlockState) -> Result<()> {
         let rgi = self.rg_of(blkno).ok_or(FsError::Invalid)?;
+        if !self.rg_writable(rgi) {
+            return Err(FsError::Journal(format!("resource group {rgi} changed without its lock")));
+        }
         let (baddr, entry) = self.bitmap_addr(rgi, blkno - self.rgs[rgi].rg.data0);
         let mut bm = Bitmap::decode(&self.read_meta(baddr)?[..], baddr)?;
         let old = bm.get(entry);
@@ -495,14 +477,17 @@ impl Fs {
     /// allocation in the preferred group, else anywhere.
     fn find_block(&mut self, goal: Option<u64>) -> Result<u64> {
         if let Some(g) = goal {
-            if !self.pinned.contains(&g) && self.rg_of(g).is_some() && self.block_state(g)? == BlockState::Free {
+            if !self.pinned.contains(&g)
+                && self.rg_of(g).is_some_and(|i| self.rg_writable(i))
+                && self.block_state(g)? == BlockState::Free
+            {
                 return Ok(g);
             }
         }
         let n = self.rgs.len();
         for k in 0..n {
             let rgi = (self.rg_hint + k) % n;
-            if self.rgs[rgi].rg.free == 0 {
+            if self.rgs[rgi].rg.free == 0 || !self.rg_writable(rgi) {
                 continue;
             }
             let count = self.rgs[rgi].rg.data_count as u64;
@@ -542,8 +527,14 @@ impl Fs {
 
     /// Frees a block; it stays unusable until the next checkpoint.
     fn free_block(&mut self, blkno: u64) -> Result<()> {
-        self.set_state(blkno, BlockState::Free)?;
-        self.pinned.insert(blkno);
+        match self.rg_of(blkno) {
+            // lock_dlm: another node may own that group now; free it once its lock is held.
+            Some(rgi) if !self.rg_writable(rgi) => self.deferred_frees.push(blkno),
+            _ => {
+                self.set_state(blkno, BlockState::Free)?;
+                self.pinned.insert(blkno);
+            }
+        }
         self.cache.remove(&blkno);
         self.dinodes.remove(&blkno);
         self.leaves.remove(&blkno);
@@ -614,7 +605,19 @@ impl Fs {
     }
 
     pub fn getattr(&mut self, ino: u64) -> Result<Attr> {
-        if self.rg_of(ino).is_none() || self.block_state(ino)? != BlockState::Dinode {
+        if self.rg_of(ino).is_none() {
+            return Err(FsError::NotFound);
+        }
+        if self.held.is_some() {
+            // lock_dlm: the inode's glock covers the dinode, not the bitmap; a freed dinode
+            // is left with no links and no mode.
+            let d = self.dinode(ino).map_err(|_| FsError::NotFound)?;
+            if d.mode == 0 || (d.nlink == 0 && !self.open.contains_key(&ino)) {
+                return Err(FsError::NotFound);
+            }
+            return Ok(Self::attr_of(ino, &d));
+        }
+        if self.block_state(ino)? != BlockState::Dinode {
             return Err(FsError::NotFound);
         }
         let d = self.dinode(ino)?;
@@ -654,6 +657,7 @@ impl Fs {
     /// Allocates and writes a new dinode.
     fn new_inode(&mut self, near: u64, mode: u32, uid: u32, gid: u32, rdev: u32) -> Result<(u64, Dinode)> {
         let ino = self.alloc(BlockState::Dinode, Some(near + 1))?;
+        self.note_new_inode(ino);
         let now = crate::now();
         self.next_generation += 1;
         let d = Dinode {
@@ -689,7 +693,18 @@ impl Fs {
         if d.xattr_block != 0 {
             self.free_block(d.xattr_block)?;
         }
-        self.free_block(ino)
+        self.free_block(ino)?;
+        if self.held.is_some() {
+            // lock_dlm: other nodes see a freed dinode by its content (see getattr).
+            d.nlink = 0;
+            d.mode = 0;
+            d.xattr_block = 0;
+            d.size = 0;
+            d.blocks = 0;
+            d.content = Content::Extents(vec![]);
+            self.put_dinode(ino, &d);
+        }
+        Ok(())
     }
 
     /// Drops one link; frees the inode when no link and no open handle remain.
