@@ -9,11 +9,11 @@
 
 use crate::format::Timestamp;
 use crate::fs::{Attr, Fs, FsError, LockKey, SetAttr};
-use crate::glock::{GlockHooks, Glocks, HeldLocks, Want};
+use crate::glock::{GlockHooks, Glocks, HeldLocks, RangeLock, Want};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -283,7 +283,8 @@ impl GfsFuse {
         }
         // Nothing is buffered per open file, so close needs no FLUSH request.
         let (ttl, open_flags) = if glocks.is_some() {
-            (Duration::ZERO, FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH)
+            // FLUSH at close releases the closer's fcntl locks.
+            (Duration::ZERO, FopenFlags::FOPEN_DIRECT_IO)
         } else {
             // lock_nolock: this mount is the only writer; the page cache stays valid.
             (TTL, FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH)
@@ -535,7 +536,61 @@ impl Filesystem for GfsFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        if self.glocks.is_some() {
+            // fcntl and flock locks go through the cluster (with lock_nolock the kernel's
+            // own locks are right: this mount is the only one).
+            let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS);
+        }
         Ok(())
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let Some(gl) = &self.glocks else { return reply.error(Errno::ENOSYS) };
+        let l = RangeLock { ino: self.ino(ino), owner: lock_owner.0, pid, start, end, typ };
+        match gl.plock_get(&l) {
+            Ok(Some((typ, start, end, pid))) => reply.locked(start, end, typ, pid),
+            Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+            Err(e) => reply.error(Errno::from_i32(e.errno())),
+        }
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(gl) = &self.glocks else { return reply.error(Errno::ENOSYS) };
+        let l = RangeLock { ino: self.ino(ino), owner: lock_owner.0, pid, start, end, typ };
+        if sleep && typ != libc::F_UNLCK {
+            gl.plock_wait(&l, move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(Errno::from_i32(e.errno())),
+            });
+        } else {
+            match gl.plock_set(&l) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(Errno::from_i32(e.errno())),
+            }
+        }
     }
 
     fn destroy(&mut self) {
@@ -791,7 +846,13 @@ impl Filesystem for GfsFuse {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+        // close(): the owner's fcntl locks on this file go (lock_dlm; data needs no flush).
+        if let Some(gl) = &self.glocks {
+            if let Err(e) = gl.plock_close(self.ino(ino), lock_owner.0) {
+                tracing::warn!(error = %e, "cannot drop byte-range locks at close");
+            }
+        }
         reply.ok();
     }
 
@@ -801,11 +862,17 @@ impl Filesystem for GfsFuse {
         ino: INodeNo,
         _fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let i = self.ino(ino);
+        // The last close of an open file description: its flock lock goes.
+        if let (Some(gl), Some(owner)) = (&self.glocks, lock_owner) {
+            if let Err(e) = gl.plock_close(i, owner.0) {
+                tracing::warn!(error = %e, "cannot drop a flock lock at close");
+            }
+        }
         let plan = move |fs: &mut Fs, h: &HeldLocks, n: &mut Need| {
             if fs.last_close_frees(i) {
                 n.lock(h, LockKey::Inode(i), Want::Ex);
