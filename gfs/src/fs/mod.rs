@@ -12,6 +12,7 @@
 mod check;
 mod dir;
 mod file;
+mod grow;
 mod journal;
 mod xattr;
 
@@ -23,6 +24,7 @@ use thiserror::Error;
 
 pub use check::CheckReport;
 pub use dir::ReaddirEntry;
+pub use grow::{GrowError, GrowReport, JaddReport, MIN_JOURNAL_BLOCKS};
 pub use xattr::{XATTR_CREATE, XATTR_REPLACE};
 
 /// Why a filesystem operation failed.
@@ -243,6 +245,8 @@ impl Fs {
             let rg = Rgrp::decode(&fs.read_meta(addr)?[..], addr)?;
             fs.rgs.push(RgState { addr, rg, next: 0 });
         }
+        // A replayed transaction may have grown the filesystem or added journals.
+        fs.reload_layout()?;
         if !clean {
             fs.orphans_freed = fs.free_orphans()?;
         }
@@ -282,6 +286,7 @@ impl Fs {
             return Err(FsError::Journal("glock taken with uncommitted changes".into()));
         }
         self.drop_caches();
+        self.reload_layout()?;
         for i in 0..self.rgs.len() {
             let addr = self.rgs[i].addr;
             self.rgs[i].rg = Rgrp::decode(&self.read_meta(addr)?[..], addr)?;
@@ -302,6 +307,7 @@ impl Fs {
         if count > 0 || !clean {
             tracing::info!(slot, transactions = count, "recovered the journal of a node that is gone");
             self.drop_caches();
+            self.reload_layout()?;
             for i in 0..self.rgs.len() {
                 let addr = self.rgs[i].addr;
                 self.rgs[i].rg = Rgrp::decode(&self.read_meta(addr)?[..], addr)?;
