@@ -636,6 +636,29 @@ impl Filesystem for GfsFuse {
         Self::empty(self.with(|fs| fs.sync()), reply);
     }
 
+    /// The control ioctl of `gfs_grow` and `gfs_jadd` on the root directory (see
+    /// [`crate::grow`]); anything else is not a gfs ioctl.
+    fn ioctl(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        if cmd != crate::grow::GFS_IOC_CTL || self.ino(ino) != self.root || out_size as usize != in_data.len() {
+            return reply.error(Errno::ENOTTY);
+        }
+        let uid = req.uid();
+        match self.with(|fs| Ok(crate::grow::serve(fs, uid, in_data))) {
+            Ok(out) => reply.ioctl(0, &out),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.with(|fs| fs.statfs()) {
             Ok(s) => reply.statfs(s.total, s.free, s.free, s.dinodes + s.free, s.free, 4096, 255, 4096),

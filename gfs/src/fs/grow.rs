@@ -165,11 +165,14 @@ type GResult<T> = std::result::Result<T, GrowError>;
 
 impl Fs {
     /// Adds resource groups for the space past the filesystem's end (the device grew): see the
-    /// module documentation. `rg_blocks`, if given, must be this filesystem's group size.
+    /// module documentation. `rg_blocks`, if given, must be this filesystem's group size (in
+    /// blocks, or in whole MiB rounded down: a multiple of 256 blocks).
     /// With `test`, only says what it would do.
     pub fn grow(&mut self, rg_blocks: Option<u32>, test: bool) -> GResult<GrowReport> {
         if let Some(r) = rg_blocks {
-            if r != self.sb.rg_blocks {
+            // Tools give whole MiB: the group size rounded down to MiB names it too.
+            let same_mib = r.is_multiple_of(256) && r / 256 == self.sb.rg_blocks / 256;
+            if r != self.sb.rg_blocks && !same_mib {
                 let have_mb = (self.sb.rg_blocks as u64 * BLOCK_SIZE as u64) >> 20;
                 return Err(GrowError::RgSize { have_blocks: self.sb.rg_blocks, have_mb });
             }
@@ -307,7 +310,7 @@ impl Fs {
             return Err(GrowError::TooManyJournals { have, add: count, max: JINDEX_MAX });
         }
         let jindex = self.read_jindex()?;
-        let blocks = journal_blocks.unwrap_or(jindex.journals[0].blocks as u64);
+        let blocks = journal_blocks.unwrap_or((jindex.journals[0].blocks as u64).max(MIN_JOURNAL_BLOCKS));
         if blocks < MIN_JOURNAL_BLOCKS || blocks > u32::MAX as u64 {
             return Err(GrowError::JournalSize { blocks, min: MIN_JOURNAL_BLOCKS });
         }
