@@ -659,56 +659,14 @@ impl Checker<'_> {
         Ok(())
     }
 
-    /// Reads the committed transactions of a journal (the replay rules of the format):
-    /// (transactions, block copies in order, sequence after the last).
+    /// Reads the committed transactions of a journal by the format's replay rules (gfs's
+    /// own [`scan_journal`]): (transactions, block copies in order, sequence after the last).
     #[allow(clippy::type_complexity)]
     fn scan_journal(&self, j: &JournalEntry, seq0: u64) -> Result<(u64, Vec<(u64, Box<Block>)>, u64), FsckError> {
-        let (start, jblocks) = (j.start, j.blocks as u64);
-        let mut seq = seq0;
-        let mut pos = 1u64;
-        let mut all = Vec::new();
-        let mut count = 0u64;
-        'tx: loop {
-            let mut copies: Vec<(u64, Box<Block>)> = Vec::new();
-            let mut crc = 0u32;
-            let mut p = pos;
-            let mut first = true;
-            loop {
-                if p >= jblocks {
-                    break 'tx;
-                }
-                let b = self.img.read(start + p)?;
-                let Ok(desc) = LogDescriptor::decode(&b[..], start + p) else { break 'tx };
-                if desc.sequence != seq || p + desc.homes.len() as u64 + 1 >= jblocks {
-                    break 'tx;
-                }
-                crc = if first { crc32c_of(&b[..]) } else { crc32c_append(crc, &b[..]) };
-                first = false;
-                p += 1;
-                for &home in &desc.homes {
-                    let c = self.img.read(start + p)?;
-                    crc = crc32c_append(crc, &c[..]);
-                    if Header::verify_any(&c[..], home).is_err() || home >= self.sb.block_count {
-                        break 'tx;
-                    }
-                    copies.push((home, c));
-                    p += 1;
-                }
-                if !desc.more {
-                    break;
-                }
-            }
-            let b = self.img.read(start + p)?;
-            match LogCommit::decode(&b[..], start + p) {
-                Ok(c) if c.sequence == seq && c.blocks as u64 == p - pos && c.crc == crc => {}
-                _ => break 'tx,
-            }
-            all.extend(copies);
-            count += 1;
-            seq += 1;
-            pos = p + 1;
-        }
-        Ok((count, all, seq))
+        let scan = scan_journal(j, seq0, self.sb.block_count, |b| self.img.read(b))?;
+        let count = scan.transactions.len() as u64;
+        let copies = scan.transactions.into_iter().flat_map(|t| t.copies).collect();
+        Ok((count, copies, scan.next_sequence))
     }
 
     // ---- pass 3 ----
@@ -1716,12 +1674,4 @@ fn new_dir_dinode(parent: u64, mode: u32) -> Dinode {
 /// Device block of file block `k` in a list of extents.
 fn map_block(ext: &[Extent], k: u64) -> Option<u64> {
     ext.iter().find(|e| k >= e.logical && k < e.end()).map(|e| e.physical + (k - e.logical))
-}
-
-fn crc32c_of(b: &[u8]) -> u32 {
-    crc32c::crc32c(b)
-}
-
-fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc, data)
 }
