@@ -163,6 +163,13 @@ struct GrowPlan {
 
 type GResult<T> = std::result::Result<T, GrowError>;
 
+impl RgState {
+    /// A group just read from home (or just made).
+    fn fresh(addr: u64, rg: Rgrp) -> RgState {
+        RgState { addr, rg, next: 0 }
+    }
+}
+
 impl Fs {
     /// Adds resource groups for the space past the filesystem's end (the device grew): see the
     /// module documentation. `rg_blocks`, if given, must be this filesystem's group size (in
@@ -283,7 +290,7 @@ impl Fs {
         self.write_meta(SB_BLOCK, sb.encode());
         self.sb = sb;
         for (start, r) in &plan.new_groups {
-            self.rgs.push(RgState { addr: *start, rg: *r, next: 0 });
+            self.rgs.push(RgState::fresh(*start, *r));
         }
         self.commit()?;
         // Home at once: the next mount (or node) reads the new layout from home, and later
@@ -478,7 +485,7 @@ impl Fs {
             let rg = Rgrp::decode(&self.fresh_meta(addr)?[..], addr)?;
             match self.rgs.get_mut(i as usize) {
                 Some(r) => r.rg = rg,
-                None => self.rgs.push(RgState { addr, rg, next: 0 }),
+                None => self.rgs.push(RgState::fresh(addr, rg)),
             }
         }
         let ja = self.sb.jindex_block;
