@@ -118,7 +118,7 @@ test "$(ls $W/mnt/w | wc -l)" = "$(cat $W/writer.done)"
 # Journals from free space.
 $B/gfs_jadd -j 2 $W/mnt > $W/jadd.out
 grep -q "journals: 4" $W/jadd.out
-test "$($B/gfs_tool jindex $W/mnt | wc -l)" = 4
+test "$($B/gfs_tool journals $W/mnt | wc -l)" = 4
 umount $W/mnt
 echo GROW-OK
 "#;
