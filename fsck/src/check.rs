@@ -150,6 +150,8 @@ struct Checker<'a> {
     alloc_cursor: u64,
     pass: u8,
     replayed: u64,
+    /// The journals (from the journal index, or rebuilt from the geometry).
+    journals: Vec<JournalEntry>,
 }
 
 /// Checks (and with `-y`/`-p` repairs) the filesystem on `dev`.
@@ -190,6 +192,7 @@ pub fn check_device(dev: Arc<dyn Device>, opts: &Options, out: &mut dyn Write) -
         alloc_cursor: 0,
         pass: 0,
         replayed: 0,
+        journals: Vec::new(),
     };
     if let Some(what) = sb_problem {
         c.pass = 1;
@@ -316,6 +319,8 @@ impl Checker<'_> {
         self.pass = 2;
         self.verbose("Pass 2: journals");
         self.pass2_journals()?;
+        self.after_replay()?;
+        self.claim_journals()?;
         if self.opts.mode != Mode::No && !self.img.staged.is_empty() {
             // Replay and journal repairs are safe: written before the rest is looked at.
             self.img.flush()?;
@@ -424,14 +429,8 @@ impl Checker<'_> {
             };
             let found = Rgrp::decode(&self.img.read(addr)?[..], addr);
             let rg = match found {
-                Ok(r)
-                    if r.index == want.index
-                        && r.data0 == want.data0
-                        && r.data_count == want.data_count
-                        && r.bitmap_blocks == want.bitmap_blocks =>
-                {
-                    r
-                }
+                // mkfs's shape, or a last group gfs_grow extended in place.
+                Ok(r) if r.fits_slot(i, addr, len) => r,
                 Ok(_) => {
                     self.problem(
                         format!("resource group {i} header at {addr} does not match the geometry"),
@@ -446,7 +445,7 @@ impl Checker<'_> {
                 }
             };
             let mut bitmaps = Vec::new();
-            for k in 0..want.bitmap_blocks {
+            for k in 0..rg.bitmap_blocks {
                 let at = addr + 1 + k as u64;
                 match Bitmap::decode(&self.img.read(at)?[..], at) {
                     Ok(bm) if bm.rg_index == i && bm.index == k => bitmaps.push(Some(bm)),
@@ -475,7 +474,7 @@ impl Checker<'_> {
 
     /// The journal index the geometry implies (mkfs's layout).
     fn expected_jindex(&self) -> Option<JIndex> {
-        let j = self.sb.journal_count as u64;
+        let j = self.fixed_journals();
         let first = self.sb.master_statfs + 1 + j;
         let jblocks = self.sb.rg_start.checked_sub(first)? / j;
         if jblocks < 8 {
@@ -492,13 +491,96 @@ impl Checker<'_> {
         })
     }
 
+    /// Journals mkfs made (in the fixed area before the resource groups): the journal
+    /// headers start right after their statfs change blocks, so the first journal header
+    /// found after the master statfs block says how many there are.
+    fn fixed_journals(&self) -> u64 {
+        let m = self.sb.master_statfs;
+        (1..=self.sb.journal_count as u64)
+            .find(|&j| {
+                let at = m + 1 + j;
+                matches!(self.img.with(at, |b| JournalHeader::decode(b, at)), Ok(Ok(h)) if h.slot == 0)
+            })
+            .unwrap_or(self.sb.journal_count as u64)
+    }
+
+    /// Whether a journal index entry is somewhere a journal can be: in the area mkfs lays
+    /// journals out in (after the journal index, before the resource groups), or, for one
+    /// gfs_jadd added, its statfs change block and its journal inside resource groups' data.
+    fn journal_in_place(&self, e: &JournalEntry, jindex: u64) -> bool {
+        let end = e.start + e.blocks as u64;
+        let fixed = |a: u64, n: u64| a > jindex && a + n <= self.sb.rg_start;
+        let data = |a: u64, n: u64| a + n <= self.sb.block_count && (a..a + n).all(|b| self.is_data(b));
+        (fixed(e.start, e.blocks as u64) && fixed(e.statfs_block, 1))
+            || (data(e.start, e.blocks as u64) && data(e.statfs_block, 1) && !(e.start..end).contains(&e.statfs_block))
+    }
+
+    /// A replayed transaction may have changed the layout (a crash during gfs_grow or
+    /// gfs_jadd): the checks go on with the superblock and journal index as replayed.
+    fn after_replay(&mut self) -> Result<(), FsckError> {
+        if self.replayed == 0 {
+            return Ok(());
+        }
+        let sb = match Superblock::decode(&self.img.read(SB_BLOCK)?[..]) {
+            Ok(sb) if sb != self.sb => sb,
+            _ => return Ok(()),
+        };
+        self.verbose(format!(
+            "  the journal changed the layout: {} blocks, {} resource groups, {} journals",
+            sb.block_count, sb.rg_count, sb.journal_count
+        ));
+        let dev_blocks = self.img.dev.size() / BS;
+        if dev_blocks < sb.block_count {
+            return Err(FsckError::Truncated { dev: dev_blocks, fs: sb.block_count });
+        }
+        self.img.blocks = dev_blocks;
+        self.sb = sb;
+        self.claims = vec![C_FREE; self.sb.block_count as usize];
+        self.rgs.clear();
+        // What pass 1 said about the old layout no longer matters: it runs again.
+        self.problems.retain(|p| p.pass != 1 || p.what.starts_with("superblock"));
+        self.pass = 1;
+        self.pass1_rgrps()?;
+        self.pass = 2;
+        let at = self.sb.jindex_block;
+        if let Ok(j) = JIndex::decode(&self.img.read(at)?[..], at) {
+            if j.journals.len() == self.sb.journal_count as usize
+                && j.journals.iter().all(|e| self.journal_in_place(e, at))
+            {
+                self.journals = j.journals;
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims the blocks of journals that live in resource groups (added by gfs_jadd), so
+    /// the bitmaps keep them in use.
+    fn claim_journals(&mut self) -> Result<(), FsckError> {
+        for (slot, e) in self.journals.clone().iter().enumerate() {
+            if e.statfs_block < self.sb.rg_start {
+                continue;
+            }
+            let blocks = std::iter::once(e.statfs_block).chain(e.start..e.start + e.blocks as u64);
+            let mut taken = 0u64;
+            for b in blocks {
+                if !self.try_claim(b, C_META) {
+                    taken += 1;
+                }
+            }
+            if taken > 0 {
+                self.problem(format!("journal {slot}: {taken} of its blocks are claimed twice"), "left alone", false);
+            }
+        }
+        Ok(())
+    }
+
     fn pass2_journals(&mut self) -> Result<(), FsckError> {
         let at = self.sb.jindex_block;
         let expected = self.expected_jindex();
         let jindex = match JIndex::decode(&self.img.read(at)?[..], at) {
             Ok(j)
                 if j.journals.len() == self.sb.journal_count as usize
-                    && j.journals.iter().all(|e| e.start > at && e.start + e.blocks as u64 <= self.sb.rg_start) =>
+                    && j.journals.iter().all(|e| self.journal_in_place(e, at)) =>
             {
                 j
             }
@@ -511,11 +593,24 @@ impl Checker<'_> {
                     self.problem(what, "cannot rebuild: journals left alone", false);
                     return Ok(());
                 };
-                self.problem(what, "rebuilt from the geometry", false);
+                if j.journals.len() < self.sb.journal_count as usize {
+                    // Journals gfs_jadd placed in resource groups cannot be found again.
+                    let n = j.journals.len() as u32;
+                    self.problem(
+                        format!("{what}; journals {n} and up (added by gfs_jadd) are lost"),
+                        "rebuilt from the geometry with the journals mkfs made (add the others again with gfs_jadd)",
+                        false,
+                    );
+                    self.sb.journal_count = n;
+                    self.img.stage(SB_BLOCK, self.sb.encode())?;
+                } else {
+                    self.problem(what, "rebuilt from the geometry", false);
+                }
                 self.img.stage(at, j.encode(at))?;
                 j
             }
         };
+        self.journals = jindex.journals.clone();
         for (slot, e) in jindex.journals.iter().enumerate() {
             let h = match JournalHeader::decode(&self.img.read(e.start)?[..], e.start) {
                 Ok(h) if h.slot == slot as u32 => h,
@@ -564,56 +659,14 @@ impl Checker<'_> {
         Ok(())
     }
 
-    /// Reads the committed transactions of a journal (the replay rules of the format):
-    /// (transactions, block copies in order, sequence after the last).
+    /// Reads the committed transactions of a journal by the format's replay rules (gfs's
+    /// own [`scan_journal`]): (transactions, block copies in order, sequence after the last).
     #[allow(clippy::type_complexity)]
     fn scan_journal(&self, j: &JournalEntry, seq0: u64) -> Result<(u64, Vec<(u64, Box<Block>)>, u64), FsckError> {
-        let (start, jblocks) = (j.start, j.blocks as u64);
-        let mut seq = seq0;
-        let mut pos = 1u64;
-        let mut all = Vec::new();
-        let mut count = 0u64;
-        'tx: loop {
-            let mut copies: Vec<(u64, Box<Block>)> = Vec::new();
-            let mut crc = 0u32;
-            let mut p = pos;
-            let mut first = true;
-            loop {
-                if p >= jblocks {
-                    break 'tx;
-                }
-                let b = self.img.read(start + p)?;
-                let Ok(desc) = LogDescriptor::decode(&b[..], start + p) else { break 'tx };
-                if desc.sequence != seq || p + desc.homes.len() as u64 + 1 >= jblocks {
-                    break 'tx;
-                }
-                crc = if first { crc32c_of(&b[..]) } else { crc32c_append(crc, &b[..]) };
-                first = false;
-                p += 1;
-                for &home in &desc.homes {
-                    let c = self.img.read(start + p)?;
-                    crc = crc32c_append(crc, &c[..]);
-                    if Header::verify_any(&c[..], home).is_err() || home >= self.sb.block_count {
-                        break 'tx;
-                    }
-                    copies.push((home, c));
-                    p += 1;
-                }
-                if !desc.more {
-                    break;
-                }
-            }
-            let b = self.img.read(start + p)?;
-            match LogCommit::decode(&b[..], start + p) {
-                Ok(c) if c.sequence == seq && c.blocks as u64 == p - pos && c.crc == crc => {}
-                _ => break 'tx,
-            }
-            all.extend(copies);
-            count += 1;
-            seq += 1;
-            pos = p + 1;
-        }
-        Ok((count, all, seq))
+        let scan = scan_journal(j, seq0, self.sb.block_count, |b| self.img.read(b))?;
+        let count = scan.transactions.len() as u64;
+        let copies = scan.transactions.into_iter().flat_map(|t| t.copies).collect();
+        Ok((count, copies, scan.next_sequence))
     }
 
     // ---- pass 3 ----
@@ -1547,11 +1600,15 @@ impl Checker<'_> {
         // Statfs: master + every slot's pending change must equal the counts.
         let m = self.sb.master_statfs;
         let master = Statfs::decode(&self.img.read(m)?[..], m);
-        let j = self.sb.journal_count as u64;
+        let statfs_blocks: Vec<u64> = if self.journals.is_empty() {
+            // The journal index was beyond repair: mkfs's places.
+            (0..self.sb.journal_count as u64).map(|s| m + 1 + s).collect()
+        } else {
+            self.journals.iter().map(|e| e.statfs_block).collect()
+        };
         let mut sum = (0i64, 0i64);
         let mut changes_ok = true;
-        for s in 0..j {
-            let at = m + 1 + s;
+        for (s, &at) in statfs_blocks.iter().enumerate() {
             match Statfs::decode(&self.img.read(at)?[..], at) {
                 Ok(c) if c.slot == s as u32 => {
                     sum.0 += c.free;
@@ -1576,8 +1633,7 @@ impl Checker<'_> {
             self.problem(what, "statfs totals rewritten", true);
             let nm = Statfs { slot: STATFS_MASTER, total, free: free_all, dinodes: dinodes_all };
             self.img.stage(m, nm.encode(m))?;
-            for s in 0..j {
-                let at = m + 1 + s;
+            for (s, &at) in statfs_blocks.iter().enumerate() {
                 self.img.stage(at, Statfs { slot: s as u32, total: 0, free: 0, dinodes: 0 }.encode(at))?;
             }
         }
@@ -1618,12 +1674,4 @@ fn new_dir_dinode(parent: u64, mode: u32) -> Dinode {
 /// Device block of file block `k` in a list of extents.
 fn map_block(ext: &[Extent], k: u64) -> Option<u64> {
     ext.iter().find(|e| k >= e.logical && k < e.end()).map(|e| e.physical + (k - e.logical))
-}
-
-fn crc32c_of(b: &[u8]) -> u32 {
-    crc32c::crc32c(b)
-}
-
-fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc, data)
 }

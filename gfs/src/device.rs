@@ -32,6 +32,12 @@ pub enum DeviceError {
 pub trait Device: Send + Sync + std::fmt::Debug {
     /// Size in bytes.
     fn size(&self) -> u64;
+    /// Looks at the size again (the device may have grown since it was opened: a longer
+    /// file, a resized block device) and returns it; `size` answers with it from then on.
+    /// Devices whose size cannot change under them return `size`.
+    fn refresh_size(&self) -> Result<u64, DeviceError> {
+        Ok(self.size())
+    }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError>;
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DeviceError>;
     /// Makes every completed write stable.
@@ -57,7 +63,7 @@ fn check_range(offset: u64, len: usize, size: u64) -> Result<(), DeviceError> {
 #[derive(Debug)]
 pub struct FileDevice {
     file: File,
-    size: u64,
+    size: AtomicU64,
 }
 
 impl FileDevice {
@@ -69,26 +75,33 @@ impl FileDevice {
             .write(true)
             .open(&path)
             .map_err(|source| DeviceError::Open { spec: spec.clone(), source })?;
-        // Works for regular files and block devices alike.
-        let size = {
-            use std::io::{Seek, SeekFrom};
-            let mut f = &file;
-            f.seek(SeekFrom::End(0)).map_err(|source| DeviceError::Open { spec, source })?
-        };
-        Ok(FileDevice { file, size })
+        let size = Self::end_of(&file).map_err(|source| DeviceError::Open { spec, source })?;
+        Ok(FileDevice { file, size: AtomicU64::new(size) })
+    }
+
+    /// The size of a regular file or a block device (seeking to the end works for both).
+    fn end_of(file: &File) -> std::io::Result<u64> {
+        use std::io::{Seek, SeekFrom};
+        let mut f = file;
+        f.seek(SeekFrom::End(0))
     }
 }
 
 impl Device for FileDevice {
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Relaxed)
+    }
+    fn refresh_size(&self) -> Result<u64, DeviceError> {
+        let size = Self::end_of(&self.file).map_err(|source| DeviceError::Io { offset: 0, source })?;
+        self.size.store(size, Ordering::Relaxed);
+        Ok(size)
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError> {
-        check_range(offset, buf.len(), self.size)?;
+        check_range(offset, buf.len(), self.size())?;
         self.file.read_exact_at(buf, offset).map_err(|source| DeviceError::Io { offset, source })
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DeviceError> {
-        check_range(offset, buf.len(), self.size)?;
+        check_range(offset, buf.len(), self.size())?;
         self.file.write_all_at(buf, offset).map_err(|source| DeviceError::Io { offset, source })
     }
     fn sync(&self) -> Result<(), DeviceError> {
@@ -203,6 +216,9 @@ impl CutoffDevice {
 impl Device for CutoffDevice {
     fn size(&self) -> u64 {
         self.inner.size()
+    }
+    fn refresh_size(&self) -> Result<u64, DeviceError> {
+        self.inner.refresh_size()
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError> {
         self.inner.read_at(buf, offset)

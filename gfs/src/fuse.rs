@@ -124,6 +124,7 @@ impl Shared {
             let (sh, ex) = held.split();
             fs.set_held(sh, ex)?;
             let mut need = Need::default();
+            need.lock(&held, LockKey::Layout, Want::Sh);
             plan(fs, &held, &mut need)?;
             if need.alloc > 0 {
                 let have: u64 = (0..fs.rgrp_count())
@@ -226,6 +227,10 @@ impl GlockHooks for Hooks {
                 fs.invalidate(key);
             }
         }
+    }
+
+    fn journals(&self) -> u32 {
+        self.0.upgrade().and_then(|s| s.fs.lock().expect("fs mutex").as_ref().map(|fs| fs.journal_count())).unwrap_or(0)
     }
 
     fn recover(&self, slots: &[u32]) {
@@ -978,6 +983,43 @@ impl Filesystem for GfsFuse {
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         Self::empty(self.run(no_locks, |fs| fs.sync()), reply);
+    }
+
+    /// The control ioctl of `gfs_grow` and `gfs_jadd` on the root directory (see
+    /// [`crate::grow`]); anything else is not a gfs ioctl.
+    fn ioctl(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        if cmd != crate::grow::GFS_IOC_CTL || self.ino(ino) != self.root || out_size as usize != in_data.len() {
+            return reply.error(Errno::ENOTTY);
+        }
+        let uid = req.uid();
+        // gfs_grow / gfs_jadd: the layout, statfs and every resource group, exclusively.
+        let plan = |fs: &mut Fs, h: &HeldLocks, n: &mut Need| {
+            n.lock(h, LockKey::Layout, Want::Ex);
+            n.lock(h, LockKey::Statfs, Want::Ex);
+            for i in 0..fs.rgrp_count() {
+                n.lock(h, LockKey::Rgrp(i), Want::Ex);
+            }
+            Ok(())
+        };
+        match self.run(plan, |fs| {
+            let out = crate::grow::serve(fs, uid, in_data);
+            // Everything home before other nodes read the new layout.
+            fs.write_back()?;
+            Ok(out)
+        }) {
+            Ok(out) => reply.ioctl(0, &out),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

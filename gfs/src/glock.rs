@@ -65,6 +65,8 @@ pub trait GlockHooks: Send + Sync {
     fn invalidate(&self, key: LockKey);
     /// Replay the journals of `slots` (nodes that are gone).
     fn recover(&self, slots: &[u32]);
+    /// How many journals the filesystem has now (gfs_jadd adds some).
+    fn journals(&self) -> u32;
 }
 
 #[derive(Debug)]
@@ -269,7 +271,16 @@ impl Inner {
                 Ev::Blocked(Some(wanted)) => {
                     let me = self.clone();
                     let granted = lock.as_ref().and_then(|l| l.mode()).unwrap_or(Mode::Nl);
-                    let d = tokio::task::spawn_blocking(move || me.prepare_demote(key, granted, wanted)).await;
+                    // A plain thread, not spawn_blocking: the write-back does device I/O, and a
+                    // gnbd device cannot block_on from inside this runtime.
+                    let (dtx, drx) = tokio::sync::oneshot::channel();
+                    let spawned = std::thread::Builder::new().name("gfs-demote".into()).spawn(move || {
+                        let _ = dtx.send(me.prepare_demote(key, granted, wanted));
+                    });
+                    let d = match spawned {
+                        Ok(_) => drx.await.map_err(|_| ()),
+                        Err(_) => Err(()),
+                    };
                     pending = None;
                     let target = match d {
                         Ok(Demote::To(t)) => t,
@@ -399,11 +410,12 @@ impl Inner {
     /// locks nobody holds (nodes that are gone), unless already replayed since.
     fn recover_pass(&self, force: bool) -> Result<(), GlockError> {
         let mut clean = self.recovering.lock().expect("recovery mutex");
-        self.rt.block_on(async {
+        let journals = self.hooks().map(|h| h.journals()).unwrap_or(0).max(self.journals);
+        let (rec, locks, free) = self.rt.block_on(async {
             let rec = self.client.lock(self.ls, b"recovery", Mode::Ex, Flags::empty(), None).await?;
             let mut free = Vec::new();
             let mut locks = Vec::new();
-            for s in (0..self.journals).filter(|&s| s != self.slot) {
+            for s in (0..journals).filter(|&s| s != self.slot) {
                 match self.client.lock(self.ls, &journal_name(s), Mode::Ex, Flags::NOQUEUE, None).await {
                     Ok(l) => {
                         if force || !clean.contains(&s) {
@@ -416,18 +428,22 @@ impl Inner {
                     }
                 }
             }
-            if !free.is_empty() {
-                if let Some(h) = self.hooks() {
-                    h.recover(&free);
-                    clean.extend(free.iter().copied());
-                }
+            Ok::<_, GlockError>((rec, locks, free))
+        })?;
+        // Outside the runtime: the replay does device I/O (a gnbd device blocks on its own).
+        if !free.is_empty() {
+            if let Some(h) = self.hooks() {
+                h.recover(&free);
+                clean.extend(free.iter().copied());
             }
+        }
+        self.rt.block_on(async {
             for l in locks {
                 let _ = l.unlock(Flags::empty(), None).await;
             }
-            rec.unlock(Flags::empty(), None).await?;
-            Ok::<_, GlockError>(())
-        })
+            rec.unlock(Flags::empty(), None).await
+        })?;
+        Ok(())
     }
 }
 

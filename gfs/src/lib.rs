@@ -7,6 +7,8 @@
 //!   directly through `gnbd_client` (`gnbd://SERVER[:PORT]/NAME`); [`CutoffDevice`] drops
 //!   writes after the Nth for crash tests.
 //! - [`mkfs()`] / [`read_superblock`] / [`df`]: `mkfs.gfs` and `gfs_tool`.
+//! - [`grow`]: `gfs_grow` and `gfs_jadd`, which ask a running mount (an ioctl on its mount
+//!   point) to grow the filesystem ([`Fs::grow`]) or add journals ([`Fs::add_journals`]).
 //!
 //! ```no_run
 //! use gfs::{mkfs, open_device, LockProto, MkfsOptions};
@@ -22,15 +24,19 @@
 //! let sb = mkfs(&*dev, &opts).unwrap();
 //! assert_eq!(sb.journal_count, 2);
 //! ```
-#![forbid(unsafe_code)]
+// Only `sys` may use unsafe code (the control ioctl of gfs_grow and gfs_jadd).
+#![deny(unsafe_code)]
 
 pub mod device;
 pub mod format;
 pub mod fs;
 pub mod fuse;
 pub mod glock;
+pub mod grow;
 mod mkfs;
 pub mod mount;
+#[allow(unsafe_code)]
+mod sys;
 pub mod tool;
 
 pub use device::{open_device, CutoffDevice, Device, DeviceError, FileDevice, GnbdDevice};

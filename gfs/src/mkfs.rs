@@ -35,7 +35,7 @@ pub struct MkfsOptions {
     pub overwrite: bool,
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         use std::io::Read;

@@ -64,7 +64,9 @@ pub fn run(device: &str, mountpoint: &Path, opts: &MountOptions, ready: impl FnO
             // Mounting replays this slot's journal and folds its statfs changes: under the
             // recovery lock and the statfs glock (kept until the engine is in place).
             let mut held = HeldLocks::default();
-            glocks.acquire(&mut held, &[(LockKey::Statfs, Want::Ex)]).context("cannot take the statfs glock")?;
+            glocks
+                .acquire(&mut held, &[(LockKey::Layout, Want::Sh), (LockKey::Statfs, Want::Ex)])
+                .context("cannot take the statfs glock")?;
             let mut fs = glocks
                 .with_recovery_lock(|| Fs::mount_with(dev, opts.journal, true))
                 .context("cannot take the recovery lock")?

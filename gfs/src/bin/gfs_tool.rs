@@ -14,6 +14,7 @@ DESCRIPTION
 EXAMPLES
     gfs_tool sb /srv/gfs.img
     gfs_tool jindex gnbd://storage1/shared
+    gfs_tool journals /mnt/gfs        # the same, after gfs_jadd
     gfs_tool df /mnt/gfs
     gfs_tool lockdump /mnt/shared --dlm-socket /run/dlm/dlm.sock
 
@@ -37,7 +38,9 @@ struct Args {
 enum Cmd {
     /// Print the superblock.
     Sb { target: String },
-    /// Print the journal index: each journal's place, size, sequence and whether it is dirty.
+    /// Print the journal index: each journal's place, size, sequence and whether it is dirty
+    /// (also `gfs_tool journals`).
+    #[command(alias = "journals")]
     Jindex { target: String },
     /// Print space and inode usage (from the statfs blocks; cheap).
     Df { target: String },

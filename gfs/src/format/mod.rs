@@ -21,7 +21,10 @@ pub use inode::{
     Content, Dinode, Extent, ExtentIndex, ExtentLeaf, Timestamp, Xattr, XattrBlock, DINODE_CONTENT, EXTENT_LEAF_MAX,
     INLINE_DIR_DEPTH, INLINE_EXTENTS_MAX, INLINE_INDEX_MAX, MAX_SYMLINK_LEN, XATTR_SPACE,
 };
-pub use journal::{JIndex, JournalEntry, JournalHeader, LogCommit, LogDescriptor, JINDEX_MAX, LOG_DESCRIPTOR_MAX};
+pub use journal::{
+    scan_journal, JIndex, JournalEntry, JournalHeader, JournalScan, LogCommit, LogDescriptor, LoggedTransaction,
+    JINDEX_MAX, LOG_DESCRIPTOR_MAX,
+};
 pub use rgrp::{Bitmap, BlockState, Rgrp, BITMAP_BLOCKS_PER_BLOCK, BITMAP_BYTES};
 pub use sb::{LockProto, Statfs, Superblock, LOCKTABLE_LEN, STATFS_MASTER};
 

@@ -74,6 +74,41 @@ impl Rgrp {
         })
     }
 
+    /// [`Rgrp::layout`] with at most `max_bitmaps` bitmap blocks: the shape `gfs_grow` gives
+    /// the last group when it extends it in place (its bitmap blocks cannot grow in number
+    /// without moving its data blocks, so a group grown past what they cover keeps the rest
+    /// of its slot unused). Equal to `layout` when `max_bitmaps` is enough.
+    pub fn layout_capped(index: u32, start: u64, len: u64, max_bitmaps: u32) -> Option<Rgrp> {
+        let full = Self::layout(index, start, len)?;
+        if full.bitmap_blocks <= max_bitmaps {
+            return Some(full);
+        }
+        let bitmaps = max_bitmaps as u64;
+        let d = (bitmaps * BITMAP_BLOCKS_PER_BLOCK as u64).min(len.checked_sub(1 + bitmaps)?);
+        if d == 0 || Self::bitmaps_for(d) != bitmaps {
+            return None;
+        }
+        Some(Rgrp {
+            index,
+            bitmap_blocks: max_bitmaps,
+            data0: start + 1 + bitmaps,
+            data_count: d as u32,
+            free: d as u32,
+            dinodes: 0,
+        })
+    }
+
+    /// Whether this header's shape is one a group `index` of `len` blocks at `start` may
+    /// have: mkfs's [`Rgrp::layout`], or [`Rgrp::layout_capped`] with its own bitmap count
+    /// (a last group extended in place by `gfs_grow`).
+    pub fn fits_slot(&self, index: u32, start: u64, len: u64) -> bool {
+        let Some(want) = Self::layout_capped(index, start, len, self.bitmap_blocks) else { return false };
+        self.index == want.index
+            && self.bitmap_blocks == want.bitmap_blocks
+            && self.data0 == want.data0
+            && self.data_count == want.data_count
+    }
+
     pub fn encode(&self, blkno: u64) -> Box<Block> {
         let mut b = new_block(BlockType::Rgrp, blkno);
         put_u32(&mut b[..], 24, self.index);

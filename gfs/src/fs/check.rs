@@ -146,6 +146,14 @@ impl Fs {
         if root.nlink != want_root {
             r.problems.push(format!("root: link count {} but {want_root} found", root.nlink));
         }
+        // Journals added by gfs_jadd live in resource groups.
+        for (first, n) in self.journal_runs_in_groups()? {
+            for b in first..first + n {
+                if used.insert(b, BlockState::Meta).is_some() {
+                    r.problems.push(format!("block {b} used twice (a journal's)"));
+                }
+            }
+        }
         // Bitmaps against reachability (open-but-unlinked inodes are legitimately unreachable).
         let orphans: HashSet<u64> = self.orphans.clone();
         for rgi in 0..self.rgs.len() {

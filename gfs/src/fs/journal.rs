@@ -101,59 +101,21 @@ impl Fs {
     /// `mark_clean`. Returns (transactions, whether it was clean, next sequence).
     pub(super) fn replay_journal(&mut self, j: JournalEntry, slot: u32, mark_clean: bool) -> Result<(u64, bool, u64)> {
         let start = j.start;
-        let jblocks = j.blocks as u64;
         let mut raw = Box::new([0u8; BLOCK_SIZE]);
         self.dev.read_at(&mut raw[..], start * bs())?;
         let header = JournalHeader::decode(&raw[..], start)?;
-        let mut seq = header.sequence;
-        let mut pos = 1u64;
-        let mut count = 0u64;
-        'tx: loop {
-            let mut copies: Vec<(u64, Box<Block>)> = Vec::new();
-            let mut crc = 0u32;
-            let mut p = pos;
-            let mut first = true;
-            loop {
-                if p >= jblocks {
-                    break 'tx;
-                }
-                let mut b = Box::new([0u8; BLOCK_SIZE]);
-                self.dev.read_at(&mut b[..], (start + p) * bs())?;
-                let Ok(desc) = LogDescriptor::decode(&b[..], start + p) else { break 'tx };
-                if desc.sequence != seq || p + desc.homes.len() as u64 + 1 >= jblocks {
-                    break 'tx;
-                }
-                crc = if first { crc32c::crc32c(&b[..]) } else { crc32c::crc32c_append(crc, &b[..]) };
-                first = false;
-                p += 1;
-                for &home in &desc.homes {
-                    let mut c = Box::new([0u8; BLOCK_SIZE]);
-                    self.dev.read_at(&mut c[..], (start + p) * bs())?;
-                    crc = crc32c::crc32c_append(crc, &c[..]);
-                    if Header::verify_any(&c[..], home).is_err() || home >= self.sb.block_count {
-                        break 'tx;
-                    }
-                    copies.push((home, c));
-                    p += 1;
-                }
-                if !desc.more {
-                    break;
-                }
-            }
-            let mut b = Box::new([0u8; BLOCK_SIZE]);
-            self.dev.read_at(&mut b[..], (start + p) * bs())?;
-            match LogCommit::decode(&b[..], start + p) {
-                Ok(c) if c.sequence == seq && c.blocks as u64 == p - pos && c.crc == crc => {}
-                _ => break 'tx,
-            }
-            for (home, c) in &copies {
+        let dev = self.dev.clone();
+        let scan = scan_journal(&j, header.sequence, self.sb.block_count, |b| {
+            let mut c = Box::new([0u8; BLOCK_SIZE]);
+            dev.read_at(&mut c[..], b * bs()).map(|()| c)
+        })?;
+        for t in &scan.transactions {
+            for (home, c) in &t.copies {
                 self.dev.write_at(&c[..], home * bs())?;
             }
-            tracing::info!(sequence = seq, blocks = copies.len(), "replayed transaction");
-            count += 1;
-            seq += 1;
-            pos = p + 1;
+            tracing::info!(sequence = t.sequence, blocks = t.copies.len(), "replayed transaction");
         }
+        let (count, seq) = (scan.transactions.len() as u64, scan.next_sequence);
         self.dev.sync()?;
         self.dev.write_at(&JournalHeader { slot, sequence: seq, clean: mark_clean }.encode(start)[..], start * bs())?;
         self.dev.sync()?;

@@ -12,10 +12,14 @@
 use super::*;
 
 /// A cluster lock (glock). The derived order is the lock order: every operation takes its
-/// locks in ascending order (the rename lock first, then inodes by number, then resource
-/// groups, then statfs).
+/// locks in ascending order (the layout lock first, then the rename lock, inodes by number,
+/// resource groups, statfs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LockKey {
+    /// The superblock and journal index: every operation holds it shared; gfs_grow and
+    /// gfs_jadd take it exclusively (no other node runs anything meanwhile) and the others
+    /// re-read the layout when they take it again.
+    Layout,
     /// Serializes directory moves between directories (the ancestor check).
     Rename,
     /// A dinode and everything it owns.
@@ -30,6 +34,7 @@ impl LockKey {
     /// The DLM resource name.
     pub fn resource_name(&self) -> Vec<u8> {
         match self {
+            LockKey::Layout => b"layout".to_vec(),
             LockKey::Rename => b"rename".to_vec(),
             LockKey::Inode(i) => format!("inode-{i:x}").into_bytes(),
             LockKey::Rgrp(r) => format!("rgrp-{r}").into_bytes(),
@@ -90,6 +95,12 @@ impl Fs {
         h.exclusive = exclusive.into_iter().collect();
         h.new_inodes.clear();
         h.violations.clear();
+        if self.layout_stale && (h.shared.contains(&LockKey::Layout) || h.exclusive.contains(&LockKey::Layout)) {
+            // Taken again after gfs_grow or gfs_jadd ran elsewhere: the new layout.
+            self.layout_stale = false;
+            self.reload_layout()?;
+        }
+        let Some(h) = self.held.as_ref() else { return Ok(()) };
         let rgs: Vec<u32> = h
             .shared
             .iter()
@@ -114,6 +125,7 @@ impl Fs {
         let Some(owner) = self.held.as_ref().map(|_| self.owner_of(blkno, b)) else { return };
         let h = self.held.as_mut().expect("checked above");
         let ok = match owner {
+            _ if h.exclusive.contains(&LockKey::Layout) => true,
             None => blkno == self.journal.statfs_block,
             Some(LockKey::Inode(i)) => h.exclusive.contains(&LockKey::Inode(i)) || h.new_inodes.contains(&i),
             Some(k) => h.exclusive.contains(&k),
@@ -127,7 +139,7 @@ impl Fs {
     pub(super) fn rg_writable(&self, rgi: usize) -> bool {
         match &self.held {
             None => true,
-            Some(h) => h.exclusive.contains(&LockKey::Rgrp(rgi as u32)),
+            Some(h) => h.exclusive.contains(&LockKey::Rgrp(rgi as u32)) || h.exclusive.contains(&LockKey::Layout),
         }
     }
 
@@ -142,6 +154,9 @@ impl Fs {
     /// changed here and not yet home are kept: before a glock goes to another node the
     /// caller writes everything back first ([`Fs::write_back`]).
     pub fn invalidate(&mut self, key: LockKey) {
+        if key == LockKey::Layout {
+            self.layout_stale = true;
+        }
         if let LockKey::Rgrp(i) = key {
             if let Some(r) = self.rgs.get_mut(i as usize) {
                 r.stale = true;
@@ -205,6 +220,11 @@ impl Fs {
     /// Free blocks of resource group `i` as last seen (exact while its lock is held).
     pub fn rgrp_free(&self, i: u32) -> u64 {
         self.rgs.get(i as usize).map(|r| r.rg.free as u64).unwrap_or(0)
+    }
+
+    /// Number of journals (node slots).
+    pub fn journal_count(&self) -> u32 {
+        self.sb.journal_count
     }
 
     /// Number of resource groups.

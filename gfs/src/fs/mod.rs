@@ -12,6 +12,7 @@
 mod check;
 mod dir;
 mod file;
+mod grow;
 mod journal;
 mod locks;
 mod xattr;
@@ -24,6 +25,7 @@ use thiserror::Error;
 
 pub use check::CheckReport;
 pub use dir::ReaddirEntry;
+pub use grow::{GrowError, GrowReport, JaddReport, MIN_JOURNAL_BLOCKS};
 pub use locks::LockKey;
 pub use xattr::{XATTR_CREATE, XATTR_REPLACE};
 
@@ -185,6 +187,8 @@ pub struct Fs {
     owned: HashMap<LockKey, HashSet<u64>>,
     /// lock_dlm: blocks to free once their resource groups' locks are held.
     deferred_frees: Vec<u64>,
+    /// lock_dlm: the layout lock went to another node (gfs_grow, gfs_jadd may have run).
+    layout_stale: bool,
 }
 
 /// Clean metadata blocks kept in memory before the cache is emptied (256 MiB).
@@ -248,6 +252,7 @@ impl Fs {
             held: None,
             owned: HashMap::new(),
             deferred_frees: Vec::new(),
+            layout_stale: false,
         };
         let (replayed, clean) = fs.replay()?;
         fs.replayed = replayed;
@@ -256,6 +261,8 @@ impl Fs {
             let rg = Rgrp::decode(&fs.read_meta(addr)?[..], addr)?;
             fs.rgs.push(RgState { addr, rg, next: 0, stale: false });
         }
+        // A replayed transaction may have grown the filesystem or added journals.
+        fs.reload_layout()?;
         // lock_dlm: an unlinked inode may still be open on another node; no scan.
         if !clean && !shared_claim {
             fs.orphans_freed = fs.free_orphans()?;
