@@ -353,7 +353,19 @@ fn three_nodes_see_each_others_changes_at_once() {
     for j in others(1) {
         assert_eq!(c.sh(j, "cat d/b; readlink link"), "newd/b\n", "node{}", j + 1);
     }
-    c.sh(2, "rm big link d/b; rmdir d");
+    // Hard link, extended attribute, a directory renamed into another with its contents.
+    c.sh(2, "ln d/b hard; mkdir -p e/f; printf deep > e/f/g");
+    c.py(2, "os.setxattr('hard', 'user.colour', b'blue')");
+    for j in others(2) {
+        let out = c.sh(j, "stat -c %h d/b; cat hard; cat e/f/g");
+        assert_eq!(out, "2\nnewdeep", "node{}", j + 1);
+        assert_eq!(c.py(j, "print(os.getxattr('d/b', 'user.colour'))"), "b'blue'\n", "node{}", j + 1);
+    }
+    c.sh(0, "mv e/f d/f; rm hard; rmdir e");
+    for j in others(0) {
+        assert_eq!(c.sh(j, "test ! -e e; stat -c %h d/b; cat d/f/g"), "1\ndeep", "node{}", j + 1);
+    }
+    c.sh(2, "rm big link d/b d/f/g; rmdir d/f d");
     for j in others(2) {
         assert_eq!(c.sh(j, "ls -A"), "", "node{}", j + 1);
     }
