@@ -370,49 +370,54 @@ fn three_nodes_see_each_others_changes_at_once() {
         assert_eq!(c.sh(j, "ls -A"), "", "node{}", j + 1);
     }
 
-    // Creates: node 1 alone, then all three nodes at once in one directory.
-    const FILES: usize = 200;
-    // Each node times its own create loop (python's start-up and nsenter left out): start
-    // and end, wall-clock seconds (one machine, one clock).
-    let create = |i: usize, dir: &str| -> (f64, f64) {
+    // Creates: node 1 alone, then all three nodes at once in one directory. Each node creates
+    // up to FILES files, for at most CREATE_SECS (the work is bounded, whatever the rate), and
+    // times its own loop (python's start-up and nsenter left out): count, start and end,
+    // wall-clock seconds (one machine, one clock).
+    const FILES: usize = 300;
+    const CREATE_SECS: f64 = 8.0;
+    let create = |i: usize, dir: &str| -> (usize, f64, f64) {
         let out = c.py(
             i,
             &format!(
-                "import time\nt = time.time()\nfor k in range({FILES}):\n    \
-                 os.close(os.open('{dir}/n{}_%d' % k, os.O_CREAT | os.O_EXCL | os.O_WRONLY))\n\
-                 print(t, time.time())",
+                "import time\nt = time.time()\nn = 0\n\
+                 while n < {FILES} and time.time() - t < {CREATE_SECS}:\n    \
+                 os.close(os.open('{dir}/n{}_%d' % n, os.O_CREAT | os.O_EXCL | os.O_WRONLY))\n    \
+                 n += 1\n\
+                 print(n, t, time.time())",
                 i + 1
             ),
         );
         let v: Vec<f64> = out.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-        assert_eq!(v.len(), 2, "node{} printed {out:?}", i + 1);
-        (v[0], v[1])
+        assert!(v.len() == 3 && v[0] >= 1.0, "node{} printed {out:?}", i + 1);
+        (v[0] as usize, v[1], v[2])
     };
-    let rate = |(start, end): (f64, f64), n: usize| n as f64 / (end - start);
+    let rate = |n: usize, start: f64, end: f64| n as f64 / (end - start);
     c.sh(0, "mkdir solo shared");
-    let solo = create(0, "solo");
-    eprintln!("MEASURE node1 alone: {FILES} creates, {:.0}/s", rate(solo, FILES));
-    let times: Vec<(f64, f64)> = std::thread::scope(|s| {
+    let (n, start, end) = create(0, "solo");
+    eprintln!("MEASURE node1 alone: {n} creates, {:.0}/s", rate(n, start, end));
+    let runs: Vec<(usize, f64, f64)> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..MEMBERS).map(|i| s.spawn(move || create(i, "shared"))).collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    for (i, &t) in times.iter().enumerate() {
+    for (i, &(n, start, end)) in runs.iter().enumerate() {
         eprintln!(
-            "MEASURE node{} with 3 nodes creating in one directory: {FILES} creates in {:.3} s, {:.0}/s",
+            "MEASURE node{} with 3 nodes creating in one directory: {n} creates in {:.3} s, {:.0}/s",
             i + 1,
-            t.1 - t.0,
-            rate(t, FILES)
+            end - start,
+            rate(n, start, end)
         );
     }
-    let first = times.iter().map(|t| t.0).fold(f64::INFINITY, f64::min);
-    let last = times.iter().map(|t| t.1).fold(0.0, f64::max);
+    let total: usize = runs.iter().map(|r| r.0).sum();
+    let first = runs.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
+    let last = runs.iter().map(|r| r.2).fold(0.0, f64::max);
     eprintln!(
-        "MEASURE 3 nodes together: {} creates in {:.3} s, {:.0}/s in all",
-        MEMBERS * FILES,
+        "MEASURE 3 nodes together: {total} creates in {:.3} s, {:.0}/s in all",
         last - first,
-        rate((first, last), MEMBERS * FILES)
+        rate(total, first, last)
     );
-    let mut want: Vec<String> = (1..=MEMBERS).flat_map(|n| (0..FILES).map(move |k| format!("n{n}_{k}"))).collect();
+    let mut want: Vec<String> =
+        runs.iter().enumerate().flat_map(|(i, r)| (0..r.0).map(move |k| format!("n{}_{k}", i + 1))).collect();
     want.sort();
     for i in 0..MEMBERS {
         let got: Vec<String> = c.sh(i, "LC_ALL=C ls shared").lines().map(str::to_owned).collect();
