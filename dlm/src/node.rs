@@ -832,7 +832,9 @@ impl Node {
         self.plock_drop_client(ls, owner);
     }
 
-    /// Issue what doomed locks need next: a cancel while queued, an unlock once granted.
+    /// Issue what doomed locks need next: a cancel while queued, an unlock once granted. A
+    /// lock held in PW or EX by a client that went away is released with IVVALBLK: whatever
+    /// it protected may be half-changed, exactly as when its node dies.
     fn reap_doomed(&mut self, ls: u32) {
         let Some(l) = self.lockspaces.get_mut(&ls) else { return };
         let mut todo = Vec::new();
@@ -843,7 +845,8 @@ impl Node {
             }
             match lk.pending {
                 None if lk.grmode.is_some() => {
-                    lk.pending = Some(Pending::Unlock { flags: Flags::empty() });
+                    let flags = if lk.grmode >= Some(Mode::Pw) { Flags::IVVALBLK } else { Flags::empty() };
+                    lk.pending = Some(Pending::Unlock { flags });
                     lk.issued = false;
                     todo.push((OpKind::Op, *id));
                 }

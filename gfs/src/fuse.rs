@@ -15,10 +15,11 @@ use fuser::{
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
     ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long the kernel may cache names and attributes. With lock_nolock every change goes
@@ -38,6 +39,76 @@ pub struct Shared {
     stop: AtomicBool,
     wake: Condvar,
     wake_lock: Mutex<()>,
+    /// lock_dlm: what the kernel caches (names per directory, attributes), so a glock going
+    /// to another node can take it back ([`KernelCache`]).
+    kernel: KernelCache,
+}
+
+/// What the kernel caches on a lock_dlm mount, and the channel to take it back.
+///
+/// The kernel caches attributes (taken back with an attribute-only invalidation, which never
+/// waits on the kernel's inode locks). It does not cache names (entry TTL zero): taking a
+/// name back needs the directory's inode lock, which a request in flight holds while it waits
+/// for the very glock being given up, so every lookup reaches the engine instead.
+#[derive(Debug, Default)]
+struct KernelCache {
+    root: u64,
+    /// Inodes whose attributes were handed out.
+    attrs: Mutex<HashSet<u64>>,
+    /// Set once the FUSE session exists.
+    invalidator: OnceLock<std::sync::mpsc::Sender<Invalidation>>,
+}
+
+/// Kernel attributes to invalidate (FUSE inode numbers), and who waits.
+#[derive(Debug)]
+struct Invalidation {
+    attrs: Vec<u64>,
+    done: std::sync::mpsc::Sender<()>,
+}
+
+/// How long a demotion waits for the kernel to drop what it cached (an attribute-only
+/// invalidation takes no inode lock: this is a safety net, not an expected wait).
+const INVALIDATE_WAIT: Duration = Duration::from_millis(200);
+
+impl KernelCache {
+    fn fuse_ino(&self, ino: u64) -> u64 {
+        if ino == self.root {
+            1
+        } else {
+            ino
+        }
+    }
+
+    fn note_attr(&self, ino: u64) {
+        if self.invalidator.get().is_some() {
+            self.attrs.lock().expect("kernel attrs").insert(ino);
+        }
+    }
+
+    /// Takes back everything the kernel caches (after replaying another node's journal).
+    fn invalidate_all(&self) {
+        let attrs: Vec<u64> = self.attrs.lock().expect("kernel attrs").drain().collect();
+        self.send(attrs);
+    }
+
+    /// Takes back what the kernel caches under inode `ino`'s glock: its attributes.
+    fn invalidate(&self, ino: u64) {
+        if self.attrs.lock().expect("kernel attrs").remove(&ino) {
+            self.send(vec![ino]);
+        }
+    }
+
+    fn send(&self, inos: Vec<u64>) {
+        let Some(tx) = self.invalidator.get() else { return };
+        if inos.is_empty() {
+            return;
+        }
+        let (done, wait) = std::sync::mpsc::channel();
+        let job = Invalidation { attrs: inos.into_iter().map(|i| self.fuse_ino(i)).collect(), done };
+        if tx.send(job).is_ok() && wait.recv_timeout(INVALIDATE_WAIT).is_err() {
+            tracing::warn!("the kernel has not dropped cached attributes yet");
+        }
+    }
 }
 
 impl Shared {
@@ -48,6 +119,30 @@ impl Shared {
             if let Err(e) = fs.commit() {
                 tracing::error!(error = %e, "commit failed");
             }
+        }
+    }
+
+    /// lock_dlm: starts the thread that takes back what the kernel cached when a glock goes
+    /// to another node (FUSE invalidation notifications on the session's channel).
+    pub fn start_invalidator(&self, notifier: fuser::Notifier) {
+        if self.glocks.lock().expect("glocks mutex").is_none() {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<Invalidation>();
+        let spawned = std::thread::Builder::new().name("gfs-invalidate".into()).spawn(move || {
+            for job in rx {
+                for ino in job.attrs {
+                    // Offset -1: attributes only. ENOENT: the kernel had already dropped it.
+                    let _ = notifier.inval_inode(INodeNo(ino), -1, 0);
+                }
+                let _ = job.done.send(());
+            }
+        });
+        match spawned {
+            Ok(_) => {
+                let _ = self.kernel.invalidator.set(tx);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start the invalidation thread"),
         }
     }
 
@@ -116,7 +211,29 @@ impl Shared {
         plan: impl Fn(&mut Fs, &HeldLocks, &mut Need) -> Result<(), FsError>,
         f: impl FnOnce(&mut Fs) -> Result<T, FsError>,
     ) -> Result<T, FsError> {
+        self.op_held(gl, plan, f).0
+    }
+
+    /// [`Shared::op`], also giving back the glocks still held (a reply that the kernel will
+    /// cache must be sent before they go: a demotion then finds it to take back).
+    fn op_held<T>(
+        &self,
+        gl: &Glocks,
+        plan: impl Fn(&mut Fs, &HeldLocks, &mut Need) -> Result<(), FsError>,
+        f: impl FnOnce(&mut Fs) -> Result<T, FsError>,
+    ) -> (Result<T, FsError>, HeldLocks) {
         let mut held = HeldLocks::default();
+        let r = self.op_inner(gl, &mut held, plan, f);
+        (r, held)
+    }
+
+    fn op_inner<T>(
+        &self,
+        gl: &Glocks,
+        held: &mut HeldLocks,
+        plan: impl Fn(&mut Fs, &HeldLocks, &mut Need) -> Result<(), FsError>,
+        f: impl FnOnce(&mut Fs) -> Result<T, FsError>,
+    ) -> Result<T, FsError> {
         let mut f = Some(f);
         for _ in 0..64 {
             let mut g = self.fs.lock().expect("fs mutex");
@@ -124,8 +241,8 @@ impl Shared {
             let (sh, ex) = held.split();
             fs.set_held(sh, ex)?;
             let mut need = Need::default();
-            need.lock(&held, LockKey::Layout, Want::Sh);
-            plan(fs, &held, &mut need)?;
+            need.lock(held, LockKey::Layout, Want::Sh);
+            plan(fs, held, &mut need)?;
             if need.alloc > 0 {
                 let have: u64 = (0..fs.rgrp_count())
                     .filter(|&i| held.covers(LockKey::Rgrp(i), Want::Ex))
@@ -152,14 +269,13 @@ impl Shared {
                     fs.commit()?;
                 }
                 drop(g);
-                drop(held);
                 if !deferred.is_empty() {
                     self.free_deferred(gl, deferred);
                 }
                 return r;
             }
             drop(g);
-            let fresh = gl.acquire(&mut held, &need.keys).map_err(|e| FsError::Journal(e.to_string()))?;
+            let fresh = gl.acquire(held, &need.keys).map_err(|e| FsError::Journal(e.to_string()))?;
             if !fresh.is_empty() {
                 let mut g = self.fs.lock().expect("fs mutex");
                 if let Some(fs) = g.as_mut() {
@@ -226,6 +342,9 @@ impl GlockHooks for Hooks {
             if let Some(fs) = s.fs.lock().expect("fs mutex").as_mut() {
                 fs.invalidate(key);
             }
+            if let LockKey::Inode(ino) = key {
+                s.kernel.invalidate(ino);
+            }
         }
     }
 
@@ -235,10 +354,16 @@ impl GlockHooks for Hooks {
 
     fn recover(&self, slots: &[u32]) {
         if let Some(s) = self.0.upgrade() {
-            if let Some(fs) = s.fs.lock().expect("fs mutex").as_mut() {
-                if let Err(e) = fs.recover_slots(slots) {
+            let replayed = match s.fs.lock().expect("fs mutex").as_mut().map(|fs| fs.recover_slots(slots)) {
+                Some(Ok(n)) => n,
+                Some(Err(e)) => {
                     tracing::error!(error = %e, ?slots, "journal recovery failed");
+                    0
                 }
+                None => 0,
+            };
+            if replayed > 0 {
+                s.kernel.invalidate_all();
             }
         }
     }
@@ -250,15 +375,17 @@ pub struct GfsFuse {
     shared: Arc<Shared>,
     root: u64,
     glocks: Option<Arc<Glocks>>,
-    /// How long the kernel may cache names and attributes (zero with cluster locking).
+    /// How long the kernel may cache attributes (lock_dlm: taken back by notifications).
     ttl: Duration,
+    /// How long the kernel may cache names (lock_dlm: not at all, see [`KernelCache`]).
+    entry_ttl: Duration,
     /// Open flags: direct I/O with cluster locking (no page cache to invalidate).
     open_flags: FopenFlags,
 }
 
 impl GfsFuse {
     /// Wraps a mounted engine and starts the committer thread; with `glocks` (lock_dlm)
-    /// every request runs under the cluster-wide glock.
+    /// every request first takes its glocks.
     pub fn new(fs: Fs, glocks: Option<Glocks>) -> (GfsFuse, Arc<Shared>) {
         let root = fs.root();
         let glocks = glocks.map(Arc::new);
@@ -268,6 +395,7 @@ impl GfsFuse {
             stop: AtomicBool::new(false),
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
+            kernel: KernelCache { root, ..Default::default() },
         });
         let s = shared.clone();
         std::thread::Builder::new()
@@ -288,13 +416,17 @@ impl GfsFuse {
         }
         // Nothing is buffered per open file, so close needs no FLUSH request.
         let (ttl, open_flags) = if glocks.is_some() {
-            // FLUSH at close releases the closer's fcntl locks.
-            (Duration::ZERO, FopenFlags::FOPEN_DIRECT_IO)
+            // Attributes are cached by the kernel and taken back when a glock goes to another
+            // node; names are not (see KernelCache), nor is file data (direct I/O: a read
+            // always reaches the engine, under the inode's glock). FLUSH at close releases
+            // fcntl locks.
+            (TTL, FopenFlags::FOPEN_DIRECT_IO)
         } else {
             // lock_nolock: this mount is the only writer; the page cache stays valid.
             (TTL, FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH)
         };
-        (GfsFuse { shared: shared.clone(), root, glocks, ttl, open_flags }, shared)
+        let entry_ttl = if glocks.is_some() { Duration::ZERO } else { ttl };
+        (GfsFuse { shared: shared.clone(), root, glocks, ttl, entry_ttl, open_flags }, shared)
     }
 
     fn ino(&self, ino: INodeNo) -> u64 {
@@ -320,30 +452,61 @@ impl GfsFuse {
         plan: impl Fn(&mut Fs, &HeldLocks, &mut Need) -> Result<(), FsError>,
         f: impl FnOnce(&mut Fs) -> Result<T, FsError>,
     ) -> Result<T, Errno> {
-        let r = match &self.glocks {
-            Some(gl) => self.shared.op(gl, plan, f),
-            None => {
-                let mut g = self.shared.fs.lock().expect("fs mutex");
-                let fs = g.as_mut().ok_or(Errno::EIO)?;
-                let r = f(fs);
-                if fs.dirty_blocks() >= COMMIT_BLOCKS {
-                    if let Err(e) = fs.commit() {
-                        tracing::error!(error = %e, "commit failed");
-                        return Err(Errno::EIO);
-                    }
-                }
-                r
+        self.run_held(plan, f).0
+    }
+
+    /// [`GfsFuse::run`], keeping the glocks until the caller drops them (after its reply).
+    fn run_held<T>(
+        &self,
+        plan: impl Fn(&mut Fs, &HeldLocks, &mut Need) -> Result<(), FsError>,
+        f: impl FnOnce(&mut Fs) -> Result<T, FsError>,
+    ) -> (Result<T, Errno>, Option<HeldLocks>) {
+        let (r, held) = match &self.glocks {
+            Some(gl) => {
+                let (r, h) = self.shared.op_held(gl, plan, f);
+                (r, Some(h))
             }
+            None => (self.run_local(f), None),
         };
-        r.map_err(|e| {
+        let r = r.map_err(|e| {
             if matches!(e, FsError::Device(_) | FsError::Corrupt(_) | FsError::Journal(_)) {
                 tracing::error!(error = %e, "I/O error");
             }
             Errno::from_i32(e.errno())
-        })
+        });
+        (r, held)
+    }
+
+    /// lock_nolock: runs `f` at once.
+    fn run_local<T>(&self, f: impl FnOnce(&mut Fs) -> Result<T, FsError>) -> Result<T, FsError> {
+        let mut g = self.shared.fs.lock().expect("fs mutex");
+        let fs = g.as_mut().ok_or(FsError::Journal("the filesystem is unmounted".into()))?;
+        let r = f(fs);
+        if fs.dirty_blocks() >= COMMIT_BLOCKS {
+            fs.commit()?;
+        }
+        r
+    }
+
+    /// lock_dlm, after mknod/mkdir/symlink: the kernel will cache the new inode's
+    /// attributes, so hold its glock shared too (another node changing it then asks for it,
+    /// and the kernel's copy is taken back).
+    fn created_entry(&self, r: &Result<Attr, Errno>, held: &mut Option<HeldLocks>) {
+        let (Some(gl), Some(h), Ok(a)) = (&self.glocks, held.as_mut(), r) else { return };
+        match gl.acquire(h, &[(LockKey::Inode(a.ino), Want::Sh)]) {
+            Ok(fresh) => {
+                if let Some(fs) = self.shared.fs.lock().expect("fs mutex").as_mut() {
+                    for k in fresh {
+                        fs.invalidate(k);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(inode = a.ino, error = %e, "cannot take a new inode's glock"),
+        }
     }
 
     fn attr(&self, a: &Attr) -> FileAttr {
+        self.shared.kernel.note_attr(a.ino);
         let kind = match a.mode & libc::S_IFMT {
             libc::S_IFDIR => FileType::Directory,
             libc::S_IFLNK => FileType::Symlink,
@@ -374,7 +537,7 @@ impl GfsFuse {
 
     fn entry(&self, r: Result<Attr, Errno>, reply: ReplyEntry) {
         match r {
-            Ok(a) => reply.entry(&self.ttl, &self.attr(&a), Generation(a.generation)),
+            Ok(a) => reply.entry_with_ttls(&self.ttl, &self.entry_ttl, &self.attr(&a), Generation(a.generation)),
             Err(e) => reply.error(e),
         }
     }
@@ -606,7 +769,8 @@ impl Filesystem for GfsFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let p = self.ino(parent);
-        match self.run(lookup_plan(p, name.as_bytes()), |fs| fs.lookup(p, name.as_bytes())) {
+        let (r, _held) = self.run_held(lookup_plan(p, name.as_bytes()), |fs| fs.lookup(p, name.as_bytes()));
+        match r {
             // A negative entry (inode 0) lets the kernel cache the absence too.
             Err(e) if e == Errno::ENOENT => {
                 let mut a = self.attr(&Attr {
@@ -624,7 +788,7 @@ impl Filesystem for GfsFuse {
                     generation: 0,
                 });
                 a.ino = INodeNo(0);
-                reply.entry(&self.ttl, &a, Generation(0));
+                reply.entry_with_ttls(&self.ttl, &self.entry_ttl, &a, Generation(0));
             }
             r => self.entry(r, reply),
         }
@@ -632,7 +796,8 @@ impl Filesystem for GfsFuse {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let i = self.ino(ino);
-        match self.run(shared(i), |fs| fs.getattr(i)) {
+        let (r, _held) = self.run_held(shared(i), |fs| fs.getattr(i));
+        match r {
             Ok(a) => reply.attr(&self.ttl, &self.attr(&a)),
             Err(e) => reply.error(e),
         }
@@ -659,7 +824,7 @@ impl Filesystem for GfsFuse {
         let i = self.ino(ino);
         let s = SetAttr { mode, uid, gid, size, atime: atime.map(time_or_now), mtime: mtime.map(time_or_now) };
         let alloc = if s.size.is_some() { 8 } else { 0 };
-        let r = self.run(exclusive(i, alloc), |fs| {
+        let (r, _held) = self.run_held(exclusive(i, alloc), |fs| {
             let mut s = s;
             // chown by anyone clears setuid/setgid (the kernel checked permission already).
             if (s.uid.is_some() || s.gid.is_some()) && s.mode.is_none() {
@@ -687,22 +852,24 @@ impl Filesystem for GfsFuse {
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
         let p = self.ino(parent);
         let (uid, gid) = (req.uid(), req.gid());
-        let r = self.run(exclusive(p, NAMESPACE_ALLOC), |fs| {
+        let (r, mut held) = self.run_held(exclusive(p, NAMESPACE_ALLOC), |fs| {
             let (gid, _) = new_gid(fs, p, gid)?;
             let mode = if mode & libc::S_IFMT == 0 { mode | libc::S_IFREG } else { mode };
             fs.mknod(p, name.as_bytes(), mode & !(umask & 0o777), uid, gid, rdev)
         });
+        self.created_entry(&r, &mut held);
         self.entry(r, reply);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let p = self.ino(parent);
         let (uid, gid) = (req.uid(), req.gid());
-        let r = self.run(exclusive(p, NAMESPACE_ALLOC), |fs| {
+        let (r, mut held) = self.run_held(exclusive(p, NAMESPACE_ALLOC), |fs| {
             let (gid, inherit) = new_gid(fs, p, gid)?;
             let mode = (mode & !umask & 0o7777) | if inherit { libc::S_ISGID } else { 0 };
             fs.mkdir(p, name.as_bytes(), mode, uid, gid)
         });
+        self.created_entry(&r, &mut held);
         self.entry(r, reply);
     }
 
@@ -719,10 +886,11 @@ impl Filesystem for GfsFuse {
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
         let p = self.ino(parent);
         let (uid, gid) = (req.uid(), req.gid());
-        let r = self.run(exclusive(p, NAMESPACE_ALLOC), |fs| {
+        let (r, mut held) = self.run_held(exclusive(p, NAMESPACE_ALLOC), |fs| {
             let (gid, _) = new_gid(fs, p, gid)?;
             fs.symlink(p, link_name.as_bytes(), target.as_os_str().as_bytes(), uid, gid)
         });
+        self.created_entry(&r, &mut held);
         self.entry(r, reply);
     }
 
@@ -758,7 +926,8 @@ impl Filesystem for GfsFuse {
             n.alloc = NAMESPACE_ALLOC;
             Ok(())
         };
-        self.entry(self.run(plan, |fs| fs.link(i, np, newname.as_bytes())), reply);
+        let (r, _held) = self.run_held(plan, |fs| fs.link(i, np, newname.as_bytes()));
+        self.entry(r, reply);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -785,15 +954,19 @@ impl Filesystem for GfsFuse {
     ) {
         let p = self.ino(parent);
         let (uid, gid) = (req.uid(), req.gid());
-        let r = self.run(exclusive(p, NAMESPACE_ALLOC), |fs| {
+        let (r, held) = self.run_held(exclusive(p, NAMESPACE_ALLOC), |fs| {
             let (gid, _) = new_gid(fs, p, gid)?;
             let mode = if mode & libc::S_IFMT == 0 { mode | libc::S_IFREG } else { mode };
             let a = fs.mknod(p, name.as_bytes(), mode & !(umask & 0o777), uid, gid, 0)?;
             fs.open_inode(a.ino);
             Ok(a)
         });
+        // lock_dlm: entry_ttl is zero, so the kernel keeps neither the name nor the attributes.
+        drop(held);
         match r {
-            Ok(a) => reply.created(&self.ttl, &self.attr(&a), Generation(a.generation), FileHandle(0), self.open_flags),
+            Ok(a) => {
+                reply.created(&self.entry_ttl, &self.attr(&a), Generation(a.generation), FileHandle(0), self.open_flags)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -830,6 +1003,9 @@ impl Filesystem for GfsFuse {
     ) {
         let i = self.ino(ino);
         let sync = flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0;
+        // lock_dlm: the kernel's idea of the end of the file may be stale (another node
+        // appended); O_APPEND writes go to the end as the engine knows it, under the glock.
+        let append = self.glocks.is_some() && flags.0 & libc::O_APPEND != 0;
         let r = self.run(exclusive(i, data.len() as u64 / 4096 + 8), |fs| {
             // A write by anyone clears setuid (and setgid with group execute).
             let a = fs.getattr(i)?;
@@ -839,6 +1015,7 @@ impl Filesystem for GfsFuse {
                     &SetAttr { mode: Some(a.mode & !(libc::S_ISUID | libc::S_ISGID) & 0o7777), ..Default::default() },
                 )?;
             }
+            let offset = if append { a.size } else { offset };
             let n = fs.write(i, offset, data)?;
             if sync {
                 fs.sync()?;

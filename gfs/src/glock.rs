@@ -162,6 +162,7 @@ impl Inner {
     /// Called by a glock's task when another node wants `wanted`: wait for local holders
     /// and the minimum hold, write back and invalidate; says what to convert to.
     fn prepare_demote(&self, key: LockKey, granted: Mode, wanted: Mode) -> Demote {
+        tracing::debug!(?key, %granted, %wanted, "blocking callback");
         let mut t = self.table.lock().expect("glock table");
         let Some(e) = t.get(&key) else { return Demote::NotNeeded };
         // A local conversion is in flight (this task runs it): decide once it is done.

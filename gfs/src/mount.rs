@@ -71,7 +71,7 @@ pub fn run(device: &str, mountpoint: &Path, opts: &MountOptions, ready: impl FnO
                 .with_recovery_lock(|| Fs::mount_with(dev, opts.journal, true))
                 .context("cannot take the recovery lock")?
                 .with_context(|| format!("cannot mount {device}"))?;
-            fs.set_clustered();
+            fs.set_clustered().context("cannot write back after mounting")?;
             let rgs = fs.rgrp_count();
             fs.set_rgrp_hint((opts.journal as u64 * rgs as u64 / sb.journal_count.max(1) as u64) as u32);
             (fs, Some((glocks, held)))
@@ -105,6 +105,7 @@ pub fn run(device: &str, mountpoint: &Path, opts: &MountOptions, ready: impl FnO
     }
     let session = fuser::Session::new(fuse, mountpoint, &cfg)
         .with_context(|| format!("cannot mount FUSE at {}", mountpoint.display()))?;
+    shared.start_invalidator(session.notifier());
     ready();
     let r = session.run();
     // destroy() normally did this; if the session ended otherwise, still leave it clean.

@@ -431,7 +431,6 @@ fn three_nodes_see_each_others_changes_at_once() {
 }
 
 #[test]
-#[ignore = "fails: gfs loses O_APPEND records written from two nodes (run with --ignored to see)"]
 fn concurrent_appends_from_two_nodes_lose_nothing() {
     let mut c = Cluster::start();
     // Concurrent O_APPEND appends of 64-byte records from nodes 1 and 2.

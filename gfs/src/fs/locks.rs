@@ -73,9 +73,13 @@ impl Fs {
     }
 
     /// Turns on lock checking (lock_dlm): from now on the engine changes only what the locks
-    /// given to [`Fs::set_held`] cover.
-    pub fn set_clustered(&mut self) {
+    /// given to [`Fs::set_held`] cover. What the mount read so far goes home and is
+    /// forgotten (it was cached before blocks were tracked by lock).
+    pub fn set_clustered(&mut self) -> Result<()> {
+        self.write_back()?;
+        self.drop_caches();
         self.held = Some(Held::default());
+        Ok(())
     }
 
     /// Whether this mount coordinates with other nodes through glocks.
