@@ -27,8 +27,11 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-/// The shortest time a node keeps a glock once granted (avoids ping-pong).
+/// The shortest time a node keeps a glock once granted (avoids ping-pong). A glock asked
+/// for again soon after it was granted keeps doubling its hold, up to [`MAX_HOLD`], so nodes
+/// taking turns on a busy directory each get a useful batch of work done per turn.
 const MIN_HOLD: Duration = Duration::from_millis(20);
+const MAX_HOLD: Duration = Duration::from_millis(320);
 /// How long a mount waits for its journal slot's lock.
 const JOURNAL_WAIT: Duration = Duration::from_secs(20);
 /// How often every node looks for journals of nodes that are gone.
@@ -80,7 +83,12 @@ struct Entry {
     busy: bool,
     /// Another node asked for it: no new local holders until it is demoted.
     demote: bool,
+    /// Another node asked for it and the hold time is not over: local holders may still
+    /// come and go, but no new DLM conversion starts.
+    asked: bool,
     granted_at: Instant,
+    /// How long to keep it once granted (adapts between MIN_HOLD and MAX_HOLD).
+    hold: Duration,
     task: Option<mpsc::UnboundedSender<TaskCmd>>,
 }
 
@@ -173,20 +181,33 @@ impl Inner {
             return Demote::NotNeeded;
         }
         let target = if granted == Mode::Ex && wanted == Mode::Pr { Mode::Pr } else { Mode::Nl };
+        // Keep it for its hold time (local work goes on meanwhile), then drain local holders.
+        let until = {
+            let Some(e) = t.get_mut(&key) else { return Demote::NotNeeded };
+            let since = e.granted_at.elapsed();
+            e.hold = if since < e.hold * 2 {
+                (e.hold * 2).min(MAX_HOLD)
+            } else if since > Duration::from_secs(1) {
+                MIN_HOLD
+            } else {
+                e.hold
+            };
+            e.asked = true;
+            e.granted_at + e.hold
+        };
+        drop(t);
+        let left = until.saturating_duration_since(Instant::now());
+        if !left.is_zero() {
+            std::thread::sleep(left);
+        }
+        t = self.table.lock().expect("glock table");
         if let Some(e) = t.get_mut(&key) {
             e.demote = true;
         }
         loop {
             let Some(e) = t.get(&key) else { return Demote::NotNeeded };
             if e.sh == 0 && !e.ex && !e.busy {
-                let left = (e.granted_at + MIN_HOLD).saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                drop(t);
-                std::thread::sleep(left);
-                t = self.table.lock().expect("glock table");
-                continue;
+                break;
             }
             t = self.cond.wait(t).expect("glock table");
         }
@@ -213,6 +234,7 @@ impl Inner {
             }
             e.busy = false;
             e.demote = false;
+            e.asked = false;
         }
         drop(t);
         self.cond.notify_all();
@@ -325,7 +347,9 @@ impl Inner {
                 ex: false,
                 busy: false,
                 demote: false,
+                asked: false,
                 granted_at: Instant::now(),
+                hold: MIN_HOLD,
                 task: None,
             });
             if e.demote || e.busy {
@@ -343,8 +367,9 @@ impl Inner {
                 }
                 return Ok((fresh, dead_holder));
             }
-            // The DLM must grant more: no local holder may be using the weaker mode.
-            if e.sh > 0 || e.ex {
+            // The DLM must grant more: no local holder may be using the weaker mode, and no
+            // other node may be waiting for this node to let go.
+            if e.sh > 0 || e.ex || e.asked {
                 t = self.cond.wait(t).expect("glock table");
                 continue;
             }
