@@ -23,9 +23,10 @@ DESCRIPTION
 
     lock_nolock: one node. lock_dlm: every node runs dlm_controld and mounts with its own
     journal (-o journal=N, 0 <= N < the journal count given to mkfs.gfs); the nodes share the
-    filesystem through one cluster-wide glock (a node writes everything back and drops its
-    caches when another asks), and a node that takes over finds and replays the journals of
-    nodes that are gone (their journal locks were released by the DLM after fencing).
+    filesystem through glocks in the DLM (one per inode and resource group: a node writes back
+    and forgets what a glock covers when another node asks for it), fcntl and flock locks
+    are cluster-wide, and the journals of nodes that are gone are replayed by a survivor
+    once the DLM releases their locks (after fencing).
 
 OPTIONS (-o, comma separated)
     journal=N        use journal (node slot) N (default 0)
