@@ -130,6 +130,23 @@ async fn single_node_locks_value_blocks_callbacks_and_tool() {
     drop(c3);
     assert_eq!(step(waiting.wait()).await.unwrap().mode, Some(Mode::Ex));
 
+    // A client gone while holding EX with a value block leaves the value block not valid
+    // (what it protected may be half-changed, as when a node dies); PR holders leave it be.
+    let c4 = step(DlmClient::connect(&d.socket)).await.unwrap();
+    let _ex = step(c4.lock(ls, b"vb", Mode::Ex, Flags::VALBLK, None)).await.unwrap();
+    let mut next = step(a.request(ls, b"vb", Mode::Pr, Flags::VALBLK, None)).await.unwrap();
+    drop(_ex);
+    drop(c4);
+    let c = step(next.wait()).await.unwrap();
+    assert_eq!(c.mode, Some(Mode::Pr));
+    assert!(c.sbflags.contains(SbFlags::VALNOTVALID), "value block must be flagged not valid");
+    let c5 = step(DlmClient::connect(&d.socket)).await.unwrap();
+    let _pr = step(c5.lock(ls, b"vb2", Mode::Pr, Flags::VALBLK, None)).await.unwrap();
+    drop(_pr);
+    drop(c5);
+    let c = step(a.lock(ls, b"vb2", Mode::Ex, Flags::VALBLK, None)).await.unwrap();
+    assert!(!c.sbflags().contains(SbFlags::VALNOTVALID), "a reader going away invalidates nothing");
+
     // dlm_tool: a lock that outlives the command, then released by another command.
     let out = d.tool(&["lock", "app", "job", "EX"]);
     out.assert_success("dlm_tool lock");
