@@ -1179,6 +1179,13 @@ impl Filesystem for GfsFuse {
             return reply.error(Errno::ENOTTY);
         }
         let uid = req.uid();
+        if let (Some(gl), Ok(crate::grow::CtlRequest::Glocks)) =
+            (&self.glocks, crate::grow::CtlRequest::decode(in_data))
+        {
+            // gfs_tool glocks: no engine lock needed (up to ~100 lines fit the reply).
+            let r = crate::grow::CtlReply { status: 0, message: gl.dump(100) };
+            return reply.ioctl(0, &r.encode());
+        }
         // gfs_grow / gfs_jadd: the layout, statfs and every resource group, exclusively.
         let plan = |fs: &mut Fs, h: &HeldLocks, n: &mut Need| {
             n.lock(h, LockKey::Layout, Want::Ex);

@@ -627,6 +627,40 @@ impl Glocks {
         Ok(fresh)
     }
 
+    /// This node's glocks, one line each, in lock order: DLM mode, local holders, state,
+    /// hold time (`gfs_tool glocks`). At most `max` lines, then how many more.
+    pub fn dump(&self, max: usize) -> String {
+        use std::fmt::Write;
+        let t = self.inner.table.lock().expect("glock table");
+        let mut keys: Vec<_> = t.keys().copied().collect();
+        keys.sort();
+        let mut out = format!("glocks of journal slot {}: {}\n", self.inner.slot, keys.len());
+        for k in keys.iter().take(max) {
+            let e = &t[k];
+            let state = match (e.busy, e.demote, e.asked) {
+                (true, _, _) => "converting",
+                (_, true, _) => "demoting",
+                (_, _, true) => "asked",
+                _ => "idle",
+            };
+            let _ = writeln!(
+                out,
+                "{:<24} {:<2} holders sh {} ex {} {:<10} hold {} ms, granted {} ms ago",
+                String::from_utf8_lossy(&k.resource_name()),
+                e.mode.to_string(),
+                e.sh,
+                u8::from(e.ex),
+                state,
+                e.hold.as_millis(),
+                e.granted_at.elapsed().as_millis()
+            );
+        }
+        if keys.len() > max {
+            let _ = writeln!(out, "... {} more", keys.len() - max);
+        }
+        out
+    }
+
     /// Releases every glock and the journal lock, and leaves the lockspace.
     pub fn shutdown(&self) {
         let i = &self.inner;

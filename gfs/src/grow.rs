@@ -37,6 +37,7 @@ const REP_MAGIC: &[u8; 4] = b"GFSR";
 const VERSION: u16 = 1;
 const OP_GROW: u16 = 1;
 const OP_JADD: u16 = 2;
+const OP_GLOCKS: u16 = 3;
 const FLAG_TEST: u32 = 1;
 const MSG_OFF: usize = 16;
 
@@ -47,6 +48,8 @@ pub enum CtlRequest {
     Grow { rg_blocks: Option<u32>, test: bool },
     /// `gfs_jadd`: add `count` journals.
     Jadd { count: u32, journal_blocks: Option<u32>, test: bool },
+    /// `gfs_tool glocks`: this node's glocks as the mount process holds them.
+    Glocks,
 }
 
 /// The mount process's answer.
@@ -88,6 +91,7 @@ impl CtlRequest {
         let (op, test, count, rg, jb) = match *self {
             CtlRequest::Grow { rg_blocks, test } => (OP_GROW, test, 0, rg_blocks.unwrap_or(0), 0),
             CtlRequest::Jadd { count, journal_blocks, test } => (OP_JADD, test, count, 0, journal_blocks.unwrap_or(0)),
+            CtlRequest::Glocks => (OP_GLOCKS, false, 0, 0, 0),
         };
         b[6..8].copy_from_slice(&op.to_le_bytes());
         b[8..12].copy_from_slice(&(if test { FLAG_TEST } else { 0 }).to_le_bytes());
@@ -121,7 +125,8 @@ impl CtlRequest {
         match get_u16(b, 6) {
             OP_GROW if count == 0 && jb == 0 => Ok(CtlRequest::Grow { rg_blocks: opt(rg), test }),
             OP_JADD if rg == 0 => Ok(CtlRequest::Jadd { count, journal_blocks: opt(jb), test }),
-            OP_GROW | OP_JADD => Err(CtlError::Invalid("field not used by the operation is set")),
+            OP_GLOCKS if !test && count == 0 && rg == 0 && jb == 0 => Ok(CtlRequest::Glocks),
+            OP_GROW | OP_JADD | OP_GLOCKS => Err(CtlError::Invalid("field not used by the operation is set")),
             op => Err(CtlError::Op(op)),
         }
     }
@@ -186,6 +191,8 @@ pub fn serve(fs: &mut Fs, uid: u32, input: &[u8]) -> Vec<u8> {
                 CtlRequest::Jadd { count, journal_blocks, test } => {
                     fs.add_journals(count, journal_blocks.map(u64::from), test).map(|r| r.to_string())
                 }
+                // Answered by the front end, which has the glocks (see fuse.rs).
+                CtlRequest::Glocks => Ok("lock_nolock: no glocks\n".to_string()),
             };
             match r {
                 Ok(message) => CtlReply { status: 0, message },
@@ -286,6 +293,7 @@ mod tests {
                 .prop_map(|(rg_blocks, test)| CtlRequest::Grow { rg_blocks, test }),
             (any::<u32>(), proptest::option::of(1u32..), any::<bool>())
                 .prop_map(|(count, journal_blocks, test)| CtlRequest::Jadd { count, journal_blocks, test }),
+            Just(CtlRequest::Glocks),
         ]
     }
 

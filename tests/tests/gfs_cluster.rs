@@ -47,6 +47,9 @@ test "$(ls $W/m1/d | wc -l)" = 301; test "$(ls $W/m2/d | wc -l)" = 301
 # The glocks as the DLM sees them (each daemon dumps what it masters).
 { $B/gfs_tool lockdump $W/m1 --dlm-socket $W/d1.sock; $B/gfs_tool lockdump $W/m2 --dlm-socket $W/d2.sock; } > $W/dump
 grep -q 'resource "inode-' $W/dump; grep -q 'resource "rgrp-' $W/dump; grep -q 'resource "journal-1"' $W/dump
+# This node's glocks as its mount process holds them.
+$B/gfs_tool glocks $W/m1 > $W/glocks
+grep -q '^glocks of journal slot 0' $W/glocks; grep -q '^layout .* PR ' $W/glocks; grep -q '^inode-' $W/glocks
 # Node 1 dies after an fsync; node 2 recovers its journal and sees the file.
 printf durable > $W/m1/d/last; sync $W/m1/d/last
 kill -9 $M1; wait $M1 || true

@@ -17,6 +17,7 @@ EXAMPLES
     gfs_tool journals /mnt/gfs        # the same, after gfs_jadd
     gfs_tool df /mnt/gfs
     gfs_tool lockdump /mnt/shared --dlm-socket /run/dlm/dlm.sock
+    gfs_tool glocks /mnt/shared       # this node's glocks, from the mount process
 
 FILES
     /proc/self/mounts   to find the device of a mount point
@@ -44,14 +45,18 @@ enum Cmd {
     Jindex { target: String },
     /// Print space and inode usage (from the statfs blocks; cheap).
     Df { target: String },
-    /// Print the glocks (DLM resources) of a lock_dlm filesystem this node masters: the
-    /// filesystem glock `fs` and the journal locks `journal-N`, with queues and modes.
+    /// Print the DLM resources of a lock_dlm filesystem this node's dlm_controld masters
+    /// (glocks `inode-*`, `rgrp-*`, `layout`, `statfs`, `rename`, locks `journal-N`,
+    /// `recovery`), with queues and modes of every node.
     Lockdump {
         target: String,
         /// dlm_controld's socket.
         #[arg(long, default_value = "/run/dlm/dlm.sock")]
         dlm_socket: String,
     },
+    /// Print this node's glocks as its mount process holds them (mode, local holders,
+    /// state, hold time); MOUNTPOINT must be a mounted gfs filesystem.
+    Glocks { mountpoint: std::path::PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +66,19 @@ fn main() -> ExitCode {
         Cmd::Jindex { target } => (target, jindex_report(target)),
         Cmd::Df { target } => (target, df_report(target)),
         Cmd::Lockdump { target, dlm_socket } => (target, lockdump_report(target, dlm_socket)),
+        Cmd::Glocks { mountpoint } => {
+            let r = gfs::grow::request(mountpoint, &gfs::grow::CtlRequest::Glocks);
+            match r {
+                Ok(s) => {
+                    print!("{s}");
+                    return ExitCode::SUCCESS;
+                }
+                Err(e) => {
+                    eprintln!("gfs_tool: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
     };
     match r {
         Ok(s) => {
