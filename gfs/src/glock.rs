@@ -34,8 +34,12 @@ const MIN_HOLD: Duration = Duration::from_millis(20);
 const MAX_HOLD: Duration = Duration::from_millis(320);
 /// How long a mount waits for its journal slot's lock.
 const JOURNAL_WAIT: Duration = Duration::from_secs(20);
-/// How often every node looks for journals of nodes that are gone.
+/// How often every node looks for journals of nodes that are gone (and reclaims glocks).
 const RECOVERY_INTERVAL: Duration = Duration::from_secs(2);
+/// Glocks a node keeps before it gives idle ones back to the DLM (NL ones, and PR ones
+/// unused for [`RECLAIM_IDLE`]), down to half this number.
+const RECLAIM_ABOVE: usize = 8192;
+const RECLAIM_IDLE: Duration = Duration::from_secs(10);
 /// Written into a glock's value block when it leaves EX (a valid value block means "the last
 /// EX holder let go properly"). The lockspace's value blocks are the default 32 bytes.
 const LVB: [u8; 32] = *b"gfs: last EX holder let go\0\0\0\0\0\0";
@@ -120,6 +124,8 @@ struct Inner {
     /// One recovery pass at a time on this node.
     recovering: Mutex<HashSet<u32>>,
     journal_lock: Mutex<Option<Lock>>,
+    /// Glocks kept before idle ones go back to the DLM.
+    reclaim_above: std::sync::atomic::AtomicUsize,
 }
 
 /// This node's glocks.
@@ -432,6 +438,51 @@ impl Inner {
         self.cond.notify_all();
     }
 
+    /// Gives idle glocks back to the DLM while this node has more than `above`: NL ones
+    /// first, then PR ones unused for `idle` (what they cover is forgotten first), oldest
+    /// first, down to half of `above`. Returns how many went.
+    fn reclaim(&self, above: usize, idle: Duration) -> usize {
+        let victims: Vec<(LockKey, Mode, mpsc::UnboundedSender<TaskCmd>)> = {
+            let mut t = self.table.lock().expect("glock table");
+            if t.len() <= above {
+                return 0;
+            }
+            let mut c: Vec<(bool, Instant, LockKey)> = t
+                .iter()
+                .filter(|(_, e)| e.sh == 0 && !e.ex && !e.busy && !e.demote && !e.asked && e.task.is_some())
+                .filter(|(_, e)| e.mode == Mode::Nl || (e.mode == Mode::Pr && e.granted_at.elapsed() >= idle))
+                .map(|(k, e)| (e.mode != Mode::Nl, e.granted_at, *k))
+                .collect();
+            c.sort();
+            c.truncate(t.len() - above / 2);
+            c.into_iter()
+                .filter_map(|(_, _, k)| {
+                    let e = t.get_mut(&k)?;
+                    e.busy = true;
+                    Some((k, e.mode, e.task.clone()?))
+                })
+                .collect()
+        };
+        let n = victims.len();
+        for (key, mode, tx) in victims {
+            if mode != Mode::Nl {
+                if let Some(h) = self.hooks() {
+                    h.invalidate(key);
+                }
+            }
+            let (rtx, rrx) = std_mpsc::channel();
+            if tx.send(TaskCmd::Unlock(rtx)).is_ok() {
+                let _ = rrx.recv_timeout(Duration::from_secs(10));
+            }
+            self.table.lock().expect("glock table").remove(&key);
+            self.cond.notify_all();
+        }
+        if n > 0 {
+            tracing::debug!(glocks = n, "idle glocks given back to the DLM");
+        }
+        n
+    }
+
     /// One recovery pass: under the cluster's `recovery` lock, replay the journals whose
     /// locks nobody holds (nodes that are gone), unless already replayed since.
     fn recover_pass(&self, force: bool) -> Result<(), GlockError> {
@@ -552,6 +603,7 @@ impl Glocks {
             stop: AtomicBool::new(false),
             recovering: Mutex::new(HashSet::new()),
             journal_lock: Mutex::new(Some(journal_lock)),
+            reclaim_above: std::sync::atomic::AtomicUsize::new(RECLAIM_ABOVE),
         });
         Ok(Glocks { inner, recovery_thread: Mutex::new(None), plock_waits: Mutex::new(Vec::new()) })
     }
@@ -565,6 +617,12 @@ impl Glocks {
         Ok(r)
     }
 
+    /// How many glocks this node keeps before giving idle ones back to the DLM (default
+    /// 8192; mount option `glock_limit`).
+    pub fn set_glock_limit(&self, n: usize) {
+        self.inner.reclaim_above.store(n.max(2), Ordering::Relaxed);
+    }
+
     /// Sets what the glocks call into; starts the periodic recovery pass.
     pub fn set_hooks(&self, hooks: Box<dyn GlockHooks>) {
         let _ = self.inner.hooks.set(hooks);
@@ -574,6 +632,7 @@ impl Glocks {
                 if let Err(e) = inner.recover_pass(false) {
                     tracing::warn!(error = %e, "recovery pass failed");
                 }
+                inner.reclaim(inner.reclaim_above.load(Ordering::Relaxed), RECLAIM_IDLE);
                 let until = Instant::now() + RECOVERY_INTERVAL;
                 while Instant::now() < until && !inner.stop.load(Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_millis(100));

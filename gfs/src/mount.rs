@@ -21,6 +21,8 @@ pub struct MountOptions {
     pub lockproto_override: Option<LockProto>,
     /// dlm_controld's socket (lock_dlm).
     pub dlm_socket: Option<String>,
+    /// Glocks kept before idle ones go back to the DLM (lock_dlm).
+    pub glock_limit: Option<usize>,
 }
 
 impl MountOptions {
@@ -34,6 +36,7 @@ impl MountOptions {
                 "journal" | "jid" => o.journal = v.parse().context("journal=N needs a number")?,
                 "log" => o.log = Some(v.to_string()),
                 "dlm_socket" => o.dlm_socket = Some(v.to_string()),
+                "glock_limit" => o.glock_limit = Some(v.parse().context("glock_limit=N needs a number")?),
                 "lockproto" => {
                     o.lockproto_override = Some(LockProto::parse(v).context("lockproto=lock_nolock|lock_dlm")?)
                 }
@@ -63,6 +66,9 @@ pub fn run(device: &str, mountpoint: &Path, opts: &MountOptions, ready: impl FnO
             })?;
             // Mounting replays this slot's journal and folds its statfs changes: under the
             // recovery lock and the statfs glock (kept until the engine is in place).
+            if let Some(n) = opts.glock_limit {
+                glocks.set_glock_limit(n);
+            }
             let mut held = HeldLocks::default();
             glocks
                 .acquire(&mut held, &[(LockKey::Layout, Want::Sh), (LockKey::Statfs, Want::Ex)])

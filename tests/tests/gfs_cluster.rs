@@ -27,7 +27,7 @@ D1=$!
 $B/dlm_controld --node-id 2 --socket $W/d2.sock --listen 127.0.0.2:$P2 --peer 1=127.0.0.1:$P1 > $W/d2.out 2>$W/d2.log &
 D2=$!
 for i in $(seq 1 100); do [ -S $W/d1.sock ] && [ -S $W/d2.sock ] && break; sleep 0.1; done
-$B/mount_gfs $W/img $W/m1 -f -o journal=0,dlm_socket=$W/d1.sock,log=$W/m1.log &
+$B/mount_gfs $W/img $W/m1 -f -o journal=0,dlm_socket=$W/d1.sock,log=$W/m1.log,glock_limit=40 &
 M1=$!
 $B/mount_gfs $W/img $W/m2 -o journal=1,dlm_socket=$W/d2.sock,log=$W/m2.log
 for i in $(seq 1 100); do grep -q " $W/m1 fuse" /proc/self/mounts && break; sleep 0.1; done
@@ -50,6 +50,11 @@ grep -q 'resource "inode-' $W/dump; grep -q 'resource "rgrp-' $W/dump; grep -q '
 # This node's glocks as its mount process holds them.
 $B/gfs_tool glocks $W/m1 > $W/glocks
 grep -q '^glocks of journal slot 0' $W/glocks; grep -q '^layout .* PR ' $W/glocks; grep -q '^inode-' $W/glocks
+# Node 1 reads every file (a PR glock each), node 2 changes them all (node 1 goes to NL):
+# node 1 gives idle glocks back to the DLM down to its glock_limit (40) within a few seconds.
+stat $W/m1/d/* > /dev/null; chmod 640 $W/m2/d/*
+for i in $(seq 1 50); do n=$($B/gfs_tool glocks $W/m1 | head -1 | sed 's/.*: //'); [ "$n" -le 40 ] && break; sleep 0.2; done
+test "$n" -le 40; test "$(stat -c %a $W/m1/d/x7)" = 640
 # Node 1 dies after an fsync; node 2 recovers its journal and sees the file.
 printf durable > $W/m1/d/last; sync $W/m1/d/last
 kill -9 $M1; wait $M1 || true

@@ -31,6 +31,8 @@ DESCRIPTION
 OPTIONS (-o, comma separated)
     journal=N        use journal (node slot) N (default 0)
     dlm_socket=PATH  dlm_controld's socket (lock_dlm; default /run/dlm/dlm.sock)
+    glock_limit=N    glocks kept before idle ones go back to the DLM (lock_dlm; default
+                     8192; NL ones first, then PR ones unused for 10 s)
     log=FILE         where the background server logs (default: nowhere)
     lockproto=lock_nolock|lock_dlm
                      override the superblock's lock protocol (lock_nolock: one node only!)
