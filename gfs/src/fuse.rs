@@ -259,6 +259,7 @@ impl Shared {
                 }
             }
             if need.keys.iter().all(|&(k, w)| held.covers(k, w)) {
+                fs.make_room(need.alloc)?;
                 let run = f.take().expect("runs once");
                 let r = run(fs);
                 for (b, k) in fs.take_violations() {
@@ -386,9 +387,8 @@ pub struct GfsFuse {
 impl GfsFuse {
     /// Wraps a mounted engine and starts the committer thread; with `glocks` (lock_dlm)
     /// every request first takes its glocks.
-    pub fn new(fs: Fs, glocks: Option<Glocks>) -> (GfsFuse, Arc<Shared>) {
+    pub fn new(fs: Fs, glocks: Option<Arc<Glocks>>) -> (GfsFuse, Arc<Shared>) {
         let root = fs.root();
-        let glocks = glocks.map(Arc::new);
         let shared = Arc::new(Shared {
             fs: Mutex::new(Some(fs)),
             glocks: Mutex::new(glocks.clone()),
@@ -466,7 +466,7 @@ impl GfsFuse {
                 let (r, h) = self.shared.op_held(gl, plan, f);
                 (r, Some(h))
             }
-            None => (self.run_local(f), None),
+            None => (self.run_local(plan, f), None),
         };
         let r = r.map_err(|e| {
             if matches!(e, FsError::Device(_) | FsError::Corrupt(_) | FsError::Journal(_)) {
@@ -478,9 +478,18 @@ impl GfsFuse {
     }
 
     /// lock_nolock: runs `f` at once.
-    fn run_local<T>(&self, f: impl FnOnce(&mut Fs) -> Result<T, FsError>) -> Result<T, FsError> {
+    fn run_local<T>(
+        &self,
+        plan: impl Fn(&mut Fs, &HeldLocks, &mut Need) -> Result<(), FsError>,
+        f: impl FnOnce(&mut Fs) -> Result<T, FsError>,
+    ) -> Result<T, FsError> {
         let mut g = self.shared.fs.lock().expect("fs mutex");
         let fs = g.as_mut().ok_or(FsError::Journal("the filesystem is unmounted".into()))?;
+        // The plan only says how much the request may allocate here (it reads nothing
+        // without glocks).
+        let mut need = Need::default();
+        let _ = plan(fs, &HeldLocks::default(), &mut need);
+        fs.make_room(need.alloc)?;
         let r = f(fs);
         if fs.dirty_blocks() >= COMMIT_BLOCKS {
             fs.commit()?;
@@ -937,7 +946,12 @@ impl Filesystem for GfsFuse {
             fs.open_inode(i);
             Ok(())
         }) {
-            Ok(()) => reply.opened(FileHandle(0), self.open_flags),
+            Ok(()) => {
+                if let Some(gl) = &self.glocks {
+                    gl.iopen_open(i);
+                }
+                reply.opened(FileHandle(0), self.open_flags)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -963,6 +977,9 @@ impl Filesystem for GfsFuse {
         });
         // lock_dlm: entry_ttl is zero, so the kernel keeps neither the name nor the attributes.
         drop(held);
+        if let (Some(gl), Ok(a)) = (&self.glocks, &r) {
+            gl.iopen_open(a.ino);
+        }
         match r {
             Ok(a) => {
                 reply.created(&self.entry_ttl, &self.attr(&a), Generation(a.generation), FileHandle(0), self.open_flags)
@@ -1055,8 +1072,14 @@ impl Filesystem for GfsFuse {
                 tracing::warn!(error = %e, "cannot drop a flock lock at close");
             }
         }
+        if let Some(gl) = &self.glocks {
+            // Let go of the iopen lock first: at the last close here, whether the inode is
+            // freed depends on whether another node still has it open.
+            gl.iopen_close(i);
+        }
         let plan = move |fs: &mut Fs, h: &HeldLocks, n: &mut Need| {
-            if fs.last_close_frees(i) {
+            // The last close here may free it (unlinked here or on another node).
+            if fs.open_count(i) <= 1 {
                 n.lock(h, LockKey::Inode(i), Want::Ex);
             }
             Ok(())

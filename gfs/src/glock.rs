@@ -133,12 +133,18 @@ pub struct Glocks {
     inner: Arc<Inner>,
     recovery_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     plock_waits: Mutex<Vec<PlockWait>>,
+    /// iopen locks: PR on `iopen-<ino>` while this node has the inode open (open count).
+    iopens: Mutex<HashMap<u64, (u32, Lock)>>,
 }
 
 impl std::fmt::Debug for Glocks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Glocks").field("slot", &self.inner.slot).finish()
     }
+}
+
+fn iopen_name(ino: u64) -> Vec<u8> {
+    format!("iopen-{ino:x}").into_bytes()
 }
 
 fn journal_name(slot: u32) -> Vec<u8> {
@@ -605,7 +611,12 @@ impl Glocks {
             journal_lock: Mutex::new(Some(journal_lock)),
             reclaim_above: std::sync::atomic::AtomicUsize::new(RECLAIM_ABOVE),
         });
-        Ok(Glocks { inner, recovery_thread: Mutex::new(None), plock_waits: Mutex::new(Vec::new()) })
+        Ok(Glocks {
+            inner,
+            recovery_thread: Mutex::new(None),
+            plock_waits: Mutex::new(Vec::new()),
+            iopens: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Runs `f` (this node's own journal replay at mount) under the cluster's recovery lock.
@@ -684,6 +695,55 @@ impl Glocks {
             self.inner.recover_pass(true)?;
         }
         Ok(fresh)
+    }
+
+    /// The inode was opened on this node: hold its iopen lock in PR (other nodes then leave
+    /// it allocated when its last link goes).
+    pub fn iopen_open(&self, ino: u64) {
+        let mut m = self.iopens.lock().expect("iopens");
+        if let Some(e) = m.get_mut(&ino) {
+            e.0 += 1;
+            return;
+        }
+        let i = &self.inner;
+        match i.rt.block_on(i.client.lock(i.ls, &iopen_name(ino), Mode::Pr, Flags::empty(), None)) {
+            Ok(l) => {
+                m.insert(ino, (1, l));
+            }
+            Err(e) => tracing::warn!(inode = ino, error = %e, "cannot take an iopen lock"),
+        }
+    }
+
+    /// Closed on this node (`last`: no handle left here): the iopen lock goes at the last.
+    pub fn iopen_close(&self, ino: u64) {
+        let mut m = self.iopens.lock().expect("iopens");
+        let Some(e) = m.get_mut(&ino) else { return };
+        e.0 = e.0.saturating_sub(1);
+        if e.0 == 0 {
+            if let Some((_, l)) = m.remove(&ino) {
+                let _ = self.inner.rt.block_on(l.unlock(Flags::empty(), None));
+            }
+        }
+    }
+
+    /// Whether another node has inode `ino` open (its iopen lock cannot be had in EX). Call
+    /// with no handle open here.
+    pub fn open_elsewhere(&self, ino: u64) -> bool {
+        let i = &self.inner;
+        i.rt.block_on(async {
+            match i.client.lock(i.ls, &iopen_name(ino), Mode::Ex, Flags::NOQUEUE, None).await {
+                Ok(l) => {
+                    let _ = l.unlock(Flags::empty(), None).await;
+                    false
+                }
+                Err(dlm::ClientError::Status(dlm::Status::WouldBlock)) => true,
+                Err(e) => {
+                    // Cannot tell: keep the inode (gfs_fsck reclaims it if it is garbage).
+                    tracing::warn!(inode = ino, error = %e, "cannot ask whether an inode is open elsewhere");
+                    true
+                }
+            }
+        })
     }
 
     /// This node's glocks, one line each, in lock order: DLM mode, local holders, state,

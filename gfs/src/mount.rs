@@ -8,6 +8,7 @@ use crate::fuse::GfsFuse;
 use crate::glock::{Glocks, HeldLocks, Want};
 use anyhow::{bail, Context};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Parsed `-o` options.
 #[derive(Debug, Clone, Default)]
@@ -56,7 +57,7 @@ pub fn run(device: &str, mountpoint: &Path, opts: &MountOptions, ready: impl FnO
     let dev = open_device(device).with_context(|| format!("cannot open {device}"))?;
     let sb = crate::mkfs::read_superblock(&*dev).with_context(|| format!("{device} holds no gfs filesystem"))?;
     let proto = opts.lockproto_override.unwrap_or(sb.lockproto);
-    let (fs, glocks) = match proto {
+    let (mut fs, glocks) = match proto {
         LockProto::Nolock => (Fs::mount(dev, opts.journal).with_context(|| format!("cannot mount {device}"))?, None),
         LockProto::Dlm => {
             let fsname = sb.locktable.split_once(':').map(|(_, f)| f).unwrap_or(&sb.locktable);
@@ -64,11 +65,11 @@ pub fn run(device: &str, mountpoint: &Path, opts: &MountOptions, ready: impl FnO
             let glocks = Glocks::start(socket, fsname, opts.journal, sb.journal_count).with_context(|| {
                 format!("cannot take journal {} of {} through {socket}", opts.journal, sb.locktable)
             })?;
-            // Mounting replays this slot's journal and folds its statfs changes: under the
-            // recovery lock and the statfs glock (kept until the engine is in place).
             if let Some(n) = opts.glock_limit {
                 glocks.set_glock_limit(n);
             }
+            // Mounting replays this slot's journal and folds its statfs changes: under the
+            // recovery lock and the statfs glock (kept until the engine is in place).
             let mut held = HeldLocks::default();
             glocks
                 .acquire(&mut held, &[(LockKey::Layout, Want::Sh), (LockKey::Statfs, Want::Ex)])
@@ -80,14 +81,19 @@ pub fn run(device: &str, mountpoint: &Path, opts: &MountOptions, ready: impl FnO
             fs.set_clustered().context("cannot write back after mounting")?;
             let rgs = fs.rgrp_count();
             fs.set_rgrp_hint((opts.journal as u64 * rgs as u64 / sb.journal_count.max(1) as u64) as u32);
-            (fs, Some((glocks, held)))
+            (fs, Some((Arc::new(glocks), held)))
         }
     };
     if fs.replayed() > 0 {
         tracing::info!(transactions = fs.replayed(), "journal replayed");
     }
     let (glocks, mount_held) = match glocks {
-        Some((g, h)) => (Some(g), Some(h)),
+        Some((g, h)) => {
+            // An inode whose last link goes stays while another node has it open.
+            let g2 = g.clone();
+            fs.set_open_check(Box::new(move |ino| g2.open_elsewhere(ino)));
+            (Some(g), Some(h))
+        }
         None => (None, None),
     };
     let (fuse, shared) = GfsFuse::new(fs, glocks);

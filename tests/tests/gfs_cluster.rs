@@ -55,6 +55,23 @@ grep -q '^glocks of journal slot 0' $W/glocks; grep -q '^layout .* PR ' $W/glock
 stat $W/m1/d/* > /dev/null; chmod 640 $W/m2/d/*
 for i in $(seq 1 50); do n=$($B/gfs_tool glocks $W/m1 | head -1 | sed 's/.*: //'); [ "$n" -le 40 ] && break; sleep 0.2; done
 test "$n" -le 40; test "$(stat -c %a $W/m1/d/x7)" = 640
+# A file open on node 1 and unlinked on node 2 stays readable on node 1 (its iopen lock)
+# and is freed at node 1's last close.
+head -c 3000000 /dev/urandom > $W/u
+F0=$(stat -f -c %f $W/m1)
+cp $W/u $W/m1/open
+exec 3< $W/m1/open
+rm $W/m2/open; test ! -e $W/m1/open
+cmp $W/u - <&3
+exec 3<&-
+# (df on the node that freed them; other nodes see them once it next writes back)
+for i in $(seq 1 50); do [ "$(stat -f -c %f $W/m1)" -ge $((F0 - 16)) ] && break; sleep 0.1; done
+test "$(stat -f -c %f $W/m1)" -ge $((F0 - 16))
+# Space just freed is usable at once (not only after the next checkpoint).
+dd if=/dev/zero of=$W/m1/fill bs=1M 2>/dev/null || true
+rm $W/m1/fill
+dd if=/dev/zero of=$W/m1/fill2 bs=1M count=100 conv=fsync 2>/dev/null
+rm $W/m1/fill2
 # Node 1 dies after an fsync; node 2 recovers its journal and sees the file.
 printf durable > $W/m1/d/last; sync $W/m1/d/last
 kill -9 $M1; wait $M1 || true

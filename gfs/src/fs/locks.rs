@@ -43,6 +43,16 @@ impl LockKey {
     }
 }
 
+/// Asks whether another node has an inode open (lock_dlm; none with lock_nolock).
+#[derive(Default)]
+pub(super) struct OpenCheck(Option<Box<dyn Fn(u64) -> bool + Send>>);
+
+impl std::fmt::Debug for OpenCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "OpenCheck(dlm)" } else { "OpenCheck(none)" })
+    }
+}
+
 /// Which locks an operation holds, and how (lock_dlm only).
 #[derive(Debug, Clone, Default)]
 pub(super) struct Held {
@@ -368,7 +378,8 @@ impl Fs {
         self.dev.read_at(&mut raw[..], a * bs())?;
         let home = Statfs::decode(&raw[..], a)?;
         let mine = Statfs::decode(&self.read_meta(a)?[..], a)?;
-        let free = info.free as i64 - home.free + mine.free + self.statfs_free - self.pinned.len() as i64;
+        // Blocks freed since the last checkpoint count as free: make_room frees them up.
+        let free = info.free as i64 - home.free + mine.free + self.statfs_free;
         let dinodes = info.dinodes as i64 - home.dinodes + mine.dinodes + self.statfs_dinodes;
         let total: u64 = self.rgs.iter().map(|r| r.rg.data_count as u64).sum();
         Ok(FsStat { total, free: free.clamp(0, total as i64) as u64, dinodes: dinodes.max(0) as u64 })
@@ -385,7 +396,44 @@ impl Fs {
     pub fn destroy_orphan(&mut self, ino: u64) -> Result<()> {
         if self.orphans.remove(&ino) {
             self.open.remove(&ino);
-            self.destroy_inode(ino)?;
+            if !self.open_elsewhere(ino) {
+                self.destroy_inode(ino)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Fs {
+    /// lock_dlm: how to ask whether another node has an inode open. An inode whose last link
+    /// goes while it is open on another node is left for that node to free at its last close.
+    pub fn set_open_check(&mut self, f: Box<dyn Fn(u64) -> bool + Send>) {
+        self.open_check = OpenCheck(Some(f));
+    }
+
+    pub(super) fn open_elsewhere(&self, ino: u64) -> bool {
+        self.open_check.0.as_ref().is_some_and(|f| f(ino))
+    }
+
+    /// Open handles on `ino` on this node.
+    pub fn open_count(&self, ino: u64) -> u32 {
+        self.open.get(&ino).copied().unwrap_or(0)
+    }
+}
+
+impl Fs {
+    /// Before an operation that may allocate `blocks` changes anything: if only blocks freed
+    /// since the last checkpoint (not reusable before it) could satisfy it, commit and
+    /// checkpoint now so they are. Without this a filesystem whose free space was just freed
+    /// would refuse writes until the next checkpoint.
+    pub fn make_room(&mut self, blocks: u64) -> Result<()> {
+        if blocks == 0 || self.pinned.is_empty() {
+            return Ok(());
+        }
+        let free: u64 = (0..self.rgs.len()).filter(|&i| self.rg_writable(i)).map(|i| self.rgs[i].rg.free as u64).sum();
+        if free.saturating_sub(self.pinned.len() as u64) < blocks {
+            tracing::debug!(blocks, pinned = self.pinned.len(), "checkpoint to reuse freed blocks");
+            self.write_back()?;
         }
         Ok(())
     }

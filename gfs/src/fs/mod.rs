@@ -189,6 +189,8 @@ pub struct Fs {
     deferred_frees: Vec<u64>,
     /// lock_dlm: the layout lock went to another node (gfs_grow, gfs_jadd may have run).
     layout_stale: bool,
+    /// lock_dlm: whether another node has an inode open (its iopen glock).
+    open_check: locks::OpenCheck,
 }
 
 /// Clean metadata blocks kept in memory before the cache is emptied (256 MiB).
@@ -253,6 +255,7 @@ impl Fs {
             owned: HashMap::new(),
             deferred_frees: Vec::new(),
             layout_stale: false,
+            open_check: locks::OpenCheck::default(),
         };
         let (replayed, clean) = fs.replay()?;
         fs.replayed = replayed;
@@ -587,7 +590,8 @@ impl Fs {
 
     pub fn statfs(&mut self) -> Result<FsStat> {
         let total: u64 = self.rgs.iter().map(|r| r.rg.data_count as u64).sum();
-        let free: u64 = self.rgs.iter().map(|r| r.rg.free as u64).sum::<u64>().saturating_sub(self.pinned.len() as u64);
+        // Blocks freed since the last checkpoint count as free: make_room frees them up.
+        let free: u64 = self.rgs.iter().map(|r| r.rg.free as u64).sum::<u64>();
         let dinodes: u64 = self.rgs.iter().map(|r| r.rg.dinodes as u64).sum();
         Ok(FsStat { total, free, dinodes })
     }
@@ -723,7 +727,7 @@ impl Fs {
         if d.nlink == 0 {
             if self.open.get(&ino).copied().unwrap_or(0) > 0 {
                 self.orphans.insert(ino);
-            } else {
+            } else if !self.open_elsewhere(ino) {
                 self.destroy_inode(ino)?;
             }
         }
@@ -739,7 +743,11 @@ impl Fs {
         *n = n.saturating_sub(1);
         if *n == 0 {
             self.open.remove(&ino);
-            if self.orphans.remove(&ino) {
+            let orphan = self.orphans.remove(&ino);
+            // lock_dlm: another node may have unlinked it while it was open here.
+            let unlinked =
+                orphan || (self.held.is_some() && self.dinode(ino).is_ok_and(|d| d.nlink == 0 && d.mode != 0));
+            if unlinked && !self.open_elsewhere(ino) {
                 self.destroy_inode(ino)?;
             }
         }
