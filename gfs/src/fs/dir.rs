@@ -88,8 +88,20 @@ impl Fs {
     }
 
     fn put_leaf(&mut self, blkno: u64, leaf: DirLeaf) {
+        self.put_leaf_arc(blkno, Arc::new(leaf));
+    }
+
+    fn put_leaf_arc(&mut self, blkno: u64, leaf: Arc<DirLeaf>) {
         self.write_meta(blkno, leaf.encode(blkno));
-        self.leaves.insert(blkno, Arc::new(leaf));
+        self.leaves.insert(blkno, leaf);
+    }
+
+    /// Leaf `blkno` to change in place: taken out of the decoded cache, so unless a caller
+    /// still holds it no copy of its entries is made (`put_leaf_arc` puts it back).
+    fn take_leaf(&mut self, blkno: u64) -> Result<Arc<DirLeaf>> {
+        let l = self.leaf(blkno)?;
+        self.leaves.remove(&blkno);
+        Ok(l)
     }
 
     fn slot(hash: u32, depth: u8) -> usize {
@@ -128,11 +140,14 @@ impl Fs {
             // Walk the chain for room.
             let mut blk = first;
             loop {
-                let mut leaf = (*self.leaf(blk)?).clone();
+                let leaf = self.leaf(blk)?;
                 if leaf.used() + entry.space() <= DIR_LEAF_SPACE {
-                    let pos = leaf.entries.partition_point(|e| (e.hash, &e.name[..]) < (hash, name));
-                    leaf.entries.insert(pos, entry.clone());
-                    self.put_leaf(blk, leaf);
+                    drop(leaf);
+                    let mut leaf = self.take_leaf(blk)?;
+                    let l = Arc::make_mut(&mut leaf);
+                    let pos = l.entries.partition_point(|e| (e.hash, &e.name[..]) < (hash, name));
+                    l.entries.insert(pos, entry);
+                    self.put_leaf_arc(blk, leaf);
                     d.dir_entries += 1;
                     self.put_dinode(dir, &d);
                     return Ok(());
@@ -223,9 +238,9 @@ impl Fs {
 
     pub(super) fn dir_remove(&mut self, dir: u64, name: &[u8]) -> Result<()> {
         let (_, blk) = self.lookup_entry(dir, name)?;
-        let mut leaf = (*self.leaf(blk)?).clone();
-        leaf.entries.retain(|e| e.name != name);
-        self.put_leaf(blk, leaf);
+        let mut leaf = self.take_leaf(blk)?;
+        Arc::make_mut(&mut leaf).entries.retain(|e| e.name != name);
+        self.put_leaf_arc(blk, leaf);
         let mut d = self.dinode(dir)?;
         d.dir_entries = d.dir_entries.saturating_sub(1);
         self.put_dinode(dir, &d);

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Largest single write of a checkpoint (bytes).
+const CHECKPOINT_RUN: usize = 1 << 20;
+
 impl Fs {
     fn jblock(&self, pos: u64) -> u64 {
         self.journal.start + pos
@@ -11,6 +14,7 @@ impl Fs {
     /// change made so far survives a crash.
     pub fn commit(&mut self) -> Result<()> {
         self.statfs_change_block()?;
+        self.encode_dinodes();
         if self.dirty.is_empty() {
             if self.data_unsynced {
                 self.dev.sync()?;
@@ -36,7 +40,10 @@ impl Fs {
             self.data_unsynced = false;
         }
         let seq = self.jseq;
-        let mut buf: Vec<u8> = Vec::with_capacity(need as usize * BLOCK_SIZE);
+        // One buffer kept across commits (a fresh megabyte per commit costs page faults).
+        let mut buf = std::mem::take(&mut self.jbuf);
+        buf.clear();
+        buf.reserve(need as usize * BLOCK_SIZE);
         let mut pos = self.jhead;
         for (i, chunk) in homes.chunks(LOG_DESCRIPTOR_MAX).enumerate() {
             let desc = LogDescriptor { sequence: seq, more: (i as u64) + 1 < ndesc, homes: chunk.to_vec() };
@@ -50,10 +57,13 @@ impl Fs {
         let crc = crc32c::crc32c(&buf);
         let commit = LogCommit { sequence: seq, blocks: (need - 1) as u32, crc };
         buf.extend_from_slice(&commit.encode(self.jblock(pos))[..]);
-        self.dev.write_at(&buf, self.jblock(self.jhead) * bs())?;
+        let written = self.dev.write_at(&buf, self.jblock(self.jhead) * bs());
+        self.jbuf = buf;
+        written?;
         self.dev.sync()?;
+        // The images move to `committed` (read_meta finds them there until they are home).
         for h in homes {
-            let img = self.cache.get(&h).expect("dirty blocks are cached").clone();
+            let img = self.cache.remove(&h).expect("dirty blocks are cached");
             self.committed.insert(h, img);
         }
         self.dirty.clear();
@@ -72,9 +82,26 @@ impl Fs {
             self.pinned.clear();
             return Ok(());
         }
-        for (h, img) in &self.committed {
-            self.dev.write_at(&img[..], h * bs())?;
+        // Runs of consecutive blocks go home in one write each (new dinodes and the leaves
+        // and bitmaps near them are mostly allocated in order).
+        let mut run = std::mem::take(&mut self.jbuf);
+        run.clear();
+        let mut run_start = 0;
+        for (&h, img) in &self.committed {
+            let contiguous = !run.is_empty() && h == run_start + (run.len() / BLOCK_SIZE) as u64;
+            if !run.is_empty() && (!contiguous || run.len() >= CHECKPOINT_RUN) {
+                self.dev.write_at(&run, run_start * bs())?;
+                run.clear();
+            }
+            if run.is_empty() {
+                run_start = h;
+            }
+            run.extend_from_slice(&img[..]);
         }
+        if !run.is_empty() {
+            self.dev.write_at(&run, run_start * bs())?;
+        }
+        self.jbuf = run;
         self.dev.sync()?;
         let start = self.journal.start;
         let h = JournalHeader { slot: self.slot, sequence: self.jseq, clean: self.unmounting };

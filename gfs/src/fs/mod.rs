@@ -146,10 +146,15 @@ pub struct Fs {
     /// Decoded dinodes and directory leaves of cached blocks (saves decoding on every use).
     dinodes: HashMap<u64, Dinode>,
     leaves: HashMap<u64, Arc<DirLeaf>>,
+    /// lock_nolock: dirty dinodes whose newest version is only in `dinodes`, encoded when the
+    /// block is read or committed (a directory's dinode changes several times per create).
+    unencoded: HashSet<u64>,
     /// Blocks changed in the running transaction.
     dirty: BTreeSet<u64>,
     /// Blocks committed to the journal but not yet written home.
     committed: BTreeMap<u64, Box<Block>>,
+    /// Reused buffer for journal and checkpoint writes.
+    jbuf: Vec<u8>,
     /// Freed blocks that may not be reused before the next checkpoint.
     pinned: HashSet<u64>,
     rgs: Vec<RgState>,
@@ -232,8 +237,10 @@ impl Fs {
             cache: HashMap::new(),
             dinodes: HashMap::new(),
             leaves: HashMap::new(),
+            unencoded: HashSet::new(),
             dirty: BTreeSet::new(),
             committed: BTreeMap::new(),
+            jbuf: Vec::new(),
             pinned: HashSet::new(),
             rgs: Vec::new(),
             rg_hint: 0,
@@ -330,6 +337,9 @@ impl Fs {
 
     /// Reads metadata block `blkno` into the cache (checksum verified by the caller's decode).
     fn read_meta(&mut self, blkno: u64) -> Result<&Block> {
+        if self.unencoded.contains(&blkno) {
+            self.encode_dinode(blkno);
+        }
         if !self.cache.contains_key(&blkno) {
             if blkno >= self.sb.block_count {
                 return Err(FsError::Corrupt(FormatError::invalid(blkno, "address past the end")));
@@ -364,8 +374,25 @@ impl Fs {
         }
         self.cache.insert(blkno, b);
         self.dirty.insert(blkno);
+        self.unencoded.remove(&blkno);
         self.dinodes.remove(&blkno);
         self.leaves.remove(&blkno);
+    }
+
+    /// Brings the cached image of an unencoded dinode up to date.
+    fn encode_dinode(&mut self, ino: u64) {
+        if self.unencoded.remove(&ino) {
+            let b = self.dinodes.get(&ino).expect("unencoded dinodes stay decoded").encode(ino);
+            self.cache.insert(ino, b);
+        }
+    }
+
+    /// Encodes every unencoded dinode (before a commit reads the dirty blocks' images).
+    fn encode_dinodes(&mut self) {
+        let pending: Vec<u64> = self.unencoded.iter().copied().collect();
+        for ino in pending {
+            self.encode_dinode(ino);
+        }
     }
 
     /// Empties the caches (only clean blocks may be dropped: callers check `dirty`).
@@ -387,7 +414,14 @@ impl Fs {
     }
 
     fn put_dinode(&mut self, ino: u64, d: &Dinode) {
-        self.write_meta(ino, d.encode(ino));
+        if self.held.is_some() {
+            // lock_dlm: the lock checks look at the block's new image.
+            self.write_meta(ino, d.encode(ino));
+        } else {
+            self.dirty.insert(ino);
+            self.unencoded.insert(ino);
+            self.leaves.remove(&ino);
+        }
         self.dinodes.insert(ino, d.clone());
     }
 
@@ -546,6 +580,7 @@ impl Fs {
             }
         }
         self.cache.remove(&blkno);
+        self.unencoded.remove(&blkno);
         self.dinodes.remove(&blkno);
         self.leaves.remove(&blkno);
         self.dirty.remove(&blkno);
