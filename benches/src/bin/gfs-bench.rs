@@ -24,9 +24,10 @@ mod fiojson;
 
 const AFTER_HELP: &str = "\
 EXAMPLES
-    cargo build --release -p gfs --bins && cargo build --release -p gnbd-benches
-    target/release/gfs-bench
-    target/release/gfs-bench --smoke
+    # mkfs_gfs, mount_gfs and dlm_controld are found beside gfs-bench (or in --bin-dir)
+    CARGO_TARGET_DIR=/work/perf-target cargo build --release -p gfs -p dlm --bins -p gnbd-benches
+    /work/perf-target/release/gfs-bench
+    target/debug/gfs-bench --smoke
 
 EXIT STATUS
     0   every cell measured
@@ -54,7 +55,7 @@ struct Cli {
     /// Directory for the backing file (default: a new directory under /tmp).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Directory holding mkfs_gfs and mount_gfs (default: beside this program).
+    /// Directory holding mkfs_gfs, mount_gfs and dlm_controld (default: beside this program).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
 }
