@@ -62,8 +62,14 @@ impl Fs {
         written?;
         self.dev.sync()?;
         // The images move to `committed` (read_meta finds them there until they are home).
+        // The superblock stays cached too: fresh_meta (grow.rs) re-reads it from home when
+        // it is not cached.
         for h in homes {
-            let img = self.cache.remove(&h).expect("dirty blocks are cached");
+            let img = if h == SB_BLOCK {
+                self.cache.get(&h).expect("dirty blocks are cached").clone()
+            } else {
+                self.cache.remove(&h).expect("dirty blocks are cached")
+            };
             self.committed.insert(h, img);
         }
         self.dirty.clear();
