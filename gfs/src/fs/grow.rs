@@ -509,7 +509,7 @@ impl Fs {
         if !self.dirty.contains(&blkno) && !self.committed.contains_key(&blkno) {
             self.cache.remove(&blkno);
         }
-        if blkno == SB_BLOCK && !self.cache.contains_key(&blkno) {
+        if blkno == SB_BLOCK && !self.cache.contains_key(&blkno) && !self.committed.contains_key(&blkno) {
             // The superblock names the end of the filesystem: read it past read_meta's check.
             let mut b = Box::new([0u8; BLOCK_SIZE]);
             self.dev.read_at(&mut b[..], blkno * bs())?;
