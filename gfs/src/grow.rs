@@ -227,41 +227,12 @@ pub enum ToolError {
     Refused { status: i32, message: String },
 }
 
-/// The mount type of the mount point at `path` in /proc/self/mounts (`None`: not a mount
-/// point).
-fn mount_type(path: &Path) -> Option<String> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    let p = path.display().to_string();
-    mounts.lines().rev().find_map(|line| {
-        let f: Vec<&str> = line.split(' ').collect();
-        (f.len() >= 3 && unescape(f[1]) == p).then(|| f[2].to_string())
-    })
-}
-
-/// Undoes the octal escapes of /proc/self/mounts (`\040` for a space, ...).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let code = (b[i] == b'\\' && i + 4 <= b.len()).then(|| std::str::from_utf8(&b[i + 1..i + 4]).ok()).flatten();
-        if let Some(v) = code.and_then(|c| u8::from_str_radix(c, 8).ok()) {
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The tools' side: sends `req` to the gfs mount at `mountpoint` and returns the message of
 /// a successful reply.
 pub fn request(mountpoint: &Path, req: &CtlRequest) -> Result<String, ToolError> {
     let path = std::fs::canonicalize(mountpoint)
         .map_err(|source| ToolError::Path { path: mountpoint.to_path_buf(), source })?;
-    match mount_type(&path) {
+    match crate::tool::mount_entry(&path).map(|(_, t)| t) {
         // mount.gfs mounts through mount(2) itself, where the type is plain `fuse`; another
         // FUSE filesystem does not know the ioctl (and a reply without our magic is refused).
         Some(t) if t == "fuse.gfs" || t == "fuse" => {}

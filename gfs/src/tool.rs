@@ -10,17 +10,25 @@ use std::path::Path;
 /// (whatever it names must then hold a valid superblock).
 pub fn resolve_device(target: &str) -> String {
     if Path::new(target).is_dir() {
-        let canon = std::fs::canonicalize(target).map(|p| p.display().to_string()).unwrap_or(target.into());
-        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
-            for line in mounts.lines().rev() {
-                let f: Vec<&str> = line.split(' ').collect();
-                if f.len() >= 3 && f[1] == canon && (f[2] == "fuse.gfs" || f[2] == "fuse") {
-                    return unescape_mount(f[0]);
+        if let Ok(canon) = std::fs::canonicalize(target) {
+            if let Some((source, fstype)) = mount_entry(&canon) {
+                if fstype == "fuse.gfs" || fstype == "fuse" {
+                    return source;
                 }
             }
         }
     }
     target.to_string()
+}
+
+/// The source and type of the (last) mount at mount point `path` in /proc/self/mounts.
+pub(crate) fn mount_entry(path: &Path) -> Option<(String, String)> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    let p = path.display().to_string();
+    mounts.lines().rev().find_map(|line| {
+        let f: Vec<&str> = line.split(' ').collect();
+        (f.len() >= 3 && unescape_mount(f[1]) == p).then(|| (unescape_mount(f[0]), f[2].to_string()))
+    })
 }
 
 /// Undoes the octal escapes of /proc/self/mounts (`\040` for a space, ...).

@@ -44,6 +44,7 @@ mod bins;
 pub mod cluster;
 pub mod corosync;
 mod data;
+pub mod dlmd;
 pub mod import;
 pub mod pki;
 mod process;
@@ -53,6 +54,7 @@ mod tempdir;
 
 pub use bins::{bin_dir, export_bin, fence_gnbd_bin, serv_bin};
 pub use data::{checksum, file_checksum, fill_pattern, pattern, write_pattern_file, Hasher64};
+pub use dlmd::{free_addr, free_port, DlmDaemon};
 pub use process::{require_tool, run, run_timeout, OutputExt, DEFAULT_TIMEOUT};
 pub use server::{gnbd_export_cmd, Server, ServerBuilder, READY_TIMEOUT};
 pub use tempdir::TempDir;

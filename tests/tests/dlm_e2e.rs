@@ -1,88 +1,14 @@
 //! End-to-end: real `dlm_controld` daemons (one, or three on 127.0.0.1-3 talking TCP),
 //! driven by the async client library and by `dlm_tool`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use dlm::{ClientError, DlmClient, Flags, Mode, SbFlags, Status};
-use gnbd_tests::{bin_dir, run_timeout, OutputExt, TempDir};
+use gnbd_tests::{free_addr, DlmDaemon, OutputExt, TempDir};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const STEP: Duration = Duration::from_secs(20);
-
-/// One `dlm_controld`, killed and reaped on drop; its log printed if the test fails.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, id: u32, listen: Option<SocketAddr>, peers: &[(u32, SocketAddr)]) -> Daemon {
-        let socket = dir.join(format!("dlm{id}.sock"));
-        let log = dir.join(format!("dlm{id}.log"));
-        let mut cmd = Command::new(bin_dir().join("dlm_controld"));
-        cmd.arg("--node-id").arg(id.to_string()).arg("--socket").arg(&socket);
-        if let Some(l) = listen {
-            cmd.arg("--listen").arg(l.to_string());
-        }
-        for (p, a) in peers {
-            cmd.arg("--peer").arg(format!("{p}={a}"));
-        }
-        cmd.env("DLM_LOG", "debug");
-        cmd.stdout(Stdio::piped()).stderr(std::fs::File::create(&log).expect("log file"));
-        let mut child = cmd.spawn().expect("dlm_controld runs (build it with `cargo build --workspace --bins`)");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let mut d = Daemon { child, socket, log };
-        match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(line) if line.contains("ready") => d,
-            other => {
-                d.dump();
-                panic!("dlm_controld {id} did not get ready: {other:?}");
-            }
-        }
-    }
-
-    fn dump(&mut self) {
-        let mut s = String::new();
-        let _ = std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut s));
-        eprintln!("--- {} ---\n{s}", self.log.display());
-    }
-
-    /// Cut power: SIGKILL, and reap.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn tool(&self, args: &[&str]) -> std::process::Output {
-        run_timeout(Command::new(bin_dir().join("dlm_tool")).arg("--socket").arg(&self.socket).args(args), STEP)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            self.dump();
-        }
-    }
-}
-
-fn free_port(ip: &str) -> SocketAddr {
-    let l = TcpListener::bind(format!("{ip}:0")).expect("bind a free port");
-    l.local_addr().expect("bound")
-}
 
 async fn step<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(STEP, f).await.expect("step finished in time")
@@ -91,7 +17,7 @@ async fn step<T>(f: impl std::future::Future<Output = T>) -> T {
 #[tokio::test]
 async fn single_node_locks_value_blocks_callbacks_and_tool() {
     let dir = TempDir::new();
-    let d = Daemon::start(dir.path(), 1, None, &[]);
+    let d = DlmDaemon::start(dir.path(), 1, None, &[]);
     let a = step(DlmClient::connect(&d.socket)).await.unwrap();
     let b = step(DlmClient::connect(&d.socket)).await.unwrap();
     let ls = step(a.join(b"app", 0)).await.unwrap();
@@ -170,12 +96,12 @@ async fn single_node_locks_value_blocks_callbacks_and_tool() {
 #[tokio::test]
 async fn three_daemons_over_tcp_share_locks_and_value_blocks() {
     let dir = TempDir::new();
-    let addrs: Vec<(u32, SocketAddr)> = (1..=3).map(|i| (i, free_port(&format!("127.0.0.{i}")))).collect();
-    let daemons: Vec<Daemon> = addrs
+    let addrs: Vec<(u32, SocketAddr)> = (1..=3).map(|i| (i, free_addr(&format!("127.0.0.{i}")))).collect();
+    let daemons: Vec<DlmDaemon> = addrs
         .iter()
         .map(|&(id, addr)| {
             let peers: Vec<(u32, SocketAddr)> = addrs.iter().copied().filter(|p| p.0 != id).collect();
-            Daemon::start(dir.path(), id, Some(addr), &peers)
+            DlmDaemon::start(dir.path(), id, Some(addr), &peers)
         })
         .collect();
     let mut clients = Vec::new();
@@ -226,7 +152,7 @@ async fn three_daemons_over_tcp_share_locks_and_value_blocks() {
 #[tokio::test]
 async fn bad_client_input_gets_an_error_and_disturbs_nobody() {
     let dir = TempDir::new();
-    let d = Daemon::start(dir.path(), 1, None, &[]);
+    let d = DlmDaemon::start(dir.path(), 1, None, &[]);
     let good = step(DlmClient::connect(&d.socket)).await.unwrap();
     let ls = step(good.join(b"app", 0)).await.unwrap();
     let held = step(good.lock(ls, b"res", Mode::Ex, Flags::empty(), None)).await.unwrap();
@@ -272,12 +198,12 @@ async fn bad_client_input_gets_an_error_and_disturbs_nobody() {
 #[tokio::test]
 async fn killed_ex_holder_waiter_granted_only_after_fence_with_value_block_invalid() {
     let dir = TempDir::new();
-    let addrs: Vec<(u32, SocketAddr)> = (1..=3).map(|i| (i, free_port(&format!("127.0.0.{i}")))).collect();
-    let mut daemons: Vec<Daemon> = addrs
+    let addrs: Vec<(u32, SocketAddr)> = (1..=3).map(|i| (i, free_addr(&format!("127.0.0.{i}")))).collect();
+    let mut daemons: Vec<DlmDaemon> = addrs
         .iter()
         .map(|&(id, addr)| {
             let peers: Vec<(u32, SocketAddr)> = addrs.iter().copied().filter(|p| p.0 != id).collect();
-            Daemon::start(dir.path(), id, Some(addr), &peers)
+            DlmDaemon::start(dir.path(), id, Some(addr), &peers)
         })
         .collect();
     let mut clients = Vec::new();
@@ -348,10 +274,10 @@ async fn killed_ex_holder_waiter_granted_only_after_fence_with_value_block_inval
 #[tokio::test]
 async fn bad_peer_input_is_refused_and_disturbs_nobody() {
     let dir = TempDir::new();
-    let me = free_port("127.0.0.1");
+    let me = free_addr("127.0.0.1");
     // Node 2 is configured but never started: its address is just a closed port.
-    let ghost = free_port("127.0.0.2");
-    let d = Daemon::start(dir.path(), 1, Some(me), &[(2, ghost)]);
+    let ghost = free_addr("127.0.0.2");
+    let d = DlmDaemon::start(dir.path(), 1, Some(me), &[(2, ghost)]);
     let c = step(DlmClient::connect(&d.socket)).await.unwrap();
     let ls = step(c.join(b"app", 0)).await.unwrap();
     // A resource whose directory node is this one (node 2 never answers).

@@ -4,94 +4,22 @@
 //! cluster mode (corosync and fenced in network namespaces) where a dead holder's locks go
 //! only after it is fenced.
 
-use std::io::{BufRead, BufReader, Read as _};
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Child;
 use std::time::Duration;
 
 use dlm::{dir_node, ClientError, DlmClient, MemberEvent, PlockArgs, PlockKind, Status};
 use gnbd_tests::corosync::{node_name, Nodes};
-use gnbd_tests::{bin_dir, run_timeout, OutputExt, TempDir};
+use gnbd_tests::{free_addr, DlmDaemon, OutputExt, TempDir};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const STEP: Duration = Duration::from_secs(20);
 
-/// One `dlm_controld`, killed and reaped on drop; its log printed if the test fails.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, id: u32, listen: Option<SocketAddr>, peers: &[(u32, SocketAddr)]) -> Daemon {
-        let socket = dir.join(format!("dlm{id}.sock"));
-        let log = dir.join(format!("dlm{id}.log"));
-        let mut cmd = Command::new(bin_dir().join("dlm_controld"));
-        cmd.arg("--node-id").arg(id.to_string()).arg("--socket").arg(&socket);
-        if let Some(l) = listen {
-            cmd.arg("--listen").arg(l.to_string());
-        }
-        for (p, a) in peers {
-            cmd.arg("--peer").arg(format!("{p}={a}"));
-        }
-        cmd.env("DLM_LOG", "debug");
-        cmd.stdout(Stdio::piped()).stderr(std::fs::File::create(&log).expect("log file"));
-        let mut child = cmd.spawn().expect("dlm_controld runs (build it with `cargo build --workspace --bins`)");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let mut d = Daemon { child, socket, log };
-        match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(line) if line.contains("ready") => d,
-            other => {
-                d.dump();
-                panic!("dlm_controld {id} did not get ready: {other:?}");
-            }
-        }
-    }
-
-    fn dump(&mut self) {
-        let mut s = String::new();
-        let _ = std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut s));
-        eprintln!("--- {} ---\n{s}", self.log.display());
-    }
-
-    /// Cut power: SIGKILL, and reap.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// `dlm_tool plocks LS` on this daemon.
-    fn plocks(&self, ls: &str) -> String {
-        let out = run_timeout(
-            Command::new(bin_dir().join("dlm_tool")).arg("--socket").arg(&self.socket).args(["plocks", ls]),
-            STEP,
-        );
-        out.assert_success("dlm_tool plocks");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            self.dump();
-        }
-    }
-}
-
-fn free_port(ip: &str) -> SocketAddr {
-    let l = TcpListener::bind(format!("{ip}:0")).expect("bind a free port");
-    l.local_addr().expect("bound")
+/// `dlm_tool plocks LS` on daemon `d`.
+fn plocks(d: &DlmDaemon, ls: &str) -> String {
+    let out = d.tool(&["plocks", ls]);
+    out.assert_success("dlm_tool plocks");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 async fn step<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -112,10 +40,10 @@ fn waiter(c: &DlmClient, ls: u32, name: &[u8], a: PlockArgs) -> tokio::task::Joi
 
 /// Wait until `dlm_tool plocks` on `d` shows `n` waiting requests (the waiter reached the
 /// master), so what follows really happens while it waits.
-async fn until_waiting(d: &Daemon, ls: &str, n: usize) {
+async fn until_waiting(d: &DlmDaemon, ls: &str, n: usize) {
     step(async {
         loop {
-            if d.plocks(ls).matches("WAITING").count() == n {
+            if plocks(d, ls).matches("WAITING").count() == n {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -127,7 +55,7 @@ async fn until_waiting(d: &Daemon, ls: &str, n: usize) {
 #[tokio::test]
 async fn one_daemon_two_processes_exclude_wake_and_cancel() {
     let dir = TempDir::new();
-    let d = Daemon::start(dir.path(), 1, None, &[]);
+    let d = DlmDaemon::start(dir.path(), 1, None, &[]);
     let a = step(DlmClient::connect(&d.socket)).await.unwrap();
     let b = step(DlmClient::connect(&d.socket)).await.unwrap();
     let ls = step(a.join(b"fs", 0)).await.unwrap();
@@ -148,10 +76,10 @@ async fn one_daemon_two_processes_exclude_wake_and_cancel() {
     let w = waiter(&b, ls, f, args(2, 200, Write, 40, 60));
     until_waiting(&d, "fs", 1).await;
     step(a.plock_set(ls, f, args(1, 100, Unlock, 0, 49), false)).await.unwrap();
-    assert_eq!(d.plocks("fs").matches("WAITING").count(), 1, "still conflicts with 50..=99");
+    assert_eq!(plocks(d, "fs").matches("WAITING").count(), 1, "still conflicts with 50..=99");
     step(a.plock_set(ls, f, args(1, 100, Unlock, 50, 99), false)).await.unwrap();
     step(w).await.unwrap().unwrap();
-    let text = d.plocks("fs");
+    let text = plocks(d, "fs");
     assert!(text.contains("WR 40-60 node 1") && text.contains("RD 100-EOF node 1"), "{text}");
 
     // A waits on B's lock; B's connection closes (the process died): A is granted.
@@ -159,7 +87,7 @@ async fn one_daemon_two_processes_exclude_wake_and_cancel() {
     until_waiting(&d, "fs", 1).await;
     drop(b);
     step(w).await.unwrap().unwrap();
-    let text = d.plocks("fs");
+    let text = plocks(d, "fs");
     assert!(text.contains("WR 0-EOF") && !text.contains("pid 200"), "{text}");
 
     // C waits on A; the waiting future is dropped (FUSE interrupt): the request is gone
@@ -172,7 +100,7 @@ async fn one_daemon_two_processes_exclude_wake_and_cancel() {
     assert!(w.await.unwrap_err().is_cancelled());
     until_waiting(&d, "fs", 0).await;
     step(a.plock_release_owner(ls, f, 1)).await.unwrap();
-    assert_eq!(d.plocks("fs"), "", "nothing held or waiting");
+    assert_eq!(plocks(d, "fs"), "", "nothing held or waiting");
     // Other resources are independent; C can take what it wanted.
     step(c.plock_set(ls, f, args(3, 300, Read, 5, 5), false)).await.unwrap();
     step(a.plock_set(ls, b"other", args(1, 100, Write, 5, 5), false)).await.unwrap();
@@ -199,12 +127,12 @@ async fn one_daemon_two_processes_exclude_wake_and_cancel() {
 #[tokio::test]
 async fn two_daemons_over_tcp_share_plocks() {
     let dir = TempDir::new();
-    let addrs: Vec<(u32, SocketAddr)> = (1..=2).map(|i| (i, free_port(&format!("127.0.0.{i}")))).collect();
-    let daemons: Vec<Daemon> = addrs
+    let addrs: Vec<(u32, SocketAddr)> = (1..=2).map(|i| (i, free_addr(&format!("127.0.0.{i}")))).collect();
+    let daemons: Vec<DlmDaemon> = addrs
         .iter()
         .map(|&(id, addr)| {
             let peers: Vec<(u32, SocketAddr)> = addrs.iter().copied().filter(|p| p.0 != id).collect();
-            Daemon::start(dir.path(), id, Some(addr), &peers)
+            DlmDaemon::start(dir.path(), id, Some(addr), &peers)
         })
         .collect();
     let c1 = step(DlmClient::connect(&daemons[0].socket)).await.unwrap();
@@ -226,7 +154,7 @@ async fn two_daemons_over_tcp_share_plocks() {
         until_waiting(md, "fs", 1).await;
         step(c1.plock_set(ls, &f, args(1, 11, Unlock, 0, 9), false)).await.unwrap();
         step(w).await.unwrap().unwrap();
-        let text = md.plocks("fs");
+        let text = plocks(md, "fs");
         assert!(text.contains("WR 5-5 node 2"), "{text}");
         // Node 1 waits; node 2 closes the file (releases the owner): granted.
         let w = waiter(&c1, ls, &f, args(1, 11, Read, 0, 100));
@@ -242,19 +170,19 @@ async fn two_daemons_over_tcp_share_plocks() {
         drop(c2b);
         step(w).await.unwrap().unwrap();
         step(c1.plock_release_owner(ls, &f, 1)).await.unwrap();
-        assert_eq!(md.plocks("fs"), "");
+        assert_eq!(plocks(md, "fs"), "");
     }
 }
 
 #[tokio::test]
 async fn a_dead_nodes_plocks_go_after_fencing_and_masters_move() {
     let dir = TempDir::new();
-    let addrs: Vec<(u32, SocketAddr)> = (1..=3).map(|i| (i, free_port(&format!("127.0.0.{i}")))).collect();
-    let mut daemons: Vec<Daemon> = addrs
+    let addrs: Vec<(u32, SocketAddr)> = (1..=3).map(|i| (i, free_addr(&format!("127.0.0.{i}")))).collect();
+    let mut daemons: Vec<DlmDaemon> = addrs
         .iter()
         .map(|&(id, addr)| {
             let peers: Vec<(u32, SocketAddr)> = addrs.iter().copied().filter(|p| p.0 != id).collect();
-            Daemon::start(dir.path(), id, Some(addr), &peers)
+            DlmDaemon::start(dir.path(), id, Some(addr), &peers)
         })
         .collect();
     let mut clients = Vec::new();
@@ -278,7 +206,7 @@ async fn a_dead_nodes_plocks_go_after_fencing_and_masters_move() {
     // Every waiter reached its master.
     step(async {
         loop {
-            let n: usize = daemons.iter().map(|d| d.plocks("fs").matches("WAITING").count()).sum();
+            let n: usize = daemons.iter().map(|d| plocks(d, "fs").matches("WAITING").count()).sum();
             if n == names.len() {
                 return;
             }
@@ -306,7 +234,7 @@ async fn a_dead_nodes_plocks_go_after_fencing_and_masters_move() {
     }
     let mut text = String::new();
     for d in &daemons[1..] {
-        text.push_str(&d.plocks("fs"));
+        text.push_str(&plocks(d, "fs"));
     }
     assert_eq!(text.matches("WR 50-1500 node 3").count(), names.len(), "{text}");
     assert!(!text.contains("node 1 ") && !text.contains("WAITING"), "{text}");

@@ -4,14 +4,9 @@
 //! Everything runs inside `unshare -m --propagation private`; the EXIT trap unmounts and
 //! stops the daemons.
 
-use gnbd_tests::{bin_dir, require_tool, run_timeout, OutputExt, TempDir};
-use std::net::TcpListener;
+use gnbd_tests::{bin_dir, free_port, require_tool, run_timeout, OutputExt, TempDir};
 use std::process::Command;
 use std::time::Duration;
-
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
-}
 
 const SCRIPT: &str = r#"
 set -eu

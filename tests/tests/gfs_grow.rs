@@ -11,8 +11,7 @@
 //! Everything runs inside `unshare -m --propagation private`; the EXIT trap unmounts and
 //! stops the daemons.
 
-use gnbd_tests::{bin_dir, require_tool, run_timeout, OutputExt, TempDir};
-use std::net::TcpListener;
+use gnbd_tests::{bin_dir, free_port, require_tool, run_timeout, OutputExt, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -21,10 +20,6 @@ fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(p.is_file(), "{} not built; run `cargo build --workspace --bins`", p.display());
     p
-}
-
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
 }
 
 fn mkfs(img: &Path, mib: u64, proto: &str, journals: &str) {

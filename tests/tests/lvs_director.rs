@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use gnbd_tests::{bin_dir, run, OutputExt, TempDir};
+use gnbd_tests::{bin_dir, free_port, run, OutputExt, TempDir};
 
 /// A tiny HTTP/1.1 server answering every request with its name.
 struct Backend {
@@ -125,10 +125,6 @@ fn one_shot(vip: SocketAddr) -> String {
 }
 
 /// A free TCP port on `ip` (released before use; each test has its own addresses).
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0)).expect("bind").local_addr().expect("addr").port()
-}
-
 /// `lvsd --foreground` guarded by Drop.
 struct Lvsd {
     child: Child,
