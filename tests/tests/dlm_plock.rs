@@ -76,10 +76,10 @@ async fn one_daemon_two_processes_exclude_wake_and_cancel() {
     let w = waiter(&b, ls, f, args(2, 200, Write, 40, 60));
     until_waiting(&d, "fs", 1).await;
     step(a.plock_set(ls, f, args(1, 100, Unlock, 0, 49), false)).await.unwrap();
-    assert_eq!(plocks(d, "fs").matches("WAITING").count(), 1, "still conflicts with 50..=99");
+    assert_eq!(plocks(&d, "fs").matches("WAITING").count(), 1, "still conflicts with 50..=99");
     step(a.plock_set(ls, f, args(1, 100, Unlock, 50, 99), false)).await.unwrap();
     step(w).await.unwrap().unwrap();
-    let text = plocks(d, "fs");
+    let text = plocks(&d, "fs");
     assert!(text.contains("WR 40-60 node 1") && text.contains("RD 100-EOF node 1"), "{text}");
 
     // A waits on B's lock; B's connection closes (the process died): A is granted.
@@ -87,7 +87,7 @@ async fn one_daemon_two_processes_exclude_wake_and_cancel() {
     until_waiting(&d, "fs", 1).await;
     drop(b);
     step(w).await.unwrap().unwrap();
-    let text = plocks(d, "fs");
+    let text = plocks(&d, "fs");
     assert!(text.contains("WR 0-EOF") && !text.contains("pid 200"), "{text}");
 
     // C waits on A; the waiting future is dropped (FUSE interrupt): the request is gone
@@ -100,7 +100,7 @@ async fn one_daemon_two_processes_exclude_wake_and_cancel() {
     assert!(w.await.unwrap_err().is_cancelled());
     until_waiting(&d, "fs", 0).await;
     step(a.plock_release_owner(ls, f, 1)).await.unwrap();
-    assert_eq!(plocks(d, "fs"), "", "nothing held or waiting");
+    assert_eq!(plocks(&d, "fs"), "", "nothing held or waiting");
     // Other resources are independent; C can take what it wanted.
     step(c.plock_set(ls, f, args(3, 300, Read, 5, 5), false)).await.unwrap();
     step(a.plock_set(ls, b"other", args(1, 100, Write, 5, 5), false)).await.unwrap();
