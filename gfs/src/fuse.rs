@@ -244,9 +244,11 @@ impl Shared {
             need.lock(held, LockKey::Layout, Want::Sh);
             plan(fs, held, &mut need)?;
             if need.alloc > 0 {
-                let have: u64 = (0..fs.rgrp_count())
-                    .filter(|&i| held.covers(LockKey::Rgrp(i), Want::Ex))
-                    .map(|i| fs.rgrp_free(i))
+                let have: u64 = held
+                    .split()
+                    .1
+                    .into_iter()
+                    .filter_map(|k| if let LockKey::Rgrp(i) = k { Some(fs.rgrp_free(i)) } else { None })
                     .sum();
                 if have < need.alloc {
                     if let Some(c) = fs

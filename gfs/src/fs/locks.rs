@@ -134,18 +134,26 @@ impl Fs {
         self.held.as_mut().map(|h| std::mem::take(&mut h.violations)).unwrap_or_default()
     }
 
-    /// Whether the running operation may change `blkno` (holding `b`).
-    pub(super) fn check_write(&mut self, blkno: u64, b: &Block) {
-        let Some(owner) = self.held.as_ref().map(|_| self.owner_of(blkno, b)) else { return };
+    /// lock_dlm: records that the running operation changes `blkno` (holding `b`): indexes
+    /// it under the lock that covers it, and notes a violation if that lock is not held.
+    pub(super) fn note_write(&mut self, blkno: u64, b: &Block) {
+        if self.held.is_none() {
+            return;
+        }
+        let owner = self.owner_of(blkno, b);
+        let statfs_block = self.journal.statfs_block;
         let h = self.held.as_mut().expect("checked above");
         let ok = match owner {
             _ if h.exclusive.contains(&LockKey::Layout) => true,
-            None => blkno == self.journal.statfs_block,
+            None => blkno == statfs_block,
             Some(LockKey::Inode(i)) => h.exclusive.contains(&LockKey::Inode(i)) || h.new_inodes.contains(&i),
             Some(k) => h.exclusive.contains(&k),
         };
         if !ok {
             h.violations.push((blkno, owner));
+        }
+        if let Some(k) = owner {
+            self.owned.entry(k).or_default().insert(blkno);
         }
     }
 
@@ -251,53 +259,6 @@ impl Fs {
         if !self.rgs.is_empty() {
             self.rg_hint = i as usize % self.rgs.len();
         }
-    }
-
-    /// The resource groups holding any block of inode `ino` (its dinode, data, map,
-    /// directory and xattr blocks): the locks needed to free it or cut it short.
-    pub fn inode_rgrps(&mut self, ino: u64) -> Result<BTreeSet<u32>> {
-        let mut blocks: Vec<(u64, u64)> = vec![(ino, 1)];
-        let d = self.dinode(ino)?;
-        if d.xattr_block != 0 {
-            blocks.push((d.xattr_block, 1));
-        }
-        if d.is_dir() {
-            let (_, table) = self.dir_table(ino)?;
-            let mut seen = HashSet::new();
-            for &p in &table {
-                let mut blk = p;
-                while blk != 0 && seen.insert(blk) {
-                    blocks.push((blk, 1));
-                    blk = self.leaf(blk)?.next;
-                }
-            }
-        }
-        if matches!(d.content, Content::Extents(_) | Content::Index(_)) {
-            let (ext, index) = self.load_map(&d)?;
-            blocks.extend(ext.iter().map(|e| (e.physical, e.len as u64)));
-            blocks.extend(index.iter().map(|i| (i.leaf, 1)));
-        }
-        let mut out = BTreeSet::new();
-        for (b, n) in blocks {
-            for x in [b, b + n.saturating_sub(1)] {
-                if let Some(i) = self.rg_of(x) {
-                    out.insert(i as u32);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Whether dropping one link of `ino` now frees it (last link, not open on this node).
-    pub fn last_link(&mut self, ino: u64) -> Result<bool> {
-        let d = self.dinode(ino)?;
-        let links = if d.is_dir() { 1 } else { d.nlink };
-        Ok(links <= 1 && self.open.get(&ino).copied().unwrap_or(0) == 0)
-    }
-
-    /// Whether closing `ino` now frees it (unlinked while open, last handle on this node).
-    pub fn last_close_frees(&self, ino: u64) -> bool {
-        self.orphans.contains(&ino) && self.open.get(&ino).copied().unwrap_or(0) <= 1
     }
 
     /// The inode `name` in directory `dir` names.

@@ -366,12 +366,7 @@ impl Fs {
 
     /// Puts a new version of metadata block `blkno` in the running transaction.
     fn write_meta(&mut self, blkno: u64, b: Box<Block>) {
-        if self.held.is_some() {
-            self.check_write(blkno, &b);
-            if let Some(k) = self.owner_of(blkno, &b) {
-                self.owned.entry(k).or_default().insert(blkno);
-            }
-        }
+        self.note_write(blkno, &b);
         self.cache.insert(blkno, b);
         self.dirty.insert(blkno);
         self.unencoded.remove(&blkno);
