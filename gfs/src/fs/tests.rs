@@ -3,9 +3,15 @@ use crate::device::CutoffDevice;
 use crate::mkfs::{mkfs, MkfsOptions};
 use std::sync::Mutex;
 
-/// A device in memory (tests only).
+/// A device in memory that can be made longer, as a file or an export can (tests only).
 #[derive(Debug)]
-struct MemDevice(Mutex<Vec<u8>>);
+pub(super) struct MemDevice(pub(super) Mutex<Vec<u8>>);
+
+impl MemDevice {
+    pub(super) fn resize(&self, bytes: usize) {
+        self.0.lock().unwrap().resize(bytes, 0xa5);
+    }
+}
 
 impl Device for MemDevice {
     fn size(&self) -> u64 {

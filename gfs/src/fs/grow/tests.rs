@@ -3,40 +3,13 @@ use crate::device::CutoffDevice;
 use crate::mkfs::{mkfs, MkfsOptions};
 use std::sync::Mutex;
 
-/// A device in memory that can be made longer (as a file or an export can).
-#[derive(Debug)]
-struct GrowDevice(Mutex<Vec<u8>>);
-
-impl GrowDevice {
-    fn resize(&self, bytes: usize) {
-        self.0.lock().unwrap().resize(bytes, 0xa5);
-    }
-}
-
-impl Device for GrowDevice {
-    fn size(&self) -> u64 {
-        self.0.lock().unwrap().len() as u64
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::result::Result<(), DeviceError> {
-        let v = self.0.lock().unwrap();
-        buf.copy_from_slice(&v[offset as usize..offset as usize + buf.len()]);
-        Ok(())
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::result::Result<(), DeviceError> {
-        let mut v = self.0.lock().unwrap();
-        v[offset as usize..offset as usize + buf.len()].copy_from_slice(buf);
-        Ok(())
-    }
-    fn sync(&self) -> std::result::Result<(), DeviceError> {
-        Ok(())
-    }
-}
+use crate::fs::tests::MemDevice;
 
 const MIB: usize = 1 << 20;
 
 /// A filesystem of `bytes` with 1024-block groups and 2 journals of 600 blocks.
-fn new_fs(bytes: usize) -> Arc<GrowDevice> {
-    let dev = Arc::new(GrowDevice(Mutex::new(vec![0u8; bytes])));
+fn new_fs(bytes: usize) -> Arc<MemDevice> {
+    let dev = Arc::new(MemDevice(Mutex::new(vec![0u8; bytes])));
     let o = MkfsOptions {
         lockproto: LockProto::Nolock,
         locktable: "t:grow".into(),
@@ -282,14 +255,14 @@ fn crash_during_grow_and_jadd_leaves_old_or_new() {
     let base = new_fs(16 * MIB);
     base.resize(24 * MIB);
     let image = base.0.lock().unwrap().clone();
-    let counter = Arc::new(CutoffDevice::new(Arc::new(GrowDevice(Mutex::new(image.clone()))), u64::MAX));
+    let counter = Arc::new(CutoffDevice::new(Arc::new(MemDevice(Mutex::new(image.clone()))), u64::MAX));
     run(counter.clone()).unwrap();
     let total = counter.writes();
     assert!(total > 10, "{total}");
     let (mut old, mut grown, mut jadded) = (0, 0, 0);
     let mut n = 0;
     while n <= total {
-        let disk = Arc::new(GrowDevice(Mutex::new(image.clone())));
+        let disk = Arc::new(MemDevice(Mutex::new(image.clone())));
         let cut = Arc::new(CutoffDevice::new(disk.clone(), n));
         let _ = run(cut);
         let mut fs = Fs::mount(disk.clone(), 0).unwrap_or_else(|e| panic!("mount after {n} writes: {e}"));
