@@ -1,0 +1,144 @@
+//! One exit convention for every `main`:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | failure: one line on stderr, `NAME: what happened: why`, each cause once |
+//! | 2 | usage error (bad flags; clap prints it) |
+//! | other | a tool's documented codes (fsck(8) codes for gfs_fsck), through [`Failure`] |
+//!
+//! `main` returns [`finish`]`(NAME, run(args))`.
+
+use std::error::Error;
+use std::process::ExitCode;
+
+/// Prefix of the line a background child that failed before it was ready sends to the
+/// waiting parent (see [`crate::background`]).
+pub(crate) const CHILD_ERROR_PREFIX: &str = "error: ";
+
+/// An error that carries its own exit code. With an empty message nothing is printed (the
+/// tool already said what it had to say).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    /// The process exit code.
+    pub code: u8,
+    /// What to print (may be empty).
+    pub message: String,
+}
+
+impl Failure {
+    /// Exit with `code`, printing `message`.
+    pub fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure { code, message: message.into() }
+    }
+
+    /// Exit with `code` without printing anything more.
+    pub fn quiet(code: u8) -> Failure {
+        Failure { code, message: String::new() }
+    }
+}
+
+/// The error and its causes on one line, each message once: a cause whose text is already
+/// part of what was said (because a wrapper quoted it) is not repeated.
+pub fn report(err: &(dyn Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let t = e.to_string();
+        if !t.is_empty() && !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = e.source();
+    }
+    out
+}
+
+/// Strips a leading `NAME: ` (a message that already names the program).
+fn without_name<'a>(name: &str, msg: &'a str) -> &'a str {
+    msg.strip_prefix(name).and_then(|m| m.strip_prefix(": ")).unwrap_or(msg)
+}
+
+/// Turns `main`'s result into the process exit code, printing a failure as
+/// `NAME: message` on stderr (and, in a background child not yet ready, to the waiting
+/// parent).
+pub fn finish<E>(name: &str, result: Result<(), E>) -> ExitCode
+where
+    E: Into<Box<dyn Error + Send + Sync + 'static>>,
+{
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(name, e.into().as_ref()),
+    }
+}
+
+/// Prints `err` the conventional way and returns its exit code.
+pub fn fail(name: &str, err: &(dyn Error + 'static)) -> ExitCode {
+    let code = find_failure(err).map(|f| f.code).unwrap_or(1);
+    let msg = report(err);
+    let msg = without_name(name, &msg);
+    if !msg.is_empty() {
+        eprintln!("{name}: {msg}");
+        if crate::background::is_child() && !crate::ready::is_ready() {
+            use std::io::Write;
+            let mut o = std::io::stdout().lock();
+            let _ = writeln!(o, "{CHILD_ERROR_PREFIX}{msg}");
+            let _ = o.flush();
+        }
+        if crate::log::file().is_some() {
+            tracing::error!("{msg}");
+        }
+    }
+    ExitCode::from(code)
+}
+
+fn find_failure<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a Failure> {
+    let mut cur: Option<&(dyn Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(f) = e.downcast_ref::<Failure>() {
+            return Some(f);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection to dlm_controld failed: {0}")]
+    struct Quoting(#[source] std::io::Error);
+
+    #[test]
+    fn each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(2);
+        let e = anyhow::Error::new(Quoting(io)).context("mount failed");
+        let b: Box<dyn Error + Send + Sync> = e.into();
+        let r = report(b.as_ref());
+        assert_eq!(r, "mount failed: connection to dlm_controld failed: No such file or directory (os error 2)");
+    }
+
+    #[test]
+    fn same_message_twice_is_said_once() {
+        let e = anyhow::anyhow!("the device is in use by another mount on this host")
+            .context("the device is in use by another mount on this host");
+        let b: Box<dyn Error + Send + Sync> = e.into();
+        assert_eq!(report(b.as_ref()), "the device is in use by another mount on this host");
+    }
+
+    #[test]
+    fn failure_code_is_found_under_context() {
+        let e = anyhow::Error::new(Failure::new(4, "errors left uncorrected")).context("checking /dev/x");
+        let b: Box<dyn Error + Send + Sync> = e.into();
+        assert_eq!(find_failure(b.as_ref()).map(|f| f.code), Some(4));
+    }
+
+    #[test]
+    fn own_name_is_not_repeated() {
+        assert_eq!(without_name("gnbd_import", "gnbd_import: no such export"), "no such export");
+        assert_eq!(without_name("gnbd_import", "gnbd_importer: x"), "gnbd_importer: x");
+    }
+}
