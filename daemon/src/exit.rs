@@ -40,19 +40,24 @@ impl Failure {
 }
 
 /// The error and its causes on one line, each message once: a cause whose text is already
-/// part of what was said (because a wrapper quoted it) is not repeated.
+/// part of what was said (because a wrapper quoted it) is not repeated, and a cause that
+/// repeats the wrapper's text and adds to it replaces the wrapper's text.
 pub fn report(err: &(dyn Error + 'static)) -> String {
-    let mut out = err.to_string();
+    let mut parts: Vec<String> = vec![err.to_string()];
     let mut cur = err.source();
     while let Some(e) = cur {
         let t = e.to_string();
-        if !t.is_empty() && !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
+        let said = parts.iter().any(|p| p.contains(&t));
+        if !t.is_empty() && !said {
+            match parts.last_mut() {
+                Some(last) if !last.is_empty() && t.contains(last.as_str()) => *last = t,
+                _ => parts.push(t),
+            }
         }
         cur = e.source();
     }
-    out
+    parts.retain(|p| !p.is_empty());
+    parts.join(": ")
 }
 
 /// Strips a leading `NAME: ` (a message that already names the program).
@@ -127,6 +132,14 @@ mod tests {
             .context("the device is in use by another mount on this host");
         let b: Box<dyn Error + Send + Sync> = e.into();
         assert_eq!(report(b.as_ref()), "the device is in use by another mount on this host");
+    }
+
+    #[test]
+    fn a_cause_that_repeats_its_wrapper_replaces_it() {
+        let io = std::io::Error::from_raw_os_error(2);
+        let e = anyhow::Error::new(Quoting(io)).context("connection to dlm_controld failed");
+        let b: Box<dyn Error + Send + Sync> = e.into();
+        assert_eq!(report(b.as_ref()), "connection to dlm_controld failed: No such file or directory (os error 2)");
     }
 
     #[test]

@@ -48,9 +48,16 @@ impl MountOptions {
     }
 }
 
-/// Mounts `device` at `mountpoint` and serves it until it is unmounted. `ready` is called
-/// once the mount is in place.
-pub fn run(device: &str, mountpoint: &Path, opts: &MountOptions, ready: impl FnOnce()) -> anyhow::Result<()> {
+/// Mounts `device` at `mountpoint` and serves it until it is unmounted, or until `signals`
+/// asks to stop (then it unmounts: normally, or lazily when the filesystem is busy). `ready`
+/// is called once the mount is in place.
+pub fn run(
+    device: &str,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    signals: daemon::Signals,
+    ready: impl FnOnce(),
+) -> anyhow::Result<()> {
     if opts.read_only {
         bail!("read-only mounts are not supported yet");
     }
@@ -115,9 +122,24 @@ pub fn run(device: &str, mountpoint: &Path, opts: &MountOptions, ready: impl FnO
         cfg.n_threads = Some(8);
         cfg.clone_fd = true;
     }
-    let session = fuser::Session::new(fuse, mountpoint, &cfg)
+    let mut session = fuser::Session::new(fuse, mountpoint, &cfg)
         .with_context(|| format!("cannot mount FUSE at {}", mountpoint.display()))?;
     shared.start_invalidator(session.notifier());
+    let mut unmounter = session.unmount_callable();
+    let mp = mountpoint.to_path_buf();
+    std::thread::Builder::new()
+        .name("stop".into())
+        .spawn(move || {
+            signals.wait_stop();
+            tracing::info!(mountpoint = %mp.display(), "stop requested: unmounting");
+            if let Err(e) = unmounter.unmount() {
+                tracing::warn!(error = %e, "unmount failed (busy?): detaching lazily");
+                if let Err(e) = crate::sys::lazy_unmount(&mp) {
+                    tracing::error!(error = %e, "lazy unmount failed: still mounted");
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
     ready();
     let r = session.run();
     // destroy() normally did this; if the session ended otherwise, still leave it clean.

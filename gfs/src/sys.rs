@@ -1,5 +1,5 @@
 //! The one place gfs calls into the kernel with `unsafe`: the control ioctl `gfs_grow` and
-//! `gfs_jadd` send to a mount point (see [`crate::grow`]).
+//! `gfs_jadd` send to a mount point (see [`crate::grow`]), and the lazy unmount of a stop request.
 
 use std::os::fd::AsRawFd;
 
@@ -13,6 +13,20 @@ pub(crate) fn ioctl_rw(file: &std::fs::File, cmd: u32, buf: &mut [u8]) -> std::i
     // exclusively borrowed buffer of exactly the size `cmd` encodes (asserted above), so the
     // kernel reads and writes only inside it.
     let r = unsafe { libc::ioctl(file.as_raw_fd(), cmd as libc::Ioctl, buf.as_mut_ptr()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// umount2(2) with MNT_DETACH: the mount leaves the namespace now and goes away when its
+/// last user is gone (a stop request while files are open).
+pub(crate) fn lazy_unmount(mountpoint: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "mount point contains NUL"))?;
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    let r = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -84,8 +84,8 @@ fn main() -> ExitCode {
             ExitCode::from(s.exit_code())
         }
         Err(e) => {
-            eprintln!("gfs_fsck: {}: {e}", args.device);
-            ExitCode::from(exit::OPERATIONAL)
+            let msg = format!("{}: {}", args.device, daemon::exit::report(&e));
+            daemon::exit::fail("gfs_fsck", &daemon::Failure::new(exit::OPERATIONAL, msg))
         }
     }
 }

@@ -5,6 +5,8 @@ use gfs::grow::{request, CtlRequest};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+const NAME: &str = "gfs_jadd";
+
 const AFTER_HELP: &str = "\
 DESCRIPTION
     gfs_jadd adds journals to a mounted gfs filesystem so that more nodes can mount it:
@@ -52,23 +54,16 @@ struct Args {
     test: bool,
     /// The mount point of the filesystem.
     mountpoint: PathBuf,
+    #[command(flatten)]
+    log: daemon::log::LogArgs,
 }
 
 fn main() -> ExitCode {
     let a = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .init();
-    let req = CtlRequest::Jadd { count: a.journals, journal_blocks: a.journal_mb.map(|mb| mb * 256), test: a.test };
-    match request(&a.mountpoint, &req) {
-        Ok(msg) => {
-            println!("{msg}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("gfs_jadd: {}: {e}", a.mountpoint.display());
-            ExitCode::FAILURE
-        }
+    if let Err(e) = daemon::log::init(&daemon::log::LogConfig::new("warn", &a.log)) {
+        return daemon::exit::fail(NAME, &e);
     }
+    let req = CtlRequest::Jadd { count: a.journals, journal_blocks: a.journal_mb.map(|mb| mb * 256), test: a.test };
+    let r = request(&a.mountpoint, &req).map(|msg| println!("{msg}"));
+    daemon::finish(NAME, anyhow::Context::with_context(r, || a.mountpoint.display().to_string()))
 }

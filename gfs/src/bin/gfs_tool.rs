@@ -1,8 +1,11 @@
 //! `gfs_tool`: look at a gfs filesystem (superblock, journals, free space).
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gfs::tool::{df_report, jindex_report, lockdump_report, sb_report};
 use std::process::ExitCode;
+
+const NAME: &str = "gfs_tool";
 
 const AFTER_HELP: &str = "\
 DESCRIPTION
@@ -33,6 +36,8 @@ EXIT STATUS
 struct Args {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    log: daemon::log::LogArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,33 +66,16 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let a = Args::parse();
-    let (target, r) = match &a.cmd {
-        Cmd::Sb { target } => (target, sb_report(target)),
-        Cmd::Jindex { target } => (target, jindex_report(target)),
-        Cmd::Df { target } => (target, df_report(target)),
-        Cmd::Lockdump { target, dlm_socket } => (target, lockdump_report(target, dlm_socket)),
-        Cmd::Glocks { mountpoint } => {
-            let r = gfs::grow::request(mountpoint, &gfs::grow::CtlRequest::Glocks);
-            match r {
-                Ok(s) => {
-                    print!("{s}");
-                    return ExitCode::SUCCESS;
-                }
-                Err(e) => {
-                    eprintln!("gfs_tool: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-    };
-    match r {
-        Ok(s) => {
-            print!("{s}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("gfs_tool: {target}: {e}");
-            ExitCode::FAILURE
-        }
+    if let Err(e) = daemon::log::init(&daemon::log::LogConfig::new("warn", &a.log)) {
+        return daemon::exit::fail(NAME, &e);
     }
+    let r = match &a.cmd {
+        Cmd::Sb { target } => sb_report(target).with_context(|| target.clone()),
+        Cmd::Jindex { target } => jindex_report(target).with_context(|| target.clone()),
+        Cmd::Df { target } => df_report(target).with_context(|| target.clone()),
+        Cmd::Lockdump { target, dlm_socket } => lockdump_report(target, dlm_socket).with_context(|| target.clone()),
+        Cmd::Glocks { mountpoint } => gfs::grow::request(mountpoint, &gfs::grow::CtlRequest::Glocks)
+            .with_context(|| mountpoint.display().to_string()),
+    };
+    daemon::finish(NAME, r.map(|s| print!("{s}")))
 }

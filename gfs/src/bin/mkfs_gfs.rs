@@ -4,6 +4,8 @@ use clap::Parser;
 use gfs::{mkfs, open_device, uuid_string, LockProto, MkfsError, MkfsOptions};
 use std::process::ExitCode;
 
+const NAME: &str = "mkfs.gfs";
+
 const AFTER_HELP: &str = "\
 DESCRIPTION
     mkfs.gfs writes a new, empty gfs filesystem: the superblock (lock protocol, lock
@@ -64,8 +66,8 @@ struct Args {
 fn main() -> ExitCode {
     let a = Args::parse();
     let Some(lockproto) = LockProto::parse(&a.lockproto) else {
-        eprintln!("mkfs.gfs: unknown lock protocol {:?} (use lock_dlm or lock_nolock)", a.lockproto);
-        return ExitCode::FAILURE;
+        let e = format!("unknown lock protocol {:?} (use lock_dlm or lock_nolock)", a.lockproto);
+        return daemon::finish(NAME, Err(e));
     };
     let opts = MkfsOptions {
         lockproto,
@@ -79,23 +81,17 @@ fn main() -> ExitCode {
         let dev = open_device(&a.device)?;
         mkfs(&*dev, &opts)
     };
-    match run() {
-        Ok(sb) => {
-            if !a.quiet {
-                println!("Device:            {}", a.device);
-                println!("Blocksize:         {}", sb.block_size);
-                println!("Filesystem Size:   {} blocks", sb.block_count);
-                println!("Journals:          {}", sb.journal_count);
-                println!("Resource Groups:   {}", sb.rg_count);
-                println!("Locking Protocol:  {}", sb.lockproto);
-                println!("Lock Table:        {}", sb.locktable);
-                println!("UUID:              {}", uuid_string(&sb.uuid));
-            }
-            ExitCode::SUCCESS
+    let r = run().map(|sb| {
+        if !a.quiet {
+            println!("Device:            {}", a.device);
+            println!("Blocksize:         {}", sb.block_size);
+            println!("Filesystem Size:   {} blocks", sb.block_count);
+            println!("Journals:          {}", sb.journal_count);
+            println!("Resource Groups:   {}", sb.rg_count);
+            println!("Locking Protocol:  {}", sb.lockproto);
+            println!("Lock Table:        {}", sb.locktable);
+            println!("UUID:              {}", uuid_string(&sb.uuid));
         }
-        Err(e) => {
-            eprintln!("mkfs.gfs: {}: {e}", a.device);
-            ExitCode::FAILURE
-        }
-    }
+    });
+    daemon::finish(NAME, anyhow::Context::with_context(r, || a.device.clone()))
 }

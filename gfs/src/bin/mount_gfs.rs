@@ -1,11 +1,13 @@
 //! `mount.gfs`: mount a gfs filesystem through FUSE.
 
 use clap::Parser;
+use daemon::background::Background;
+use daemon::log::{LogArgs, LogConfig};
 use gfs::mount::{run, MountOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
+
+const NAME: &str = "mount.gfs";
 
 const AFTER_HELP: &str = "\
 DESCRIPTION
@@ -45,6 +47,12 @@ EXAMPLES
     mount.gfs gnbd://storage1/shared /mnt/shared -o journal=2,log=/var/log/gfs.log
     umount /mnt/gfs
 
+SIGNALS
+    SIGTERM, SIGINT  unmount (lazily if the filesystem is busy), leave it clean and exit 0
+    SIGHUP           reopen the log file (log=FILE); never stops the mount
+
+    Logging: --log-level LEVEL or RUST_LOG (default info).
+
 FILES
     /proc/self/mounts   the mount shows as type fuse.gfs with DEVICE as its source
 
@@ -67,87 +75,28 @@ struct Args {
     /// Stay in the foreground (serve until unmounted).
     #[arg(short = 'f')]
     foreground: bool,
-    /// Internal: report readiness on stdout (used by the background launch).
-    #[arg(long, hide = true)]
-    notify_ready: bool,
-}
-
-fn init_tracing(log: Option<&str>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GFS_LOG").unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
-    match log.and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok()) {
-        Some(f) => b.with_writer(std::sync::Mutex::new(f)).init(),
-        None => b.with_writer(std::io::stderr).init(),
-    }
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn main() -> ExitCode {
     let a = Args::parse();
     let opts = match MountOptions::parse(&a.options) {
         Ok(o) => o,
-        Err(e) => {
-            eprintln!("mount.gfs: {e:#}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return daemon::exit::fail(NAME, e.as_ref()),
     };
-    if a.foreground {
-        init_tracing(opts.log.as_deref());
-        let notify = a.notify_ready;
-        let r = run(&a.device, &a.mountpoint, &opts, || {
-            if notify {
-                let mut out = std::io::stdout();
-                let _ = writeln!(out, "ready");
-                let _ = out.flush();
-            } else {
-                tracing::info!(device = %a.device, mountpoint = %a.mountpoint.display(), "mounted");
-            }
-        });
-        return match r {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                if notify {
-                    println!("error: {e:#}");
-                }
-                eprintln!("mount.gfs: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+    // Without -f the command returns once the background server has mounted (or failed).
+    let mut bg = Background::new(NAME, opts.log.as_ref().map(PathBuf::from));
+    bg.echo_ready = false;
+    if let Some(code) = daemon::background::daemonize(a.foreground, &bg) {
+        return code;
     }
-    // Background: start the server in its own process group and wait for it to be mounted.
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("mount.gfs: cannot find my own executable: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let child = Command::new(exe)
-        .arg(&a.device)
-        .arg(&a.mountpoint)
-        .arg("-o")
-        .arg(&a.options)
-        .arg("-f")
-        .arg("--notify-ready")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("mount.gfs: cannot start the server: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let out = child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    let _ = BufReader::new(out).read_line(&mut line);
-    if line.trim() == "ready" {
-        return ExitCode::SUCCESS;
-    }
-    let _ = child.wait();
-    let msg = line.trim().strip_prefix("error: ").unwrap_or(line.trim()).to_string();
-    eprintln!("mount.gfs: {}", if msg.is_empty() { "the server exited before mounting".into() } else { msg });
-    ExitCode::FAILURE
+    daemon::finish(NAME, serve(&a, &opts))
+}
+
+fn serve(a: &Args, opts: &MountOptions) -> anyhow::Result<()> {
+    let signals = daemon::signals::install()?;
+    daemon::log::init(&LogConfig::new("info", &a.log).with_file(opts.log.as_ref().map(PathBuf::from)))?;
+    let line = format!("mount.gfs: ready {} on {}", a.device, a.mountpoint.display());
+    run(&a.device, &a.mountpoint, opts, signals, || daemon::ready::ready(&line))
 }
