@@ -16,6 +16,22 @@
 //! lock: it tries every other journal's lock with NOQUEUE, and replays the journals it can
 //! take. A node's journal only ever holds changes covered by glocks it holds in EX (every
 //! demotion writes everything home), so nobody reads those blocks before the replay.
+//!
+//! Beside the glocks, per inode: an iopen lock (PR while this node has the inode open, so
+//! other nodes leave it allocated) and the cluster's byte-range locks.
+//!
+//! - this module: the glock table, taking glocks ([`Glocks::acquire`], [`HeldLocks`]), iopen
+//!   locks, `gfs_tool glocks`, shutdown;
+//! - `demote`: each glock's DLM task, demotion when another node asks, reclaiming idle ones;
+//! - `recovery`: the recovery pass (journals of nodes that are gone);
+//! - `plock`: fcntl and flock locks ([`RangeLock`], [`PlockError`]).
+
+mod demote;
+mod plock;
+mod recovery;
+
+use plock::PlockWait;
+pub use plock::{PlockError, RangeLock};
 
 use crate::fs::LockKey;
 use dlm::{DlmClient, Flags, Lock, Mode, SbFlags};
@@ -179,173 +195,6 @@ impl Inner {
         Ok(rrx.recv().map_err(|_| GlockError::Gone)??)
     }
 
-    /// Called by a glock's task when another node wants `wanted`: wait for local holders
-    /// and the minimum hold, write back and invalidate; says what to convert to.
-    fn prepare_demote(&self, key: LockKey, granted: Mode, wanted: Mode) -> Demote {
-        tracing::debug!(?key, %granted, %wanted, "blocking callback");
-        let mut t = self.table.lock().expect("glock table");
-        let Some(e) = t.get(&key) else { return Demote::NotNeeded };
-        // A local conversion is in flight (this task runs it): decide once it is done.
-        if e.busy {
-            return Demote::Later;
-        }
-        if granted == Mode::Nl || (granted == Mode::Pr && wanted == Mode::Pr) {
-            return Demote::NotNeeded;
-        }
-        let target = if granted == Mode::Ex && wanted == Mode::Pr { Mode::Pr } else { Mode::Nl };
-        // Keep it for its hold time (local work goes on meanwhile), then drain local holders.
-        let until = {
-            let Some(e) = t.get_mut(&key) else { return Demote::NotNeeded };
-            let since = e.granted_at.elapsed();
-            e.hold = if since < e.hold * 2 {
-                (e.hold * 2).min(MAX_HOLD)
-            } else if since > Duration::from_secs(1) {
-                MIN_HOLD
-            } else {
-                e.hold
-            };
-            e.asked = true;
-            e.granted_at + e.hold
-        };
-        drop(t);
-        let left = until.saturating_duration_since(Instant::now());
-        if !left.is_zero() {
-            std::thread::sleep(left);
-        }
-        t = self.table.lock().expect("glock table");
-        if let Some(e) = t.get_mut(&key) {
-            e.demote = true;
-        }
-        loop {
-            let Some(e) = t.get(&key) else { return Demote::NotNeeded };
-            if e.sh == 0 && !e.ex && !e.busy {
-                break;
-            }
-            t = self.cond.wait(t).expect("glock table");
-        }
-        if let Some(e) = t.get_mut(&key) {
-            e.busy = true;
-        }
-        drop(t);
-        if let Some(h) = self.hooks() {
-            if granted == Mode::Ex {
-                h.write_back();
-            }
-            if target == Mode::Nl {
-                h.invalidate(key);
-            }
-        }
-        Demote::To(target)
-    }
-
-    fn finish_demote(&self, key: LockKey, mode: Option<Mode>) {
-        let mut t = self.table.lock().expect("glock table");
-        if let Some(e) = t.get_mut(&key) {
-            if let Some(m) = mode {
-                e.mode = m;
-            }
-            e.busy = false;
-            e.demote = false;
-            e.asked = false;
-        }
-        drop(t);
-        self.cond.notify_all();
-    }
-
-    /// The task that owns one glock's DLM lock: runs conversions asked by operations and
-    /// demotions asked by other nodes.
-    async fn glock_task(self: Arc<Self>, key: LockKey, mut rx: mpsc::UnboundedReceiver<TaskCmd>) {
-        let mut lock: Option<Lock> = None;
-        // A blocking callback not acted on yet (a local conversion was in flight).
-        let mut pending: Option<Mode> = None;
-        enum Ev {
-            Cmd(Option<TaskCmd>),
-            Blocked(Option<Mode>),
-        }
-        loop {
-            let ev = match (lock.as_mut(), pending) {
-                (_, Some(m)) => tokio::select! {
-                    c = rx.recv() => Ev::Cmd(c),
-                    _ = tokio::time::sleep(Duration::from_millis(2)) => Ev::Blocked(Some(m)),
-                },
-                (Some(l), None) => tokio::select! {
-                    c = rx.recv() => Ev::Cmd(c),
-                    m = l.blocked() => Ev::Blocked(m),
-                },
-                (None, None) => Ev::Cmd(rx.recv().await),
-            };
-            match ev {
-                Ev::Cmd(None) => break,
-                Ev::Cmd(Some(TaskCmd::Lock(mode, flags, reply))) => {
-                    let r = match lock.as_mut() {
-                        Some(l) => l.convert(mode, flags, None).await.map(|c| c.sbflags),
-                        None => match self.client.lock(self.ls, &key.resource_name(), mode, flags, None).await {
-                            Ok(l) => {
-                                let f = l.sbflags();
-                                lock = Some(l);
-                                Ok(f)
-                            }
-                            Err(e) => Err(e),
-                        },
-                    };
-                    let _ = reply.send(r);
-                }
-                Ev::Cmd(Some(TaskCmd::Unlock(reply))) => {
-                    if let Some(l) = lock.take() {
-                        let lvb = (l.mode() == Some(Mode::Ex)).then_some(&LVB[..]);
-                        let _ = l.unlock(Flags::VALBLK, lvb).await;
-                    }
-                    let _ = reply.send(());
-                    return;
-                }
-                Ev::Blocked(None) => {
-                    tracing::error!(?key, "lost the connection to dlm_controld");
-                    self.finish_demote(key, Some(Mode::Nl));
-                    return;
-                }
-                Ev::Blocked(Some(wanted)) => {
-                    let me = self.clone();
-                    let granted = lock.as_ref().and_then(|l| l.mode()).unwrap_or(Mode::Nl);
-                    // A plain thread, not spawn_blocking: the write-back does device I/O, and a
-                    // gnbd device cannot block_on from inside this runtime.
-                    let (dtx, drx) = tokio::sync::oneshot::channel();
-                    let spawned = std::thread::Builder::new().name("gfs-demote".into()).spawn(move || {
-                        let _ = dtx.send(me.prepare_demote(key, granted, wanted));
-                    });
-                    let d = match spawned {
-                        Ok(_) => drx.await.map_err(|_| ()),
-                        Err(_) => Err(()),
-                    };
-                    pending = None;
-                    let target = match d {
-                        Ok(Demote::To(t)) => t,
-                        Ok(Demote::NotNeeded) => continue,
-                        Ok(Demote::Later) => {
-                            pending = Some(wanted);
-                            continue;
-                        }
-                        Err(_) => {
-                            self.finish_demote(key, None);
-                            continue;
-                        }
-                    };
-                    let Some(l) = lock.as_mut() else { continue };
-                    let lvb = (l.mode() == Some(Mode::Ex)).then_some(&LVB[..]);
-                    match l.convert(target, Flags::VALBLK, lvb).await {
-                        Ok(_) => self.finish_demote(key, Some(target)),
-                        Err(e) => {
-                            tracing::error!(?key, error = %e, "cannot demote a glock");
-                            self.finish_demote(key, None);
-                        }
-                    }
-                }
-            }
-        }
-        if let Some(l) = lock.take() {
-            let _ = l.unlock(Flags::empty(), None).await;
-        }
-    }
-
     /// Takes `key` for a local operation; returns whether the DLM granted it afresh (what
     /// it covers must be re-read) and whether the last EX holder died (recovery first).
     fn acquire_one(self: &Arc<Self>, key: LockKey, want: Want) -> Result<(bool, bool), GlockError> {
@@ -443,91 +292,6 @@ impl Inner {
         drop(t);
         self.cond.notify_all();
     }
-
-    /// Gives idle glocks back to the DLM while this node has more than `above`: NL ones
-    /// first, then PR ones unused for `idle` (what they cover is forgotten first), oldest
-    /// first, down to half of `above`. Returns how many went.
-    fn reclaim(&self, above: usize, idle: Duration) -> usize {
-        let victims: Vec<(LockKey, Mode, mpsc::UnboundedSender<TaskCmd>)> = {
-            let mut t = self.table.lock().expect("glock table");
-            if t.len() <= above {
-                return 0;
-            }
-            let mut c: Vec<(bool, Instant, LockKey)> = t
-                .iter()
-                .filter(|(_, e)| e.sh == 0 && !e.ex && !e.busy && !e.demote && !e.asked && e.task.is_some())
-                .filter(|(_, e)| e.mode == Mode::Nl || (e.mode == Mode::Pr && e.granted_at.elapsed() >= idle))
-                .map(|(k, e)| (e.mode != Mode::Nl, e.granted_at, *k))
-                .collect();
-            c.sort();
-            c.truncate(t.len() - above / 2);
-            c.into_iter()
-                .filter_map(|(_, _, k)| {
-                    let e = t.get_mut(&k)?;
-                    e.busy = true;
-                    Some((k, e.mode, e.task.clone()?))
-                })
-                .collect()
-        };
-        let n = victims.len();
-        for (key, mode, tx) in victims {
-            if mode != Mode::Nl {
-                if let Some(h) = self.hooks() {
-                    h.invalidate(key);
-                }
-            }
-            let (rtx, rrx) = std_mpsc::channel();
-            if tx.send(TaskCmd::Unlock(rtx)).is_ok() {
-                let _ = rrx.recv_timeout(Duration::from_secs(10));
-            }
-            self.table.lock().expect("glock table").remove(&key);
-            self.cond.notify_all();
-        }
-        if n > 0 {
-            tracing::debug!(glocks = n, "idle glocks given back to the DLM");
-        }
-        n
-    }
-
-    /// One recovery pass: under the cluster's `recovery` lock, replay the journals whose
-    /// locks nobody holds (nodes that are gone), unless already replayed since.
-    fn recover_pass(&self, force: bool) -> Result<(), GlockError> {
-        let mut clean = self.recovering.lock().expect("recovery mutex");
-        let journals = self.hooks().map(|h| h.journals()).unwrap_or(0).max(self.journals);
-        let (rec, locks, free) = self.rt.block_on(async {
-            let rec = self.client.lock(self.ls, b"recovery", Mode::Ex, Flags::empty(), None).await?;
-            let mut free = Vec::new();
-            let mut locks = Vec::new();
-            for s in (0..journals).filter(|&s| s != self.slot) {
-                match self.client.lock(self.ls, &journal_name(s), Mode::Ex, Flags::NOQUEUE, None).await {
-                    Ok(l) => {
-                        if force || !clean.contains(&s) {
-                            free.push(s);
-                        }
-                        locks.push(l);
-                    }
-                    Err(_) => {
-                        clean.remove(&s);
-                    }
-                }
-            }
-            Ok::<_, GlockError>((rec, locks, free))
-        })?;
-        // Outside the runtime: the replay does device I/O (a gnbd device blocks on its own).
-        if !free.is_empty() {
-            if let Some(h) = self.hooks() {
-                h.recover(&free);
-                clean.extend(free.iter().copied());
-            }
-        }
-        self.rt.block_on(async {
-            for l in locks {
-                let _ = l.unlock(Flags::empty(), None).await;
-            }
-            rec.unlock(Flags::empty(), None).await
-        })?;
-        Ok(())
-    }
 }
 
 /// Glocks held by one operation; released when dropped.
@@ -617,15 +381,6 @@ impl Glocks {
             plock_waits: Mutex::new(Vec::new()),
             iopens: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// Runs `f` (this node's own journal replay at mount) under the cluster's recovery lock.
-    pub fn with_recovery_lock<T>(&self, f: impl FnOnce() -> T) -> Result<T, GlockError> {
-        let i = &self.inner;
-        let rec = i.rt.block_on(i.client.lock(i.ls, b"recovery", Mode::Ex, Flags::empty(), None))?;
-        let r = f();
-        i.rt.block_on(rec.unlock(Flags::empty(), None))?;
-        Ok(r)
     }
 
     /// How many glocks this node keeps before giving idle ones back to the DLM (default
@@ -804,149 +559,5 @@ impl Glocks {
             }
             let _ = i.client.leave(i.ls).await;
         });
-    }
-}
-
-/// A POSIX byte-range lock request as FUSE gives it (`typ` is F_RDLCK, F_WRLCK or F_UNLCK;
-/// `end` inclusive, `i64::MAX` meaning to the end of the file).
-#[derive(Debug, Clone, Copy)]
-pub struct RangeLock {
-    pub ino: u64,
-    pub owner: u64,
-    pub pid: u32,
-    pub start: u64,
-    pub end: u64,
-    pub typ: i32,
-}
-
-/// Why a byte-range lock was refused.
-#[derive(Debug, Error)]
-pub enum PlockError {
-    #[error("conflicting lock held")]
-    WouldBlock,
-    #[error("waiting would deadlock")]
-    Deadlock,
-    #[error("invalid range or type")]
-    Invalid,
-    #[error("the wait was withdrawn (the file was closed)")]
-    Interrupted,
-    #[error("dlm: {0}")]
-    Dlm(dlm::ClientError),
-}
-
-impl PlockError {
-    /// The errno for FUSE.
-    pub fn errno(&self) -> i32 {
-        match self {
-            PlockError::WouldBlock => libc::EAGAIN,
-            PlockError::Deadlock => libc::EDEADLK,
-            PlockError::Invalid => libc::EINVAL,
-            PlockError::Interrupted => libc::EINTR,
-            PlockError::Dlm(_) => libc::EIO,
-        }
-    }
-}
-
-type PlockReply = Arc<Mutex<Option<Box<dyn FnOnce(Result<(), PlockError>) + Send>>>>;
-
-/// An F_SETLKW waiting in the background.
-struct PlockWait {
-    ino: u64,
-    owner: u64,
-    task: tokio::task::AbortHandle,
-    reply: PlockReply,
-}
-
-fn plock_name(ino: u64) -> Vec<u8> {
-    format!("plock-{ino:x}").into_bytes()
-}
-
-fn plock_args(l: &RangeLock) -> Result<dlm::PlockArgs, PlockError> {
-    let kind = match l.typ {
-        libc::F_RDLCK => dlm::PlockKind::Read,
-        libc::F_WRLCK => dlm::PlockKind::Write,
-        libc::F_UNLCK => dlm::PlockKind::Unlock,
-        _ => return Err(PlockError::Invalid),
-    };
-    let end = if l.end >= i64::MAX as u64 { u64::MAX } else { l.end };
-    if l.start > end {
-        return Err(PlockError::Invalid);
-    }
-    Ok(dlm::PlockArgs { owner: l.owner, pid: l.pid, start: l.start, end, kind })
-}
-
-fn plock_error(e: dlm::ClientError) -> PlockError {
-    match e {
-        dlm::ClientError::WouldBlock => PlockError::WouldBlock,
-        dlm::ClientError::Status(dlm::Status::Deadlock) => PlockError::Deadlock,
-        dlm::ClientError::Refused(-22) => PlockError::Invalid,
-        e => PlockError::Dlm(e),
-    }
-}
-
-/// Cluster-wide POSIX locks (fcntl) and flock, through the DLM's plock service: every node
-/// sees the same locks on a file.
-impl Glocks {
-    /// F_GETLK: the first lock that conflicts with `l`, as (type, start, end, pid).
-    pub fn plock_get(&self, l: &RangeLock) -> Result<Option<(i32, u64, u64, u32)>, PlockError> {
-        let args = plock_args(l)?;
-        let i = &self.inner;
-        let c = i.rt.block_on(i.client.plock_get(i.ls, &plock_name(l.ino), args)).map_err(plock_error)?;
-        Ok(c.map(|c| {
-            let typ = match c.kind {
-                dlm::PlockKind::Read => libc::F_RDLCK,
-                _ => libc::F_WRLCK,
-            };
-            let end = if c.end == u64::MAX { i64::MAX as u64 } else { c.end };
-            (typ, c.start, end, c.pid)
-        }))
-    }
-
-    /// F_SETLK (or an unlock): at once.
-    pub fn plock_set(&self, l: &RangeLock) -> Result<(), PlockError> {
-        let args = plock_args(l)?;
-        let i = &self.inner;
-        i.rt.block_on(i.client.plock_set(i.ls, &plock_name(l.ino), args, false)).map_err(plock_error)
-    }
-
-    /// F_SETLKW: waits in the background (no FUSE thread is held) and calls `done` with the
-    /// outcome. The wait is withdrawn when the owner closes the file ([`Glocks::plock_close`]).
-    pub fn plock_wait(&self, l: &RangeLock, done: impl FnOnce(Result<(), PlockError>) + Send + 'static) {
-        let args = match plock_args(l) {
-            Ok(a) => a,
-            Err(e) => return done(Err(e)),
-        };
-        let inner = self.inner.clone();
-        let name = plock_name(l.ino);
-        let reply: PlockReply = Arc::new(Mutex::new(Some(Box::new(done))));
-        let r2 = reply.clone();
-        let task = self.inner.rt.spawn(async move {
-            let r = inner.client.plock_set(inner.ls, &name, args, true).await.map_err(plock_error);
-            if let Some(f) = r2.lock().expect("plock reply").take() {
-                f(r);
-            }
-        });
-        let mut w = self.plock_waits.lock().expect("plock waits");
-        w.retain(|x| !x.task.is_finished());
-        w.push(PlockWait { ino: l.ino, owner: l.owner, task: task.abort_handle(), reply });
-    }
-
-    /// The owner closed the file: withdraw its waits and drop its locks on `ino`.
-    pub fn plock_close(&self, ino: u64, owner: u64) -> Result<(), PlockError> {
-        let withdrawn: Vec<PlockWait> = {
-            let mut w = self.plock_waits.lock().expect("plock waits");
-            let (gone, keep): (Vec<_>, Vec<_>) =
-                w.drain(..).filter(|x| !x.task.is_finished()).partition(|x| x.ino == ino && x.owner == owner);
-            *w = keep;
-            gone
-        };
-        for x in withdrawn {
-            x.task.abort();
-            if let Some(f) = x.reply.lock().expect("plock reply").take() {
-                f(Err(PlockError::Interrupted));
-            }
-        }
-        let i = &self.inner;
-        i.rt.block_on(i.client.plock_release_owner(i.ls, &plock_name(ino), owner)).map_err(plock_error)
     }
 }
