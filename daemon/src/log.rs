@@ -29,6 +29,10 @@ pub struct LogArgs {
     /// Overrides $RUST_LOG.
     #[arg(long = "log-level", value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Append the log to FILE instead of stderr (no colour codes; reopened on SIGHUP, for log
+    /// rotation).
+    #[arg(long = "log-file", value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
 }
 
 /// Where and how much to log.
@@ -45,12 +49,18 @@ pub struct LogConfig {
 impl LogConfig {
     /// Logging at `default_level` unless the flags or the environment say otherwise.
     pub fn new(default_level: &str, args: &LogArgs) -> LogConfig {
-        LogConfig { default_level: default_level.to_owned(), level: args.log_level.clone(), file: None }
+        LogConfig {
+            default_level: default_level.to_owned(),
+            level: args.log_level.clone(),
+            file: args.log_file.clone(),
+        }
     }
 
-    /// Logs to `file` (appending) instead of stderr.
+    /// Logs to `file` (appending) instead of stderr, unless `--log-file` already chose one.
     pub fn with_file(mut self, file: Option<PathBuf>) -> LogConfig {
-        self.file = file;
+        if self.file.is_none() {
+            self.file = file;
+        }
         self
     }
 }
