@@ -51,6 +51,7 @@ mod process;
 pub mod rawclient;
 mod server;
 mod tempdir;
+pub mod toolkit;
 
 pub use bins::{bin_dir, export_bin, fence_gnbd_bin, serv_bin};
 pub use data::{checksum, file_checksum, fill_pattern, pattern, write_pattern_file, Hasher64};

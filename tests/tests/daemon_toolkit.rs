@@ -1,0 +1,79 @@
+//! Every daemon on the shared toolkit path: readiness over sd_notify and the ready line,
+//! SIGHUP keeps it running and reopens its log file, SIGTERM stops it cleanly.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use gnbd_tests::toolkit::{assert_hup_reopens_log, spawn_until_ready, stop, NotifySocket, READY_TIMEOUT};
+use gnbd_tests::{bin_dir, run, OutputExt, TempDir};
+
+fn is_mounted(mnt: &Path) -> bool {
+    let m = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mnt = mnt.to_string_lossy();
+    m.lines().any(|l| l.split_whitespace().nth(1) == Some(&*mnt))
+}
+
+/// Unmounts on drop if a test failed half-way.
+struct Unmount<'a>(&'a Path);
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        if is_mounted(self.0) {
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+}
+
+fn gfs_image(dir: &TempDir) -> std::path::PathBuf {
+    let img = dir.join("gfs.img");
+    std::fs::File::create(&img).unwrap().set_len(128 << 20).unwrap();
+    run(Command::new(bin_dir().join("mkfs_gfs")).args(["-p", "lock_nolock", "-t", "t:t", "-j", "1", "-q"]).arg(&img))
+        .assert_success("mkfs.gfs");
+    img
+}
+
+#[test]
+fn mount_gfs_notifies_survives_hup_and_unmounts_on_term() {
+    let dir = TempDir::new();
+    let img = gfs_image(&dir);
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let _u = Unmount(&mnt);
+    let log = dir.join("mount.log");
+    let notify = NotifySocket::new(dir.path());
+    let (mut child, line) = spawn_until_ready(
+        Command::new(bin_dir().join("mount_gfs"))
+            .arg(&img)
+            .arg(&mnt)
+            .arg("-f")
+            .arg("--log-file")
+            .arg(&log)
+            .env("NOTIFY_SOCKET", &notify.path)
+            .stderr(Stdio::null()),
+        READY_TIMEOUT,
+    );
+    assert!(line.starts_with("mount.gfs: ready"), "{line}");
+    let n = notify.wait_ready(Duration::from_secs(5));
+    assert!(n.contains("STATUS=mount.gfs: ready"), "{n}");
+    assert!(is_mounted(&mnt));
+    std::fs::write(mnt.join("f"), b"x").unwrap();
+    assert_hup_reopens_log(child.id(), &log);
+    assert_eq!(std::fs::read(mnt.join("f")).unwrap(), b"x", "the mount still serves after SIGHUP");
+    let status = stop(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+    assert!(!is_mounted(&mnt), "SIGTERM unmounts");
+    run(Command::new(bin_dir().join("gfs_fsck")).arg("-n").arg(&img)).assert_success("gfs_fsck after SIGTERM");
+}
+
+#[test]
+fn mount_gfs_background_start_reports_errors_once() {
+    let dir = TempDir::new();
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let out = run(Command::new(bin_dir().join("mount_gfs")).arg(dir.join("missing.img")).arg(&mnt));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert_eq!(err.matches("mount.gfs").count(), 1, "the name once: {err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "each cause once: {err}");
+}
