@@ -227,6 +227,13 @@ pub enum ToolError {
     Refused { status: i32, message: String },
 }
 
+/// `main` of gfs_grow and gfs_jadd: sends `req`, prints the answer, exits by the toolkit's
+/// convention (`NAME: MOUNTPOINT: why` and 1 on failure).
+pub fn run_cli(name: &str, mountpoint: &Path, req: &CtlRequest) -> std::process::ExitCode {
+    let r = request(mountpoint, req).map(|msg| println!("{msg}"));
+    daemon::finish(name, anyhow::Context::with_context(r, || mountpoint.display().to_string()))
+}
+
 /// The tools' side: sends `req` to the gfs mount at `mountpoint` and returns the message of
 /// a successful reply.
 pub fn request(mountpoint: &Path, req: &CtlRequest) -> Result<String, ToolError> {

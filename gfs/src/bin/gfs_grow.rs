@@ -1,7 +1,7 @@
 //! `gfs_grow`: grow a mounted gfs filesystem into new space at the end of its device.
 
 use clap::Parser;
-use gfs::grow::{request, CtlRequest};
+use gfs::grow::CtlRequest;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -52,16 +52,10 @@ struct Args {
     rg_mb: Option<u32>,
     /// The mount point of the filesystem.
     mountpoint: PathBuf,
-    #[command(flatten)]
-    log: daemon::log::LogArgs,
 }
 
 fn main() -> ExitCode {
     let a = Args::parse();
-    if let Err(e) = daemon::log::init(&daemon::log::LogConfig::new("warn", &a.log)) {
-        return daemon::exit::fail(NAME, &e);
-    }
     let req = CtlRequest::Grow { rg_blocks: a.rg_mb.map(|mb| mb * 256), test: a.test };
-    let r = request(&a.mountpoint, &req).map(|msg| println!("{msg}"));
-    daemon::finish(NAME, anyhow::Context::with_context(r, || a.mountpoint.display().to_string()))
+    gfs::grow::run_cli(NAME, &a.mountpoint, &req)
 }
