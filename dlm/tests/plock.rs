@@ -8,58 +8,56 @@ use dlm::{
     PLOCK_EAGAIN, PLOCK_ECANCELED,
 };
 
+/// The shared [`dlm::sim::Net`] with the plock outcomes gathered as they are delivered.
 struct Net {
-    nodes: BTreeMap<NodeId, Node>,
-    queue: VecDeque<(NodeId, NodeId, Message)>,
+    net: dlm::sim::Net,
     /// (node, client, reqid) -> (status, conflict)
     done: BTreeMap<(NodeId, u64, u64), (i32, Option<PlockConflict>)>,
-    ls: u32,
     next: u64,
     epoch: u64,
 }
 
+impl std::ops::Deref for Net {
+    type Target = dlm::sim::Net;
+    fn deref(&self) -> &dlm::sim::Net {
+        &self.net
+    }
+}
+
+impl std::ops::DerefMut for Net {
+    fn deref_mut(&mut self) -> &mut dlm::sim::Net {
+        &mut self.net
+    }
+}
+
 impl Net {
     fn new(n: u32) -> Net {
-        let members: Vec<NodeId> = (1..=n).collect();
-        let mut net =
-            Net { nodes: BTreeMap::new(), queue: VecDeque::new(), done: BTreeMap::new(), ls: 0, next: 0, epoch: 1 };
-        for &id in &members {
-            let mut node = Node::new(id);
-            net.ls = node.join(b"test", 32).unwrap();
-            net.nodes.insert(id, node);
-        }
-        for &id in &members {
-            net.event(id, MemberEvent::Members { epoch: 1, members: members.clone(), failed: vec![] });
-        }
-        net.run();
+        let mut net = Net { net: dlm::sim::Net::new(n), done: BTreeMap::new(), next: 0, epoch: 1 };
+        net.gather();
         net
     }
 
-    fn collect(&mut self, id: NodeId) {
-        let Some(n) = self.nodes.get_mut(&id) else { return };
-        for o in n.take_output() {
-            match o {
-                Output::Send { to, msg } => self.queue.push_back((id, to, msg)),
-                Output::Ast(Ast::Plock { owner, reqid, status, conflict, .. }) => {
+    /// Move the plock outcomes delivered so far into `done`; nothing else may be delivered.
+    fn gather(&mut self) {
+        for (id, a) in std::mem::take(&mut self.net.asts) {
+            match a {
+                Ast::Plock { owner, reqid, status, conflict, .. } => {
                     assert!(self.done.insert((id, owner, reqid), (status, conflict)).is_none(), "answered twice");
                 }
-                Output::Ast(a) => panic!("unexpected {a:?}"),
+                a => panic!("unexpected {a:?}"),
             }
         }
+    }
+
+    /// Deliver every message, then gather the outcomes.
+    fn run(&mut self) {
+        self.net.run();
+        self.gather();
     }
 
     fn event(&mut self, id: NodeId, ev: MemberEvent) {
-        self.nodes.get_mut(&id).unwrap().membership(ev);
-        self.collect(id);
-    }
-
-    fn run(&mut self) {
-        while let Some((from, to, msg)) = self.queue.pop_front() {
-            if let Some(n) = self.nodes.get_mut(&to) {
-                n.receive(from, msg);
-                self.collect(to);
-            }
-        }
+        self.net.event(id, ev);
+        self.gather();
     }
 
     /// Start a plock op from client `client` of node `id`; returns its request id.
