@@ -3,36 +3,38 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use dlm::sim::Net;
 use dlm::{
     dir_node, Ast, MemberEvent, Message, Node, NodeId, Output, PlockArgs, PlockConflict, PlockKind, PlockOp,
     PLOCK_EAGAIN, PLOCK_ECANCELED,
 };
 
-/// The shared [`dlm::sim::Net`] with the plock outcomes gathered as they are delivered.
-struct Net {
-    net: dlm::sim::Net,
+/// The shared [`Net`] (reached through `Deref`) with the plock outcomes gathered as they are
+/// delivered.
+struct PlockNet {
+    net: Net,
     /// (node, client, reqid) -> (status, conflict)
     done: BTreeMap<(NodeId, u64, u64), (i32, Option<PlockConflict>)>,
     next: u64,
     epoch: u64,
 }
 
-impl std::ops::Deref for Net {
-    type Target = dlm::sim::Net;
-    fn deref(&self) -> &dlm::sim::Net {
+impl std::ops::Deref for PlockNet {
+    type Target = Net;
+    fn deref(&self) -> &Net {
         &self.net
     }
 }
 
-impl std::ops::DerefMut for Net {
-    fn deref_mut(&mut self) -> &mut dlm::sim::Net {
+impl std::ops::DerefMut for PlockNet {
+    fn deref_mut(&mut self) -> &mut Net {
         &mut self.net
     }
 }
 
-impl Net {
-    fn new(n: u32) -> Net {
-        let mut net = Net { net: dlm::sim::Net::new(n), done: BTreeMap::new(), next: 0, epoch: 1 };
+impl PlockNet {
+    fn new(n: u32) -> PlockNet {
+        let mut net = PlockNet { net: Net::new(n), done: BTreeMap::new(), next: 0, epoch: 1 };
         net.gather();
         net
     }
@@ -111,7 +113,7 @@ use PlockKind::{Read, Unlock, Write};
 
 #[test]
 fn nodes_exclude_each_other_and_waiters_wake_in_order() {
-    let mut net = Net::new(3);
+    let mut net = PlockNet::new(3);
     let master = dir_node(b"file", &[1, 2, 3]);
     // Use two nodes that are not the master, and the master itself.
     let others: Vec<NodeId> = [1, 2, 3].into_iter().filter(|n| *n != master).collect();
@@ -142,7 +144,7 @@ fn nodes_exclude_each_other_and_waiters_wake_in_order() {
 
 #[test]
 fn cancel_and_client_close_release_on_the_master() {
-    let mut net = Net::new(2);
+    let mut net = PlockNet::new(2);
     let r = net.set(1, 1, Write, 0, 10, false);
     assert_eq!(net.result(1, 1, r), Some((0, None)));
     let w = net.set(2, 1, Write, 5, 5, true);
@@ -170,7 +172,7 @@ fn cancel_and_client_close_release_on_the_master() {
 
 #[test]
 fn a_failed_nodes_plocks_are_dropped_and_the_masters_rebuilt() {
-    let mut net = Net::new(3);
+    let mut net = PlockNet::new(3);
     // Names mastered by each node, so a failure moves some masters.
     let names: Vec<Vec<u8>> = (0..30).map(|i| format!("f{i}").into_bytes()).collect();
     let ls = net.ls;
@@ -275,7 +277,7 @@ mod model {
         #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
         #[test]
         fn three_nodes_behave_as_one_table(ops in proptest::collection::vec(op(), 1..40)) {
-            let mut net = Net::new(3);
+            let mut net = PlockNet::new(3);
             let ls = net.ls;
             let mut tables = [PlockTable::default(), PlockTable::default()];
             let mut want: BTreeMap<(NodeId, u64, u64), i32> = BTreeMap::new();

@@ -58,6 +58,7 @@ pub use types::{
     DEFAULT_LVB_LEN,
 };
 
+/// The operation a local lock has under way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
     Request { mode: Mode, flags: Flags },
@@ -65,6 +66,7 @@ enum Pending {
     Unlock { flags: Flags },
 }
 
+/// Where a local lock's cancel is: none, held back, or sent to the master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cancel {
     None,
@@ -72,12 +74,14 @@ enum Cancel {
     Issued,
 }
 
+/// What of a local lock is routed to the master: its operation or its cancel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OpKind {
     Op,
     Cancel,
 }
 
+/// A lock of one of this node's clients (or an orphan), as this node knows it.
 #[derive(Debug, Clone)]
 struct LocalLock {
     name: Vec<u8>,
@@ -95,6 +99,8 @@ struct LocalLock {
     lvb_invalid: bool,
 }
 
+/// This node's view of one resource: its master, the resource itself when this node
+/// masters it, and the local operations waiting for a lookup's answer.
 #[derive(Debug, Default)]
 struct Rsb {
     master: Option<NodeId>,
@@ -103,11 +109,13 @@ struct Rsb {
     waiting: Vec<(OpKind, LockId)>,
 }
 
+/// Something held back while the lockspace is not running.
 #[derive(Debug)]
 enum Held {
     Local(OpKind, LockId),
     Msg(NodeId, Message),
 }
+/// Whether a lockspace grants: running, paused without quorum, or recovering.
 #[derive(Debug)]
 enum State {
     Running,
