@@ -39,6 +39,8 @@ mod node;
 mod plock;
 mod proto;
 mod resource;
+#[doc(hidden)]
+pub mod sim;
 pub mod tool;
 mod wire;
 

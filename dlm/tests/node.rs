@@ -1,79 +1,8 @@
-//! Deterministic multi-node scenarios on the sans-IO node, messages carried by hand.
+//! Deterministic multi-node scenarios on the sans-IO node, messages carried by hand
+//! ([`Net`]).
 
-use std::collections::{BTreeMap, VecDeque};
-
+use dlm::sim::Net;
 use dlm::{dir_node, Ast, Flags, LockId, MemberEvent, Message, Mode, Node, NodeId, Output, SbFlags, Status};
-
-/// Status, mode, status flags and value block of a completion.
-type Completion = (Status, Option<Mode>, SbFlags, Option<Vec<u8>>);
-
-struct Net {
-    nodes: BTreeMap<NodeId, Node>,
-    queue: VecDeque<(NodeId, NodeId, Message)>,
-    asts: Vec<(NodeId, Ast)>,
-    sent: usize,
-    ls: u32,
-}
-
-impl Net {
-    fn new(n: u32) -> Net {
-        let members: Vec<NodeId> = (1..=n).collect();
-        let mut net = Net { nodes: BTreeMap::new(), queue: VecDeque::new(), asts: Vec::new(), sent: 0, ls: 0 };
-        for &id in &members {
-            let mut node = Node::new(id);
-            net.ls = node.join(b"test", 32).unwrap();
-            net.nodes.insert(id, node);
-        }
-        for &id in &members {
-            net.event(id, MemberEvent::Members { epoch: 1, members: members.clone(), failed: vec![] });
-        }
-        net.run();
-        net.sent = 0;
-        net
-    }
-
-    fn collect(&mut self, id: NodeId) {
-        let Some(n) = self.nodes.get_mut(&id) else { return };
-        for o in n.take_output() {
-            match o {
-                Output::Send { to, msg } => {
-                    self.sent += 1;
-                    self.queue.push_back((id, to, msg));
-                }
-                Output::Ast(a) => self.asts.push((id, a)),
-            }
-        }
-    }
-
-    fn event(&mut self, id: NodeId, ev: MemberEvent) {
-        self.nodes.get_mut(&id).unwrap().membership(ev);
-        self.collect(id);
-    }
-
-    fn run(&mut self) {
-        while let Some((from, to, msg)) = self.queue.pop_front() {
-            if let Some(n) = self.nodes.get_mut(&to) {
-                n.receive(from, msg);
-                self.collect(to);
-            }
-        }
-    }
-
-    fn lock(&mut self, id: NodeId, owner: u64, name: &[u8], mode: Mode, flags: Flags) -> LockId {
-        let ls = self.ls;
-        let l = self.nodes.get_mut(&id).unwrap().lock(ls, owner, name, mode, flags, None).unwrap();
-        self.collect(id);
-        l
-    }
-
-    fn completion(&mut self, lkid: LockId) -> Option<Completion> {
-        let i = self.asts.iter().position(|(_, a)| matches!(a, Ast::Completion { lkid: l, .. } if *l == lkid))?;
-        match self.asts.remove(i).1 {
-            Ast::Completion { status, mode, sbflags, lvb, .. } => Some((status, mode, sbflags, lvb)),
-            Ast::Blocking { .. } | Ast::Plock { .. } => unreachable!(),
-        }
-    }
-}
 
 #[test]
 fn dead_ex_holder_waiter_granted_only_after_fence_with_value_block_invalid() {

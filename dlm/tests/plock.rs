@@ -3,63 +3,63 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use dlm::sim::Net;
 use dlm::{
     dir_node, Ast, MemberEvent, Message, Node, NodeId, Output, PlockArgs, PlockConflict, PlockKind, PlockOp,
     PLOCK_EAGAIN, PLOCK_ECANCELED,
 };
 
-struct Net {
-    nodes: BTreeMap<NodeId, Node>,
-    queue: VecDeque<(NodeId, NodeId, Message)>,
+/// The shared [`Net`] (reached through `Deref`) with the plock outcomes gathered as they are
+/// delivered.
+struct PlockNet {
+    net: Net,
     /// (node, client, reqid) -> (status, conflict)
     done: BTreeMap<(NodeId, u64, u64), (i32, Option<PlockConflict>)>,
-    ls: u32,
     next: u64,
     epoch: u64,
 }
 
-impl Net {
-    fn new(n: u32) -> Net {
-        let members: Vec<NodeId> = (1..=n).collect();
-        let mut net =
-            Net { nodes: BTreeMap::new(), queue: VecDeque::new(), done: BTreeMap::new(), ls: 0, next: 0, epoch: 1 };
-        for &id in &members {
-            let mut node = Node::new(id);
-            net.ls = node.join(b"test", 32).unwrap();
-            net.nodes.insert(id, node);
-        }
-        for &id in &members {
-            net.event(id, MemberEvent::Members { epoch: 1, members: members.clone(), failed: vec![] });
-        }
-        net.run();
+impl std::ops::Deref for PlockNet {
+    type Target = Net;
+    fn deref(&self) -> &Net {
+        &self.net
+    }
+}
+
+impl std::ops::DerefMut for PlockNet {
+    fn deref_mut(&mut self) -> &mut Net {
+        &mut self.net
+    }
+}
+
+impl PlockNet {
+    fn new(n: u32) -> PlockNet {
+        let mut net = PlockNet { net: Net::new(n), done: BTreeMap::new(), next: 0, epoch: 1 };
+        net.gather();
         net
     }
 
-    fn collect(&mut self, id: NodeId) {
-        let Some(n) = self.nodes.get_mut(&id) else { return };
-        for o in n.take_output() {
-            match o {
-                Output::Send { to, msg } => self.queue.push_back((id, to, msg)),
-                Output::Ast(Ast::Plock { owner, reqid, status, conflict, .. }) => {
+    /// Move the plock outcomes delivered so far into `done`; nothing else may be delivered.
+    fn gather(&mut self) {
+        for (id, a) in std::mem::take(&mut self.net.asts) {
+            match a {
+                Ast::Plock { owner, reqid, status, conflict, .. } => {
                     assert!(self.done.insert((id, owner, reqid), (status, conflict)).is_none(), "answered twice");
                 }
-                Output::Ast(a) => panic!("unexpected {a:?}"),
+                a => panic!("unexpected {a:?}"),
             }
         }
+    }
+
+    /// Deliver every message, then gather the outcomes.
+    fn run(&mut self) {
+        self.net.run();
+        self.gather();
     }
 
     fn event(&mut self, id: NodeId, ev: MemberEvent) {
-        self.nodes.get_mut(&id).unwrap().membership(ev);
-        self.collect(id);
-    }
-
-    fn run(&mut self) {
-        while let Some((from, to, msg)) = self.queue.pop_front() {
-            if let Some(n) = self.nodes.get_mut(&to) {
-                n.receive(from, msg);
-                self.collect(to);
-            }
-        }
+        self.net.event(id, ev);
+        self.gather();
     }
 
     /// Start a plock op from client `client` of node `id`; returns its request id.
@@ -113,7 +113,7 @@ use PlockKind::{Read, Unlock, Write};
 
 #[test]
 fn nodes_exclude_each_other_and_waiters_wake_in_order() {
-    let mut net = Net::new(3);
+    let mut net = PlockNet::new(3);
     let master = dir_node(b"file", &[1, 2, 3]);
     // Use two nodes that are not the master, and the master itself.
     let others: Vec<NodeId> = [1, 2, 3].into_iter().filter(|n| *n != master).collect();
@@ -144,7 +144,7 @@ fn nodes_exclude_each_other_and_waiters_wake_in_order() {
 
 #[test]
 fn cancel_and_client_close_release_on_the_master() {
-    let mut net = Net::new(2);
+    let mut net = PlockNet::new(2);
     let r = net.set(1, 1, Write, 0, 10, false);
     assert_eq!(net.result(1, 1, r), Some((0, None)));
     let w = net.set(2, 1, Write, 5, 5, true);
@@ -172,7 +172,7 @@ fn cancel_and_client_close_release_on_the_master() {
 
 #[test]
 fn a_failed_nodes_plocks_are_dropped_and_the_masters_rebuilt() {
-    let mut net = Net::new(3);
+    let mut net = PlockNet::new(3);
     // Names mastered by each node, so a failure moves some masters.
     let names: Vec<Vec<u8>> = (0..30).map(|i| format!("f{i}").into_bytes()).collect();
     let ls = net.ls;
@@ -277,7 +277,7 @@ mod model {
         #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
         #[test]
         fn three_nodes_behave_as_one_table(ops in proptest::collection::vec(op(), 1..40)) {
-            let mut net = Net::new(3);
+            let mut net = PlockNet::new(3);
             let ls = net.ls;
             let mut tables = [PlockTable::default(), PlockTable::default()];
             let mut want: BTreeMap<(NodeId, u64, u64), i32> = BTreeMap::new();
