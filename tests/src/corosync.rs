@@ -258,6 +258,19 @@ impl Nodes {
         self.conf_with(name, version, token_ms, |_| String::new(), extra)
     }
 
+    /// [`Nodes::conf_with`] in which every member is fenced by hand: method "human" with
+    /// the `fence_manual` device "manual", and a post_join_delay of 120 s.
+    pub fn manual_fence_conf(&self, name: &str, version: u64, token_ms: u32) -> String {
+        let fence = |i: usize| {
+            format!(
+                r#"<fence><method name="human"><device name="manual" nodename="{}"/></method></fence>"#,
+                node_name(i)
+            )
+        };
+        let extra = r#"<fence_daemon post_join_delay="120"/><fencedevices><fencedevice name="manual" agent="fence_manual"/></fencedevices>"#;
+        self.conf_with(name, version, token_ms, fence, extra)
+    }
+
     /// `cman_tool join` on node `i`.
     pub fn join(&self, i: usize) {
         self.must(i, "cman_tool", &["join", "-t", "60"]);

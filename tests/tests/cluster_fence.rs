@@ -119,11 +119,7 @@ fn two_node_mode_survivor_fences_the_other() {
 #[test]
 fn fence_node_with_fence_manual_waits_for_the_operator() {
     let nodes = Nodes::new(3);
-    let fence = |i: usize| {
-        format!(r#"<fence><method name="human"><device name="manual" nodename="{}"/></method></fence>"#, node_name(i))
-    };
-    let extra = r#"<fence_daemon post_join_delay="120"/><fencedevices><fencedevice name="manual" agent="fence_manual"/></fencedevices>"#;
-    nodes.write_conf(&nodes.conf_with("alpha", 1, TOKEN_MS, fence, extra));
+    nodes.write_conf(&nodes.manual_fence_conf("alpha", 1, TOKEN_MS));
     nodes.join_all();
     nodes.wait_formed();
     // Unknown nodes are refused at once.

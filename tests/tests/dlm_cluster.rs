@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use dlm::{DlmClient, Flags, Mode, SbFlags, Status};
-use gnbd_tests::corosync::{fenced_by, node_name, Nodes};
+use gnbd_tests::corosync::{fenced_by, Nodes};
 use gnbd_tests::dlmd::ClusterDlms;
 
 const TOKEN_MS: u32 = 1000;
@@ -43,11 +43,7 @@ async fn start_dlm(nodes: &Nodes) -> (ClusterDlms, Vec<DlmClient>) {
 /// joined everywhere and running with the three members.
 async fn three_nodes() -> (Nodes, ClusterDlms, Vec<DlmClient>, u32) {
     let nodes = Nodes::new(3);
-    let fence = |i: usize| {
-        format!(r#"<fence><method name="human"><device name="manual" nodename="{}"/></method></fence>"#, node_name(i))
-    };
-    let extra = r#"<fence_daemon post_join_delay="120"/><fencedevices><fencedevice name="manual" agent="fence_manual"/></fencedevices>"#;
-    nodes.write_conf(&nodes.conf_with("alpha", 1, TOKEN_MS, fence, extra));
+    nodes.write_conf(&nodes.manual_fence_conf("alpha", 1, TOKEN_MS));
     nodes.join_all();
     nodes.wait_formed();
     let (dlms, clients) = start_dlm(&nodes).await;

@@ -227,11 +227,7 @@ async fn a_dead_nodes_plocks_go_after_fencing_and_masters_move() {
 #[tokio::test]
 async fn cluster_mode_dead_holders_plocks_go_only_after_its_fence() {
     let nodes = Nodes::new(3);
-    let fence = |i: usize| {
-        format!(r#"<fence><method name="human"><device name="manual" nodename="{}"/></method></fence>"#, node_name(i))
-    };
-    let extra = r#"<fence_daemon post_join_delay="120"/><fencedevices><fencedevice name="manual" agent="fence_manual"/></fencedevices>"#;
-    nodes.write_conf(&nodes.conf_with("alpha", 1, 1000, fence, extra));
+    nodes.write_conf(&nodes.manual_fence_conf("alpha", 1, 1000));
     nodes.join_all();
     nodes.wait_formed();
     let dlms = ClusterDlms::start(&nodes);
