@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use dlm::{dir_node, ClientError, DlmClient, MemberEvent, PlockArgs, PlockKind, Status};
-use gnbd_tests::corosync::{node_name, Nodes};
+use gnbd_tests::corosync::Nodes;
 use gnbd_tests::dlmd::ClusterDlms;
 use gnbd_tests::{DlmDaemon, OutputExt, TempDir};
 
