@@ -81,6 +81,7 @@
 mod clients;
 mod data;
 mod fiojson;
+mod net;
 mod proc;
 mod report;
 mod servers;

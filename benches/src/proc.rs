@@ -6,7 +6,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -15,6 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::sys;
+
+pub use crate::net::free_port;
 
 /// Poll interval of every wait loop.
 const TICK: Duration = Duration::from_millis(5);
@@ -242,12 +243,6 @@ pub fn run_ok(name: &str, cmd: &mut Command, timeout: Duration) -> Result<Captur
         bail!("{name} failed ({}): `{}`\n{}", out.status, cmdline(cmd), out.tail());
     }
     Ok(out)
-}
-
-/// A free TCP port on 127.0.0.1 (bind to port 0, read it back, release it).
-pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
 }
 
 /// Whether some socket listens on 127.0.0.1:`port` (from /proc/net/tcp, so no probe

@@ -1,4 +1,4 @@
-//! Where the binaries under test live.
+//! Where the binaries under test live, and [`bin`] to find one of them by name.
 
 use std::path::PathBuf;
 
@@ -11,7 +11,9 @@ pub fn bin_dir() -> PathBuf {
     }
 }
 
-fn bin(name: &str) -> PathBuf {
+/// Path of the workspace binary `name` in [`bin_dir`]; panics with a hint when it has not
+/// been built.
+pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     assert!(
         path.is_file(),

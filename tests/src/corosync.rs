@@ -10,6 +10,10 @@
 //! every process in a node's network namespace. [`Drop`] kills every node's processes,
 //! removes the namespaces and mounts, and prints each node's logs if the test is failing.
 //!
+//! Also here: [`fenced_by`] reads a node's last fence out of [`Nodes::fence_status`], and
+//! [`StorageHost`] runs a `gnbd_serv` on a plain host of the cluster network with a cluster
+//! key and a node table of the members (the storage `fence_gnbd` fences through).
+//!
 //! ```no_run
 //! use gnbd_tests::corosync::Nodes;
 //! let nodes = Nodes::new(3);
@@ -23,6 +27,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::cluster::control;
 use crate::{bin_dir, run_timeout, TempDir};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -38,6 +43,13 @@ pub fn node_addr(i: usize) -> String {
 /// Node `i`'s name in generated configs (1-based like node ids).
 pub fn node_name(i: usize) -> String {
     format!("node{}", i + 1)
+}
+
+/// The last fence of node `name` in a [`Nodes::fence_status`] document, if it has been
+/// fenced (None also when the node is not listed).
+pub fn fenced_by(status: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
+    let n = status["nodes"].as_array()?.iter().find(|n| n["name"] == name)?;
+    (!n["last_fence"].is_null()).then(|| n["last_fence"].clone())
 }
 
 /// Runs a host command (bounded), returning its output.
@@ -246,6 +258,19 @@ impl Nodes {
         self.conf_with(name, version, token_ms, |_| String::new(), extra)
     }
 
+    /// [`Nodes::conf_with`] in which every member is fenced by hand: method "human" with
+    /// the `fence_manual` device "manual", and a post_join_delay of 120 s.
+    pub fn manual_fence_conf(&self, name: &str, version: u64, token_ms: u32) -> String {
+        let fence = |i: usize| {
+            format!(
+                r#"<fence><method name="human"><device name="manual" nodename="{}"/></method></fence>"#,
+                node_name(i)
+            )
+        };
+        let extra = r#"<fence_daemon post_join_delay="120"/><fencedevices><fencedevice name="manual" agent="fence_manual"/></fencedevices>"#;
+        self.conf_with(name, version, token_ms, fence, extra)
+    }
+
     /// `cman_tool join` on node `i`.
     pub fn join(&self, i: usize) {
         self.must(i, "cman_tool", &["join", "-t", "60"]);
@@ -429,5 +454,88 @@ impl Drop for Nodes {
         if self.nsdir_mounted {
             let _ = sh("umount", &[self.nsdir.to_str().unwrap_or("")]);
         }
+    }
+}
+
+/// A `gnbd_serv --foreground` on host `host` of [`Nodes`] (usually a plain host, see
+/// [`Nodes::with_hosts`]) with a cluster key (0x5a repeated, mode 0600) and a node table
+/// naming every member at its address; its files live in `<nodes dir>/storage`, its log in
+/// the host's `log/gnbd_serv.log`. Killed and reaped on drop.
+#[derive(Debug)]
+pub struct StorageHost {
+    child: std::process::Child,
+    /// The server's state directory (its control socket is there).
+    pub state: PathBuf,
+    /// The cluster key file.
+    pub key: PathBuf,
+    /// The host's address.
+    pub addr: String,
+}
+
+impl StorageHost {
+    /// Starts the server and waits (at most 60 s) for its readiness line.
+    pub fn start(nodes: &Nodes, host: usize) -> StorageHost {
+        let dir = nodes.dir().join("storage");
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).expect("storage state dir");
+        let key = dir.join("cluster.key");
+        std::fs::write(&key, [0x5au8; 64]).expect("cluster key");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod cluster key");
+        }
+        let table = dir.join("nodes");
+        let lines: String = (0..nodes.members()).map(|i| format!("{} {}\n", node_name(i), node_addr(i))).collect();
+        std::fs::write(&table, lines).expect("node table");
+        let args = [
+            "--foreground",
+            "--state-dir",
+            state.to_str().expect("utf-8 path"),
+            "--nodes",
+            table.to_str().expect("utf-8 path"),
+            "--cluster-key",
+            key.to_str().expect("utf-8 path"),
+        ];
+        let child = nodes.spawn(host, "gnbd_serv", &args, "gnbd_serv.log");
+        let log = nodes.path(host, "log/gnbd_serv.log");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(&log).unwrap_or_default().contains("ready") {
+            assert!(
+                Instant::now() < deadline,
+                "gnbd_serv not ready:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        StorageHost { child, state, key, addr: node_addr(host) }
+    }
+
+    /// The nodes the server bans (its `bans` control verb), sorted.
+    pub fn bans(&self) -> Vec<String> {
+        let v = control(&self.state, r#"{"verb":"bans"}"#);
+        let mut b: Vec<String> = v["nodes"]
+            .as_array()
+            .expect("bans reply lists nodes")
+            .iter()
+            .map(|n| n.as_str().unwrap_or(&n.to_string()).to_owned())
+            .collect();
+        b.sort();
+        b
+    }
+
+    /// `<fencedevice name="gnbd">` XML for fence_gnbd against this server.
+    pub fn fence_device(&self) -> String {
+        format!(
+            r#"<fencedevice name="gnbd" agent="fence_gnbd" servers="{}" cluster_key="{}"/>"#,
+            self.addr,
+            self.key.display()
+        )
+    }
+}
+
+impl Drop for StorageHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

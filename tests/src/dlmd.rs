@@ -1,6 +1,9 @@
-//! [`DlmDaemon`]: one `dlm_controld` for a test (loopback peers or alone), and
-//! [`free_addr`]/[`free_port`] to give daemons free TCP ports.
+//! [`DlmDaemon`]: one `dlm_controld` for a test (loopback peers or alone), or a mesh of
+//! them ([`DlmDaemon::start_mesh`]); [`free_addr`]/[`free_port`] to give daemons free TCP
+//! ports; [`ClusterDlms`]: `dlm_controld` in cluster mode on every member of a namespace
+//! cluster ([`Nodes`]).
 
+use crate::corosync::Nodes;
 use crate::{bin_dir, run_timeout};
 use std::io::{BufRead, BufReader, Read as _};
 use std::net::{SocketAddr, TcpListener};
@@ -66,6 +69,20 @@ impl DlmDaemon {
         }
     }
 
+    /// Starts nodes `1..=n`, node i listening on a free port of 127.0.0.i with every other
+    /// node as a peer, sockets and logs in `dir`; returns them in node order once each is
+    /// ready.
+    pub fn start_mesh(dir: &Path, n: u32) -> Vec<DlmDaemon> {
+        let addrs: Vec<(u32, SocketAddr)> = (1..=n).map(|i| (i, free_addr(&format!("127.0.0.{i}")))).collect();
+        addrs
+            .iter()
+            .map(|&(id, addr)| {
+                let peers: Vec<(u32, SocketAddr)> = addrs.iter().copied().filter(|p| p.0 != id).collect();
+                DlmDaemon::start(dir, id, Some(addr), &peers)
+            })
+            .collect()
+    }
+
     /// Prints its log.
     pub fn dump(&mut self) {
         let mut s = String::new();
@@ -90,6 +107,64 @@ impl Drop for DlmDaemon {
         self.kill();
         if std::thread::panicking() {
             self.dump();
+        }
+    }
+}
+
+/// `dlm_controld` (no flags: cluster mode) on every member of a namespace cluster, its
+/// output in the node's `log/dlm.log`; killed and reaped on drop (keep it bound after the
+/// [`Nodes`] so that it goes first), the logs printed if the test is failing.
+#[derive(Debug)]
+pub struct ClusterDlms {
+    children: Vec<Child>,
+    logs: Vec<PathBuf>,
+    sockets: Vec<PathBuf>,
+}
+
+impl ClusterDlms {
+    /// Starts the daemons (it does not wait for them: see [`ClusterDlms::socket`]).
+    pub fn start(nodes: &Nodes) -> ClusterDlms {
+        let mut dlms = ClusterDlms { children: Vec::new(), logs: Vec::new(), sockets: Vec::new() };
+        for i in 0..nodes.members() {
+            dlms.children.push(nodes.spawn(i, "dlm_controld", &[], "dlm.log"));
+            dlms.logs.push(nodes.path(i, "log/dlm.log"));
+            dlms.sockets.push(nodes.path(i, "run/dlm/dlm.sock"));
+        }
+        dlms
+    }
+
+    /// Node `i`'s daemon socket, in its private /run (a Unix socket is reachable by path
+    /// from any network namespace).
+    pub fn socket(&self, i: usize) -> &Path {
+        &self.sockets[i]
+    }
+
+    /// Kills node `i`'s daemon (SIGKILL, reaped) and starts it again with its output in the
+    /// node's `log/<log>` (also printed if the test fails, after the others).
+    pub fn restart(&mut self, nodes: &Nodes, i: usize, log: &str) {
+        let old = &mut self.children[i];
+        old.kill().expect("kill dlm_controld");
+        old.wait().expect("reap dlm_controld");
+        self.children[i] = nodes.spawn(i, "dlm_controld", &[], log);
+        self.logs.push(nodes.path(i, &format!("log/{log}")));
+    }
+
+    /// Node `i`'s daemon log so far (the first log: see [`ClusterDlms::restart`]).
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.logs[i]).unwrap_or_default()
+    }
+}
+
+impl Drop for ClusterDlms {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for i in 0..self.logs.len() {
+                eprintln!("--- node{} dlm.log\n{}", i + 1, self.log(i));
+            }
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }

@@ -5,16 +5,14 @@
 //! removes every import by force and kills any device process that is left, so a failing
 //! test leaves no loop device, FUSE mount or process behind.
 
-use crate::{bin_dir, run_timeout, TempDir};
+use crate::{bin, run_timeout, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
 /// Path of the `gnbd_import` binary; panics with a hint when it has not been built.
 pub fn import_bin() -> PathBuf {
-    let path = bin_dir().join("gnbd_import");
-    assert!(path.is_file(), "binary {} not found; build with `cargo build --workspace --bins`", path.display());
-    path
+    bin("gnbd_import")
 }
 
 /// `gnbd_import` runs that share a state directory.

@@ -17,11 +17,13 @@
 //!   skip silently; `scripts/deps.sh` installs the tools).
 //! - [`fill_pattern`], [`write_pattern_file`], [`Hasher64`], [`file_checksum`]:
 //!   deterministic, position-addressable pseudo-random content and a fast checksum.
+//! - [`gfs_harness`]: `mkfs_gfs`, scripts in a private mount namespace, a two-node DLM prelude.
 //! - [`pki`]: a throw-away CA, server and client certificates (openssl) for TLS tests.
 //! - [`rawclient`]: a hand-written NBD client over `std::net::TcpStream` that builds every
 //!   byte itself, for protocol abuse and crash tests.
 //!
-//! Binaries are looked up in `$GNBD_BIN_DIR` if set, else in `<workspace>/target/debug`.
+//! Binaries are looked up in `$GNBD_BIN_DIR` if set, else in `<workspace>/target/debug`;
+//! [`bin`] gives the path of one by name (and fails the test when it has not been built).
 //!
 //! # Example
 //!
@@ -45,6 +47,7 @@ pub mod cluster;
 pub mod corosync;
 mod data;
 pub mod dlmd;
+pub mod gfs_harness;
 pub mod import;
 pub mod pki;
 mod process;
@@ -53,7 +56,7 @@ mod server;
 mod tempdir;
 pub mod toolkit;
 
-pub use bins::{bin_dir, export_bin, fence_gnbd_bin, serv_bin};
+pub use bins::{bin, bin_dir, export_bin, fence_gnbd_bin, serv_bin};
 pub use data::{checksum, file_checksum, fill_pattern, pattern, write_pattern_file, Hasher64};
 pub use dlmd::{free_addr, free_port, DlmDaemon};
 pub use process::{require_tool, run, run_timeout, OutputExt, DEFAULT_TIMEOUT};

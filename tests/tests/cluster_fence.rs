@@ -3,12 +3,9 @@
 //!
 //! Needs root (namespaces, mounts) and corosync (scripts/deps.sh installs it).
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use gnbd_tests::cluster::control;
-use gnbd_tests::corosync::{node_addr, node_name, Nodes};
+use gnbd_tests::corosync::{fenced_by, node_name, Nodes, StorageHost};
 
 const TOKEN_MS: u32 = 1000;
 
@@ -16,83 +13,14 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
-/// A gnbd_serv on host `host` with a cluster key and a node table of the cluster nodes.
-struct Storage {
-    child: std::process::Child,
-    state: PathBuf,
-    key: PathBuf,
-    addr: String,
-}
-
-impl Drop for Storage {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Storage {
-    fn start(nodes: &Nodes, host: usize) -> Storage {
-        let dir = nodes.dir().join("storage");
-        let state = dir.join("state");
-        std::fs::create_dir_all(&state).unwrap();
-        let key = dir.join("cluster.key");
-        std::fs::write(&key, [0x5au8; 64]).unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let table = dir.join("nodes");
-        let lines: String = (0..nodes.members()).map(|i| format!("{} {}\n", node_name(i), node_addr(i))).collect();
-        std::fs::write(&table, lines).unwrap();
-        let args = [
-            "--foreground",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--nodes",
-            table.to_str().unwrap(),
-            "--cluster-key",
-            key.to_str().unwrap(),
-        ];
-        let child = nodes.spawn(host, "gnbd_serv", &args, "gnbd_serv.log");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !nodes.path(host, "log/gnbd_serv.log").exists()
-            || !std::fs::read_to_string(nodes.path(host, "log/gnbd_serv.log")).unwrap_or_default().contains("ready")
-        {
-            assert!(Instant::now() < deadline, "gnbd_serv not ready:\n{}", nodes.logs(host));
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Storage { child, state, key, addr: node_addr(host) }
-    }
-
-    fn bans(&self) -> Vec<String> {
-        let v = control(&self.state, r#"{"verb":"bans"}"#);
-        let mut b: Vec<String> =
-            v["nodes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap_or(&n.to_string()).to_owned()).collect();
-        b.sort();
-        b
-    }
-
-    /// `<fencedevice>` XML for fence_gnbd against this server.
-    fn device(&self) -> String {
-        format!(
-            r#"<fencedevice name="gnbd" agent="fence_gnbd" servers="{}" cluster_key="{}"/>"#,
-            self.addr,
-            self.key.display()
-        )
-    }
-}
-
 fn gnbd_method(i: usize) -> String {
     format!(r#"<fence><method name="storage"><device name="gnbd" nodename="{}"/></method></fence>"#, node_name(i))
-}
-
-fn fenced_by(s: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
-    let n = s["nodes"].as_array()?.iter().find(|n| n["name"] == name)?;
-    (!n["last_fence"].is_null()).then(|| n["last_fence"].clone())
 }
 
 #[test]
 fn killed_node_is_fenced_through_gnbd_after_a_failing_first_method() {
     let nodes = Nodes::with_hosts(3, 1);
-    let storage = Storage::start(&nodes, 3);
+    let storage = StorageHost::start(&nodes, 3);
     let fence = |i: usize| {
         format!(
             r#"<fence><method name="broken"><device name="fail"/></method>
@@ -103,7 +31,7 @@ fn killed_node_is_fenced_through_gnbd_after_a_failing_first_method() {
     let extra = format!(
         r#"<fence_daemon post_fail_delay="0" post_join_delay="120"/>
         <fencedevices><fencedevice name="fail" agent="/bin/false"/>{}</fencedevices>"#,
-        storage.device()
+        storage.fence_device()
     );
     // CLUSTER_TOKEN_MS=N measures with another token timeout.
     let token = std::env::var("CLUSTER_TOKEN_MS").ok().and_then(|t| t.parse().ok()).unwrap_or(TOKEN_MS);
@@ -147,10 +75,10 @@ fn killed_node_is_fenced_through_gnbd_after_a_failing_first_method() {
 #[test]
 fn lone_partition_fences_no_one_and_the_pair_fences_it() {
     let nodes = Nodes::with_hosts(3, 1);
-    let storage = Storage::start(&nodes, 3);
+    let storage = StorageHost::start(&nodes, 3);
     let extra = format!(
         r#"<fence_daemon post_fail_delay="0" post_join_delay="120"/><fencedevices>{}</fencedevices>"#,
-        storage.device()
+        storage.fence_device()
     );
     nodes.write_conf(&nodes.conf_with("alpha", 1, TOKEN_MS, gnbd_method, &extra));
     nodes.join_all();
@@ -171,11 +99,11 @@ fn lone_partition_fences_no_one_and_the_pair_fences_it() {
 #[test]
 fn two_node_mode_survivor_fences_the_other() {
     let nodes = Nodes::with_hosts(2, 1);
-    let storage = Storage::start(&nodes, 2);
+    let storage = StorageHost::start(&nodes, 2);
     let extra = format!(
         r#"<cman two_node="1" expected_votes="1"/><fence_daemon post_join_delay="120"/>
         <fencedevices>{}</fencedevices>"#,
-        storage.device()
+        storage.fence_device()
     );
     nodes.write_conf(&nodes.conf_with("pair", 1, TOKEN_MS, gnbd_method, &extra));
     nodes.join_all();
@@ -191,11 +119,7 @@ fn two_node_mode_survivor_fences_the_other() {
 #[test]
 fn fence_node_with_fence_manual_waits_for_the_operator() {
     let nodes = Nodes::new(3);
-    let fence = |i: usize| {
-        format!(r#"<fence><method name="human"><device name="manual" nodename="{}"/></method></fence>"#, node_name(i))
-    };
-    let extra = r#"<fence_daemon post_join_delay="120"/><fencedevices><fencedevice name="manual" agent="fence_manual"/></fencedevices>"#;
-    nodes.write_conf(&nodes.conf_with("alpha", 1, TOKEN_MS, fence, extra));
+    nodes.write_conf(&nodes.manual_fence_conf("alpha", 1, TOKEN_MS));
     nodes.join_all();
     nodes.wait_formed();
     // Unknown nodes are refused at once.
@@ -231,11 +155,11 @@ fn fence_node_with_fence_manual_waits_for_the_operator() {
 #[test]
 fn node_that_never_joins_is_fenced_after_post_join_delay() {
     let nodes = Nodes::with_hosts(2, 1);
-    let storage = Storage::start(&nodes, 2);
+    let storage = StorageHost::start(&nodes, 2);
     let extra = format!(
         r#"<cman two_node="1" expected_votes="1"/><fence_daemon post_join_delay="2"/>
         <fencedevices>{}</fencedevices>"#,
-        storage.device()
+        storage.fence_device()
     );
     nodes.write_conf(&nodes.conf_with("pair", 1, TOKEN_MS, gnbd_method, &extra));
     // Only node1 starts: it forms the fence domain alone and, post_join_delay later, fences

@@ -9,7 +9,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use dlm::{DlmClient, Flags, Mode, SbFlags, Status};
-use gnbd_tests::corosync::{node_name, Nodes};
+use gnbd_tests::corosync::{fenced_by, Nodes};
+use gnbd_tests::dlmd::ClusterDlms;
 
 const TOKEN_MS: u32 = 1000;
 
@@ -18,49 +19,18 @@ async fn step<T>(f: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(60), f).await.expect("lock operation timed out")
 }
 
-fn fenced_by(s: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
-    let n = s["nodes"].as_array()?.iter().find(|n| n["name"] == name)?;
-    (!n["last_fence"].is_null()).then(|| n["last_fence"].clone())
-}
-
-/// The dlm_controld processes: killed and reaped on drop (before the harness tears the
-/// nodes down), their logs printed if the test is failing.
-struct Dlms {
-    children: Vec<std::process::Child>,
-    logs: Vec<std::path::PathBuf>,
-}
-
-impl Drop for Dlms {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for (i, p) in self.logs.iter().enumerate() {
-                eprintln!("--- node{} dlm.log\n{}", i + 1, std::fs::read_to_string(p).unwrap_or_default());
-            }
-        }
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Starts dlm_controld on every node and connects a client to each through the node's
 /// private /run (a Unix socket is reachable by path from any network namespace).
-async fn start_dlm(nodes: &Nodes) -> (Dlms, Vec<DlmClient>) {
-    let mut dlms = Dlms { children: Vec::new(), logs: Vec::new() };
+async fn start_dlm(nodes: &Nodes) -> (ClusterDlms, Vec<DlmClient>) {
+    let dlms = ClusterDlms::start(nodes);
     let mut clients = Vec::new();
     for i in 0..nodes.members() {
-        dlms.children.push(nodes.spawn(i, "dlm_controld", &[], "dlm.log"));
-        dlms.logs.push(nodes.path(i, "log/dlm.log"));
-    }
-    for i in 0..nodes.members() {
-        let sock = nodes.path(i, "run/dlm/dlm.sock");
         let deadline = Instant::now() + Duration::from_secs(30);
         let c = loop {
-            if let Ok(c) = DlmClient::connect(&sock).await {
+            if let Ok(c) = DlmClient::connect(dlms.socket(i)).await {
                 break c;
             }
-            let log = std::fs::read_to_string(nodes.path(i, "log/dlm.log")).unwrap_or_default();
+            let log = dlms.log(i);
             assert!(Instant::now() < deadline, "node{}: dlm_controld never listened:\n{log}", i + 1);
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
@@ -71,13 +41,9 @@ async fn start_dlm(nodes: &Nodes) -> (Dlms, Vec<DlmClient>) {
 
 /// Three joined nodes fenced by fence_manual, dlm_controld on each, lockspace "clu"
 /// joined everywhere and running with the three members.
-async fn three_nodes() -> (Nodes, Dlms, Vec<DlmClient>, u32) {
+async fn three_nodes() -> (Nodes, ClusterDlms, Vec<DlmClient>, u32) {
     let nodes = Nodes::new(3);
-    let fence = |i: usize| {
-        format!(r#"<fence><method name="human"><device name="manual" nodename="{}"/></method></fence>"#, node_name(i))
-    };
-    let extra = r#"<fence_daemon post_join_delay="120"/><fencedevices><fencedevice name="manual" agent="fence_manual"/></fencedevices>"#;
-    nodes.write_conf(&nodes.conf_with("alpha", 1, TOKEN_MS, fence, extra));
+    nodes.write_conf(&nodes.manual_fence_conf("alpha", 1, TOKEN_MS));
     nodes.join_all();
     nodes.wait_formed();
     let (dlms, clients) = start_dlm(&nodes).await;
@@ -218,15 +184,10 @@ async fn restarted_dlm_controld_numbers_epochs_by_the_ring_like_the_others() {
 
     // Node 3's dlm_controld dies and starts again; corosync's membership does not change.
     drop(clients.pop());
-    let old = &mut dlms.children[2];
-    old.kill().unwrap();
-    old.wait().unwrap();
-    dlms.children[2] = nodes.spawn(2, "dlm_controld", &[], "dlm2.log");
-    dlms.logs.push(nodes.path(2, "log/dlm2.log"));
-    let sock = nodes.path(2, "run/dlm/dlm.sock");
+    dlms.restart(&nodes, 2, "dlm2.log");
     let deadline = Instant::now() + Duration::from_secs(30);
     let c3 = loop {
-        if let Ok(c) = DlmClient::connect(&sock).await {
+        if let Ok(c) = DlmClient::connect(dlms.socket(2)).await {
             break c;
         }
         assert!(Instant::now() < deadline, "restarted dlm_controld never listened:\n{}", nodes.logs(2));

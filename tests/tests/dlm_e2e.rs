@@ -2,7 +2,6 @@
 //! driven by the async client library and by `dlm_tool`.
 
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use dlm::{ClientError, DlmClient, Flags, Mode, SbFlags, Status};
@@ -96,14 +95,7 @@ async fn single_node_locks_value_blocks_callbacks_and_tool() {
 #[tokio::test]
 async fn three_daemons_over_tcp_share_locks_and_value_blocks() {
     let dir = TempDir::new();
-    let addrs: Vec<(u32, SocketAddr)> = (1..=3).map(|i| (i, free_addr(&format!("127.0.0.{i}")))).collect();
-    let daemons: Vec<DlmDaemon> = addrs
-        .iter()
-        .map(|&(id, addr)| {
-            let peers: Vec<(u32, SocketAddr)> = addrs.iter().copied().filter(|p| p.0 != id).collect();
-            DlmDaemon::start(dir.path(), id, Some(addr), &peers)
-        })
-        .collect();
+    let daemons = DlmDaemon::start_mesh(dir.path(), 3);
     let mut clients = Vec::new();
     for d in &daemons {
         clients.push(step(DlmClient::connect(&d.socket)).await.unwrap());
@@ -198,14 +190,7 @@ async fn bad_client_input_gets_an_error_and_disturbs_nobody() {
 #[tokio::test]
 async fn killed_ex_holder_waiter_granted_only_after_fence_with_value_block_invalid() {
     let dir = TempDir::new();
-    let addrs: Vec<(u32, SocketAddr)> = (1..=3).map(|i| (i, free_addr(&format!("127.0.0.{i}")))).collect();
-    let mut daemons: Vec<DlmDaemon> = addrs
-        .iter()
-        .map(|&(id, addr)| {
-            let peers: Vec<(u32, SocketAddr)> = addrs.iter().copied().filter(|p| p.0 != id).collect();
-            DlmDaemon::start(dir.path(), id, Some(addr), &peers)
-        })
-        .collect();
+    let mut daemons = DlmDaemon::start_mesh(dir.path(), 3);
     let mut clients = Vec::new();
     for d in &daemons {
         clients.push(step(DlmClient::connect(&d.socket)).await.unwrap());

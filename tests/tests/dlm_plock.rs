@@ -4,14 +4,12 @@
 //! cluster mode (corosync and fenced in network namespaces) where a dead holder's locks go
 //! only after it is fenced.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Child;
 use std::time::Duration;
 
 use dlm::{dir_node, ClientError, DlmClient, MemberEvent, PlockArgs, PlockKind, Status};
-use gnbd_tests::corosync::{node_name, Nodes};
-use gnbd_tests::{free_addr, DlmDaemon, OutputExt, TempDir};
+use gnbd_tests::corosync::Nodes;
+use gnbd_tests::dlmd::ClusterDlms;
+use gnbd_tests::{DlmDaemon, OutputExt, TempDir};
 
 const STEP: Duration = Duration::from_secs(20);
 
@@ -127,14 +125,7 @@ async fn one_daemon_two_processes_exclude_wake_and_cancel() {
 #[tokio::test]
 async fn two_daemons_over_tcp_share_plocks() {
     let dir = TempDir::new();
-    let addrs: Vec<(u32, SocketAddr)> = (1..=2).map(|i| (i, free_addr(&format!("127.0.0.{i}")))).collect();
-    let daemons: Vec<DlmDaemon> = addrs
-        .iter()
-        .map(|&(id, addr)| {
-            let peers: Vec<(u32, SocketAddr)> = addrs.iter().copied().filter(|p| p.0 != id).collect();
-            DlmDaemon::start(dir.path(), id, Some(addr), &peers)
-        })
-        .collect();
+    let daemons = DlmDaemon::start_mesh(dir.path(), 2);
     let c1 = step(DlmClient::connect(&daemons[0].socket)).await.unwrap();
     let c2 = step(DlmClient::connect(&daemons[1].socket)).await.unwrap();
     let ls = step(c1.join(b"fs", 0)).await.unwrap();
@@ -177,14 +168,7 @@ async fn two_daemons_over_tcp_share_plocks() {
 #[tokio::test]
 async fn a_dead_nodes_plocks_go_after_fencing_and_masters_move() {
     let dir = TempDir::new();
-    let addrs: Vec<(u32, SocketAddr)> = (1..=3).map(|i| (i, free_addr(&format!("127.0.0.{i}")))).collect();
-    let mut daemons: Vec<DlmDaemon> = addrs
-        .iter()
-        .map(|&(id, addr)| {
-            let peers: Vec<(u32, SocketAddr)> = addrs.iter().copied().filter(|p| p.0 != id).collect();
-            DlmDaemon::start(dir.path(), id, Some(addr), &peers)
-        })
-        .collect();
+    let mut daemons = DlmDaemon::start_mesh(dir.path(), 3);
     let mut clients = Vec::new();
     for d in &daemons {
         clients.push(step(DlmClient::connect(&d.socket)).await.unwrap());
@@ -240,48 +224,18 @@ async fn a_dead_nodes_plocks_go_after_fencing_and_masters_move() {
     assert!(!text.contains("node 1 ") && !text.contains("WAITING"), "{text}");
 }
 
-/// The dlm_controld processes of a namespace cluster: killed and reaped on drop (before the
-/// harness tears the nodes down), their logs printed if the test is failing.
-struct Dlms {
-    children: Vec<Child>,
-    logs: Vec<PathBuf>,
-}
-
-impl Drop for Dlms {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for (i, p) in self.logs.iter().enumerate() {
-                eprintln!("--- node{} dlm.log\n{}", i + 1, std::fs::read_to_string(p).unwrap_or_default());
-            }
-        }
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 #[tokio::test]
 async fn cluster_mode_dead_holders_plocks_go_only_after_its_fence() {
     let nodes = Nodes::new(3);
-    let fence = |i: usize| {
-        format!(r#"<fence><method name="human"><device name="manual" nodename="{}"/></method></fence>"#, node_name(i))
-    };
-    let extra = r#"<fence_daemon post_join_delay="120"/><fencedevices><fencedevice name="manual" agent="fence_manual"/></fencedevices>"#;
-    nodes.write_conf(&nodes.conf_with("alpha", 1, 1000, fence, extra));
+    nodes.write_conf(&nodes.manual_fence_conf("alpha", 1, 1000));
     nodes.join_all();
     nodes.wait_formed();
-    let mut dlms = Dlms { children: Vec::new(), logs: Vec::new() };
-    for i in 0..3 {
-        dlms.children.push(nodes.spawn(i, "dlm_controld", &[], "dlm.log"));
-        dlms.logs.push(nodes.path(i, "log/dlm.log"));
-    }
+    let dlms = ClusterDlms::start(&nodes);
     let mut clients = Vec::new();
     for i in 0..3 {
-        let sock = nodes.path(i, "run/dlm/dlm.sock");
         let c = step(async {
             loop {
-                if let Ok(c) = DlmClient::connect(&sock).await {
+                if let Ok(c) = DlmClient::connect(dlms.socket(i)).await {
                     return c;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -4,7 +4,8 @@
 //! every file the damage did not touch reads back the same (same inode, mode and bytes)
 //! through the filesystem library. Random bit flips in metadata blocks likewise.
 
-use gnbd_tests::{bin_dir, require_tool, run_timeout, OutputExt, TempDir};
+use gnbd_tests::gfs_harness::{in_mount_namespace, mkfs_image};
+use gnbd_tests::{bin, require_tool, run_timeout, OutputExt, TempDir};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -12,12 +13,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use gfs::format::*;
-
-fn bin(name: &str) -> PathBuf {
-    let p = bin_dir().join(name);
-    assert!(p.is_file(), "{} not built; run `cargo build --workspace --bins`", p.display());
-    p
-}
 
 const POPULATE: &str = r#"
 cd $MNT
@@ -45,29 +40,11 @@ fn build_image(dir: &Path) -> PathBuf {
     require_tool("unshare");
     require_tool("python3");
     let img = dir.join("base.img");
-    std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
-    run_timeout(
-        Command::new(bin("mkfs_gfs")).args(["-q", "-p", "lock_nolock", "-t", "test:fsck", "-j", "2"]).arg(&img),
-        Duration::from_secs(60),
-    )
-    .assert_success("mkfs.gfs");
-    let mnt = dir.join("mnt");
-    let script = dir.join("populate.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "set -eu\nMNT={mnt}\ncleanup() {{ umount $MNT 2>/dev/null || umount -l $MNT 2>/dev/null || true; }}\n\
-             trap cleanup EXIT\nmkdir -p $MNT\n{mount} {img} $MNT -o log={log}\n{POPULATE}",
-            mnt = mnt.display(),
-            mount = bin("mount_gfs").display(),
-            img = img.display(),
-            log = dir.join("mount.log").display(),
-        ),
-    )
-    .unwrap();
-    run_timeout(
-        Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-x"]).arg(&script),
-        Duration::from_secs(120),
+    mkfs_image(&img, 64, "lock_nolock", "test:fsck", 2);
+    in_mount_namespace(
+        dir,
+        &img.display().to_string(),
+        &format!("$MOUNT $DEV $MNT -o log=$WORK/mount.log\n{POPULATE}"),
     )
     .assert_success("populate through mount.gfs");
     img

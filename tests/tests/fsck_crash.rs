@@ -3,16 +3,10 @@
 //! (preen: safe repairs only) replays it and frees the orphan, exit 1 — nothing else needs a
 //! human; then `gfs_fsck -n` finds the filesystem clean and every fsync'ed step is there.
 
-use gnbd_tests::{bin_dir, require_tool, run_timeout, OutputExt, TempDir};
-use std::path::PathBuf;
+use gnbd_tests::gfs_harness::{in_mount_namespace, mkfs_image};
+use gnbd_tests::{bin, require_tool, run_timeout, OutputExt, TempDir};
 use std::process::Command;
 use std::time::Duration;
-
-fn bin(name: &str) -> PathBuf {
-    let p = bin_dir().join(name);
-    assert!(p.is_file(), "{} not built; run `cargo build --workspace --bins`", p.display());
-    p
-}
 
 const CRASH: &str = r#"
 $MOUNT $DEV $MNT -f -o log=$WORK/mount.log &
@@ -44,30 +38,8 @@ fn preen_after_a_node_crash() {
     require_tool("unshare");
     let work = TempDir::new();
     let img = work.join("fs.img");
-    std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
-    run_timeout(
-        Command::new(bin("mkfs_gfs")).args(["-q", "-p", "lock_nolock", "-t", "test:crash", "-j", "2"]).arg(&img),
-        Duration::from_secs(60),
-    )
-    .assert_success("mkfs.gfs");
-    let script = work.join("crash.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "set -eu\nMNT={mnt}\nDEV={dev}\nWORK={work}\nMOUNT={mount}\n\
-             cleanup() {{ umount $MNT 2>/dev/null || umount -l $MNT 2>/dev/null || true; }}\ntrap cleanup EXIT\n\
-             mkdir -p $MNT\n{CRASH}",
-            mnt = work.join("mnt").display(),
-            dev = img.display(),
-            work = work.path().display(),
-            mount = bin("mount_gfs").display(),
-        ),
-    )
-    .unwrap();
-    let out = run_timeout(
-        Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-x"]).arg(&script),
-        Duration::from_secs(120),
-    );
+    mkfs_image(&img, 64, "lock_nolock", "test:crash", 2);
+    let out = in_mount_namespace(work.path(), &img.display().to_string(), CRASH);
     assert!(out.stdout_str().contains("CRASHED"), "{}", out.describe());
     let fsck = |flag: &str| run_timeout(Command::new(bin("gfs_fsck")).arg(flag).arg(&img), Duration::from_secs(60));
     let n = fsck("-n");
@@ -95,31 +67,14 @@ fn refuses_a_mounted_filesystem() {
     require_tool("unshare");
     let work = TempDir::new();
     let img = work.join("fs.img");
-    std::fs::File::create(&img).unwrap().set_len(32 << 20).unwrap();
-    run_timeout(
-        Command::new(bin("mkfs_gfs")).args(["-q", "-p", "lock_nolock", "-t", "test:mounted", "-j", "1"]).arg(&img),
-        Duration::from_secs(60),
-    )
-    .assert_success("mkfs.gfs");
-    let script = work.join("mounted.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "set -u\nMNT={mnt}\ncleanup() {{ umount $MNT 2>/dev/null || umount -l $MNT 2>/dev/null || true; }}\n\
-             trap cleanup EXIT\nmkdir -p $MNT\n{mount} {dev} $MNT -o log={work}/mount.log || exit 1\n\
-             {fsck} -n {dev}; echo \"plain=$?\"\n{fsck} -n -f {dev}; echo \"forced=$?\"\n",
-            mnt = work.join("mnt").display(),
-            dev = img.display(),
-            work = work.path().display(),
-            mount = bin("mount_gfs").display(),
-            fsck = bin("gfs_fsck").display(),
-        ),
-    )
-    .unwrap();
-    let out = run_timeout(
-        Command::new("unshare").args(["-m", "--propagation", "private", "sh"]).arg(&script),
-        Duration::from_secs(60),
+    mkfs_image(&img, 32, "lock_nolock", "test:mounted", 1);
+    // Without -e: the checks' exit statuses are echoed, not fatal.
+    let body = format!(
+        "set +e\n$MOUNT $DEV $MNT -o log=$WORK/mount.log || exit 1\n\
+         {fsck} -n $DEV; echo \"plain=$?\"\n{fsck} -n -f $DEV; echo \"forced=$?\"",
+        fsck = bin("gfs_fsck").display(),
     );
+    let out = in_mount_namespace(work.path(), &img.display().to_string(), &body);
     let text = out.stdout_str();
     assert!(text.contains("plain=8"), "a mounted filesystem is refused: {}", out.describe());
     assert!(out.stderr_str().contains("is mounted"), "{}", out.describe());

@@ -4,24 +4,13 @@
 //! Everything runs inside `unshare -m --propagation private`; the EXIT trap unmounts and
 //! stops the daemons.
 
-use gnbd_tests::{bin_dir, free_port, require_tool, run_timeout, OutputExt, TempDir};
+use gnbd_tests::gfs_harness::{dlm_pair_ports, mkfs_image, DLM_PAIR_PRELUDE};
+use gnbd_tests::{bin_dir, require_tool, run_timeout, OutputExt, TempDir};
 use std::process::Command;
 use std::time::Duration;
 
+/// After `set -eu` and [`DLM_PAIR_PRELUDE`].
 const SCRIPT: &str = r#"
-set -eu
-cleanup() {
-  umount $W/m1 2>/dev/null || umount -l $W/m1 2>/dev/null || true
-  umount $W/m2 2>/dev/null || umount -l $W/m2 2>/dev/null || true
-  kill $D1 $D2 2>/dev/null || true
-}
-trap cleanup EXIT
-mkdir -p $W/m1 $W/m2
-$B/dlm_controld --node-id 1 --socket $W/d1.sock --listen 127.0.0.1:$P1 --peer 2=127.0.0.2:$P2 > $W/d1.out 2>$W/d1.log &
-D1=$!
-$B/dlm_controld --node-id 2 --socket $W/d2.sock --listen 127.0.0.2:$P2 --peer 1=127.0.0.1:$P1 > $W/d2.out 2>$W/d2.log &
-D2=$!
-for i in $(seq 1 100); do [ -S $W/d1.sock ] && [ -S $W/d2.sock ] && break; sleep 0.1; done
 $B/mount_gfs $W/img $W/m1 -f -o journal=0,dlm_socket=$W/d1.sock,log=$W/m1.log,glock_limit=40 &
 M1=$!
 $B/mount_gfs $W/img $W/m2 -o journal=1,dlm_socket=$W/d2.sock,log=$W/m2.log
@@ -83,21 +72,14 @@ fn two_nodes_share_one_filesystem_and_recover_a_dead_node() {
     require_tool("unshare");
     let work = TempDir::new();
     let img = work.join("img");
-    std::fs::File::create(&img).unwrap().set_len(256 << 20).unwrap();
-    run_timeout(
-        Command::new(bin_dir().join("mkfs_gfs"))
-            .args(["-q", "-p", "lock_dlm", "-t", "alpha:shared", "-j", "2"])
-            .arg(&img),
-        Duration::from_secs(60),
-    )
-    .assert_success("mkfs.gfs");
+    mkfs_image(&img, 256, "lock_dlm", "alpha:shared", 2);
+    let script = format!("set -eu\n{DLM_PAIR_PRELUDE}{SCRIPT}");
     let out = run_timeout(
         Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c", SCRIPT])
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
             .env("W", work.path())
             .env("B", bin_dir())
-            .env("P1", free_port("127.0.0.1").to_string())
-            .env("P2", free_port("127.0.0.2").to_string()),
+            .envs(dlm_pair_ports()),
         Duration::from_secs(120),
     );
     let logs: String = ["m1.log", "m2.log", "d1.log", "d2.log"]

@@ -11,25 +11,11 @@
 //! Everything runs inside `unshare -m --propagation private`; the EXIT trap unmounts and
 //! stops the daemons.
 
-use gnbd_tests::{bin_dir, free_port, require_tool, run_timeout, OutputExt, TempDir};
+use gnbd_tests::gfs_harness::{dlm_pair_ports, mkfs_image, DLM_PAIR_PRELUDE};
+use gnbd_tests::{bin, bin_dir, require_tool, run_timeout, OutputExt, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-
-fn bin(name: &str) -> PathBuf {
-    let p = bin_dir().join(name);
-    assert!(p.is_file(), "{} not built; run `cargo build --workspace --bins`", p.display());
-    p
-}
-
-fn mkfs(img: &Path, mib: u64, proto: &str, journals: &str) {
-    std::fs::File::create(img).unwrap().set_len(mib << 20).unwrap();
-    run_timeout(
-        Command::new(bin("mkfs_gfs")).args(["-q", "-p", proto, "-t", "alpha:grow", "-j", journals]).arg(img),
-        Duration::from_secs(60),
-    )
-    .assert_success("mkfs.gfs");
-}
 
 /// Runs `script` under `sh -eux` in a private mount namespace with $W (work dir) and $B
 /// (binaries) set, plus `env`; returns the output and every *.log of the work dir.
@@ -122,7 +108,7 @@ echo GROW-OK
 fn grow_while_mounted_and_written_then_remount_and_fsck() {
     let work = TempDir::new();
     let img = work.join("img");
-    mkfs(&img, 64, "lock_nolock", "2");
+    mkfs_image(&img, 64, "lock_nolock", "alpha:grow", 2);
     let (out, logs) = run_script(&work, NOLOCK, &[]);
     assert!(out.stdout_str().contains("GROW-OK"), "{}\n{logs}", out.describe());
     fsck_clean(&img);
@@ -132,20 +118,8 @@ fn grow_while_mounted_and_written_then_remount_and_fsck() {
     assert_eq!(sb.journal_count, 4);
 }
 
+/// After [`DLM_PAIR_PRELUDE`].
 const CLUSTER: &str = r#"
-cleanup() {
-  umount $W/m1 2>/dev/null || umount -l $W/m1 2>/dev/null || true
-  umount $W/m2 2>/dev/null || umount -l $W/m2 2>/dev/null || true
-  kill $D1 $D2 2>/dev/null || true
-}
-D1=; D2=
-trap cleanup EXIT
-mkdir -p $W/m1 $W/m2
-$B/dlm_controld --node-id 1 --socket $W/d1.sock --listen 127.0.0.1:$P1 --peer 2=127.0.0.2:$P2 > $W/d1.out 2>$W/d1.log &
-D1=$!
-$B/dlm_controld --node-id 2 --socket $W/d2.sock --listen 127.0.0.2:$P2 --peer 1=127.0.0.1:$P1 > $W/d2.out 2>$W/d2.log &
-D2=$!
-for i in $(seq 1 100); do [ -S $W/d1.sock ] && [ -S $W/d2.sock ] && break; sleep 0.1; done
 $B/mount_gfs $W/img $W/m1 -o journal=0,dlm_socket=$W/d1.sock,log=$W/m1.log
 printf one > $W/m1/a
 # One journal: node 2 has no slot.
@@ -176,9 +150,8 @@ echo CLUSTER-GROW-OK
 fn jadd_lets_another_node_mount_and_both_see_a_grow() {
     let work = TempDir::new();
     let img = work.join("img");
-    mkfs(&img, 40, "lock_dlm", "1");
-    let env = [("P1", free_port("127.0.0.1").to_string()), ("P2", free_port("127.0.0.2").to_string())];
-    let (out, logs) = run_script(&work, CLUSTER, &env);
+    mkfs_image(&img, 40, "lock_dlm", "alpha:grow", 1);
+    let (out, logs) = run_script(&work, &format!("{DLM_PAIR_PRELUDE}{CLUSTER}"), &dlm_pair_ports());
     assert!(out.stdout_str().contains("CLUSTER-GROW-OK"), "{}\n{logs}", out.describe());
     fsck_clean(&img);
 }

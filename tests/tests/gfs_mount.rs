@@ -3,43 +3,13 @@
 //! workload) followed by journal replay. Every mount runs inside
 //! `unshare -m --propagation private` with an EXIT trap that unmounts.
 
-use gnbd_tests::{bin_dir, require_tool, run_timeout, OutputExt, Server, TempDir};
-use std::path::{Path, PathBuf};
+use gnbd_tests::gfs_harness::in_mount_namespace;
+use gnbd_tests::{bin, require_tool, run_timeout, OutputExt, Server, TempDir};
 use std::process::Command;
 use std::time::Duration;
 
-fn gfs_bin(name: &str) -> PathBuf {
-    let p = bin_dir().join(name);
-    assert!(p.is_file(), "{} not built; run `cargo build --workspace --bins`", p.display());
-    p
-}
-
 fn mkfs(device: &str) {
-    let out = run_timeout(
-        Command::new(gfs_bin("mkfs_gfs")).args(["-q", "-p", "lock_nolock", "-t", "test:gfs", "-j", "2", device]),
-        Duration::from_secs(60),
-    );
-    out.assert_success("mkfs.gfs");
-}
-
-/// Runs `body` in a private mount namespace with $MOUNT (mount.gfs), $DEV, $MNT and $WORK
-/// set; the EXIT trap unmounts whatever is still mounted.
-fn in_namespace(work: &Path, device: &str, body: &str) -> std::process::Output {
-    let script = work.join("script.sh");
-    let full = format!(
-        "set -eu\nMNT={mnt}\nDEV='{device}'\nWORK={work}\nMOUNT={mount}\n\
-         cleanup() {{ umount $MNT 2>/dev/null || umount -l $MNT 2>/dev/null || true; }}\ntrap cleanup EXIT\n\
-         GFS_TOOL={tool}\nmkdir -p $MNT\n{body}\n",
-        mnt = work.join("mnt").display(),
-        work = work.display(),
-        mount = gfs_bin("mount_gfs").display(),
-        tool = gfs_bin("gfs_tool").display(),
-    );
-    std::fs::write(&script, full).unwrap();
-    run_timeout(
-        Command::new(require_tool("unshare")).args(["-m", "--propagation", "private", "sh", "-x"]).arg(&script),
-        Duration::from_secs(120),
-    )
+    gnbd_tests::gfs_harness::mkfs(device, "lock_nolock", "test:gfs", 2);
 }
 
 fn check_image(device: &str) -> gfs::CheckReport {
@@ -111,12 +81,12 @@ fn posix_operations_and_remount_on_a_file() {
     std::fs::File::create(&img).unwrap().set_len(256 << 20).unwrap();
     let dev = img.display().to_string();
     mkfs(&dev);
-    let out = in_namespace(work.path(), &dev, POSIX_SCRIPT);
+    let out = in_mount_namespace(work.path(), &dev, POSIX_SCRIPT);
     let log = std::fs::read_to_string(work.join("mount.log")).unwrap_or_default();
     assert!(out.status.success() && out.stdout_str().contains("POSIX-OK"), "{}\n--- log ---\n{log}", out.describe());
     let r = check_image(&dev);
     assert!(r.inodes >= 10, "{r:?}");
-    let ji = run_timeout(Command::new(gfs_bin("gfs_tool")).arg("jindex").arg(&img), Duration::from_secs(30));
+    let ji = run_timeout(Command::new(bin("gfs_tool")).arg("jindex").arg(&img), Duration::from_secs(30));
     assert!(ji.stdout_str().lines().all(|l| l.ends_with("clean")), "{}", ji.describe());
 }
 
@@ -130,7 +100,7 @@ fn mount_over_gnbd_export() {
     let url = format!("gnbd://127.0.0.1:{}/gfs", server.port());
     mkfs(&url);
     let work = TempDir::new();
-    let out = in_namespace(
+    let out = in_mount_namespace(
         work.path(),
         &url,
         r#"
@@ -201,7 +171,7 @@ fn sigkill_during_metadata_workload_then_replay() {
     std::fs::File::create(&img).unwrap().set_len(128 << 20).unwrap();
     let dev = img.display().to_string();
     mkfs(&dev);
-    let out = in_namespace(work.path(), &dev, CRASH_SCRIPT);
+    let out = in_mount_namespace(work.path(), &dev, CRASH_SCRIPT);
     let log = std::fs::read_to_string(work.join("mount2.log")).unwrap_or_default();
     assert!(out.stdout_str().contains("CRASH-OK"), "{}\n--- remount log ---\n{log}", out.describe());
     let acked: usize = out.stdout_str().lines().find_map(|l| l.strip_prefix("acked ")?.trim().parse().ok()).unwrap();

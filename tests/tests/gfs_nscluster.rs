@@ -19,13 +19,11 @@
 //! Needs root (namespaces, FUSE), corosync and python3 (scripts/deps.sh installs them).
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
 use gnbd_tests::cluster::control;
-use gnbd_tests::corosync::{node_addr, node_name, Nodes};
+use gnbd_tests::corosync::{fenced_by, node_addr, node_name, Nodes, StorageHost};
 use gnbd_tests::{gnbd_export_cmd, require_tool, run_timeout, OutputExt};
 
 const TOKEN_MS: u32 = 1000;
@@ -71,11 +69,6 @@ fn mount_servers(nodes: &Nodes, i: usize) -> Vec<String> {
         .collect()
 }
 
-fn fenced_by(s: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
-    let n = s["nodes"].as_array()?.iter().find(|n| n["name"] == name)?;
-    (!n["last_fence"].is_null()).then(|| n["last_fence"].clone())
-}
-
 /// Polls `pred` every 100 ms for at most `secs` seconds; panics with `what()` on timeout.
 fn wait_until(secs: u64, mut pred: impl FnMut() -> bool, what: impl Fn() -> String) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -95,12 +88,10 @@ struct Cluster {
     imported: [bool; MEMBERS],
     /// Background workloads started with [`Cluster::spawn`]; killed on drop.
     jobs: Vec<Child>,
-    storage: Option<Child>,
-    storage_state: PathBuf,
-    storage_key: PathBuf,
     /// `gnbd://STORAGE/shared`.
     dev: String,
-    storage_addr: String,
+    /// Stopped (on drop) after the daemons, before the namespaces go.
+    storage: StorageHost,
     /// Dropped last: kills whatever is left in the namespaces and removes them.
     nodes: Nodes,
 }
@@ -111,45 +102,19 @@ impl Cluster {
         require_tool("corosync");
         let nodes = Nodes::with_hosts(MEMBERS, 1);
         let dir = nodes.dir().join("storage");
-        let state = dir.join("state");
-        std::fs::create_dir_all(&state).unwrap();
-        let key = dir.join("cluster.key");
-        std::fs::write(&key, [0x5au8; 64]).unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let table = dir.join("nodes");
-        let lines: String = (0..MEMBERS).map(|i| format!("{} {}\n", node_name(i), node_addr(i))).collect();
-        std::fs::write(&table, lines).unwrap();
+        let storage = StorageHost::start(&nodes, STORAGE);
         let mut c = Cluster {
             dlms: Vec::new(),
             mounted: [false; MEMBERS],
             imported: [false; MEMBERS],
             jobs: Vec::new(),
-            storage: None,
-            storage_state: state.clone(),
-            storage_key: key.clone(),
-            dev: format!("gnbd://{}/shared", node_addr(STORAGE)),
-            storage_addr: node_addr(STORAGE),
+            dev: format!("gnbd://{}/shared", storage.addr),
+            storage,
             nodes,
         };
-        let args = [
-            "--foreground",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--nodes",
-            table.to_str().unwrap(),
-            "--cluster-key",
-            key.to_str().unwrap(),
-        ];
-        c.storage = Some(c.nodes.spawn(STORAGE, "gnbd_serv", &args, "gnbd_serv.log"));
-        let log = c.nodes.path(STORAGE, "log/gnbd_serv.log");
-        wait_until(
-            60,
-            || std::fs::read_to_string(&log).unwrap_or_default().contains("ready"),
-            || format!("gnbd_serv not ready:\n{}", std::fs::read_to_string(&log).unwrap_or_default()),
-        );
         let img = dir.join("shared.img");
         std::fs::File::create(&img).unwrap().set_len(256 << 20).unwrap();
-        run_timeout(gnbd_export_cmd(&state).args(["-e", "shared", "-d"]).arg(&img), Duration::from_secs(60))
+        run_timeout(gnbd_export_cmd(&c.storage.state).args(["-e", "shared", "-d"]).arg(&img), Duration::from_secs(60))
             .assert_success("gnbd_export -e shared");
 
         let fence = |i: usize| {
@@ -159,9 +124,8 @@ impl Cluster {
             )
         };
         let extra = format!(
-            r#"<fence_daemon post_fail_delay="0" post_join_delay="120"/><fencedevices><fencedevice name="gnbd" agent="fence_gnbd" servers="{}" cluster_key="{}"/></fencedevices>"#,
-            node_addr(STORAGE),
-            key.display()
+            r#"<fence_daemon post_fail_delay="0" post_join_delay="120"/><fencedevices>{}</fencedevices>"#,
+            c.storage.fence_device()
         );
         c.nodes.write_conf(&c.nodes.conf_with("alpha", 1, TOKEN_MS, fence, &extra));
         c.nodes.join_all();
@@ -205,7 +169,7 @@ impl Cluster {
             Via::Import => {
                 let src = node_addr(i);
                 let mut args = IMPORT_DIRS.to_vec();
-                args.extend(["-i", &self.storage_addr, "-n", "shared", "--source", &src]);
+                args.extend(["-i", &self.storage.addr, "-n", "shared", "--source", &src]);
                 self.imported[i] = true;
                 self.nodes.must(i, "gnbd_import", &args);
                 IMPORT_FILE.to_owned()
@@ -288,12 +252,9 @@ impl Drop for Cluster {
             let _ = d.kill();
             let _ = d.wait();
         }
-        if let Some(s) = &mut self.storage {
-            let _ = s.kill();
-            let _ = s.wait();
-        }
-        // The harness then SIGKILLs every process left in the namespaces (mount servers
-        // included) and removes the mount namespaces, which takes their FUSE mounts along.
+        // Then the fields drop: the storage server stops, and the harness SIGKILLs every
+        // process left in the namespaces (mount servers included) and removes the mount
+        // namespaces, which takes their FUSE mounts along.
     }
 }
 
@@ -692,9 +653,9 @@ fn killed_node_is_fenced_and_its_fsynced_work_survives() {
     let fenced_ms = rec["at_unix_ms"].as_u64().expect("fence time");
     eprintln!("MEASURE SIGKILL of node3 -> fence recorded: {} ms", fenced_ms.saturating_sub(killed_ms));
     assert_eq!((rec["method"].as_str(), rec["by"].as_str()), (Some("storage"), Some("node1")), "{s:#}");
-    let bans = control(&c.storage_state, r#"{"verb":"bans"}"#);
+    let bans = control(&c.storage.state, r#"{"verb":"bans"}"#);
     assert!(bans.to_string().contains("node3"), "storage bans: {bans}");
-    let key = c.storage_key.display().to_string();
+    let key = c.storage.key.display().to_string();
     let listed = c.nodes.must(1, "gnbd_import", &["-c", &node_addr(STORAGE), "-k", &key]);
     assert!(listed.contains("node3"), "{listed}");
 

@@ -3,6 +3,7 @@
 //! README): the 13 EROFS tests (they remount read-only; not allowed here), the 2 tests that
 //! need a secondary filesystem, and the LINK_MAX test (FUSE reports no LINK_MAX).
 
+use gnbd_tests::gfs_harness::mkfs_image;
 use gnbd_tests::{bin_dir, require_tool, run_timeout, OutputExt, TempDir};
 use std::process::Command;
 use std::time::Duration;
@@ -31,12 +32,7 @@ fn pjdfstest_on(lockproto: &str) {
     require_tool("unshare");
     let work = TempDir::new();
     let img = work.join("fs.img");
-    std::fs::File::create(&img).unwrap().set_len(1 << 30).unwrap();
-    run_timeout(
-        Command::new(bin_dir().join("mkfs_gfs")).args(["-q", "-p", lockproto, "-t", "test:pjd", "-j", "1"]).arg(&img),
-        Duration::from_secs(60),
-    )
-    .assert_success("mkfs.gfs");
+    mkfs_image(&img, 1024, lockproto, "test:pjd", 1);
     std::fs::write(work.join("pjdfstest.toml"), CONFIG).unwrap();
     let mnt = work.join("mnt");
     std::fs::create_dir(&mnt).unwrap();

@@ -11,13 +11,16 @@
 //! Run: `cargo build --release -p lvs --bins && cargo run --release -p gnbd-benches --bin lvs-bench`
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+
+#[path = "../net.rs"]
+mod net;
+use net::free_port;
 
 /// Side-by-side benchmark: direct vs haproxy vs lvsd.
 #[derive(Debug, Parser)]
@@ -94,10 +97,6 @@ impl Drop for Guard {
             let _ = c.wait();
         }
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn wait_port(port: u16) -> Result<()> {
