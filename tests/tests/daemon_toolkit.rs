@@ -26,9 +26,7 @@ impl Drop for Unmount<'_> {
 
 fn gfs_image(dir: &TempDir) -> std::path::PathBuf {
     let img = dir.join("gfs.img");
-    std::fs::File::create(&img).unwrap().set_len(128 << 20).unwrap();
-    run(Command::new(bin_dir().join("mkfs_gfs")).args(["-p", "lock_nolock", "-t", "t:t", "-j", "1", "-q"]).arg(&img))
-        .assert_success("mkfs.gfs");
+    gnbd_tests::gfs_harness::mkfs_image(&img, 128, "lock_nolock", "t:t", 1);
     img
 }
 
