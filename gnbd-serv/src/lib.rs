@@ -34,6 +34,9 @@
 //! run(cfg, |line| println!("{line}")).unwrap();
 //! ```
 
+// Only `sys` may use unsafe code (io_uring, aligned buffers, raw syscalls).
+#![deny(unsafe_code)]
+
 pub mod admin;
 pub mod control;
 mod export;
@@ -43,6 +46,7 @@ pub mod netctl;
 mod request;
 pub mod server;
 pub mod state;
+#[allow(unsafe_code)]
 mod sys;
 pub mod tls;
 mod worker;

@@ -8,11 +8,11 @@
 //! back at the front of the queue and reconnects with exponential back-off; while the slot
 //! is down, requests older than the I/O timeout fail with [`ClientError::TimedOut`].
 //!
-//! - [`options`]: [`ClientOptions`];
-//! - [`session`]: opening and negotiating one connection, listing exports;
-//! - [`slot`]: one connection's queue and its writer and reader tasks;
-//! - [`reconnect`]: the manager of a slot: reconnection with resubmission;
-//! - [`split`]: requests larger than the server takes, sent as several;
+//! - `options`: [`ClientOptions`];
+//! - `session`: opening and negotiating one connection, listing exports;
+//! - `slot`: one connection's queue and its writer and reader tasks;
+//! - `reconnect`: the manager of a slot: reconnection with resubmission;
+//! - `split`: requests larger than the server takes, sent as several;
 //! - this module: the public [`Client`] API over a pool of slots (multi-conn), round-robin.
 
 use std::collections::VecDeque;

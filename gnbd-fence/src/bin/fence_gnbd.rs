@@ -1,4 +1,5 @@
 //! `fence_gnbd`: fence agent for gnbd exports (standard fence agent interface).
+#![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::path::PathBuf;

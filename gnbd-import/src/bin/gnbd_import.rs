@@ -1,4 +1,5 @@
 //! `gnbd_import`: import gnbd (NBD) exports as local block devices, and fence nodes.
+#![forbid(unsafe_code)]
 
 use clap::{ArgGroup, Parser};
 use gnbd_import::admin::{run, Action, Env, DEFAULT_PORT};
