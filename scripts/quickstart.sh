@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
-cargo build --release -q -p gnbd-serv -p gnbd-client -p gfs -p fsck --bins
+cargo build --release -q -p gnbd-serv -p gnbd-import -p gfs -p fsck --bins
 BIN=$PWD/target/release
 WORK=$(mktemp -d /var/tmp/gnbd-quickstart.XXXXXX)
 STATE=$WORK/state

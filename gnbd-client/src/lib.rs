@@ -54,7 +54,6 @@
 mod client;
 pub mod conn;
 mod error;
-pub mod import;
 mod tls;
 
 pub use client::{list_exports, list_exports_with, Client, ClientOptions, ConnectionState, ExportInfo};

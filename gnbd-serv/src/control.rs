@@ -1,6 +1,8 @@
 //! The control socket, `STATE_DIR/gnbd_serv.sock`: one JSON request per line, one JSON reply
-//! per line. `gnbd_export` speaks it today; fence orders will arrive the same way, so every
-//! request is a tagged verb and new verbs extend [`ControlRequest`].
+//! per line. `gnbd_export` speaks it, and local fence orders (`fence`, `unfence`, `bans`)
+//! arrive the same way; fence orders from other nodes come over the network channel
+//! ([`crate::netctl`]) as the same verbs. Every request is a tagged verb and new verbs
+//! extend [`ControlRequest`].
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;

@@ -5,7 +5,9 @@
 //!   `nbd_proto::ServerHandshake`), worker threads that own one io_uring each, the control
 //!   socket, and orderly shutdown on SIGTERM;
 //! - [`Registry`] / [`Export`]: the exports and their open backing stores;
-//! - [`control`]: the JSON-lines control protocol (`gnbd_export` today, fence orders next);
+//! - [`control`]: the JSON-lines control protocol of the local socket (`gnbd_export`);
+//! - [`netctl`]: the network control channel: fence orders from cluster nodes (`fence_gnbd`,
+//!   `gnbd_import -s/-u/-c`), with the wire protocol of `gnbd_fence::proto`;
 //! - [`admin`]: the `gnbd_export` verbs;
 //! - [`state`]: the persisted export list;
 //! - [`tls`]: STARTTLS (rustls), node names from client certificates, and the relay that
@@ -32,8 +34,10 @@
 //! run(cfg, |line| println!("{line}")).unwrap();
 //! ```
 
+// Only `sys` may use unsafe code (io_uring, aligned buffers, raw syscalls).
+#![deny(unsafe_code)]
+
 pub mod admin;
-pub mod agent;
 pub mod control;
 mod export;
 pub mod fence;
@@ -42,6 +46,7 @@ pub mod netctl;
 mod request;
 pub mod server;
 pub mod state;
+#[allow(unsafe_code)]
 mod sys;
 pub mod tls;
 mod worker;

@@ -141,7 +141,7 @@ pub fn run(cfg: ServeConfig, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
     remove_stale_socket(&control_path)?;
     let control = UnixListener::bind(&control_path)
         .with_context(|| format!("cannot create control socket {}", control_path.display()))?;
-    // Only the server's own user may change exports (and, later, fence nodes).
+    // Only the server's own user may change exports and fence nodes through it.
     fs::set_permissions(&control_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .with_context(|| format!("cannot restrict {}", control_path.display()))?;
 

@@ -1,4 +1,5 @@
 //! `gnbd_export`: create, remove and list the exports of a running gnbd_serv.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,5 +1,7 @@
 //! `gnbd_serv`: the export daemon. Flags and daemonisation only; the server is
 //! `gnbd_serv::server::run`.
+// Only the fork of `daemonize` is unsafe (`gnbd_serv::daemon::fork`).
+#![deny(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
@@ -225,7 +227,11 @@ fn daemonize(cfg: ServeConfig, level: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match fork() {
+    // SAFETY: nothing has started a thread yet: tracing, the runtime and the server's
+    // threads all start in the child, after the fork.
+    #[allow(unsafe_code)]
+    let forked = unsafe { fork() };
+    match forked {
         Err(e) => {
             eprintln!("gnbd_serv: fork failed: {e}");
             ExitCode::FAILURE

@@ -110,8 +110,14 @@ pub enum Forked {
     Child,
 }
 
-/// fork(2). Must be called while the process has a single thread.
-pub fn fork() -> io::Result<Forked> {
+/// fork(2).
+///
+/// # Safety
+///
+/// The process must have a single thread: the child gets only the calling thread, so a lock
+/// or allocator state held by any other thread at the moment of the fork would stay held
+/// for ever in the child.
+pub unsafe fn fork() -> io::Result<Forked> {
     // SAFETY: the caller guarantees there is only one thread, so the child is consistent.
     let pid = unsafe { libc::fork() };
     match pid {

@@ -1,8 +1,9 @@
 //! `gnbd_import`: import gnbd (NBD) exports as local block devices, and fence nodes.
+#![forbid(unsafe_code)]
 
 use clap::{ArgGroup, Parser};
-use gnbd_client::import::admin::{run, Action, Env, DEFAULT_PORT};
-use gnbd_client::import::{run_device, ConnectOptions, DeviceConfig, DEFAULT_DEV_DIR, DEFAULT_STATE_DIR};
+use gnbd_import::admin::{run, Action, Env, DEFAULT_PORT};
+use gnbd_import::{run_device, ConnectOptions, DeviceConfig, DEFAULT_DEV_DIR, DEFAULT_STATE_DIR};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -118,7 +119,7 @@ struct Args {
     #[arg(short = 'c', long = "bans", value_name = "SERVER")]
     bans: Option<String>,
     /// Cluster key file for -s, -u and -c (mode 0600, the servers' --cluster-key).
-    #[arg(short = 'k', long = "cluster-key", value_name = "FILE", default_value = gnbd_serv::agent::DEFAULT_KEY)]
+    #[arg(short = 'k', long = "cluster-key", value_name = "FILE", default_value = gnbd_fence::DEFAULT_KEY)]
     key: PathBuf,
     /// NBD port of servers given without one.
     #[arg(short = 'p', long = "port", value_name = "PORT", default_value_t = DEFAULT_PORT)]
@@ -219,7 +220,7 @@ fn usage(msg: &str) -> ExitCode {
 }
 
 fn device_process(json: &str) -> ExitCode {
-    gnbd_serv::init_tracing("info");
+    init_tracing("info");
     let cfg: DeviceConfig = match serde_json::from_str(json) {
         Ok(c) => c,
         Err(e) => {
@@ -240,4 +241,12 @@ fn device_process(json: &str) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Starts `tracing` output on stderr; `RUST_LOG` overrides `default_level`.
+fn init_tracing(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }

@@ -1,9 +1,10 @@
-//! Imports: exports made visible as local block devices (`gnbd_import`).
+//! `gnbd_import`: exports made visible as local block devices, and fence orders from the
+//! command line (`-s`, `-u`, `-c`, through the fence agent's logic in `gnbd_fence::agent`).
 //!
 //! Each imported export is served by its own long-lived *device process* (the
 //! `gnbd_import` binary re-run with a hidden flag), which owns:
 //!
-//! - a [`Client`] to the export (reconnecting, resubmitting, optional I/O timeout);
+//! - a [`Client`](gnbd_client::Client) to the export (reconnecting, resubmitting, optional I/O timeout);
 //! - a FUSE mount at `STATE_DIR/imports/NAME.mnt` holding one file, `device`, that is the
 //!   export ([`fs`]);
 //! - a loop device attached to that file (direct I/O), and the stable name
@@ -11,11 +12,12 @@
 //! - a record `STATE_DIR/imports/NAME.json` and a control socket
 //!   `STATE_DIR/imports/NAME.sock` answering `status` and `stop` (JSON lines).
 //!
-//! The kernel NBD driver is not used: this kernel has none. Where `/dev/nbd*` exists a
-//! later version may hand the socket to it instead; the interface stays the same.
+//! The kernel NBD driver is not used: this kernel has none. Where `/dev/nbd*` exists, the
+//! socket could be handed to it instead; the interface would stay the same.
 //!
 //! The CLI side ([`start_device`], [`list`], [`remove`]) only talks to those processes and
 //! reads their records, so it can run at any time, as often as wanted.
+#![forbid(unsafe_code)]
 
 pub mod admin;
 mod fs;
@@ -24,7 +26,7 @@ mod loopdev;
 pub use fs::{DeviceFs, IoStats, DEVICE_FILE};
 pub use loopdev::{attach, detach, is_busy, LoopError};
 
-use crate::{Client, ClientOptions, ConnectionState};
+use gnbd_client::{Client, ClientOptions, ConnectionState};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -97,7 +99,7 @@ impl ConnectOptions {
     /// Client options for `export` at `addr` with these settings.
     pub fn client_options(&self, addr: &str, export: &str) -> ClientOptions {
         let mut opts = ClientOptions::new(addr, export);
-        opts.tls = self.tls_ca.as_ref().map(|ca| crate::TlsOptions {
+        opts.tls = self.tls_ca.as_ref().map(|ca| gnbd_client::TlsOptions {
             ca: ca.clone(),
             cert: self.tls_cert.clone(),
             key: self.tls_key.clone(),

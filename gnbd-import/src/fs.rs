@@ -15,12 +15,12 @@
 //! | fallocate `PUNCH_HOLE` | `NBD_CMD_TRIM` |
 //! | fallocate `ZERO_RANGE` | `NBD_CMD_WRITE_ZEROES` |
 
-use crate::{Client, ClientError};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
     ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
+use gnbd_client::{Client, ClientError};
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

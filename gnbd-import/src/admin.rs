@@ -1,7 +1,7 @@
 //! The `gnbd_import` verbs, apart from argument parsing.
 
-use super::{check_free, list, remove, ConnectOptions, DeviceConfig, ImportError, Record};
-use crate::{list_exports_with, ClientError};
+use crate::{check_free, list, remove, ConnectOptions, DeviceConfig, ImportError, Record};
+use gnbd_client::{list_exports_with, ClientError};
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -13,19 +13,13 @@ pub const DEFAULT_PORT: u16 = 10809;
 /// How long `-i` waits for a device process to report its device.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `host`, `host:port`, `[v6]:port`, `unix:PATH` or a path: the address the client dials.
-pub fn server_addr(server: &str, port: u16) -> String {
+/// `host`, `host:port`, `[v6]`, `[v6]:port`, `unix:PATH` or a path: the address the client
+/// dials (`port` added when none is given).
+pub fn server_addr(server: &str, port: u16) -> Result<String, String> {
     if server.starts_with("unix:") || server.contains('/') {
-        return server.to_string();
+        return Ok(server.to_string());
     }
-    if server.starts_with('[') {
-        return if server.contains("]:") { server.to_string() } else { format!("{server}:{port}") };
-    }
-    match server.matches(':').count() {
-        0 => format!("{server}:{port}"),
-        1 => server.to_string(),
-        _ => format!("[{server}]:{port}"),
-    }
+    gnbd_net::addr::with_default_port(server, port).map_err(|e| e.to_string())
 }
 
 /// What `gnbd_import` was asked to do.
@@ -74,7 +68,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 fn exports_of(env: &Env, server: &str) -> Result<Vec<nbd_proto::ServerEntry>, String> {
-    let addr = server_addr(server, env.port);
+    let addr = server_addr(server, env.port)?;
     let mut opts = env.connect.client_options(&addr, "");
     opts.connect_timeout = Duration::from_secs(10);
     runtime()?.block_on(list_exports_with(&opts)).map_err(|e| match e {
@@ -119,7 +113,7 @@ fn import(
         let cfg = DeviceConfig {
             name: export.clone(),
             server: server.to_string(),
-            addr: server_addr(server, env.port),
+            addr: server_addr(server, env.port)?,
             export: export.clone(),
             timeout_secs,
             connections,
@@ -286,8 +280,8 @@ fn fence(action: &str, node: Option<String>, server: &str, key: &Path, tls: Opti
     if let Some(n) = &node {
         text.push_str(&format!("nodename={n}\n"));
     }
-    let args = gnbd_serv::agent::parse(&text).map_err(|e| format!("bad fence request: {e}"))?;
-    let out = gnbd_serv::agent::run(&args);
+    let args = gnbd_fence::agent::parse(&text).map_err(|e| format!("bad fence request: {e}"))?;
+    let out = gnbd_fence::agent::run(&args);
     let said = out.stderr.replace("fence_gnbd: ", "gnbd_import: ");
     if out.code != 0 {
         return Err(said.trim_end().to_string());
@@ -304,12 +298,13 @@ mod tests {
 
     #[test]
     fn server_addresses_get_the_port() {
-        assert_eq!(server_addr("srv", 10809), "srv:10809");
-        assert_eq!(server_addr("srv:7000", 10809), "srv:7000");
-        assert_eq!(server_addr("::1", 5), "[::1]:5");
-        assert_eq!(server_addr("[::1]", 5), "[::1]:5");
-        assert_eq!(server_addr("[::1]:6", 5), "[::1]:6");
-        assert_eq!(server_addr("unix:/run/x.sock", 5), "unix:/run/x.sock");
-        assert_eq!(server_addr("/run/x.sock", 5), "/run/x.sock");
+        assert_eq!(server_addr("srv", 10809).unwrap(), "srv:10809");
+        assert_eq!(server_addr("srv:7000", 10809).unwrap(), "srv:7000");
+        assert_eq!(server_addr("::1", 5).unwrap(), "[::1]:5");
+        assert_eq!(server_addr("[::1]", 5).unwrap(), "[::1]:5");
+        assert_eq!(server_addr("[::1]:6", 5).unwrap(), "[::1]:6");
+        assert_eq!(server_addr("unix:/run/x.sock", 5).unwrap(), "unix:/run/x.sock");
+        assert_eq!(server_addr("/run/x.sock", 5).unwrap(), "/run/x.sock");
+        assert!(server_addr("srv:notaport", 5).is_err());
     }
 }

@@ -1,15 +1,15 @@
 //! `fence_gnbd`: the fence agent for gnbd exports. It speaks the standard fence agent
 //! interface (key=value lines on stdin, `action=off|on|reboot|status|monitor|list|metadata`)
 //! and sends signed orders to every gnbd server named in `servers=` through their network
-//! control channel ([`crate::netctl`]).
+//! control channel ([`crate::proto`], [`crate::client`]).
 
 use std::path::PathBuf;
 
-use crate::control::{ControlRequest, ControlResponse};
-use crate::netctl::{self, ClusterKey, DEFAULT_CONTROL_PORT};
+use gnbd_net::CertDir;
 
-/// Default location of the cluster key.
-pub const DEFAULT_KEY: &str = "/etc/cluster/gnbd.key";
+use crate::client;
+use crate::key::{ClusterKey, DEFAULT_KEY};
+use crate::proto::{Order, Reply, DEFAULT_CONTROL_PORT};
 
 /// What the agent was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,16 +53,10 @@ fn split_servers(v: &str) -> Vec<String> {
     v.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
-/// `HOST` or `HOST:PORT` (IPv6 literals in brackets) with the default control port added.
-pub fn control_addr(server: &str) -> String {
-    if server.starts_with('[') && server.contains("]:") {
-        return server.to_string();
-    }
-    match server.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') && port.parse::<u16>().is_ok() => server.to_string(),
-        _ if server.contains(':') => format!("[{server}]:{DEFAULT_CONTROL_PORT}"),
-        _ => format!("{server}:{DEFAULT_CONTROL_PORT}"),
-    }
+/// `HOST` or `HOST:PORT` (IPv6 literals in brackets, or bare) with the default control port
+/// added: the address to connect to.
+pub fn control_addr(server: &str) -> Result<String, gnbd_net::AddrError> {
+    gnbd_net::addr::with_default_port(server, DEFAULT_CONTROL_PORT)
 }
 
 /// The agent's XML self-description (`action=metadata`).
@@ -143,7 +137,7 @@ pub fn run(a: &AgentArgs) -> Outcome {
         return out;
     }
     let auth = match &a.tls {
-        Some(dir) => crate::tls::client_config_from_dir(dir).map(Auth::Tls).map_err(|e| e.to_string()),
+        Some(dir) => CertDir::with_identity(dir).client_config().map(Auth::Tls).map_err(|e| e.to_string()),
         None => ClusterKey::load(&a.key).map(Auth::Key).map_err(|e| e.to_string()),
     };
     let auth = match auth {
@@ -161,12 +155,12 @@ pub fn run(a: &AgentArgs) -> Outcome {
                 return out;
             };
             match a.action.as_str() {
-                "on" => ControlRequest::Unfence { node },
-                "status" => ControlRequest::Bans,
-                _ => ControlRequest::Fence { node },
+                "on" => Order::Unfence { node },
+                "status" => Order::Bans,
+                _ => Order::Fence { node },
             }
         }
-        "monitor" | "list" => ControlRequest::Bans,
+        "monitor" | "list" => Order::Bans,
         other => {
             fail(&mut out, format!("unknown action '{other}' (off, on, reboot, status, monitor, list, metadata)"));
             return out;
@@ -175,20 +169,26 @@ pub fn run(a: &AgentArgs) -> Outcome {
     let mut fenced_anywhere = false;
     let mut banned = std::collections::BTreeSet::new();
     for server in &a.servers {
-        let addr = control_addr(server);
+        let addr = match control_addr(server) {
+            Ok(a) => a,
+            Err(e) => {
+                fail(&mut out, e.to_string());
+                continue;
+            }
+        };
         let reply = match &auth {
-            Auth::Key(key) => netctl::call(&addr, key, &req),
-            Auth::Tls(config) => netctl::call_tls(&addr, config.clone(), &req),
+            Auth::Key(key) => client::call(&addr, key, &req),
+            Auth::Tls(config) => client::call_tls(&addr, config.clone(), &req),
         };
         match reply {
-            Ok(ControlResponse::Ok { message }) => out.stderr.push_str(&format!("fence_gnbd: {server}: {message}\n")),
-            Ok(ControlResponse::Bans { nodes }) => {
+            Ok(Reply::Ok { message }) => out.stderr.push_str(&format!("fence_gnbd: {server}: {message}\n")),
+            Ok(Reply::Bans { nodes }) => {
                 if let Some(n) = node() {
                     fenced_anywhere |= nodes.contains(&n);
                 }
                 banned.extend(nodes);
             }
-            Ok(ControlResponse::Error { message }) => fail(&mut out, format!("{server}: {message}")),
+            Ok(Reply::Error { message }) => fail(&mut out, format!("{server}: {message}")),
             Ok(other) => fail(&mut out, format!("{server}: unexpected reply {other:?}")),
             Err(e) => fail(&mut out, format!("{server}: {e}")),
         }
@@ -230,10 +230,12 @@ mod tests {
 
     #[test]
     fn control_addresses_get_the_default_port() {
-        assert_eq!(control_addr("srv1"), "srv1:10810");
-        assert_eq!(control_addr("srv1:9000"), "srv1:9000");
-        assert_eq!(control_addr("::1"), "[::1]:10810");
-        assert_eq!(control_addr("[::1]:7"), "[::1]:7");
+        assert_eq!(control_addr("srv1").unwrap(), "srv1:10810");
+        assert_eq!(control_addr("srv1:9000").unwrap(), "srv1:9000");
+        assert_eq!(control_addr("::1").unwrap(), "[::1]:10810");
+        assert_eq!(control_addr("[::1]").unwrap(), "[::1]:10810");
+        assert_eq!(control_addr("[::1]:7").unwrap(), "[::1]:7");
+        assert!(control_addr("srv1:notaport").is_err());
     }
 
     #[test]

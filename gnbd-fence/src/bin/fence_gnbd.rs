@@ -1,11 +1,13 @@
 //! `fence_gnbd`: fence agent for gnbd exports (standard fence agent interface).
+#![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use gnbd_serv::agent::{parse, run, AgentArgs, DEFAULT_KEY};
+use gnbd_fence::agent::{parse, run, AgentArgs};
+use gnbd_fence::DEFAULT_KEY;
 
 const AFTER_HELP: &str = "\
 DESCRIPTION
