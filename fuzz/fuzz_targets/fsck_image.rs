@@ -5,48 +5,19 @@
 //! payload length (1), reseal flag (1), then the payload bytes written at the offset.
 #![no_main]
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use fsck::{check_device, Mode, Options};
+use gfs::device::MemDevice;
 use gfs::format::{Header, BLOCK_SIZE, SB_BLOCK};
-use gfs::{Device, DeviceError};
+use gfs::Device;
 use libfuzzer_sys::fuzz_target;
-
-#[derive(Debug)]
-struct Mem(Mutex<Vec<u8>>);
-
-impl Device for Mem {
-    fn size(&self) -> u64 {
-        self.0.lock().unwrap().len() as u64
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError> {
-        let d = self.0.lock().unwrap();
-        let end = offset as usize + buf.len();
-        if end > d.len() {
-            return Err(DeviceError::OutOfRange { offset, len: buf.len(), size: d.len() as u64 });
-        }
-        buf.copy_from_slice(&d[offset as usize..end]);
-        Ok(())
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DeviceError> {
-        let mut d = self.0.lock().unwrap();
-        let end = offset as usize + buf.len();
-        if end > d.len() {
-            return Err(DeviceError::OutOfRange { offset, len: buf.len(), size: d.len() as u64 });
-        }
-        d[offset as usize..end].copy_from_slice(buf);
-        Ok(())
-    }
-    fn sync(&self) -> Result<(), DeviceError> {
-        Ok(())
-    }
-}
 
 /// The populated image and its metadata blocks (other than the superblock).
 fn base() -> &'static (Vec<u8>, Vec<u64>) {
     static B: OnceLock<(Vec<u8>, Vec<u64>)> = OnceLock::new();
     B.get_or_init(|| {
-        let dev = Arc::new(Mem(Mutex::new(vec![0u8; 8 << 20])));
+        let dev = Arc::new(MemDevice::new(vec![0u8; 8 << 20]));
         let opts = gfs::MkfsOptions {
             lockproto: gfs::LockProto::Nolock,
             locktable: "fuzz:fsck".into(),
@@ -71,7 +42,7 @@ fn base() -> &'static (Vec<u8>, Vec<u64>) {
         }
         fs.symlink(a, b"sym", b"f1", 0, 0).unwrap();
         fs.unmount().unwrap();
-        let img = dev.0.lock().unwrap().clone();
+        let img = dev.image();
         let meta = ((SB_BLOCK + 1)..sb.block_count)
             .filter(|&b| Header::verify_any(&img[b as usize * BLOCK_SIZE..][..BLOCK_SIZE], b).is_ok())
             .collect();
@@ -97,7 +68,7 @@ fuzz_target!(|data: &[u8]| {
         }
         d = &d[6 + len..];
     }
-    let dev: Arc<dyn Device> = Arc::new(Mem(Mutex::new(img)));
+    let dev: Arc<dyn Device> = Arc::new(MemDevice::new(img));
     let yes = Options { mode: Mode::Yes, verbose: false, force: true };
     let mut out = std::io::sink();
     check_device(dev.clone(), &yes, &mut out).expect("the superblock is never touched");

@@ -6,7 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 /// Why device I/O failed.
@@ -239,5 +239,51 @@ impl Device for CutoffDevice {
     }
     fn claim(&self, wait: std::time::Duration, shared: bool) -> Result<(), DeviceError> {
         self.inner.claim(wait, shared)
+    }
+}
+
+/// A device in memory, for tests and fuzz targets across the workspace (test support, not
+/// part of the supported API). Accesses past the end fail with [`DeviceError::OutOfRange`],
+/// as on a file.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct MemDevice(pub Mutex<Vec<u8>>);
+
+impl MemDevice {
+    /// A device holding `image`.
+    pub fn new(image: Vec<u8>) -> Self {
+        MemDevice(Mutex::new(image))
+    }
+    /// A copy of what the device holds.
+    pub fn image(&self) -> Vec<u8> {
+        self.bytes().clone()
+    }
+    /// Makes the device `bytes` long (new bytes 0xa5), as a longer file or export would be.
+    pub fn resize(&self, bytes: usize) {
+        self.bytes().resize(bytes, 0xa5);
+    }
+    fn bytes(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.0.lock().expect("a MemDevice user panicked while holding its lock")
+    }
+}
+
+impl Device for MemDevice {
+    fn size(&self) -> u64 {
+        self.bytes().len() as u64
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError> {
+        let v = self.bytes();
+        check_range(offset, buf.len(), v.len() as u64)?;
+        buf.copy_from_slice(&v[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DeviceError> {
+        let mut v = self.bytes();
+        check_range(offset, buf.len(), v.len() as u64)?;
+        v[offset as usize..offset as usize + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+    fn sync(&self) -> Result<(), DeviceError> {
+        Ok(())
     }
 }
