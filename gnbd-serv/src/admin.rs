@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::control::{call, ControlError, ControlRequest, ControlResponse, ExportStatus};
+use crate::control::{call, ClientError, ControlReply, ControlRequest, ExportStatus};
 use crate::export::ExportSpec;
 
 /// An administrative action.
@@ -19,13 +19,11 @@ pub enum Action {
 #[derive(Debug, Error)]
 pub enum AdminError {
     #[error(transparent)]
-    Control(#[from] ControlError),
-    #[error("{0}")]
-    Refused(String),
+    Control(#[from] ClientError),
     #[error("{path}: {why}")]
     BadPath { path: PathBuf, why: String },
     #[error("unexpected reply from gnbd_serv: {0:?}")]
-    Unexpected(Box<ControlResponse>),
+    Unexpected(Box<ControlReply>),
 }
 
 /// Performs `action` against the server of `state_dir`; returns what to print.
@@ -42,18 +40,16 @@ pub fn run(state_dir: &Path, action: Action) -> Result<String, AdminError> {
         Action::Remove { name, force } => ControlRequest::Remove { name, force },
         Action::List { json } => {
             return match call(state_dir, &ControlRequest::List)? {
-                ControlResponse::Exports { exports } if json => {
+                ControlReply::Exports { exports } if json => {
                     Ok(serde_json::to_string_pretty(&exports).expect("status serialises") + "\n")
                 }
-                ControlResponse::Exports { exports } => Ok(format_table(&exports)),
-                ControlResponse::Error { message } => Err(AdminError::Refused(message)),
+                ControlReply::Exports { exports } => Ok(format_table(&exports)),
                 other => Err(AdminError::Unexpected(Box::new(other))),
             };
         }
     };
     match call(state_dir, &req)? {
-        ControlResponse::Ok { message } => Ok(format!("gnbd_export: {message}\n")),
-        ControlResponse::Error { message } => Err(AdminError::Refused(message)),
+        ControlReply::Done { message } => Ok(format!("gnbd_export: {message}\n")),
         other => Err(AdminError::Unexpected(Box::new(other))),
     }
 }

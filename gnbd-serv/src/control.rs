@@ -1,14 +1,25 @@
-//! The control socket, `STATE_DIR/gnbd_serv.sock`: one JSON request per line, one JSON reply
-//! per line. `gnbd_export` speaks it, and local fence orders (`fence`, `unfence`, `bans`)
-//! arrive the same way; fence orders from other nodes come over the network channel
-//! ([`crate::netctl`]) as the same verbs. Every request is a tagged verb and new verbs
-//! extend [`ControlRequest`].
+//! The control socket, `STATE_DIR/gnbd_serv.sock` (mode 0600: root only): the suite's local
+//! control protocol (`daemon::control`: JSON lines, requests tagged `op`, replies
+//! `{"ok":VALUE}` or `{"error":{"kind":..,"message":..}}`). `gnbd_export` speaks it, and
+//! local fence orders (`fence`, `unfence`, `bans`) arrive the same way; fence orders from
+//! other nodes come over the network channel ([`crate::netctl`]) and are carried out by the
+//! same handler.
+//!
+//! | request | ok value |
+//! |---|---|
+//! | `{"op":"export","spec":{..}}` | `{"message":"created export 'NAME' (PATH, SIZE bytes)"}` |
+//! | `{"op":"remove","name":NAME,"force":BOOL}` | `{"message":..}` |
+//! | `{"op":"list"}` | `{"exports":[..]}` ([`ExportStatus`]) |
+//! | `{"op":"status"}` | `{"pid":N,"version":V,"listening":[..]}` |
+//! | `{"op":"fence","node":NODE}` | after the node's I/O has stopped: `{"message":..}` |
+//! | `{"op":"unfence","node":NODE}` | `{"message":..}` |
+//! | `{"op":"bans"}` | `{"nodes":[..]}` |
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use daemon::control::CallError;
+pub use daemon::control::{ControlError, ErrorKind};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -19,7 +30,7 @@ pub const CONTROL_SOCKET: &str = "gnbd_serv.sock";
 
 /// A request to the running server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "verb", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ControlRequest {
     /// Create an export and persist it.
     Export { spec: ExportSpec },
@@ -71,49 +82,36 @@ pub struct SessionStatus {
     pub tls: bool,
 }
 
-/// The server's answer.
+/// The value of a successful reply (told apart by its fields).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "reply", rename_all = "snake_case")]
-pub enum ControlResponse {
-    Ok { message: String },
-    Error { message: String },
+#[serde(untagged)]
+pub enum ControlReply {
     Exports { exports: Vec<ExportStatus> },
     Status { pid: u32, version: String, listening: Vec<String> },
     Bans { nodes: Vec<String> },
+    Done { message: String },
 }
 
-/// Failure to talk to the server.
+/// Failure to get an answer from the server.
 #[derive(Debug, Error)]
-pub enum ControlError {
+pub enum ClientError {
     #[error("gnbd_serv is not running for state directory {dir} (no server at {socket}); start it with `gnbd_serv --state-dir {dir}`")]
     NotRunning { dir: PathBuf, socket: PathBuf },
-    #[error("cannot talk to gnbd_serv at {socket}: {source}")]
-    Io { socket: PathBuf, source: std::io::Error },
-    #[error("gnbd_serv sent a reply this gnbd_export does not understand: {0}")]
-    Protocol(String),
+    #[error(transparent)]
+    Call(#[from] CallError),
 }
 
 /// Sends one request to the server of `state_dir` and waits (bounded) for its reply.
-pub fn call(state_dir: &Path, req: &ControlRequest) -> Result<ControlResponse, ControlError> {
+pub fn call(state_dir: &Path, req: &ControlRequest) -> Result<ControlReply, ClientError> {
     let socket = state_dir.join(CONTROL_SOCKET);
-    let io = |source| ControlError::Io { socket: socket.clone(), source };
-    let mut stream = match UnixStream::connect(&socket) {
-        Ok(s) => s,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ECONNREFUSED)) => {
-            return Err(ControlError::NotRunning { dir: state_dir.to_path_buf(), socket });
+    match daemon::control::call("gnbd_serv", &socket, req, Some(Duration::from_secs(60))) {
+        Err(CallError::Connect { source, .. })
+            if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
+        {
+            Err(ClientError::NotRunning { dir: state_dir.to_path_buf(), socket })
         }
-        Err(e) => return Err(io(e)),
-    };
-    stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(io)?;
-    let mut line = serde_json::to_string(req).expect("requests always serialise");
-    line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(io)?;
-    let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
-    if reply.is_empty() {
-        return Err(ControlError::Protocol("the server closed the connection without replying".into()));
+        r => Ok(r?),
     }
-    serde_json::from_str(&reply).map_err(|e| ControlError::Protocol(format!("{e}: {}", reply.trim_end())))
 }
 
 #[cfg(test)]
@@ -121,11 +119,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wire_format_is_stable_json_lines() {
+    fn wire_format_is_the_toolkit_protocol() {
         let req = ControlRequest::Remove { name: "disk0".into(), force: true };
-        let s = serde_json::to_string(&req).unwrap();
-        assert_eq!(s, r#"{"verb":"remove","name":"disk0","force":true}"#);
-        assert_eq!(serde_json::from_str::<ControlRequest>(&s).unwrap(), req);
-        assert!(serde_json::from_str::<ControlRequest>(r#"{"verb":"explode"}"#).is_err());
+        let line = daemon::control::encode(&req).unwrap();
+        assert_eq!(line, b"{\"op\":\"remove\",\"name\":\"disk0\",\"force\":true}\n");
+        assert_eq!(daemon::control::decode_request::<ControlRequest>(&line).unwrap(), req);
+        assert!(daemon::control::decode_request::<ControlRequest>(br#"{"op":"explode"}"#).is_err());
+        let replies = [
+            ControlReply::Done { message: "m".into() },
+            ControlReply::Bans { nodes: vec!["a".into()] },
+            ControlReply::Status { pid: 1, version: "v".into(), listening: vec!["x".into()] },
+            ControlReply::Exports { exports: vec![] },
+        ];
+        for r in replies {
+            let line = daemon::control::encode(&daemon::control::Reply::Ok(r.clone())).unwrap();
+            assert_eq!(daemon::control::decode_reply::<ControlReply>(&line).unwrap(), daemon::control::Reply::Ok(r));
+        }
     }
 }

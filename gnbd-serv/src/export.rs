@@ -231,8 +231,8 @@ pub struct Registry {
     /// Export served to clients that ask for the empty name.
     default_export: Option<String>,
     shutting_down: AtomicBool,
-    /// Client addresses of the cluster's nodes.
-    nodes: NodeTable,
+    /// Client addresses of the cluster's nodes (replaced on SIGHUP).
+    nodes: RwLock<NodeTable>,
     /// Refuse clients whose address is not in the node table (or whose certificate names
     /// no node of it).
     cluster_mode: bool,
@@ -251,12 +251,22 @@ pub struct Attached {
 
 impl Registry {
     pub fn new(default_export: Option<String>, nodes: NodeTable, cluster_mode: bool, bans: BTreeSet<String>) -> Self {
-        Self { default_export, nodes, cluster_mode, bans: RwLock::new(bans), ..Default::default() }
+        Self { default_export, nodes: RwLock::new(nodes), cluster_mode, bans: RwLock::new(bans), ..Default::default() }
+    }
+
+    /// Replaces the node table (the server reread `--nodes`). Connections already attached
+    /// keep the node they were attributed to.
+    pub fn set_nodes(&self, nodes: NodeTable) {
+        *self.nodes.write().expect("nodes lock") = nodes;
+    }
+
+    fn nodes(&self) -> std::sync::RwLockReadGuard<'_, NodeTable> {
+        self.nodes.read().expect("nodes lock")
     }
 
     /// The node a client address belongs to.
     pub fn node_of(&self, addr: Option<IpAddr>) -> Option<String> {
-        addr.and_then(|a| self.nodes.node_of(a)).map(str::to_string)
+        addr.and_then(|a| self.nodes().node_of(a).map(str::to_string))
     }
 
     /// The node of a client that presented a verified certificate naming `cert_node`, coming
@@ -273,7 +283,7 @@ impl Registry {
                 "the client certificate names node '{cert_node}' but the connection comes from node '{a}'"
             )));
         }
-        if self.cluster_mode && !self.nodes.has_node(cert_node) {
+        if self.cluster_mode && !self.nodes().has_node(cert_node) {
             return Err(Refusal::Policy(format!(
                 "the client certificate names '{cert_node}', which is not a node of this cluster"
             )));
@@ -286,7 +296,7 @@ impl Registry {
     /// fenced itself (a fenced node must not unfence itself).
     pub fn order_issuer(&self, node: &str) -> Result<(), String> {
         crate::fence::valid_node_name(node).map_err(|why| format!("'{node}' is not a node name: {why}"))?;
-        if !self.nodes.is_empty() && !self.nodes.has_node(node) {
+        if !self.nodes().is_empty() && !self.nodes().has_node(node) {
             return Err(format!("'{node}' is not a node of this cluster"));
         }
         if self.bans.read().expect("bans lock").contains(node) {

@@ -88,6 +88,11 @@ impl NodeTable {
     pub fn is_empty(&self) -> bool {
         self.by_addr.is_empty()
     }
+
+    /// How many nodes the table names.
+    pub fn len(&self) -> usize {
+        self.by_addr.values().collect::<std::collections::BTreeSet<_>>().len()
+    }
 }
 
 /// Node names: what cluster.conf allows in practice (host names).

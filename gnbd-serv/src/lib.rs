@@ -54,16 +54,3 @@ mod worker;
 pub use export::{Export, ExportError, ExportSpec, Registry, Session, DIRECT_ALIGN, MAX_PAYLOAD, PREFERRED_BLOCK};
 pub use handshake::{negotiate, HandshakeFailure, Transport, HANDSHAKE_TIMEOUT};
 pub use request::{validate, Limits, Refused};
-
-/// Starts `tracing` output on stderr; `RUST_LOG` overrides `default_level`.
-pub fn init_tracing(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
-}
-
-/// Daemonisation for `gnbd_serv` without `--foreground`.
-pub mod daemon {
-    pub use crate::sys::{detach, fork, wait_child, Forked};
-}

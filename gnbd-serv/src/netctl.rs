@@ -2,7 +2,8 @@
 //! other cluster nodes (the `fence_gnbd` agent runs on whichever node the fence daemon
 //! picks). The wire protocol (challenge, orders signed with the cluster key, or orders over
 //! TLS from a member's certificate) is `gnbd_fence::proto`; this module drives it on an
-//! accepted connection and hands the order to the server as a [`ControlRequest`].
+//! accepted connection and hands the order ([`Order`]) to the server, which carries it out
+//! with the same handler as its control socket's requests.
 
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
@@ -12,8 +13,8 @@ use gnbd_fence::proto::{self, line, new_challenge, read_line, Hello, Opening};
 pub use gnbd_fence::{ClusterKey, KeyError, DEFAULT_CONTROL_PORT};
 use tracing::warn;
 
-use crate::control::{ControlRequest, ControlResponse};
 use crate::tls::TlsServer;
+use gnbd_fence::{Order, Reply};
 
 /// How a server authenticates the orders it receives.
 pub struct Authenticators<'a> {
@@ -31,26 +32,13 @@ impl std::fmt::Debug for Authenticators<'_> {
     }
 }
 
-/// Only these verbs are accepted over the network.
-fn network_verb(req: ControlRequest) -> Result<ControlRequest, ControlResponse> {
-    match req {
-        ControlRequest::Fence { .. }
-        | ControlRequest::Unfence { .. }
-        | ControlRequest::Bans
-        | ControlRequest::Status => Ok(req),
-        _ => Err(ControlResponse::Error {
-            message: "only fence, unfence, bans and status are accepted over the network".into(),
-        }),
-    }
-}
-
-fn reply_line(reply: &ControlResponse) -> String {
+fn reply_line(reply: &Reply) -> String {
     line(reply)
 }
 
 /// Serves one network control connection: challenge, then one signed order and its reply, or
 /// a switch to TLS followed by one order from a member's certificate and its reply.
-pub fn serve(stream: TcpStream, auth: &Authenticators<'_>, handle: impl FnOnce(ControlRequest) -> ControlResponse) {
+pub fn serve(stream: TcpStream, auth: &Authenticators<'_>, handle: impl FnOnce(Order) -> Reply) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
@@ -75,21 +63,17 @@ pub fn serve(stream: TcpStream, auth: &Authenticators<'_>, handle: impl FnOnce(C
     };
     let reply = match signed {
         Ok(signed) => match auth.key {
-            Some(key) if signed.verify(key, &challenge) => {
-                match serde_json::from_str::<ControlRequest>(&signed.request) {
-                    Ok(req) => network_verb(req).map_or_else(|refusal| refusal, handle),
-                    Err(e) => ControlResponse::Error { message: format!("malformed order: {e}") },
-                }
-            }
+            Some(key) if signed.verify(key, &challenge) => match serde_json::from_str::<Order>(&signed.request) {
+                Ok(order) => handle(order),
+                Err(e) => Reply::Error { message: format!("malformed order: {e}") },
+            },
             Some(_) => {
                 warn!(peer = %peer, "refused a control order with a wrong signature (not a cluster member, or a replay)");
-                ControlResponse::Error {
-                    message: "authentication failed: the order is not signed with the cluster key".into(),
-                }
+                Reply::Error { message: "authentication failed: the order is not signed with the cluster key".into() }
             }
             None => {
                 warn!(peer = %peer, "refused a signed control order: this server has no cluster key");
-                ControlResponse::Error {
+                Reply::Error {
                     message: "authentication failed: this server takes orders only over TLS from a member's \
                               certificate"
                         .into(),
@@ -98,7 +82,7 @@ pub fn serve(stream: TcpStream, auth: &Authenticators<'_>, handle: impl FnOnce(C
         },
         Err(e) => {
             warn!(peer = %peer, error = %e, "refused a malformed control message");
-            ControlResponse::Error { message: format!("malformed control message: {e}") }
+            Reply::Error { message: format!("malformed control message: {e}") }
         }
     };
     let _ = w.write_all(reply_line(&reply).as_bytes());
@@ -111,19 +95,19 @@ fn start_tls(
     r: BufReader<TcpStream>,
     auth: &Authenticators<'_>,
     peer: &str,
-    handle: impl FnOnce(ControlRequest) -> ControlResponse,
+    handle: impl FnOnce(Order) -> Reply,
 ) {
     let Some(tls) = auth.tls.filter(|t| t.client_auth) else {
         warn!(peer = %peer, "refused a TLS control connection: no CA for client certificates (--tls-ca)");
         let msg = "this server does not take orders over TLS (it has no --tls-ca)";
-        let _ = w.write_all(reply_line(&ControlResponse::Error { message: msg.into() }).as_bytes());
+        let _ = w.write_all(reply_line(&Reply::Error { message: msg.into() }).as_bytes());
         return;
     };
     if !r.buffer().is_empty() {
         warn!(peer = %peer, "refused a control connection that sent data before the TLS handshake");
         return;
     }
-    let ok = ControlResponse::Ok { message: "starting TLS".into() };
+    let ok = Reply::Ok { message: "starting TLS".into() };
     if w.write_all(reply_line(&ok).as_bytes()).is_err() {
         return;
     }
@@ -136,7 +120,7 @@ fn serve_tls(
     tls: &TlsServer,
     auth: &Authenticators<'_>,
     peer: &str,
-    handle: impl FnOnce(ControlRequest) -> ControlResponse,
+    handle: impl FnOnce(Order) -> Reply,
 ) {
     let (t, name) = match tls.accept(stream) {
         Ok(x) => x,
@@ -150,15 +134,15 @@ fn serve_tls(
     let reply = match (auth.member)(&name) {
         Err(why) => {
             warn!(peer = %peer, certificate = %name, why = %why, "refused a control order from a certificate");
-            ControlResponse::Error { message: format!("authentication failed: {why}") }
+            Reply::Error { message: format!("authentication failed: {why}") }
         }
         Ok(()) => match read_line(&mut r) {
-            Ok(line) => match serde_json::from_str::<ControlRequest>(&line) {
-                Ok(req) => {
-                    tracing::info!(peer = %peer, node = %name, order = ?req, "control order over TLS");
-                    network_verb(req).map_or_else(|refusal| refusal, handle)
+            Ok(line) => match serde_json::from_str::<Order>(&line) {
+                Ok(order) => {
+                    tracing::info!(peer = %peer, node = %name, order = ?order, "control order over TLS");
+                    handle(order)
                 }
-                Err(e) => ControlResponse::Error { message: format!("malformed order: {e}") },
+                Err(e) => Reply::Error { message: format!("malformed order: {e}") },
             },
             Err(_) => return,
         },
@@ -172,31 +156,17 @@ fn serve_tls(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gnbd_fence::{Order, Reply};
 
-    /// The fence channel's orders and replies are the control socket's verbs and replies.
+    /// Only the fence channel's orders parse; export management stays on the local socket.
     #[test]
-    fn orders_and_replies_match_the_control_protocol() {
-        let pairs = [
-            (Order::Fence { node: "n".into() }, ControlRequest::Fence { node: "n".into() }),
-            (Order::Unfence { node: "n".into() }, ControlRequest::Unfence { node: "n".into() }),
-            (Order::Bans, ControlRequest::Bans),
-            (Order::Status, ControlRequest::Status),
-        ];
-        for (order, req) in pairs {
-            let wire = serde_json::to_string(&order).unwrap();
-            assert_eq!(wire, serde_json::to_string(&req).unwrap());
-            assert!(network_verb(serde_json::from_str(&wire).unwrap()).is_ok());
+    fn only_fence_orders_parse() {
+        for ok in [r#"{"verb":"fence","node":"n"}"#, r#"{"verb":"unfence","node":"n"}"#, r#"{"verb":"bans"}"#] {
+            assert!(serde_json::from_str::<Order>(ok).is_ok(), "{ok}");
         }
-        let replies = [
-            ControlResponse::Ok { message: "m".into() },
-            ControlResponse::Error { message: "e".into() },
-            ControlResponse::Bans { nodes: vec!["a".into()] },
-            ControlResponse::Status { pid: 1, version: "v".into(), listening: vec!["x".into()] },
-        ];
-        for r in replies {
-            let reply: Reply = serde_json::from_str(&reply_line(&r)).unwrap();
-            assert_eq!(serde_json::to_string(&reply).unwrap(), serde_json::to_string(&r).unwrap());
+        for refused in [r#"{"verb":"remove","name":"d","force":true}"#, r#"{"verb":"list"}"#, r#"{"op":"bans"}"#] {
+            assert!(serde_json::from_str::<Order>(refused).is_err(), "{refused}");
         }
+        let line = reply_line(&Reply::Bans { nodes: vec!["a".into()] });
+        assert_eq!(serde_json::from_str::<Reply>(&line).unwrap(), Reply::Bans { nodes: vec!["a".into()] });
     }
 }

@@ -1,8 +1,7 @@
 //! The `gnbd_serv` daemon: state directory, listeners, handshake threads, workers, the
 //! control socket and orderly shutdown.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::fs;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -15,8 +14,10 @@ use anyhow::{bail, Context};
 use nbd_proto::{ServerConfig, TlsPolicy};
 use tracing::{debug, error, info, warn};
 
-use crate::control::{ControlRequest, ControlResponse, ExportStatus, SessionStatus, CONTROL_SOCKET};
-use crate::export::{Export, ExportSpec, Offline, Registry, Session};
+use crate::control::{
+    ControlError, ControlReply, ControlRequest, ErrorKind, ExportStatus, SessionStatus, CONTROL_SOCKET,
+};
+use crate::export::{Export, ExportError, ExportSpec, Offline, Registry, Session};
 use crate::fence::{self, NodeTable};
 use crate::handshake::{negotiate, HandshakeFailure, Transport, HANDSHAKE_TIMEOUT};
 use crate::netctl::{self, ClusterKey};
@@ -24,6 +25,8 @@ use crate::state;
 use crate::sys;
 use crate::tls::{self, TlsServer, TlsSettings};
 use crate::worker::{NewConn, Workers};
+use daemon::control::SocketAccess;
+use gnbd_fence::{Order, Reply};
 
 /// Default NBD port (IANA).
 pub const DEFAULT_PORT: u16 = 10809;
@@ -70,11 +73,11 @@ struct Shared {
 /// Runs the server until SIGTERM or SIGINT. `ready` receives the readiness line once every
 /// listener accepts connections.
 pub fn run(cfg: ServeConfig, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
-    let signals = sys::block_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]).context("blocking signals")?;
+    let signals = daemon::signals::install().context("cannot install signal handlers")?;
     sys::ignore_sigpipe();
     fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
-    let _lock = lock_state_dir(&cfg.state_dir)?;
+    let _lock = daemon::lock::PidFile::lock(&cfg.state_dir.join(PID_FILE), "gnbd_serv")?;
 
     let nodes = match &cfg.nodes {
         Some(p) => NodeTable::load(p)?,
@@ -138,12 +141,9 @@ pub fn run(cfg: ServeConfig, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
         None
     };
     let control_path = cfg.state_dir.join(CONTROL_SOCKET);
-    remove_stale_socket(&control_path)?;
-    let control = UnixListener::bind(&control_path)
-        .with_context(|| format!("cannot create control socket {}", control_path.display()))?;
     // Only the server's own user may change exports and fence nodes through it.
-    fs::set_permissions(&control_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", control_path.display()))?;
+    let control = daemon::control::bind(&control_path, SocketAccess::Owner)
+        .with_context(|| format!("cannot create control socket {}", control_path.display()))?;
 
     let threads = if cfg.threads == 0 { thread::available_parallelism().map_or(2, |n| n.get()) } else { cfg.threads };
     let workers = Workers::spawn(threads).context("cannot start io_uring workers (is io_uring enabled?)")?;
@@ -181,18 +181,20 @@ pub fn run(cfg: ServeConfig, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
     }
 
     let line = format!("gnbd_serv: ready {}", shared.listening.join(" "));
-    info!(threads, "{line}");
+    info!(threads, "io_uring workers started");
     ready(&line);
 
-    loop {
-        let sig = sys::wait_signal(&signals);
-        if sig == libc::SIGHUP {
-            info!("SIGHUP ignored (exports are managed with gnbd_export)");
-            continue;
+    // SIGHUP rereads the node table (--nodes); exports are managed with gnbd_export.
+    let mut seen = signals.counts();
+    while seen.stop == 0 {
+        let now = signals.wait_change(seen, std::time::Duration::from_secs(3600));
+        if now.reload > seen.reload {
+            reload_nodes(&cfg, &shared);
         }
-        info!(signal = sig, "shutting down: finishing in-flight requests");
-        break;
+        seen = now;
     }
+    info!("shutting down: finishing in-flight requests");
+    daemon::ready::stopping();
     shared.stopping.store(true, Ordering::SeqCst);
     shared.registry.set_shutting_down();
     for fd in [Some(tcp_fd), unix_fd, Some(control_fd), netctl_fd].into_iter().flatten() {
@@ -211,26 +213,25 @@ pub fn run(cfg: ServeConfig, ready: impl FnOnce(&str)) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn lock_state_dir(dir: &Path) -> anyhow::Result<File> {
-    let path = dir.join("gnbd_serv.pid");
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    if !sys::try_lock(&f)? {
-        let pid = fs::read_to_string(&path).unwrap_or_default();
-        bail!(
-            "another gnbd_serv (pid {}) is already using state directory {}; stop it first or use another --state-dir",
-            pid.trim(),
-            dir.display()
-        );
+/// Name of the pid file (and instance lock) inside the state directory.
+pub const PID_FILE: &str = "gnbd_serv.pid";
+
+/// SIGHUP: reads the node table again; a table that does not parse leaves the old one in
+/// force.
+fn reload_nodes(cfg: &ServeConfig, sh: &Shared) {
+    daemon::ready::reloading();
+    match &cfg.nodes {
+        None => info!("SIGHUP: no node table to reread (exports are managed with gnbd_export)"),
+        Some(p) => match NodeTable::load(p) {
+            Ok(t) => {
+                let n = t.len();
+                sh.registry.set_nodes(t);
+                info!(nodes = n, file = %p.display(), "SIGHUP: node table reloaded");
+            }
+            Err(e) => warn!(error = %e, "SIGHUP: node table not reloaded; the old one stays in force"),
+        },
     }
-    f.set_len(0)?;
-    writeln!(f, "{}", std::process::id())?;
-    Ok(f)
+    daemon::ready::reloaded();
 }
 
 fn remove_stale_socket(p: &Path) -> anyhow::Result<()> {
@@ -407,7 +408,7 @@ fn netctl_loop(l: TcpListener, key: Option<Arc<ClusterKey>>, sh: Arc<Shared>) {
             let _ = thread::Builder::new().name("gnbd-netctl-conn".into()).spawn(move || {
                 let member = |node: &str| sh.registry.order_issuer(node);
                 let auth = netctl::Authenticators { key: key.as_deref(), tls: sh.tls.as_ref(), member: &member };
-                netctl::serve(s, &auth, |req| handle(req, &sh));
+                netctl::serve(s, &auth, |order| network_order(order, &sh));
             });
         },
     );
@@ -415,58 +416,51 @@ fn netctl_loop(l: TcpListener, key: Option<Arc<ClusterKey>>, sh: Arc<Shared>) {
 
 fn control_conn(s: UnixStream, sh: &Shared) {
     let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(30)));
-    let mut reader = BufReader::new(match s.try_clone() {
-        Ok(c) => c,
-        Err(_) => return,
-    });
-    let mut writer = s;
-    let mut line = String::new();
-    // One request per line until the client hangs up; lines are bounded.
-    while reader.by_ref().take(1 << 20).read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-        let resp = match serde_json::from_str::<ControlRequest>(&line) {
-            Ok(req) => handle(req, sh),
-            Err(e) => ControlResponse::Error { message: format!("malformed control request: {e}") },
-        };
-        let mut out = serde_json::to_string(&resp).expect("responses always serialise");
-        out.push('\n');
-        if writer.write_all(out.as_bytes()).is_err() {
-            return;
-        }
-        line.clear();
+    let _ = daemon::control::serve_blocking(s, |req| handle(req, sh));
+}
+
+/// A fence order from another node (network channel): the same handler as the socket's.
+fn network_order(order: Order, sh: &Shared) -> Reply {
+    let req = match order {
+        Order::Fence { node } => ControlRequest::Fence { node },
+        Order::Unfence { node } => ControlRequest::Unfence { node },
+        Order::Bans => ControlRequest::Bans,
+        Order::Status => ControlRequest::Status,
+    };
+    match handle(req, sh) {
+        Ok(ControlReply::Done { message }) => Reply::Ok { message },
+        Ok(ControlReply::Bans { nodes }) => Reply::Bans { nodes },
+        Ok(ControlReply::Status { pid, version, listening }) => Reply::Status { pid, version, listening },
+        Ok(ControlReply::Exports { .. }) => Reply::Error { message: "not an order of the network channel".into() },
+        Err(e) => Reply::Error { message: e.message },
     }
 }
 
-fn handle(req: ControlRequest, sh: &Shared) -> ControlResponse {
-    let err = |message: String| ControlResponse::Error { message };
+/// Carries out one control request (from the socket, or a network fence order).
+fn handle(req: ControlRequest, sh: &Shared) -> Result<ControlReply, ControlError> {
+    let done = |message: String| Ok(ControlReply::Done { message });
     match req {
         ControlRequest::Export { spec } => {
             let _g = sh.state_lock.lock().expect("state lock");
-            let export = match Export::open(spec) {
-                Ok(e) => e,
-                Err(e) => return err(e.to_string()),
-            };
+            let export = Export::open(spec).map_err(|e| ControlError::failed(e.to_string()))?;
             let (name, path, size) = (export.spec.name.clone(), export.spec.path.clone(), export.size);
             let direct = export.direct_io();
-            if let Err(e) = sh.registry.insert(export) {
-                return err(e.to_string());
-            }
+            sh.registry.insert(export).map_err(export_error)?;
             if let Err(e) = state::save(&sh.state_dir, &sh.registry.specs()) {
                 let _ = sh.registry.remove(&name, true);
-                return err(format!("export not created: {e}"));
+                return Err(ControlError::failed(format!("export not created: {e}")));
             }
             info!(export = %name, path = %path.display(), size, direct_io = direct, "export created");
-            ControlResponse::Ok { message: format!("created export '{name}' ({}, {size} bytes)", path.display()) }
+            done(format!("created export '{name}' ({}, {size} bytes)", path.display()))
         }
         ControlRequest::Remove { name, force } => {
             let _g = sh.state_lock.lock().expect("state lock");
-            if let Err(e) = sh.registry.remove(&name, force) {
-                return err(e.to_string());
-            }
+            sh.registry.remove(&name, force).map_err(export_error)?;
             if let Err(e) = state::save(&sh.state_dir, &sh.registry.specs()) {
-                return err(format!("export removed, but the state file was not updated: {e}"));
+                return Err(ControlError::failed(format!("export removed, but the state file was not updated: {e}")));
             }
             info!(export = %name, force, "export removed");
-            ControlResponse::Ok { message: format!("removed export '{name}'") }
+            done(format!("removed export '{name}'"))
         }
         ControlRequest::List => {
             let mut exports: Vec<ExportStatus> = sh
@@ -505,45 +499,57 @@ fn handle(req: ControlRequest, sh: &Shared) -> ControlResponse {
                 sessions: Vec::new(),
             }));
             exports.sort_by(|a, b| a.name.cmp(&b.name));
-            ControlResponse::Exports { exports }
+            Ok(ControlReply::Exports { exports })
         }
         ControlRequest::Fence { node } => fence_node(sh, &node),
         ControlRequest::Unfence { node } => {
             if let Err(why) = fence::valid_node_name(&node) {
-                return err(format!("bad node name '{node}': {why}"));
+                return Err(ControlError::bad_request(format!("bad node name '{node}': {why}")));
             }
             let _g = sh.state_lock.lock().expect("state lock");
             match sh.registry.unfence(&node, |set| fence::save_bans(&sh.state_dir, set)) {
                 Ok(true) => {
                     info!(node = %node, "node unfenced");
-                    ControlResponse::Ok { message: format!("unfenced node '{node}'") }
+                    done(format!("unfenced node '{node}'"))
                 }
-                Ok(false) => ControlResponse::Ok { message: format!("node '{node}' was not fenced") },
-                Err(e) => err(format!("node '{node}' is still fenced: {e}")),
+                Ok(false) => done(format!("node '{node}' was not fenced")),
+                Err(e) => Err(ControlError::failed(format!("node '{node}' is still fenced: {e}"))),
             }
         }
-        ControlRequest::Bans => ControlResponse::Bans { nodes: sh.registry.bans() },
-        ControlRequest::Status => ControlResponse::Status {
+        ControlRequest::Bans => Ok(ControlReply::Bans { nodes: sh.registry.bans() }),
+        ControlRequest::Status => Ok(ControlReply::Status {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").into(),
             listening: sh.listening.clone(),
-        },
+        }),
     }
+}
+
+/// The error kind of a refused export change.
+fn export_error(e: ExportError) -> ControlError {
+    let kind = match &e {
+        ExportError::UnknownExport { .. } => ErrorKind::NotFound,
+        ExportError::NameTaken { .. } => ErrorKind::Exists,
+        ExportError::InUse { .. } => ErrorKind::Busy,
+        ExportError::BadName { .. } => ErrorKind::BadRequest,
+        _ => ErrorKind::Failed,
+    };
+    ControlError::new(kind, e.to_string())
 }
 
 /// How long a fence order waits for the node's connections to finish their I/O.
 const FENCE_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Carries out a fence order; the reply comes only when the node can no longer write.
-fn fence_node(sh: &Shared, node: &str) -> ControlResponse {
+fn fence_node(sh: &Shared, node: &str) -> Result<ControlReply, ControlError> {
     if let Err(why) = fence::valid_node_name(node) {
-        return ControlResponse::Error { message: format!("bad node name '{node}': {why}") };
+        return Err(ControlError::bad_request(format!("bad node name '{node}': {why}")));
     }
     let _g = sh.state_lock.lock().expect("state lock");
-    let cut = match sh.registry.fence(node, |set| fence::save_bans(&sh.state_dir, set)) {
-        Ok(n) => n,
-        Err(e) => return ControlResponse::Error { message: format!("node '{node}' NOT fenced: {e}") },
-    };
+    let cut = sh
+        .registry
+        .fence(node, |set| fence::save_bans(&sh.state_dir, set))
+        .map_err(|e| ControlError::failed(format!("node '{node}' NOT fenced: {e}")))?;
     warn!(node = %node, connections = cut, "fencing node: ban persisted, connections cut");
     let deadline = std::time::Instant::now() + FENCE_DRAIN;
     loop {
@@ -552,17 +558,15 @@ fn fence_node(sh: &Shared, node: &str) -> ControlResponse {
             break;
         }
         if std::time::Instant::now() > deadline {
-            return ControlResponse::Error {
-                message: format!(
-                    "node '{node}' is banned, but {left} of its connection(s) still have I/O in flight after \
-                     {FENCE_DRAIN:?}; the fence is not complete"
-                ),
-            };
+            return Err(ControlError::busy(format!(
+                "node '{node}' is banned, but {left} of its connection(s) still have I/O in flight after \
+                 {FENCE_DRAIN:?}; the fence is not complete"
+            )));
         }
         thread::sleep(std::time::Duration::from_millis(5));
     }
     info!(node = %node, connections = cut, "node fenced");
-    ControlResponse::Ok { message: format!("fenced node '{node}' ({cut} connection(s) cut)") }
+    Ok(ControlReply::Done { message: format!("fenced node '{node}' ({cut} connection(s) cut)") })
 }
 
 /// Builds an export spec as `gnbd_export -e` does: absolute path, checked to exist.

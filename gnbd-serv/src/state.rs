@@ -2,8 +2,7 @@
 //! file, fsync, rename, fsync of the directory) after every change, so that a restarted
 //! server serves the same exports and a crash never leaves a torn file.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -66,20 +65,12 @@ pub fn save(dir: &Path, exports: &[ExportSpec]) -> Result<(), StateError> {
     write_atomically(dir, STATE_FILE, text.as_bytes())
 }
 
-/// Writes `dir/name` so that a crash leaves either the old or the new content, and the new
-/// content is on stable storage when this returns: temporary file, fsync, rename, fsync of
-/// the directory.
+/// Writes `dir/name` durably and atomically ([`daemon::write_atomic`]).
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StateError> {
     let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let werr = |source| StateError::Write { path: path.clone(), source };
-    let mut f = File::create(&tmp).map_err(werr)?;
-    f.write_all(bytes).map_err(werr)?;
-    f.write_all(b"\n").map_err(werr)?;
-    f.sync_all().map_err(werr)?;
-    fs::rename(&tmp, &path).map_err(werr)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(werr)?;
-    Ok(())
+    let mut data = bytes.to_vec();
+    data.push(b'\n');
+    daemon::write_atomic(&path, &data).map_err(|source| StateError::Write { path: path.clone(), source })
 }
 
 /// Makes a state directory path absolute (the daemon changes nothing, but logs and the

@@ -512,8 +512,8 @@ impl StorageHost {
 
     /// The nodes the server bans (its `bans` control verb), sorted.
     pub fn bans(&self) -> Vec<String> {
-        let v = control(&self.state, r#"{"verb":"bans"}"#);
-        let mut b: Vec<String> = v["nodes"]
+        let v = control(&self.state, r#"{"op":"bans"}"#);
+        let mut b: Vec<String> = v["ok"]["nodes"]
             .as_array()
             .expect("bans reply lists nodes")
             .iter()

@@ -75,3 +75,50 @@ fn mount_gfs_background_start_reports_errors_once() {
     assert_eq!(err.matches("mount.gfs").count(), 1, "the name once: {err}");
     assert_eq!(err.matches("No such file or directory").count(), 1, "each cause once: {err}");
 }
+
+#[test]
+fn gnbd_serv_notifies_survives_hup_and_stops_on_term() {
+    let dir = TempDir::new();
+    let log = dir.join("serv.log");
+    let notify = NotifySocket::new(dir.path());
+    let (mut child, line) = spawn_until_ready(
+        Command::new(gnbd_tests::serv_bin())
+            .args(["-p", "0", "--bind", "127.0.0.1", "--foreground", "--state-dir"])
+            .arg(dir.join("state"))
+            .arg("--log-file")
+            .arg(&log)
+            .env("NOTIFY_SOCKET", &notify.path)
+            .stderr(Stdio::null()),
+        READY_TIMEOUT,
+    );
+    assert!(line.starts_with("gnbd_serv: ready tcp=127.0.0.1:"), "{line}");
+    let n = notify.wait_ready(Duration::from_secs(5));
+    assert!(n.contains(&format!("STATUS={line}")), "{n}");
+    assert_hup_reopens_log(child.id(), &log);
+    let status = stop(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn gnbd_serv_background_start_waits_for_ready_and_refuses_a_second_instance() {
+    let dir = TempDir::new();
+    let state = dir.join("state");
+    let start = || {
+        run(Command::new(gnbd_tests::serv_bin()).args(["-p", "0", "--bind", "127.0.0.1", "--state-dir"]).arg(&state))
+    };
+    let out = start();
+    out.assert_success("gnbd_serv in the background");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("gnbd_serv: ready tcp="), "{out:?}");
+    let pid: u32 = std::fs::read_to_string(state.join("gnbd_serv.pid")).unwrap().trim().parse().unwrap();
+    let second = start();
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains(&format!("pid {pid}")) && err.lines().count() == 1, "{err}");
+    assert_hup_reopens_log(pid, &state.join("gnbd_serv.log"));
+    run(Command::new("kill").arg(pid.to_string())).assert_success("kill");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!state.join("gnbd_serv.pid").exists(), "the pid file goes with the server");
+}

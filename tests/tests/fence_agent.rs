@@ -73,7 +73,7 @@ fn fence_gnbd_fences_over_the_network_and_refuses_forged_orders() {
     let mut reply = String::new();
     r.read_line(&mut reply).expect("reply");
     assert!(reply.contains("authentication failed"), "{reply}");
-    assert_eq!(control(server.state_dir(), r#"{"verb":"bans"}"#)["nodes"], serde_json::json!([]));
+    assert_eq!(control(server.state_dir(), r#"{"op":"bans"}"#)["ok"]["nodes"], serde_json::json!([]));
 
     // Two nodes write; fence node1 with the agent while they do.
     let mut writers = TwoWriters::start(addr, 100);

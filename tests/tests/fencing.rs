@@ -19,8 +19,8 @@ fn fenced_node_is_cut_off_before_the_order_is_acknowledged() {
 
     let mut writers = TwoWriters::start(addr, 200);
 
-    let reply = control(server.state_dir(), r#"{"verb":"fence","node":"node1"}"#);
-    assert_eq!(reply["reply"], "ok", "fence order: {reply}");
+    let reply = control(server.state_dir(), r#"{"op":"fence","node":"node1"}"#);
+    assert!(reply["ok"].is_object(), "fence order: {reply}");
     // From the acknowledgement on, node1's half of the export must not change.
     let at_ack = std::fs::read(&disk).expect("read backing file");
     writers.join(0);
@@ -32,8 +32,8 @@ fn fenced_node_is_cut_off_before_the_order_is_acknowledged() {
     );
     assert!(at_ack[..HALF as usize].contains(&0xaa), "node1's acknowledged writes are missing");
 
-    let bans = control(server.state_dir(), r#"{"verb":"bans"}"#);
-    assert_eq!(bans["nodes"], serde_json::json!(["node1"]), "{bans}");
+    let bans = control(server.state_dir(), r#"{"op":"bans"}"#);
+    assert_eq!(bans["ok"]["nodes"], serde_json::json!(["node1"]), "{bans}");
     let Err(refused) = open_from(NODE1, addr) else { panic!("a fenced node must be refused") };
     println!("fenced node's new connection: {refused}");
     assert!(
@@ -50,11 +50,11 @@ fn fenced_node_is_cut_off_before_the_order_is_acknowledged() {
     let mut b = open_from(NODE2, addr).expect("node2 reconnects after the restart");
     assert_eq!(b.read_ok(HALF, BLOCK as u32), vec![0xbb; BLOCK]);
 
-    let reply = control(server.state_dir(), r#"{"verb":"unfence","node":"node1"}"#);
-    assert_eq!(reply["reply"], "ok", "unfence order: {reply}");
+    let reply = control(server.state_dir(), r#"{"op":"unfence","node":"node1"}"#);
+    assert!(reply["ok"].is_object(), "unfence order: {reply}");
     let mut a = open_from(NODE1, addr).expect("node1 is let back in after unfencing");
     a.write_ok(0, &[0x11; BLOCK], 0);
-    assert_eq!(control(server.state_dir(), r#"{"verb":"bans"}"#)["nodes"], serde_json::json!([]));
+    assert_eq!(control(server.state_dir(), r#"{"op":"bans"}"#)["ok"]["nodes"], serde_json::json!([]));
 }
 
 #[test]
@@ -72,6 +72,6 @@ fn cluster_mode_refuses_clients_outside_the_node_table() {
         refused.to_string().contains("0x80000002") || refused.to_string().to_lowercase().contains("policy"),
         "{refused}"
     );
-    let bad = control(server.state_dir(), r#"{"verb":"fence","node":"no/such"}"#);
-    assert_eq!(bad["reply"], "error", "{bad}");
+    let bad = control(server.state_dir(), r#"{"op":"fence","node":"no/such"}"#);
+    assert_eq!(bad["error"]["kind"], "bad_request", "{bad}");
 }

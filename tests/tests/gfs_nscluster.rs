@@ -653,7 +653,7 @@ fn killed_node_is_fenced_and_its_fsynced_work_survives() {
     let fenced_ms = rec["at_unix_ms"].as_u64().expect("fence time");
     eprintln!("MEASURE SIGKILL of node3 -> fence recorded: {} ms", fenced_ms.saturating_sub(killed_ms));
     assert_eq!((rec["method"].as_str(), rec["by"].as_str()), (Some("storage"), Some("node1")), "{s:#}");
-    let bans = control(&c.storage.state, r#"{"verb":"bans"}"#);
+    let bans = control(&c.storage.state, r#"{"op":"bans"}"#);
     assert!(bans.to_string().contains("node3"), "storage bans: {bans}");
     let key = c.storage.key.display().to_string();
     let listed = c.nodes.must(1, "gnbd_import", &["-c", &node_addr(STORAGE), "-k", &key]);

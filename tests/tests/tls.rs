@@ -309,8 +309,8 @@ fn node_identity_comes_from_the_certificate_and_must_match_the_address() {
         assert!(matches!(Client::connect(o).await, Err(ClientError::Refused { kind: NBD_REP_ERR_TLS_REQD, .. })));
     });
     // The DNS-named identity is node2: fencing node2 shuts that certificate out.
-    let reply = control(server.state_dir(), r#"{"verb":"fence","node":"node2"}"#);
-    assert_eq!(reply["reply"], "ok", "{reply}");
+    let reply = control(server.state_dir(), r#"{"op":"fence","node":"node2"}"#);
+    assert!(reply["ok"].is_object(), "{reply}");
     bounded(async {
         match Client::connect(tls_opts(&server, "disk", &node2_by_san)).await {
             Err(e) if is_policy(&e, "fenced") => {}
@@ -376,10 +376,10 @@ fn a_fenced_tls_node_is_cut_off_and_refused_until_unfenced() {
         wait_acked(&a2, 200, "node2 writes").await;
 
         let sd = state_dir.clone();
-        let reply = tokio::task::spawn_blocking(move || control(&sd, r#"{"verb":"fence","node":"node1"}"#))
+        let reply = tokio::task::spawn_blocking(move || control(&sd, r#"{"op":"fence","node":"node1"}"#))
             .await
             .expect("fence order");
-        assert_eq!(reply["reply"], "ok", "fence order: {reply}");
+        assert!(reply["ok"].is_object(), "fence order: {reply}");
         let at_ack = std::fs::read(&disk).expect("backing file");
         let err = w1.await.expect("node1 writer");
         assert!(matches!(err, ClientError::Fenced { .. }), "node1's writes must fail as fenced, got {err:?}");
@@ -393,10 +393,10 @@ fn a_fenced_tls_node_is_cut_off_and_refused_until_unfenced() {
             other => panic!("a fenced node's new TLS connection must be refused, got {other:?}"),
         }
         let sd = state_dir.clone();
-        let reply = tokio::task::spawn_blocking(move || control(&sd, r#"{"verb":"unfence","node":"node1"}"#))
+        let reply = tokio::task::spawn_blocking(move || control(&sd, r#"{"op":"unfence","node":"node1"}"#))
             .await
             .expect("unfence order");
-        assert_eq!(reply["reply"], "ok", "unfence order: {reply}");
+        assert!(reply["ok"].is_object(), "unfence order: {reply}");
         let c1 = Client::connect(tls_opts(&server, "disk", &node1)).await.expect("node1 after unfencing");
         c1.write(0, &[0x11; 4096], true).await.expect("node1 writes again");
         c1.close().await;
@@ -422,7 +422,7 @@ fn fence_orders_over_tls_are_authenticated_by_member_certificates() {
             .args(["-o", action, "-n", node, "-s", &target, "--tls-certificates"])
             .arg(certs))
     };
-    let bans = || control(server.state_dir(), r#"{"verb":"bans"}"#)["nodes"].clone();
+    let bans = || control(server.state_dir(), r#"{"op":"bans"}"#)["ok"]["nodes"].clone();
 
     // A member (node2's certificate) fences node1.
     agent("off", "node1", &node2).assert_success("fence_gnbd off over TLS");

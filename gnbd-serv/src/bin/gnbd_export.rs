@@ -96,14 +96,5 @@ fn main() -> ExitCode {
     } else {
         Action::List { json: a.json }
     };
-    match run(&a.state_dir, action) {
-        Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("gnbd_export: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    daemon::finish("gnbd_export", run(&a.state_dir, action).map(|out| print!("{out}")))
 }

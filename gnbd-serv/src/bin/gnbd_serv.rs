@@ -3,16 +3,18 @@
 // Only the fork of `daemonize` is unsafe (`gnbd_serv::daemon::fork`).
 #![deny(unsafe_code)]
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgAction, Parser};
-use gnbd_serv::daemon::{detach, fork, wait_child, Forked};
+use daemon::background::{daemonize, Background};
+use daemon::log::{LogArgs, LogConfig};
 use gnbd_serv::server::{run, ServeConfig, DEFAULT_PORT};
 use gnbd_serv::tls::TlsSettings;
 use nbd_proto::TlsPolicy;
+
+const NAME: &str = "gnbd_serv";
 
 const AFTER_HELP: &str = "\
 DESCRIPTION
@@ -71,6 +73,13 @@ TLS
 
 SIGNALS
     SIGTERM, SIGINT   stop accepting, finish and answer in-flight requests, exit 0.
+    SIGHUP            reopen the log file and reread the node table (--nodes); a table that
+                      does not parse is reported and the old one stays. Never stops the server.
+
+LOGGING
+    --log-level LEVEL (or RUST_LOG, or -v/-vv) sets what is logged; the default is info.
+    Daemonised, the log is STATE_DIR/gnbd_serv.log (or --log-file); with --foreground it
+    goes to stderr, or to the journal with priorities when systemd runs the server.
 
 EXIT STATUS
     0   stopped cleanly (or, daemonising, the daemon is ready)
@@ -99,8 +108,8 @@ struct Args {
     /// Also listen on this Unix socket (nbd+unix:///NAME?socket=PATH).
     #[arg(long, value_name = "PATH")]
     unix: Option<PathBuf>,
-    /// Stay attached: log to stderr and print a line containing `ready` on stdout once
-    /// connections are accepted.
+    /// Stay attached: log to stderr (or --log-file) and print a line containing `ready` on
+    /// stdout once connections are accepted (and tell systemd, under Type=notify).
     #[arg(short = 'f', long)]
     foreground: bool,
     /// Worker threads, each with its own io_uring (0: one per CPU).
@@ -143,26 +152,44 @@ struct Args {
     /// its first DNS name). Required for TLS with --cluster.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_ca: Option<PathBuf>,
-    /// More log output (-v: debug, -vv: trace); RUST_LOG overrides.
+    /// More log output (-v: debug, -vv: trace); --log-level and RUST_LOG override it.
     #[arg(short, long, action = ArgAction::Count)]
     verbose: u8,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let cfg = match config(&args) {
+        Ok(c) => c,
+        Err(e) => return daemon::exit::fail(NAME, e.as_ref()),
+    };
+    // Without --foreground: start again in the background, log to STATE_DIR/gnbd_serv.log,
+    // return once the server accepts connections (printing its ready line).
+    let log = args.log.log_file.clone().unwrap_or_else(|| cfg.state_dir.join("gnbd_serv.log"));
+    if let Some(code) = daemonize(args.foreground, &Background::new(NAME, Some(log))) {
+        return code;
+    }
+    daemon::finish(NAME, serve(&args, cfg))
+}
+
+fn serve(args: &Args, cfg: ServeConfig) -> anyhow::Result<()> {
     let level = match args.verbose {
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
+    daemon::log::init(&LogConfig::new(level, &args.log))?;
+    run(cfg, daemon::ready::ready)
+}
+
+fn config(args: &Args) -> anyhow::Result<ServeConfig> {
     let policy = match (args.tls, &args.tls_cert) {
         (Some(TlsMode::Off), _) | (None, None) => TlsPolicy::Off,
         (Some(TlsMode::Selective), Some(_)) => TlsPolicy::Selective,
         (Some(TlsMode::Required) | None, Some(_)) => TlsPolicy::Required,
-        (Some(_), None) => {
-            eprintln!("gnbd_serv: --tls selective/required needs --tls-cert FILE and --tls-key FILE");
-            return ExitCode::from(2);
-        }
+        (Some(_), None) => anyhow::bail!("--tls selective/required needs --tls-cert FILE and --tls-key FILE"),
     };
     let abs = |p: &PathBuf| gnbd_serv::state::absolute_dir(p);
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -171,104 +198,17 @@ fn main() -> ExitCode {
         }
         _ => None,
     };
-    let cfg = ServeConfig {
-        state_dir: gnbd_serv::state::absolute_dir(&args.state_dir),
+    Ok(ServeConfig {
+        state_dir: abs(&args.state_dir),
         bind: args.bind,
         port: args.port,
         unix: args.unix.clone(),
         threads: args.threads,
         default_export: args.default_export.clone(),
-        nodes: args.nodes.as_ref().map(|p| gnbd_serv::state::absolute_dir(p)),
+        nodes: args.nodes.as_ref().map(abs),
         cluster: args.cluster,
-        cluster_key: args.cluster_key.as_ref().map(|p| gnbd_serv::state::absolute_dir(p)),
+        cluster_key: args.cluster_key.as_ref().map(abs),
         control_port: args.control_port,
         tls,
-    };
-    if args.foreground {
-        gnbd_serv::init_tracing(level);
-        return finish(run(cfg, |line| {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{line}");
-            let _ = out.flush();
-        }));
-    }
-    daemonize(cfg, level)
-}
-
-fn finish(r: anyhow::Result<()>) -> ExitCode {
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("gnbd_serv: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Classic daemon start: the parent returns once the child accepts connections (printing
-/// its ready line), or fails with the child's error.
-fn daemonize(cfg: ServeConfig, level: &str) -> ExitCode {
-    if let Err(e) = std::fs::create_dir_all(&cfg.state_dir) {
-        eprintln!("gnbd_serv: cannot create state directory {}: {e}", cfg.state_dir.display());
-        return ExitCode::FAILURE;
-    }
-    let log_path = cfg.state_dir.join("gnbd_serv.log");
-    let log = match std::fs::OpenOptions::new().create(true).append(true).open(&log_path) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("gnbd_serv: cannot open log {}: {e}", log_path.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    let (reader, mut writer) = match std::io::pipe() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("gnbd_serv: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // SAFETY: nothing has started a thread yet: tracing, the runtime and the server's
-    // threads all start in the child, after the fork.
-    #[allow(unsafe_code)]
-    let forked = unsafe { fork() };
-    match forked {
-        Err(e) => {
-            eprintln!("gnbd_serv: fork failed: {e}");
-            ExitCode::FAILURE
-        }
-        Ok(Forked::Parent { child }) => {
-            drop(writer);
-            let mut line = String::new();
-            let _ = BufReader::new(reader).read_line(&mut line);
-            if line.contains("ready") {
-                print!("{line}");
-                return ExitCode::SUCCESS;
-            }
-            let status = wait_child(child);
-            match line.strip_prefix("error: ") {
-                Some(msg) => eprint!("gnbd_serv: {msg}"),
-                None => eprintln!(
-                    "gnbd_serv: the daemon exited with status {status} before it was ready; see {}",
-                    log_path.display()
-                ),
-            }
-            ExitCode::FAILURE
-        }
-        Ok(Forked::Child) => {
-            drop(reader);
-            if let Err(e) = detach(&log) {
-                let _ = writeln!(writer, "error: {e}");
-                return ExitCode::FAILURE;
-            }
-            gnbd_serv::init_tracing(level);
-            let r = run(cfg, |line| {
-                let _ = writeln!(writer, "{line}");
-            });
-            if let Err(e) = &r {
-                tracing::error!("{e:#}");
-                let _ = writeln!(writer, "error: {e:#}");
-            }
-            finish(r)
-        }
-    }
+    })
 }

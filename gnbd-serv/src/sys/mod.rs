@@ -1,5 +1,5 @@
 //! Everything that needs `unsafe`: io_uring, aligned buffers and the few raw syscalls std does
-//! not wrap (eventfd, lseek SEEK_DATA/SEEK_HOLE, shutdown on a raw fd, signals, fork, flock).
+//! not wrap (eventfd, lseek SEEK_DATA/SEEK_HOLE, shutdown on a raw fd, SIGPIPE, keepalive, poll).
 //! The rest of the crate is safe code.
 
 pub mod buf;
@@ -53,105 +53,10 @@ pub fn seek(fd: &impl AsRawFd, offset: u64, hole: bool) -> io::Result<Option<u64
     Ok(Some(r as u64))
 }
 
-/// Blocks the given signals in the calling thread (and threads it spawns later).
-pub fn block_signals(signals: &[libc::c_int]) -> io::Result<libc::sigset_t> {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer to a local sigset.
-    unsafe { libc::sigemptyset(&mut set) };
-    for &s in signals {
-        // SAFETY: as above.
-        unsafe { libc::sigaddset(&mut set, s) };
-    }
-    // SAFETY: valid set pointer; old set not requested.
-    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if r != 0 {
-        return Err(io::Error::from_raw_os_error(r));
-    }
-    Ok(set)
-}
-
-/// Waits for one of the (blocked) signals in `set`.
-pub fn wait_signal(set: &libc::sigset_t) -> libc::c_int {
-    loop {
-        let mut sig = 0;
-        // SAFETY: valid pointers to a sigset and an int.
-        if unsafe { libc::sigwait(set, &mut sig) } == 0 {
-            return sig;
-        }
-    }
-}
-
 /// Ignores SIGPIPE: a vanished client must give EPIPE, not kill the server.
 pub fn ignore_sigpipe() {
     // SAFETY: installing SIG_IGN is always sound.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-}
-
-/// Takes an exclusive, non-blocking flock on `file`. `Ok(false)` when someone else holds it.
-pub fn try_lock(file: &std::fs::File) -> io::Result<bool> {
-    // SAFETY: flock on a descriptor we own.
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(e)
-    }
-}
-
-/// Result of [`fork`] as seen by each side.
-#[derive(Debug)]
-pub enum Forked {
-    Parent { child: libc::pid_t },
-    Child,
-}
-
-/// fork(2).
-///
-/// # Safety
-///
-/// The process must have a single thread: the child gets only the calling thread, so a lock
-/// or allocator state held by any other thread at the moment of the fork would stay held
-/// for ever in the child.
-pub unsafe fn fork() -> io::Result<Forked> {
-    // SAFETY: the caller guarantees there is only one thread, so the child is consistent.
-    let pid = unsafe { libc::fork() };
-    match pid {
-        -1 => Err(io::Error::last_os_error()),
-        0 => Ok(Forked::Child),
-        child => Ok(Forked::Parent { child }),
-    }
-}
-
-/// Detaches from the controlling terminal: new session, stdin from /dev/null, stdout and
-/// stderr into `log`.
-pub fn detach(log: &std::fs::File) -> io::Result<()> {
-    // SAFETY: setsid has no memory-safety preconditions.
-    cvt(unsafe { libc::setsid() })?;
-    let null = std::fs::File::open("/dev/null")?;
-    // SAFETY: dup2 onto the standard descriptors, from descriptors we own.
-    unsafe {
-        cvt(libc::dup2(null.as_raw_fd(), 0))?;
-        cvt(libc::dup2(log.as_raw_fd(), 1))?;
-        cvt(libc::dup2(log.as_raw_fd(), 2))?;
-    }
-    Ok(())
-}
-
-/// Waits for a child and returns its exit code (128+signal when killed).
-pub fn wait_child(pid: libc::pid_t) -> i32 {
-    let mut status = 0;
-    // SAFETY: waitpid with a valid pointer.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        128 + libc::WTERMSIG(status)
-    }
 }
 
 /// Turns on TCP keepalive with short timers (idle 30 s, then 3 probes 10 s apart), so a
