@@ -837,7 +837,7 @@ OPTIONS
     --stats, --rate, --exact      counters, rates, exact numbers
 
 ENVIRONMENT
-    LVSD_SOCKET   admin socket of the director (default /run/lvsd/lvsd.sock)
+    LVSD_SOCKET   control socket of the director (default /run/lvsd/lvsd.sock)
 
 EXAMPLES
     lvsadm -A -t 10.0.0.1:80 -s wrr
@@ -847,7 +847,7 @@ EXAMPLES
     lvsadm -S -n > rules && lvsadm -C && lvsadm -R < rules
 
 FILES
-    /run/lvsd/lvsd.sock           the director's admin socket
+    /run/lvsd/lvsd.sock           the director's control socket
 
 EXIT STATUS
     0 success; 1 the director refused the change (message on stderr) or is not running;

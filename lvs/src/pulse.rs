@@ -286,7 +286,7 @@ pub struct PulseOptions {
     pub role: Option<Role>,
     /// The lvsd binary.
     pub lvsd: PathBuf,
-    /// lvsd's admin socket.
+    /// lvsd's control socket.
     pub socket: PathBuf,
     /// Take over at start (`--takeover`).
     pub takeover: bool,
