@@ -502,7 +502,9 @@ fn sighup_applies_the_changed_config_and_keeps_established_connections() {
     let mut held = connect(vip);
     assert_eq!(request(&mut held).unwrap(), "A");
     let pid = d.child.id().to_string();
-    let hup = || run(Command::new("kill").args(["-HUP", &pid])).assert_success("kill -HUP");
+    let hup = || {
+        run(Command::new("kill").args(["-HUP", &pid])).assert_success("kill -HUP");
+    };
     // B goes, C comes, A's weight and the scheduler change.
     write_cf("wrr", &[(&b[0], 3), (&b[2], 1)]);
     hup();

@@ -10,7 +10,6 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use daemon::control::{CallError, ErrorKind};
 use daemon::log::{LogArgs, LogConfig};
 use daemon::Failure;
@@ -21,7 +20,11 @@ fn main() -> ExitCode {
     daemon::finish("lvsadm", run())
 }
 
-fn run() -> anyhow::Result<()> {
+/// Errors boxed as they are (not in `anyhow::Error`, whose conversion hides a bare
+/// [`Failure`] from `daemon::finish`, which then exits 1 instead of 2).
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn run() -> Result<(), Error> {
     // ipvsadm's language has no --log-level; the environment can still ask for logs.
     daemon::log::init(&LogConfig::new("warn", &LogArgs::default()))?;
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -40,7 +43,9 @@ fn run() -> anyhow::Result<()> {
     }
     let mut input = String::new();
     if cmd == Command::Restore {
-        std::io::stdin().read_to_string(&mut input).context("cannot read rules from standard input")?;
+        std::io::stdin()
+            .read_to_string(&mut input)
+            .map_err(|e| format!("cannot read rules from standard input: {e}"))?;
     }
     let socket = std::env::var_os("LVSD_SOCKET")
         .map(PathBuf::from)
@@ -50,12 +55,12 @@ fn run() -> anyhow::Result<()> {
         // ipvsadm's exit status: 2 for a command line the director refused, 1 otherwise.
         Err(CallError::Remote(e)) if e.kind == ErrorKind::BadRequest => return Err(Failure::new(2, e.message).into()),
         Err(CallError::Remote(e)) => return Err(Failure::new(1, e.message).into()),
-        Err(e @ CallError::Connect { .. }) => anyhow::bail!("{e} (is lvsd running? set LVSD_SOCKET)"),
+        Err(e @ CallError::Connect { .. }) => return Err(format!("{e} (is lvsd running? set LVSD_SOCKET)").into()),
         Err(e) => return Err(e.into()),
     };
     let mut out = std::io::stdout().lock();
-    out.write_all(reply.output.as_bytes()).context("cannot write to standard output")?;
-    out.flush().context("cannot write to standard output")?;
+    let written = out.write_all(reply.output.as_bytes()).and_then(|()| out.flush());
+    written.map_err(|e| format!("cannot write to standard output: {e}"))?;
     for w in &reply.warnings {
         eprintln!("lvsadm: warning: {w}");
     }
