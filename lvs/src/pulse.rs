@@ -395,7 +395,8 @@ const LVSD_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts lvsd as pulse's child (pulse stops it when it steps down) and watches for its
 /// ready line (`lvsd: ready ...`, printed through `daemon::ready`) without holding up the
-/// heartbeats: lvsd binds with IP_FREEBIND, so the VIPs can come up meanwhile.
+/// heartbeats: lvsd binds with IP_FREEBIND, so the VIPs can come up meanwhile. Its stderr
+/// (its log) is relayed to pulse's.
 fn start_director(opts: &PulseOptions) -> Option<tokio::process::Child> {
     use tokio::io::AsyncBufReadExt;
     let child = tokio::process::Command::new(&opts.lvsd)
@@ -406,6 +407,7 @@ fn start_director(opts: &PulseOptions) -> Option<tokio::process::Child> {
         .arg("--foreground")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn();
     let mut child = match child {
@@ -415,6 +417,17 @@ fn start_director(opts: &PulseOptions) -> Option<tokio::process::Child> {
             return None;
         }
     };
+    if let Some(err) = child.stderr.take() {
+        // lvsd's log lines go through pulse's own stderr, so they follow pulse's log file
+        // when SIGHUP reopens it after a rotation.
+        tokio::spawn(async move {
+            use std::io::Write;
+            let mut lines = tokio::io::BufReader::new(err).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
+            }
+        });
+    }
     if let Some(out) = child.stdout.take() {
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(out).lines();
