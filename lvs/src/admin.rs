@@ -81,8 +81,8 @@ pub enum Command {
     Version,
 }
 
-/// Result of running a command: exit status and what to print.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Result of running a command as lvsadm would show it: exit status and what to print.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
     /// Exit status (0 ok, 1 operation failed, 2 usage error).
     pub code: i32,
@@ -446,44 +446,94 @@ pub fn is_change(cmd: &Command) -> bool {
 /// The version line `ipvsadm -L` starts with.
 pub const VERSION_LINE: &str = "IP Virtual Server version 1.2.1 (size=4096)";
 
-/// Runs one command. `stdin` feeds `-R`.
-pub fn execute(d: &mut Director, cmd: Command, stdin: &str, now_ms: Millis) -> Outcome {
-    let done = |r: Result<(), crate::table::TableError>| match r {
-        Ok(()) => Outcome::ok(String::new()),
-        Err(e) => Outcome::fail(1, e),
-    };
-    match cmd {
-        Command::AddService(s) => done(d.add_service(s)),
-        Command::EditService(s) => done(d.edit_service(s)),
-        Command::DeleteService(k) => done(d.delete_service(&k)),
-        Command::Clear => {
-            d.clear();
-            Outcome::ok(String::new())
+/// What kind of failure a command met (the control protocol's error kinds and lvsadm's
+/// exit status follow from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminErrorKind {
+    /// An invalid command line or rule (exit status 2).
+    Usage,
+    /// The service or real server does not exist (exit status 1).
+    NotFound,
+    /// The service or real server already exists (exit status 1).
+    Exists,
+    /// The table refused the change for another reason (exit status 1).
+    Failed,
+}
+
+/// A command that failed, with the operator's message (without the `lvsadm: ` prefix).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct AdminError {
+    /// What kind of failure.
+    pub kind: AdminErrorKind,
+    /// What happened.
+    pub message: String,
+}
+
+impl AdminError {
+    fn usage(message: impl Into<String>) -> AdminError {
+        AdminError { kind: AdminErrorKind::Usage, message: message.into() }
+    }
+
+    /// lvsadm's exit status for this failure.
+    pub fn code(&self) -> i32 {
+        if self.kind == AdminErrorKind::Usage {
+            2
+        } else {
+            1
         }
-        Command::AddDest(k, s) => done(d.add_dest(&k, s)),
-        Command::EditDest(k, s) => done(d.edit_dest(&k, s)),
-        Command::DeleteDest(k, a) => done(d.delete_dest(&k, a)),
-        Command::Zero(k) => done(d.zero(k.as_ref())),
-        Command::SetTimeouts(t) => {
-            d.timeouts = t;
-            Outcome::ok(String::new())
-        }
-        Command::MapMark(p, a, m) => {
-            d.set_mark(p, a, m);
-            Outcome::ok(String::new())
-        }
-        Command::Save => Outcome::ok(save(d)),
-        Command::List { key, mode, exact } => match list(d, key.as_ref(), mode, exact, now_ms) {
-            Ok(s) => Outcome::ok(s),
-            Err(e) => Outcome::fail(1, e),
-        },
-        Command::Restore => restore(d, stdin, now_ms),
-        Command::Help => Outcome::ok(HELP.to_string()),
-        Command::Version => Outcome::ok(format!("lvsadm {} ({VERSION_LINE})\n", env!("CARGO_PKG_VERSION"))),
     }
 }
 
-fn restore(d: &mut Director, text: &str, now_ms: Millis) -> Outcome {
+impl From<ArgError> for AdminError {
+    fn from(e: ArgError) -> AdminError {
+        AdminError::usage(e.0)
+    }
+}
+
+impl From<crate::table::TableError> for AdminError {
+    fn from(e: crate::table::TableError) -> AdminError {
+        use crate::table::TableError as T;
+        let kind = match e {
+            T::ServiceExists { .. } | T::DestExists { .. } => AdminErrorKind::Exists,
+            T::NoService { .. } | T::NoDest { .. } => AdminErrorKind::NotFound,
+            T::Invalid { .. } => AdminErrorKind::Failed,
+        };
+        AdminError { kind, message: e.to_string() }
+    }
+}
+
+/// Runs one command. `stdin` feeds `-R`.
+pub fn execute(d: &mut Director, cmd: Command, stdin: &str, now_ms: Millis) -> Outcome {
+    match run(d, cmd, stdin, now_ms) {
+        Ok(out) => Outcome::ok(out),
+        Err(e) => Outcome::fail(e.code(), e),
+    }
+}
+
+/// Runs one command and returns what it prints on standard output. `stdin` feeds `-R`.
+pub fn run(d: &mut Director, cmd: Command, stdin: &str, now_ms: Millis) -> Result<String, AdminError> {
+    match cmd {
+        Command::AddService(s) => d.add_service(s)?,
+        Command::EditService(s) => d.edit_service(s)?,
+        Command::DeleteService(k) => d.delete_service(&k)?,
+        Command::Clear => d.clear(),
+        Command::AddDest(k, s) => d.add_dest(&k, s)?,
+        Command::EditDest(k, s) => d.edit_dest(&k, s)?,
+        Command::DeleteDest(k, a) => d.delete_dest(&k, a)?,
+        Command::Zero(k) => d.zero(k.as_ref())?,
+        Command::SetTimeouts(t) => d.timeouts = t,
+        Command::MapMark(p, a, m) => d.set_mark(p, a, m),
+        Command::Save => return Ok(save(d)),
+        Command::List { key, mode, exact } => return Ok(list(d, key.as_ref(), mode, exact, now_ms)?),
+        Command::Restore => restore(d, stdin, now_ms)?,
+        Command::Help => return Ok(HELP.to_string()),
+        Command::Version => return Ok(format!("lvsadm {} ({VERSION_LINE})\n", env!("CARGO_PKG_VERSION"))),
+    }
+    Ok(String::new())
+}
+
+fn restore(d: &mut Director, text: &str, now_ms: Millis) -> Result<(), AdminError> {
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -495,20 +545,15 @@ fn restore(d: &mut Director, text: &str, now_ms: Millis) -> Outcome {
         }
         let cmd = match parse_args(&argv) {
             Ok(Command::Restore | Command::List { .. } | Command::Save | Command::Help | Command::Version) => {
-                return Outcome::fail(2, format!("line {}: only table changes may be restored: {line}", n + 1));
+                return Err(AdminError::usage(format!("line {}: only table changes may be restored: {line}", n + 1)));
             }
             Ok(c) => c,
-            Err(e) => return Outcome::fail(2, format!("line {}: {e}: {line}", n + 1)),
+            Err(e) => return Err(AdminError::usage(format!("line {}: {e}: {line}", n + 1))),
         };
-        let out = execute(d, cmd, "", now_ms);
-        if out.code != 0 {
-            return Outcome::fail(
-                out.code,
-                format!("line {}: {}", n + 1, out.stderr.trim().trim_start_matches("lvsadm: ")),
-            );
-        }
+        run(d, cmd, "", now_ms)
+            .map_err(|e| AdminError { kind: e.kind, message: format!("line {}: {}", n + 1, e.message) })?;
     }
-    Outcome::ok(String::new())
+    Ok(())
 }
 
 /// The scheduler flags as ipvsadm names them (`sh-fallback,sh-port`), if any are set.
@@ -792,7 +837,7 @@ OPTIONS
     --stats, --rate, --exact      counters, rates, exact numbers
 
 ENVIRONMENT
-    LVSD_SOCKET   admin socket of the director (default /run/lvsd/lvsd.sock)
+    LVSD_SOCKET   control socket of the director (default /run/lvsd/lvsd.sock)
 
 EXAMPLES
     lvsadm -A -t 10.0.0.1:80 -s wrr
@@ -802,7 +847,7 @@ EXAMPLES
     lvsadm -S -n > rules && lvsadm -C && lvsadm -R < rules
 
 FILES
-    /run/lvsd/lvsd.sock           the director's admin socket
+    /run/lvsd/lvsd.sock           the director's control socket
 
 EXIT STATUS
     0 success; 1 the director refused the change (message on stderr) or is not running;

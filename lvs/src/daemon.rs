@@ -1,29 +1,26 @@
 //! `lvsd`: the running director. It loads an `lvs.cf` (and/or ipvsadm-save rules), listens
-//! on every virtual address, runs the health checks, ages the table once a second, and
-//! answers `lvsadm` on a Unix admin socket.
-//!
-//! Admin protocol (one request per connection, JSON lines):
-//! `{"argv": ["-L", "-n"], "stdin": ""}` → `{"code": 0, "stdout": "...", "stderr": ""}`.
+//! on every virtual address, runs the health checks, ages the table once a second, answers
+//! `lvsadm` on its control socket ([`crate::control`]) and, on SIGHUP (or a `reload`
+//! request), rereads its files and applies the difference ([`crate::reload`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixListener;
+use daemon::control::{AsyncConn, ControlError, SocketAccess};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::admin::{self, Outcome};
-use crate::config::LvsConfig;
-use crate::model::Protocol;
+use crate::admin;
+use crate::config::{LvsConfig, RealServerConf, VirtualConf};
+use crate::control::{admin_error, IpvsadmReply, ReloadReply, Request, StatusReply};
+use crate::model::{Protocol, ServiceKey};
 use crate::proxy::{self, Shared};
 use crate::table::Director;
 
-/// Default admin socket.
-pub const DEFAULT_SOCKET: &str = "/run/lvsd/lvsd.sock";
+pub use crate::control::DEFAULT_SOCKET;
 
 /// Errors starting the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +28,8 @@ pub enum DaemonError {
     /// The lvs.cf is unusable.
     #[error("{0}")]
     Config(String),
-    /// The admin socket cannot be created.
-    #[error("cannot listen on admin socket {path}: {source}")]
+    /// The control socket cannot be created.
+    #[error("cannot listen on control socket {path}: {source}")]
     Socket {
         /// Its path.
         path: PathBuf,
@@ -54,7 +51,7 @@ pub enum DaemonError {
 /// What to run.
 #[derive(Debug, Clone, Default)]
 pub struct DaemonOptions {
-    /// Admin socket path.
+    /// Control socket path.
     pub socket: PathBuf,
     /// An lvs.cf to load (services, servers, health checks).
     pub config: Option<PathBuf>,
@@ -225,81 +222,232 @@ pub fn load_table(opts: &DaemonOptions) -> Result<(Director, Option<LvsConfig>),
     if let Some(path) = &opts.rules {
         let text = std::fs::read_to_string(path)
             .map_err(|e| DaemonError::Config(format!("{}: cannot read: {e}", path.display())))?;
-        let out = admin::execute(&mut d, admin::Command::Restore, &text, 0);
-        if out.code != 0 {
-            return Err(DaemonError::Config(format!("{}: {}", path.display(), out.stderr.trim())));
-        }
+        admin::run(&mut d, admin::Command::Restore, &text, 0)
+            .map_err(|e| DaemonError::Config(format!("{}: {e}", path.display())))?;
     }
     Ok((d, cfg))
 }
 
-/// Runs the director until `shutdown` resolves. `ready` is called once everything listens.
-pub async fn run(
+/// A running health check and the configuration it was started with (line numbers
+/// cleared: moving a block in the file does not restart its checks).
+#[derive(Debug)]
+struct Check {
+    conf: (VirtualConf, RealServerConf),
+    task: JoinHandle<()>,
+}
+
+type CheckKey = (ServiceKey, SocketAddr);
+
+/// The health checks an lvs.cf asks for, by service and real server.
+fn wanted_checks(cfg: Option<&LvsConfig>, no_checks: bool) -> HashMap<CheckKey, (VirtualConf, RealServerConf)> {
+    let mut out = HashMap::new();
+    let Some(cfg) = cfg.filter(|_| !no_checks) else { return out };
+    for v in cfg.virtuals.iter().filter(|v| v.active) {
+        for s in v.servers.iter().filter(|s| s.active) {
+            let (mut v2, mut s2) = (v.clone(), s.clone());
+            v2.line = 0;
+            s2.line = 0;
+            out.insert((v.key(), v.dest_addr(s)), (v2, s2));
+        }
+    }
+    out
+}
+
+/// Everything the control plane shares.
+#[derive(Debug)]
+struct State {
     opts: DaemonOptions,
-    shutdown: impl std::future::Future<Output = ()>,
-    ready: impl FnOnce(&Path),
-) -> Result<(), DaemonError> {
+    shared: Arc<Shared>,
+    listeners: tokio::sync::Mutex<Listeners>,
+    nft: tokio::sync::Mutex<NftSync>,
+    checks: tokio::sync::Mutex<HashMap<CheckKey, Check>>,
+    reloads: std::sync::atomic::AtomicU64,
+}
+
+impl State {
+    /// Brings the listeners and the nftables table in step with the table; what could not
+    /// be done, as warnings.
+    async fn table_changed(&self) -> Vec<String> {
+        let warnings = self.listeners.lock().await.reconcile(&self.shared).iter().map(|e| e.to_string()).collect();
+        self.nft.lock().await.sync(&self.shared).await;
+        warnings
+    }
+
+    /// Starts the health checks `cfg` asks for; keeps the running ones whose configuration
+    /// did not change. Returns the keys of the kept ones.
+    async fn update_checks(&self, cfg: Option<&LvsConfig>) -> Vec<CheckKey> {
+        let want = wanted_checks(cfg, self.opts.no_checks);
+        let mut checks = self.checks.lock().await;
+        checks.retain(|k, c| {
+            let keep = want.get(k) == Some(&c.conf);
+            if !keep {
+                c.task.abort();
+            }
+            keep
+        });
+        let kept: Vec<CheckKey> = checks.keys().copied().collect();
+        for (k, conf) in want {
+            if let std::collections::hash_map::Entry::Vacant(e) = checks.entry(k) {
+                let task = crate::nanny::spawn_one(self.shared.clone(), &conf.0, &conf.1);
+                e.insert(Check { conf, task });
+            }
+        }
+        kept
+    }
+
+    /// Rereads `--config` and `--rules` and applies the difference to the running table.
+    /// An unreadable or invalid file changes nothing.
+    async fn reload(&self) -> Result<ReloadReply, ControlError> {
+        let (target, cfg) =
+            load_table(&self.opts).map_err(|e| ControlError::failed(format!("{e}; the running table is unchanged")))?;
+        self.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Checks whose configuration is unchanged keep running, and keep their say over
+        // their server's presence and weight.
+        let kept = self.update_checks(cfg.as_ref()).await;
+        let now = self.shared.now_ms();
+        let (changes, mut warnings) = {
+            let mut d = self.shared.lock();
+            let ops = crate::reload::diff(&d, &target, |k, a| kept.contains(&(*k, a)));
+            crate::reload::apply(&mut d, ops, now)
+        };
+        warnings.extend(self.table_changed().await);
+        Ok(ReloadReply { changes, warnings })
+    }
+
+    /// A reload asked for by SIGHUP: logged, never fatal.
+    async fn reload_logged(&self) {
+        daemon::ready::reloading();
+        match self.reload().await {
+            Ok(r) => {
+                for c in &r.changes {
+                    info!(change = %c, "reload");
+                }
+                for w in &r.warnings {
+                    warn!(problem = %w, "reload: not applied; the rest of the table runs on");
+                }
+                info!(changes = r.changes.len(), warnings = r.warnings.len(), "configuration reloaded");
+            }
+            Err(e) => warn!(error = %e.message, "reload failed; still running on the previous configuration"),
+        }
+        daemon::ready::reloaded();
+    }
+
+    async fn ipvsadm(&self, args: &[String], input: &str) -> Result<IpvsadmReply, ControlError> {
+        let cmd = admin::parse_args(args).map_err(|e| admin_error(&e.into()))?;
+        let change = admin::is_change(&cmd);
+        let now = self.shared.now_ms();
+        let result = admin::run(&mut self.shared.lock(), cmd, input, now);
+        // A failed -R may have applied its first lines: reconcile in any case.
+        let warnings = if change { self.table_changed().await } else { Vec::new() };
+        let output = result.map_err(|e| admin_error(&e))?;
+        Ok(IpvsadmReply { output, warnings })
+    }
+
+    async fn status(&self) -> StatusReply {
+        let (services, real_servers, connections) = {
+            let d = self.shared.lock();
+            (d.services().len(), d.services().iter().map(|s| s.dests.len()).sum(), d.conns().count())
+        };
+        let mut listening: Vec<(Protocol, SocketAddr)> = self.listeners.lock().await.tasks.keys().copied().collect();
+        listening.sort();
+        StatusReply {
+            pid: std::process::id(),
+            config: self.opts.config.clone(),
+            rules: self.opts.rules.clone(),
+            services,
+            real_servers,
+            connections,
+            listening: listening.iter().map(|(p, a)| format!("{} {a}", p.upper())).collect(),
+            nft: self.opts.nft,
+            health_checks: self.checks.lock().await.len(),
+            reloads: self.reloads.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
+/// Runs the director until a stop is requested through `signals`; SIGHUP reloads. Prints
+/// the ready line (`lvsd: ready socket=PATH`) once everything listens.
+pub async fn run(opts: DaemonOptions, signals: daemon::Signals) -> Result<(), DaemonError> {
     let (table, cfg) = load_table(&opts)?;
     let shared = Shared::new(table);
-    if let Some(dir) = opts.socket.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let _ = std::fs::remove_file(&opts.socket);
-    let admin_listener =
-        UnixListener::bind(&opts.socket).map_err(|source| DaemonError::Socket { path: opts.socket.clone(), source })?;
+    let socket_err = |source| DaemonError::Socket { path: opts.socket.clone(), source };
+    let control = daemon::control::bind(&opts.socket, SocketAccess::Owner).map_err(socket_err)?;
+    control.set_nonblocking(true).map_err(socket_err)?;
+    let control = tokio::net::UnixListener::from_std(control).map_err(socket_err)?;
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     } else {
         opts.threads
     };
-    let workers =
-        Workers::start(threads).map_err(|source| DaemonError::Socket { path: opts.socket.clone(), source })?;
-    let listeners = Arc::new(tokio::sync::Mutex::new(Listeners { tasks: HashMap::new(), workers }));
-    let nft = Arc::new(tokio::sync::Mutex::new(NftSync { enabled: opts.nft, applied: None }));
-    nft.lock().await.sync(&shared).await;
+    let workers = Workers::start(threads).map_err(socket_err)?;
+    let state = Arc::new(State {
+        shared: shared.clone(),
+        listeners: tokio::sync::Mutex::new(Listeners { tasks: HashMap::new(), workers }),
+        nft: tokio::sync::Mutex::new(NftSync { enabled: opts.nft, applied: None }),
+        checks: tokio::sync::Mutex::new(HashMap::new()),
+        reloads: Default::default(),
+        opts,
+    });
+    state.nft.lock().await.sync(&shared).await;
     {
-        let errors = listeners.lock().await.reconcile(&shared);
+        let errors = state.listeners.lock().await.reconcile(&shared);
         if let Some(e) = errors.into_iter().next() {
             return Err(e);
         }
     }
+    state.update_checks(cfg.as_ref()).await;
     let mut background = Vec::new();
-    if let (Some(cfg), false) = (&cfg, opts.no_checks) {
-        background.extend(crate::nanny::spawn_all(shared.clone(), cfg));
-    }
     {
-        let (shared, listeners, nft) = (shared.clone(), listeners.clone(), nft.clone());
+        let state = state.clone();
         background.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                let now = shared.now_ms();
-                shared.lock().tick(now);
+                let now = state.shared.now_ms();
+                state.shared.lock().tick(now);
                 // Retry binds that failed (an address not up yet without FREEBIND support).
-                for e in listeners.lock().await.reconcile(&shared) {
+                for e in state.listeners.lock().await.reconcile(&state.shared) {
                     warn!(error = %e, "listener");
                 }
                 // Health checks change the table too.
-                nft.lock().await.sync(&shared).await;
+                state.nft.lock().await.sync(&state.shared).await;
             }
         }));
     }
     {
-        let (shared, listeners, nft) = (shared.clone(), listeners.clone(), nft.clone());
+        let state = state.clone();
         background.push(tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = admin_listener.accept().await else { continue };
-                let (shared, listeners, nft) = (shared.clone(), listeners.clone(), nft.clone());
-                tokio::spawn(async move { admin_conn(shared, listeners, nft, stream).await });
+                let Ok((stream, _)) = control.accept().await else { continue };
+                let state = state.clone();
+                tokio::spawn(async move { control_conn(state, stream).await });
             }
         }));
     }
-    ready(&opts.socket);
-    shutdown.await;
+    {
+        // SIGHUP never stops lvsd: it rereads the files (one reload at a time).
+        let (state, mut rx) = (state.clone(), signals.subscribe());
+        background.push(tokio::spawn(async move {
+            let mut seen = rx.borrow_and_update().reload;
+            while rx.changed().await.is_ok() {
+                let now = rx.borrow_and_update().reload;
+                if now != seen {
+                    seen = now;
+                    state.reload_logged().await;
+                }
+            }
+        }));
+    }
+    daemon::ready::ready(&format!("lvsd: ready socket={}", state.opts.socket.display()));
+    signals.stopped().await;
+    daemon::ready::stopping();
     for h in background {
         h.abort();
     }
-    let mut l = listeners.lock().await;
+    for (_, c) in state.checks.lock().await.drain() {
+        c.task.abort();
+    }
+    let mut l = state.listeners.lock().await;
     for (_, hs) in l.tasks.drain() {
         for h in hs {
             h.abort();
@@ -307,65 +455,36 @@ pub async fn run(
     }
     let workers = std::mem::replace(&mut l.workers, Workers { handles: Vec::new(), stops: Vec::new() });
     workers.stop();
-    if opts.nft {
+    if state.opts.nft {
         if let Err(e) = nft_apply(&crate::nft::teardown()).await {
             warn!(error = %e, "cannot remove the nftables table");
         }
     }
-    let _ = std::fs::remove_file(&opts.socket);
+    let _ = std::fs::remove_file(&state.opts.socket);
     Ok(())
 }
 
-#[derive(serde::Deserialize)]
-struct Request {
-    argv: Vec<String>,
-    #[serde(default)]
-    stdin: String,
-}
-
-async fn admin_conn(
-    shared: Arc<Shared>,
-    listeners: Arc<tokio::sync::Mutex<Listeners>>,
-    nft: Arc<tokio::sync::Mutex<NftSync>>,
-    stream: tokio::net::UnixStream,
-) {
-    let (r, mut w) = stream.into_split();
-    let mut line = String::new();
-    let mut reader = BufReader::new(r.take(16 << 20));
-    if reader.read_line(&mut line).await.is_err() {
-        return;
-    }
-    let out = match serde_json::from_str::<Request>(&line) {
-        Err(e) => Outcome { code: 2, stdout: String::new(), stderr: format!("lvsd: bad admin request: {e}\n") },
-        Ok(req) => match admin::parse_args(&req.argv) {
-            Err(e) => Outcome { code: 2, stdout: String::new(), stderr: format!("lvsadm: {e}\n") },
-            Ok(cmd) => {
-                let change = admin::is_change(&cmd);
-                let now = shared.now_ms();
-                let mut out = admin::execute(&mut shared.lock(), cmd, &req.stdin, now);
-                if change {
-                    for e in listeners.lock().await.reconcile(&shared) {
-                        out.stderr.push_str(&format!("lvsadm: warning: {e}\n"));
-                    }
-                    nft.lock().await.sync(&shared).await;
+/// Answers one control connection: any number of requests, one reply each.
+async fn control_conn(state: Arc<State>, stream: tokio::net::UnixStream) {
+    let mut conn = AsyncConn::new(stream);
+    loop {
+        let req = match conn.next_request::<Request>().await {
+            Ok(Some(r)) => r,
+            Ok(None) | Err(_) => return,
+        };
+        let sent = match req {
+            Request::Ipvsadm { args, input } => conn.reply(state.ipvsadm(&args, &input).await).await,
+            Request::Status {} => conn.reply(Ok(state.status().await)).await,
+            Request::Reload {} => {
+                let r = state.reload().await;
+                if let Ok(r) = &r {
+                    info!(changes = r.changes.len(), warnings = r.warnings.len(), "configuration reloaded on request");
                 }
-                out
+                conn.reply(r).await
             }
-        },
-    };
-    let mut text = serde_json::to_string(&out).expect("outcome serializes");
-    text.push('\n');
-    let _ = w.write_all(text.as_bytes()).await;
-}
-
-/// Client side of the admin protocol (what `lvsadm` does).
-pub fn admin_request(socket: &Path, argv: &[String], stdin: &str) -> std::io::Result<Outcome> {
-    use std::io::{BufRead, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let req = serde_json::json!({ "argv": argv, "stdin": stdin });
-    s.write_all(format!("{req}\n").as_bytes())?;
-    let mut line = String::new();
-    std::io::BufReader::new(s).read_line(&mut line)?;
-    serde_json::from_str(&line).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
 }

@@ -10,7 +10,8 @@
 //! - `ipvsadm`'s command language ([`admin`]): argument parsing, `-L` listings and the
 //!   `ipvsadm-save` format;
 //! - the userspace data plane ([`proxy`]: TCP proxy with splice for bulk, UDP forwarder),
-//!   the daemon ([`daemon`], `lvsd`) with its admin socket (`lvsadm`), the health checks
+//!   the daemon ([`daemon`], `lvsd`) with its control socket ([`control`], spoken by
+//!   `lvsadm`), reloads of its files into the running table ([`reload`]), the health checks
 //!   ([`nanny`]) and the nftables fast path ([`nft`]);
 //! - director failover ([`pulse`]): heartbeats, takeover, VIPs with gratuitous ARP.
 //!
@@ -32,12 +33,14 @@
 
 pub mod admin;
 mod config;
+pub mod control;
 pub mod daemon;
 mod model;
 pub mod nanny;
 pub mod nft;
 pub mod proxy;
 pub mod pulse;
+pub mod reload;
 mod sched;
 mod sys;
 mod table;

@@ -261,11 +261,16 @@ pub fn spawn_all(shared: Arc<Shared>, cfg: &LvsConfig) -> Vec<tokio::task::JoinH
     let mut handles = Vec::new();
     for v in cfg.virtuals.iter().filter(|v| v.active) {
         for s in v.servers.iter().filter(|s| s.active) {
-            let (v, s, shared) = (Arc::new(v.clone()), s.clone(), shared.clone());
-            handles.push(tokio::spawn(async move { check_loop(shared, v, s).await }));
+            handles.push(spawn_one(shared.clone(), v, s));
         }
     }
     handles
+}
+
+/// Starts the check loop of one real server `s` of virtual `v` (it starts in service).
+pub fn spawn_one(shared: Arc<Shared>, v: &VirtualConf, s: &RealServerConf) -> tokio::task::JoinHandle<()> {
+    let (v, s) = (Arc::new(v.clone()), s.clone());
+    tokio::spawn(async move { check_loop(shared, v, s).await })
 }
 
 async fn check_loop(shared: Arc<Shared>, v: Arc<VirtualConf>, s: RealServerConf) {

@@ -24,7 +24,7 @@ const BUF: usize = 16 * 1024;
 /// Counters are flushed into the table at least every this many bytes.
 const FLUSH_BYTES: u64 = 1 << 20;
 
-/// The table and the clock it runs on, shared by the data plane, the admin socket and the
+/// The table and the clock it runs on, shared by the data plane, the control socket and the
 /// health checks.
 #[derive(Debug)]
 pub struct Shared {

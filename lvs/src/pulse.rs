@@ -172,6 +172,24 @@ impl Pulse {
         self.generation
     }
 
+    /// The heartbeat interval.
+    pub fn keepalive_ms(&self) -> Millis {
+        self.keepalive_ms
+    }
+
+    /// New `keepalive` and `deadtime` (a reloaded lvs.cf); the next heartbeat is due no
+    /// later than one new keepalive from the last one sent.
+    pub fn set_timing(&mut self, keepalive_ms: Millis, deadtime_ms: Millis) {
+        self.next_send_ms = self.next_send_ms.saturating_sub(self.keepalive_ms).saturating_add(keepalive_ms);
+        self.keepalive_ms = keepalive_ms;
+        self.deadtime_ms = deadtime_ms;
+    }
+
+    /// New `serial_no` of the lvs.cf, sent in the following heartbeats.
+    pub fn set_serial(&mut self, serial: u32) {
+        self.serial = serial;
+    }
+
     fn heartbeat(&self) -> Heartbeat {
         Heartbeat { active: self.active, role: self.role, generation: self.generation, serial: self.serial }
     }
@@ -268,7 +286,7 @@ pub struct PulseOptions {
     pub role: Option<Role>,
     /// The lvsd binary.
     pub lvsd: PathBuf,
-    /// lvsd's admin socket.
+    /// lvsd's control socket.
     pub socket: PathBuf,
     /// Take over at start (`--takeover`).
     pub takeover: bool,
@@ -372,15 +390,128 @@ fn local_role(cfg: &LvsConfig, port: u16) -> Option<(Role, SocketAddr)> {
     None
 }
 
-/// Runs pulse until `shutdown` resolves. `takeovers` yields each time the operator asks
-/// for a takeover (SIGUSR1). `ready` is called once the heartbeat socket is open.
-pub async fn run(
-    opts: PulseOptions,
-    shutdown: impl std::future::Future<Output = ()>,
-    mut takeovers: Option<tokio::sync::mpsc::UnboundedReceiver<()>>,
-    ready: impl FnOnce(Role),
-) -> Result<(), PulseError> {
-    let cfg = LvsConfig::load(&opts.config).map_err(PulseError::Config)?;
+/// How long pulse waits for the lvsd it started to print its ready line before it says so.
+const LVSD_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts lvsd as pulse's child (pulse stops it when it steps down) and watches for its
+/// ready line (`lvsd: ready ...`, printed through `daemon::ready`) without holding up the
+/// heartbeats: lvsd binds with IP_FREEBIND, so the VIPs can come up meanwhile. Its stderr
+/// (its log) is relayed to pulse's.
+fn start_director(opts: &PulseOptions) -> Option<tokio::process::Child> {
+    use tokio::io::AsyncBufReadExt;
+    let child = tokio::process::Command::new(&opts.lvsd)
+        .arg("--config")
+        .arg(&opts.config)
+        .arg("--socket")
+        .arg(&opts.socket)
+        .arg("--foreground")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(lvsd = %opts.lvsd.display(), error = %e, "cannot start the director");
+            return None;
+        }
+    };
+    if let Some(err) = child.stderr.take() {
+        // lvsd's log lines go through pulse's own stderr, so they follow pulse's log file
+        // when SIGHUP reopens it after a rotation.
+        tokio::spawn(async move {
+            use std::io::Write;
+            let mut lines = tokio::io::BufReader::new(err).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
+            }
+        });
+    }
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(out).lines();
+            match tokio::time::timeout(LVSD_READY_TIMEOUT, lines.next_line()).await {
+                Ok(Ok(Some(line))) => info!(line = %line, "the director is ready"),
+                Ok(_) => warn!("lvsd stopped before it was ready; its message is above in this log"),
+                Err(_) => warn!(timeout_s = LVSD_READY_TIMEOUT.as_secs(), "lvsd is not ready yet; still waiting"),
+            }
+            // Whatever else it prints is dropped (it prints nothing more by design).
+            while let Ok(Some(_)) = lines.next_line().await {}
+        });
+    }
+    Some(child)
+}
+
+/// Passes a reload on to the running lvsd (a `reload` request on its control socket: it
+/// rereads the same lvs.cf and applies the difference), logging what it did.
+fn reload_director(socket: PathBuf) {
+    use crate::control::{ReloadReply, Request};
+    tokio::spawn(async move {
+        let r = tokio::task::spawn_blocking(move || crate::control::call::<ReloadReply>(&socket, &Request::Reload {}))
+            .await;
+        match r {
+            Ok(Ok(r)) => {
+                for c in &r.changes {
+                    info!(change = %c, "lvsd reload");
+                }
+                for w in &r.warnings {
+                    warn!(problem = %w, "lvsd reload: not applied");
+                }
+                info!(changes = r.changes.len(), warnings = r.warnings.len(), "lvsd reloaded the configuration");
+            }
+            Ok(Err(e)) => warn!(error = %e, "lvsd did not reload; it runs on its previous configuration"),
+            Err(e) => warn!(error = %e, "lvsd reload request failed"),
+        }
+    });
+}
+
+/// What pulse itself takes from a reread lvs.cf: `keepalive`, `deadtime`, `serial_no` and
+/// the VIPs at once; `primary`, `backup` and `heartbeat_port` need a restart of pulse
+/// (warned, the running values stay).
+async fn apply_config(new: LvsConfig, cfg: &mut LvsConfig, machine: &mut Pulse, vips: &mut Vec<(IpAddr, String)>) {
+    let restart: Vec<String> = [
+        ("primary", format!("{:?}", cfg.primary), format!("{:?}", new.primary)),
+        ("backup", format!("{:?}", cfg.backup), format!("{:?}", new.backup)),
+        ("heartbeat_port", cfg.heartbeat_port.to_string(), new.heartbeat_port.to_string()),
+    ]
+    .into_iter()
+    .filter(|(_, a, b)| a != b)
+    .map(|(k, a, b)| format!("{k} {a} -> {b}"))
+    .collect();
+    if !restart.is_empty() {
+        warn!(changed = %restart.join(", "), "reload: these take effect when pulse is restarted; running on the old values");
+    }
+    if (cfg.keepalive_ms, cfg.deadtime_ms) != (new.keepalive_ms, new.deadtime_ms) {
+        info!(keepalive_ms = new.keepalive_ms, deadtime_ms = new.deadtime_ms, "reload: new heartbeat timing");
+        machine.set_timing(new.keepalive_ms, new.deadtime_ms);
+    }
+    if cfg.serial_no != new.serial_no {
+        info!(serial_no = new.serial_no, "reload: new serial_no");
+        machine.set_serial(new.serial_no as u32);
+    }
+    let new_vips = self::vips(&new);
+    if new_vips != *vips {
+        let gone: Vec<_> = vips.iter().filter(|v| !new_vips.contains(v)).cloned().collect();
+        let added: Vec<_> = new_vips.iter().filter(|v| !vips.contains(v)).cloned().collect();
+        info!(added = ?added, removed = ?gone, "reload: virtual addresses changed");
+        if machine.is_active() {
+            vips_down(&gone).await;
+            vips_up(&added).await;
+        }
+        *vips = new_vips;
+    }
+    let (primary, backup, port) = (cfg.primary, cfg.backup, cfg.heartbeat_port);
+    *cfg = new;
+    // What needs a restart keeps running on the old values.
+    (cfg.primary, cfg.backup, cfg.heartbeat_port) = (primary, backup, port);
+}
+
+/// Runs pulse until a stop is requested through `signals`: SIGUSR1 takes over, SIGHUP
+/// rereads the lvs.cf (and passes the reload on to lvsd). Prints the ready line
+/// (`pulse: ready role=...`) once the heartbeat socket is open.
+pub async fn run(opts: PulseOptions, signals: daemon::Signals) -> Result<(), PulseError> {
+    let mut cfg = LvsConfig::load(&opts.config).map_err(PulseError::Config)?;
     let (Some(primary), Some(backup)) = (cfg.primary, cfg.backup) else {
         return Err(PulseError::Config(format!("{}: pulse needs primary and backup", opts.config.display())));
     };
@@ -396,19 +527,19 @@ pub async fn run(
     };
     let peer = SocketAddr::new(if role == Role::Primary { backup } else { primary }, port);
     let sock = tokio::net::UdpSocket::bind(me).await.map_err(|source| PulseError::Socket { addr: me, source })?;
-    let vips = vips(&cfg);
+    let mut vips = vips(&cfg);
     let start = tokio::time::Instant::now();
     let now = || start.elapsed().as_millis() as Millis;
     let mut machine = Pulse::new(role, cfg.keepalive_ms, cfg.deadtime_ms, cfg.serial_no as u32, now());
     let mut lvsd: Option<tokio::process::Child> = None;
-    ready(role);
+    let mut sigs = signals.subscribe();
+    let mut seen = *sigs.borrow_and_update();
+    daemon::ready::ready(&format!("pulse: ready role={role:?}"));
     info!(?role, me = %me, peer = %peer, "pulse running");
     let mut pending = if opts.takeover { machine.takeover(now()) } else { Vec::new() };
-    let tick = Duration::from_millis((cfg.keepalive_ms / 4).clamp(10, 1000));
     let mut buf = [0u8; 64];
     let mut last_warn: Option<tokio::time::Instant> = None;
     let mut warned_serial = false;
-    tokio::pin!(shutdown);
     loop {
         for action in pending.drain(..) {
             match action {
@@ -418,20 +549,7 @@ pub async fn run(
                 PulseAction::Activate => {
                     info!(generation = machine.generation(), "becoming the active director");
                     // lvsd binds with IP_FREEBIND: start it first, then bring the VIPs up.
-                    let child = tokio::process::Command::new(&opts.lvsd)
-                        .arg("--config")
-                        .arg(&opts.config)
-                        .arg("--socket")
-                        .arg(&opts.socket)
-                        .arg("--foreground")
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::null())
-                        .kill_on_drop(true)
-                        .spawn();
-                    match child {
-                        Ok(c) => lvsd = Some(c),
-                        Err(e) => warn!(lvsd = %opts.lvsd.display(), error = %e, "cannot start the director"),
-                    }
+                    lvsd = start_director(&opts);
                     vips_up(&vips).await;
                 }
                 PulseAction::Deactivate => {
@@ -443,16 +561,41 @@ pub async fn run(
                 }
             }
         }
-        let next_takeover = async {
-            match takeovers.as_mut() {
-                Some(rx) => rx.recv().await,
-                None => std::future::pending().await,
-            }
-        };
+        if seen.stop > 0 {
+            break;
+        }
+        let tick = Duration::from_millis((machine.keepalive_ms() / 4).clamp(10, 1000));
         tokio::select! {
-            _ = &mut shutdown => break,
+            changed = sigs.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let c = *sigs.borrow_and_update();
+                if c.user1 > seen.user1 {
+                    info!("SIGUSR1: taking over");
+                    pending = machine.takeover(now());
+                }
+                if c.reload > seen.reload {
+                    daemon::ready::reloading();
+                    match LvsConfig::load(&opts.config) {
+                        Ok(new) if new.primary.is_none() || new.backup.is_none() => warn!(
+                            config = %opts.config.display(),
+                            "reload: pulse needs primary and backup; still running on the previous configuration"
+                        ),
+                        Ok(new) => {
+                            apply_config(new, &mut cfg, &mut machine, &mut vips).await;
+                            if lvsd.is_some() {
+                                reload_director(opts.socket.clone());
+                            }
+                            info!(config = %opts.config.display(), "configuration reloaded");
+                        }
+                        Err(e) => warn!(error = %e, "reload: invalid configuration; still running on the previous one"),
+                    }
+                    daemon::ready::reloaded();
+                }
+                seen = c;
+            }
             _ = tokio::time::sleep(tick) => pending = machine.tick(now()),
-            Some(()) = next_takeover => pending = machine.takeover(now()),
             r = sock.recv_from(&mut buf) => {
                 if let Ok((n, from)) = r {
                     if from.ip() != peer.ip() {
@@ -478,6 +621,7 @@ pub async fn run(
             }
         }
     }
+    daemon::ready::stopping();
     if let Some(mut c) = lvsd.take() {
         stop_director(&mut c).await;
         vips_down(&vips).await;

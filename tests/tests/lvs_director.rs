@@ -461,6 +461,84 @@ fn lvs_cf_errors_carry_line_numbers() {
         .assert_success("pulse --check on the example");
 }
 
+/// One request on lvsd's control socket, as raw JSON lines: the reply line, parsed.
+fn control(socket: &Path, request: &str) -> serde_json::Value {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect to lvsd's control socket");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.write_all(format!("{request}\n").as_bytes()).expect("send request");
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).expect("read reply");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply {line:?}: {e}"))
+}
+
+#[test]
+fn sighup_applies_the_changed_config_and_keeps_established_connections() {
+    let port = free_port("127.0.12.10");
+    let b: Vec<Backend> = ["A", "B", "C"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Backend::start(n, &format!("127.0.12.{}", 11 + i), 0))
+        .collect();
+    let dir = TempDir::new();
+    let cf = dir.join("lvs.cf");
+    let write_cf = |sched: &str, servers: &[(&Backend, i32)]| {
+        let mut text =
+            format!("keepalive = 0.5\nvirtual web {{\n address = 127.0.12.10\n port = {port}\n scheduler = {sched}\n");
+        for (x, w) in servers {
+            text.push_str(&format!(
+                " server {} {{\n  address = {}\n  port = {}\n  weight = {w}\n }}\n",
+                x.name,
+                x.addr.ip(),
+                x.addr.port()
+            ));
+        }
+        text.push_str("}\n");
+        std::fs::write(&cf, text).unwrap();
+    };
+    write_cf("rr", &[(&b[0], 1), (&b[1], 1)]);
+    let mut d = Lvsd::start(&["--config", cf.to_str().unwrap()]);
+    let vip: SocketAddr = format!("127.0.12.10:{port}").parse().unwrap();
+    let svc = format!("-t {vip}");
+    let mut held = connect(vip);
+    assert_eq!(request(&mut held).unwrap(), "A");
+    let pid = d.child.id().to_string();
+    let hup = || {
+        run(Command::new("kill").args(["-HUP", &pid])).assert_success("kill -HUP");
+    };
+    // B goes, C comes, A's weight and the scheduler change.
+    write_cf("wrr", &[(&b[0], 3), (&b[2], 1)]);
+    hup();
+    wait_for(Duration::from_secs(15), "the reload to reach the table", || {
+        let rows = d.rows(&svc);
+        rows.len() == 2 && rows[0].0 == b[0].addr && rows[0].1 == 3 && rows[1].0 == b[2].addr
+    });
+    assert!(d.ok(&format!("-L -n {svc}")).contains("wrr"));
+    assert_eq!(request(&mut held).expect("the established connection survives the reload"), "A");
+    // An invalid file changes nothing, and lvsd keeps running.
+    std::fs::write(&cf, "virtual web {\n address = nowhere\n}\n").unwrap();
+    hup();
+    wait_for(Duration::from_secs(15), "the warning about the bad file", || d.log().contains("reload failed"));
+    assert_eq!(d.rows(&svc).len(), 2);
+    assert!(d.child.try_wait().expect("lvsd status").is_none(), "lvsd must survive SIGHUP");
+    assert_eq!(request(&mut held).unwrap(), "A");
+    // The control protocol, raw.
+    let st = control(&d.socket, r#"{"op":"status"}"#);
+    assert_eq!(st["ok"]["services"], 1, "{st}");
+    assert_eq!(st["ok"]["reloads"], 1, "{st}");
+    let r = control(&d.socket, r#"{"op":"reload"}"#);
+    assert_eq!(r["error"]["kind"], "failed", "{r}");
+    let r = control(&d.socket, &format!(r#"{{"op":"ipvsadm","args":["-d","-t","{vip}","-r","127.0.12.99"]}}"#));
+    assert_eq!(r["error"]["kind"], "not_found", "{r}");
+    let r = control(&d.socket, &format!(r#"{{"op":"ipvsadm","args":["-A","-t","{vip}"]}}"#));
+    assert_eq!(r["error"]["kind"], "exists", "{r}");
+    let r = control(&d.socket, r#"{"op":"ipvsadm","args":["-A","-t","nonsense"]}"#);
+    assert_eq!(r["error"]["kind"], "bad_request", "{r}");
+    let r = control(&d.socket, r#"{"argv":["-L","-n"],"stdin":""}"#);
+    assert_eq!(r["error"]["kind"], "bad_request", "the old framing is refused: {r}");
+    let r = control(&d.socket, r#"{"op":"ipvsadm","args":["-S","-n"]}"#);
+    assert!(r["ok"]["output"].as_str().unwrap().contains("-A -t 127.0.12.10"), "{r}");
+}
+
 /// Deterministic pattern byte at `i` (not periodic at any small power of two).
 fn pattern(i: usize) -> u8 {
     (i.wrapping_mul(2_654_435_761) >> 13) as u8

@@ -281,7 +281,7 @@ fn told_to_take_over_the_standby_wins_and_the_active_steps_down() {
         children.0.push(c);
         (pid, sock)
     };
-    let (_, primary) = start("primary");
+    let (primary_pid, primary) = start("primary");
     let (backup_pid, backup) = start("backup");
     let wait = |what: &str, f: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -292,6 +292,14 @@ fn told_to_take_over_the_standby_wins_and_the_active_steps_down() {
     };
     wait("the primary to become active", &|| director_up(&primary));
     assert!(!director_up(&backup));
+    // SIGHUP: pulse rereads lvs.cf and passes the reload on to its lvsd; nobody exits.
+    let text = std::fs::read_to_string(&cf).unwrap().replace("scheduler = rr", "scheduler = wrr");
+    std::fs::write(&cf, text).unwrap();
+    run(Command::new("kill").args(["-HUP", &primary_pid.to_string()])).assert_success("kill -HUP");
+    let listing =
+        || run(Command::new(bin_dir().join("lvsadm")).env("LVSD_SOCKET", &primary).args(["-L", "-n"])).stdout_str();
+    wait("lvsd to apply the reloaded lvs.cf", &|| listing().contains(" wrr"));
+    assert!(director_up(&primary), "the active director survives SIGHUP");
     // SIGUSR1: the backup takes over with a higher generation; the primary steps down.
     run(Command::new("kill").args(["-USR1", &backup_pid.to_string()])).assert_success("kill -USR1");
     wait("the backup to become active", &|| director_up(&backup));

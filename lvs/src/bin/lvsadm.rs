@@ -1,58 +1,68 @@
 //! `lvsadm`: ipvsadm's command line for the userspace director. The language lives in
-//! `lvs::admin`; this sends the arguments to lvsd's admin socket and prints the answer.
+//! `lvs::admin`; this sends the command to lvsd's control socket (`lvs::control`) and
+//! prints the answer.
 //!
 //! ipvsadm's getopt syntax (`-Ln`, `-p` with an optional value, one command letter among
 //! many options) does not fit clap, so the library parses it and `-h` prints the manual.
+//! lvsadm logs nothing of its own; `RUST_LOG` is honoured all the same.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use daemon::control::{CallError, ErrorKind};
+use daemon::log::{LogArgs, LogConfig};
+use daemon::Failure;
 use lvs::admin::{self, Command};
+use lvs::control::{IpvsadmReply, Request};
 
 fn main() -> ExitCode {
+    daemon::finish("lvsadm", run())
+}
+
+/// Errors boxed as they are (not in `anyhow::Error`, whose conversion hides a bare
+/// [`Failure`] from `daemon::finish`, which then exits 1 instead of 2).
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn run() -> Result<(), Error> {
+    // ipvsadm's language has no --log-level; the environment can still ask for logs.
+    daemon::log::init(&LogConfig::new("warn", &LogArgs::default()))?;
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let cmd = match admin::parse_args(&argv) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("lvsadm: {e}\nTry `lvsadm -h' for more information.");
-            return ExitCode::from(2);
-        }
-    };
+    let cmd =
+        admin::parse_args(&argv).map_err(|e| Failure::new(2, format!("{e}\nTry `lvsadm -h' for more information.")))?;
     match cmd {
         Command::Help => {
             print!("{}", admin::HELP);
-            return ExitCode::SUCCESS;
+            return Ok(());
         }
         Command::Version => {
             println!("lvsadm {} ({})", env!("CARGO_PKG_VERSION"), admin::VERSION_LINE);
-            return ExitCode::SUCCESS;
+            return Ok(());
         }
         _ => {}
     }
-    let mut stdin = String::new();
+    let mut input = String::new();
     if cmd == Command::Restore {
-        if let Err(e) = std::io::stdin().read_to_string(&mut stdin) {
-            eprintln!("lvsadm: cannot read rules from standard input: {e}");
-            return ExitCode::FAILURE;
-        }
+        std::io::stdin()
+            .read_to_string(&mut input)
+            .map_err(|e| format!("cannot read rules from standard input: {e}"))?;
     }
     let socket = std::env::var_os("LVSD_SOCKET")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(lvs::daemon::DEFAULT_SOCKET));
-    match lvs::daemon::admin_request(&socket, &argv, &stdin) {
-        Ok(out) => {
-            print!("{}", out.stdout);
-            eprint!("{}", out.stderr);
-            let _ = std::io::stdout().flush();
-            ExitCode::from(out.code.clamp(0, 255) as u8)
-        }
-        Err(e) => {
-            eprintln!(
-                "lvsadm: cannot talk to the director at {}: {e} (is lvsd running? set LVSD_SOCKET)",
-                socket.display()
-            );
-            ExitCode::FAILURE
-        }
+        .unwrap_or_else(|| PathBuf::from(lvs::control::DEFAULT_SOCKET));
+    let reply: IpvsadmReply = match lvs::control::call(&socket, &Request::Ipvsadm { args: argv, input }) {
+        Ok(r) => r,
+        // ipvsadm's exit status: 2 for a command line the director refused, 1 otherwise.
+        Err(CallError::Remote(e)) if e.kind == ErrorKind::BadRequest => return Err(Failure::new(2, e.message).into()),
+        Err(CallError::Remote(e)) => return Err(Failure::new(1, e.message).into()),
+        Err(e @ CallError::Connect { .. }) => return Err(format!("{e} (is lvsd running? set LVSD_SOCKET)").into()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = std::io::stdout().lock();
+    let written = out.write_all(reply.output.as_bytes()).and_then(|()| out.flush());
+    written.map_err(|e| format!("cannot write to standard output: {e}"))?;
+    for w in &reply.warnings {
+        eprintln!("lvsadm: warning: {w}");
     }
+    Ok(())
 }

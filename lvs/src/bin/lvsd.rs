@@ -1,10 +1,11 @@
 //! `lvsd`: the userspace LVS director. Flags only; the daemon is `lvs::daemon::run`.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
+use daemon::log::{LogArgs, LogConfig};
 
 const AFTER_HELP: &str = "\
 DESCRIPTION
@@ -23,14 +24,29 @@ EXAMPLES
 
 FILES
     /etc/sysconfig/ha/lvs.cf    Piranha-format configuration (virtual services, servers, checks)
-    /run/lvsd/lvsd.sock         admin socket used by lvsadm
+    /run/lvsd/lvsd.sock         control socket used by lvsadm (JSON lines; see lvs/docs/protocols.md)
 
 SIGNALS
     SIGTERM, SIGINT   stop listening and exit 0 (established connections are cut).
+    SIGHUP            reread --config and --rules and apply the difference to the running
+                      table, as lvsadm edits would: unchanged services and real servers keep
+                      their connections, changed ones are edited in place, removed ones let
+                      their established connections finish; health checks restart only where
+                      their configuration changed. Run-time lvsadm changes not in the files
+                      are undone. An invalid file changes nothing (a warning says why); a part
+                      that cannot be applied (an address that cannot be bound) is logged as a
+                      warning and the rest runs on. Never exits. `lvsadm` has no reload
+                      command; the control request {\"op\":\"reload\"} does the same.
+
+LOGGING
+    Logs go to stderr (the journal under systemd). --log-level LEVEL (error, warn, info,
+    debug, trace, or a filter such as info,lvs=debug) or else $RUST_LOG sets what is
+    logged; the default is info.
 
 EXIT STATUS
     0   stopped cleanly
-    1   could not start (bad configuration, address or socket unusable): the message says why";
+    1   could not start (bad configuration, address or socket unusable): the message says why
+    2   invalid command line";
 
 /// Userspace LVS director.
 #[derive(Debug, Parser)]
@@ -42,11 +58,11 @@ struct Args {
     /// ipvsadm-save rules to load (after the config).
     #[arg(short, long, value_name = "FILE")]
     rules: Option<PathBuf>,
-    /// Admin socket for lvsadm (lvsadm finds it through $LVSD_SOCKET).
+    /// Control socket for lvsadm (lvsadm finds it through $LVSD_SOCKET).
     #[arg(short, long, value_name = "PATH", default_value = lvs::daemon::DEFAULT_SOCKET)]
     socket: PathBuf,
     /// Stay in the foreground and print `lvsd: ready` on stdout once listening (lvsd never
-    /// daemonises itself; the flag is accepted for symmetry with pulse).
+    /// daemonises itself; the flag is accepted for symmetry with pulse, which supervises it).
     #[arg(short, long)]
     foreground: bool,
     /// Do not run the lvs.cf health checks.
@@ -63,24 +79,21 @@ struct Args {
     /// Worker threads of the data plane (0: one per CPU).
     #[arg(long, value_name = "N", default_value_t = 0)]
     threads: usize,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    // The control plane (admin socket, health checks, ageing) runs here; the data plane
-    // has worker threads of its own.
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("lvsd: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    daemon::finish("lvsd", run(args))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let signals = daemon::signals::install().context("cannot install the signal handlers")?;
+    daemon::log::init(&LogConfig::new("info", &args.log))?;
+    // The control plane (control socket, health checks, ageing, reloads) runs here; the
+    // data plane has worker threads of its own.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
     let opts = lvs::daemon::DaemonOptions {
         socket: args.socket,
         config: args.config,
@@ -90,26 +103,6 @@ fn main() -> ExitCode {
         threads: args.threads,
         nft: args.nft,
     };
-    let r = rt.block_on(lvs::daemon::run(opts, shutdown(), |sock| {
-        println!("lvsd: ready socket={}", sock.display());
-        let _ = std::io::stdout().flush();
-    }));
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("lvsd: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn shutdown() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    rt.block_on(lvs::daemon::run(opts, signals))?;
+    Ok(())
 }

@@ -1,11 +1,13 @@
 //! `pulse`: heartbeat and failover of the director pair. Flags only; the logic is
 //! `lvs::pulse`.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use daemon::background::Background;
+use daemon::log::{LogArgs, LogConfig};
 use lvs::pulse::{PulseOptions, Role};
 
 const AFTER_HELP: &str = "\
@@ -28,15 +30,30 @@ EXAMPLES
 
 FILES
     /etc/sysconfig/ha/lvs.cf    the configuration (Piranha format)
-    /run/lvsd/lvsd.sock         admin socket of the lvsd that pulse starts
+    /run/lvsd/lvsd.sock         control socket of the lvsd that pulse starts
+    /var/log/pulse.log          the log when running in the background (--log)
 
 SIGNALS
     SIGTERM, SIGINT   stop lvsd, take the VIPs down, exit 0.
     SIGUSR1           take over now.
+    SIGHUP            reopen the log file, reread and validate lvs.cf. An invalid file is
+                      logged and ignored. keepalive, deadtime, serial_no and the virtual
+                      addresses take effect at once (on the active director VIPs are brought
+                      up or down); a change of primary, backup or heartbeat_port is logged
+                      as needing a restart of pulse. The active director passes the reload
+                      on to its lvsd, which applies the difference to its running table.
+                      Never exits.
+
+LOGGING
+    --log-level LEVEL (error, warn, info, debug, trace, or a filter such as info,lvs=debug)
+    or else $RUST_LOG sets what is logged; the default is info. In the foreground logs go
+    to stderr (the journal under systemd), in the background to --log. lvsd started by
+    pulse logs to the same place.
 
 EXIT STATUS
     0   --check: the configuration is valid; otherwise stopped cleanly
-    1   invalid configuration (FILE:LINE: message) or could not start";
+    1   invalid configuration (FILE:LINE: message) or could not start
+    2   invalid command line";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum RoleArg {
@@ -54,7 +71,9 @@ struct Args {
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
-    /// Stay in the foreground, log to stderr, print `pulse: ready` on stdout.
+    /// Stay in the foreground, log to stderr, print `pulse: ready` on stdout. Without it,
+    /// pulse starts itself in the background, logging to --log, and returns once it is
+    /// ready (printing the same line) or failed (printing why).
     #[arg(short, long)]
     foreground: bool,
     /// Which director this is (default: whichever of primary/backup is a local address).
@@ -69,38 +88,41 @@ struct Args {
     /// Admin socket for the lvsd that pulse starts.
     #[arg(long, value_name = "PATH", default_value = lvs::daemon::DEFAULT_SOCKET)]
     socket: PathBuf,
-    /// Log file when not in the foreground.
+    /// Log file when not in the foreground (reopened on SIGHUP, for log rotation).
     #[arg(long, value_name = "FILE", default_value = "/var/log/pulse.log")]
     log: PathBuf,
+    #[command(flatten)]
+    log_args: LogArgs,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.check {
-        return match lvs::LvsConfig::load(&args.config) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} virtual services, {} real servers)",
-                    args.config.display(),
-                    c.virtuals.len(),
-                    c.virtuals.iter().map(|v| v.servers.len()).sum::<usize>()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("pulse: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return daemon::finish("pulse", check(&args));
     }
-    if !args.foreground {
-        return detach(&args);
+    let bg = Background::new("pulse", Some(args.log.clone()));
+    if let Some(code) = daemon::background::daemonize(args.foreground, &bg) {
+        return code;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    daemon::finish("pulse", run(args))
+}
+
+/// `--check`: validates the configuration.
+fn check(args: &Args) -> anyhow::Result<()> {
+    let c = lvs::LvsConfig::load(&args.config).map_err(anyhow::Error::msg)?;
+    println!(
+        "{}: ok ({} virtual services, {} real servers)",
+        args.config.display(),
+        c.virtuals.len(),
+        c.virtuals.iter().map(|v| v.servers.len()).sum::<usize>()
+    );
+    Ok(())
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let signals = daemon::signals::install().context("cannot install the signal handlers")?;
+    // In the background the toolkit logs to --log (the waiting parent said so).
+    daemon::log::init(&LogConfig::new("info", &args.log_args))?;
     let lvsd = args.lvsd.clone().unwrap_or_else(|| {
         std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("lvsd"))).unwrap_or_else(|| "lvsd".into())
     });
@@ -114,85 +136,7 @@ fn main() -> ExitCode {
         socket: args.socket.clone(),
         takeover: args.takeover,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("pulse: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let r = rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        if let Ok(mut usr1) = signal(SignalKind::user_defined1()) {
-            tokio::spawn(async move {
-                while usr1.recv().await.is_some() {
-                    let _ = tx.send(());
-                }
-            });
-        }
-        let shutdown = async {
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-                return std::future::pending().await;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        };
-        lvs::pulse::run(opts, shutdown, Some(rx), |role| {
-            println!("pulse: ready role={role:?}");
-            let _ = std::io::stdout().flush();
-        })
-        .await
-    });
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pulse: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Starts `pulse --foreground` in its own session, logging to --log, and returns once it
-/// is ready.
-fn detach(args: &Args) -> ExitCode {
-    use std::os::unix::process::CommandExt;
-    let log = match std::fs::OpenOptions::new().create(true).append(true).open(&args.log) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("pulse: cannot open log {}: {e}", args.log.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    let Ok(me) = std::env::current_exe() else {
-        eprintln!("pulse: cannot find my own executable");
-        return ExitCode::FAILURE;
-    };
-    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    argv.push("--foreground".into());
-    let child = std::process::Command::new(me)
-        .args(argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .process_group(0)
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("pulse: cannot start: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut line = String::new();
-    let out = child.stdout.take().expect("piped");
-    let _ = BufReader::new(out).read_line(&mut line);
-    if line.contains("ready") {
-        ExitCode::SUCCESS
-    } else {
-        eprintln!("pulse: did not start; see {}", args.log.display());
-        ExitCode::FAILURE
-    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
+    rt.block_on(lvs::pulse::run(opts, signals))?;
+    Ok(())
 }
