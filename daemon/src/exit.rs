@@ -67,22 +67,32 @@ fn without_name<'a>(name: &str, msg: &'a str) -> &'a str {
 
 /// Turns `main`'s result into the process exit code, printing a failure as
 /// `NAME: message` on stderr (and, in a background child not yet ready, to the waiting
-/// parent).
+/// parent). Any error type works (through `anyhow::Error`); a [`Failure`] anywhere in the
+/// chain, with or without context around it, sets the exit code.
 pub fn finish<E>(name: &str, result: Result<(), E>) -> ExitCode
 where
-    E: Into<Box<dyn Error + Send + Sync + 'static>>,
+    E: Into<anyhow::Error>,
 {
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(name, e.into().as_ref()),
+        Err(e) => {
+            let e: anyhow::Error = e.into();
+            let code = e.chain().find_map(|c| c.downcast_ref::<Failure>()).map(|f| f.code);
+            print_failure(name, &report(e.as_ref()));
+            ExitCode::from(code.unwrap_or(1))
+        }
     }
 }
 
 /// Prints `err` the conventional way and returns its exit code.
 pub fn fail(name: &str, err: &(dyn Error + 'static)) -> ExitCode {
     let code = find_failure(err).map(|f| f.code).unwrap_or(1);
-    let msg = report(err);
-    let msg = without_name(name, &msg);
+    print_failure(name, &report(err));
+    ExitCode::from(code)
+}
+
+fn print_failure(name: &str, msg: &str) {
+    let msg = without_name(name, msg);
     if !msg.is_empty() {
         eprintln!("{name}: {msg}");
         if crate::background::is_child() && !crate::ready::is_ready() {
@@ -95,7 +105,6 @@ pub fn fail(name: &str, err: &(dyn Error + 'static)) -> ExitCode {
             tracing::error!("{msg}");
         }
     }
-    ExitCode::from(code)
 }
 
 fn find_failure<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a Failure> {
@@ -147,6 +156,17 @@ mod tests {
         let e = anyhow::Error::new(Failure::new(4, "errors left uncorrected")).context("checking /dev/x");
         let b: Box<dyn Error + Send + Sync> = e.into();
         assert_eq!(find_failure(b.as_ref()).map(|f| f.code), Some(4));
+    }
+
+    #[test]
+    fn failure_code_without_context_and_boxed() {
+        let plain: anyhow::Result<()> = Err(Failure::new(2, "usage").into());
+        assert_eq!(finish("t", plain), ExitCode::from(2));
+        let wrapped: anyhow::Result<()> = Err(anyhow::Error::new(Failure::new(4, "x")).context("checking"));
+        assert_eq!(finish("t", wrapped), ExitCode::from(4));
+        let io: Result<(), std::io::Error> = Err(std::io::Error::other("x"));
+        assert_eq!(finish("t", io), ExitCode::from(1));
+        assert_eq!(finish("t", Err(Failure::quiet(8))), ExitCode::from(8));
     }
 
     #[test]

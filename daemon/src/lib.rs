@@ -25,7 +25,7 @@
 //!     }
 //!     daemon::exit::finish("exampled", run())
 //! }
-//! fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! fn run() -> anyhow::Result<()> {
 //!     let signals = daemon::signals::install()?;
 //!     daemon::log::init(&daemon::log::LogConfig::new("info", &Default::default()))?;
 //!     let _pid = daemon::lock::PidFile::lock("/run/exampled/exampled.pid".as_ref(), "exampled")?;

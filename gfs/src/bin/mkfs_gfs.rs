@@ -67,7 +67,7 @@ fn main() -> ExitCode {
     let a = Args::parse();
     let Some(lockproto) = LockProto::parse(&a.lockproto) else {
         let e = format!("unknown lock protocol {:?} (use lock_dlm or lock_nolock)", a.lockproto);
-        return daemon::finish(NAME, Err(e));
+        return daemon::finish(NAME, Err(anyhow::anyhow!(e)));
     };
     let opts = MkfsOptions {
         lockproto,

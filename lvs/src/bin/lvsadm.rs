@@ -20,11 +20,7 @@ fn main() -> ExitCode {
     daemon::finish("lvsadm", run())
 }
 
-/// Errors boxed as they are (not in `anyhow::Error`, whose conversion hides a bare
-/// [`Failure`] from `daemon::finish`, which then exits 1 instead of 2).
-type Error = Box<dyn std::error::Error + Send + Sync>;
-
-fn run() -> Result<(), Error> {
+fn run() -> anyhow::Result<()> {
     // ipvsadm's language has no --log-level; the environment can still ask for logs.
     daemon::log::init(&LogConfig::new("warn", &LogArgs::default()))?;
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -45,7 +41,7 @@ fn run() -> Result<(), Error> {
     if cmd == Command::Restore {
         std::io::stdin()
             .read_to_string(&mut input)
-            .map_err(|e| format!("cannot read rules from standard input: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot read rules from standard input: {e}"))?;
     }
     let socket = std::env::var_os("LVSD_SOCKET")
         .map(PathBuf::from)
@@ -55,12 +51,12 @@ fn run() -> Result<(), Error> {
         // ipvsadm's exit status: 2 for a command line the director refused, 1 otherwise.
         Err(CallError::Remote(e)) if e.kind == ErrorKind::BadRequest => return Err(Failure::new(2, e.message).into()),
         Err(CallError::Remote(e)) => return Err(Failure::new(1, e.message).into()),
-        Err(e @ CallError::Connect { .. }) => return Err(format!("{e} (is lvsd running? set LVSD_SOCKET)").into()),
+        Err(e @ CallError::Connect { .. }) => anyhow::bail!("{e} (is lvsd running? set LVSD_SOCKET)"),
         Err(e) => return Err(e.into()),
     };
     let mut out = std::io::stdout().lock();
     let written = out.write_all(reply.output.as_bytes()).and_then(|()| out.flush());
-    written.map_err(|e| format!("cannot write to standard output: {e}"))?;
+    written.map_err(|e| anyhow::anyhow!("cannot write to standard output: {e}"))?;
     for w in &reply.warnings {
         eprintln!("lvsadm: warning: {w}");
     }
