@@ -1,36 +1,8 @@
 use super::*;
 use crate::device::CutoffDevice;
+pub(super) use crate::device::MemDevice;
 use crate::mkfs::{mkfs, MkfsOptions};
 use std::sync::Mutex;
-
-/// A device in memory that can be made longer, as a file or an export can (tests only).
-#[derive(Debug)]
-pub(super) struct MemDevice(pub(super) Mutex<Vec<u8>>);
-
-impl MemDevice {
-    pub(super) fn resize(&self, bytes: usize) {
-        self.0.lock().unwrap().resize(bytes, 0xa5);
-    }
-}
-
-impl Device for MemDevice {
-    fn size(&self) -> u64 {
-        self.0.lock().unwrap().len() as u64
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::result::Result<(), DeviceError> {
-        let v = self.0.lock().unwrap();
-        buf.copy_from_slice(&v[offset as usize..offset as usize + buf.len()]);
-        Ok(())
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::result::Result<(), DeviceError> {
-        let mut v = self.0.lock().unwrap();
-        v[offset as usize..offset as usize + buf.len()].copy_from_slice(buf);
-        Ok(())
-    }
-    fn sync(&self) -> std::result::Result<(), DeviceError> {
-        Ok(())
-    }
-}
 
 fn new_fs(mib: usize, journal_blocks: u32) -> Arc<dyn Device> {
     let dev: Arc<dyn Device> = Arc::new(MemDevice(Mutex::new(vec![0u8; mib << 20])));
