@@ -2,16 +2,13 @@
 
 use crate::{check_free, list, remove, ConnectOptions, DeviceConfig, ImportError, Record};
 use gnbd_client::{list_exports_with, ClientError};
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Default NBD port.
 pub const DEFAULT_PORT: u16 = 10809;
-/// How long `-i` waits for a device process to report its device.
-pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `host`, `host:port`, `[v6]`, `[v6]:port`, `unix:PATH` or a path: the address the client
 /// dials (`port` added when none is given).
@@ -48,36 +45,52 @@ pub struct Env {
     pub exe: PathBuf,
     /// TLS and source address for every connection.
     pub connect: ConnectOptions,
+    /// `--log-level` for the device processes started (`None`: theirs is `info`, or
+    /// `RUST_LOG`).
+    pub log_level: Option<String>,
 }
 
-/// Runs `action`; returns what to print on stdout, or an error message.
-pub fn run(env: &Env, action: Action) -> Result<String, String> {
-    match action {
-        Action::ListExports { server } => list_server(env, &server),
+/// Runs `action`, writing what it has to say to `out` as it goes (so an import of several
+/// exports reports the ones that worked even when another fails). The error is one line.
+pub fn run(env: &Env, action: Action, out: &mut dyn Write) -> anyhow::Result<()> {
+    let text = match action {
+        Action::ListExports { server } => list_server(env, &server)?,
         Action::Import { server, name, timeout_secs, connections, read_only } => {
-            import(env, &server, name, timeout_secs, connections, read_only)
+            return import(env, &server, name, timeout_secs, connections, read_only, out)
         }
-        Action::List { json } => show(env, json),
-        Action::Remove { name, force } => remove_some(env, name, force),
-        Action::Fence { action, node, server, key, tls_dir } => fence(action, node, &server, &key, tls_dir.as_deref()),
+        Action::List { json } => show(env, json)?,
+        Action::Remove { name, force } => return remove_some(env, name, force, out),
+        Action::Fence { action, node, server, key, tls_dir } => fence(action, node, &server, &key, tls_dir.as_deref())?,
+    };
+    write!(out, "{text}")?;
+    Ok(())
+}
+
+/// The error of a verb run on several names: the one failure, or all of them on one line.
+fn failed(what: &str, total: usize, mut failures: Vec<String>) -> anyhow::Result<()> {
+    match failures.len() {
+        0 => Ok(()),
+        1 => Err(anyhow::anyhow!(failures.remove(0))),
+        n => Err(anyhow::anyhow!("{n} of {total} {what} failed: {}", failures.join("; "))),
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("cannot start: {e}"))
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the I/O runtime")
 }
 
-fn exports_of(env: &Env, server: &str) -> Result<Vec<nbd_proto::ServerEntry>, String> {
-    let addr = server_addr(server, env.port)?;
+fn exports_of(env: &Env, server: &str) -> anyhow::Result<Vec<nbd_proto::ServerEntry>> {
+    let addr = server_addr(server, env.port).map_err(anyhow::Error::msg)?;
     let mut opts = env.connect.client_options(&addr, "");
     opts.connect_timeout = Duration::from_secs(10);
     runtime()?.block_on(list_exports_with(&opts)).map_err(|e| match e {
-        ClientError::Io(_) | ClientError::TimedOut(_) => format!("cannot reach {server} ({addr}): {e}"),
-        e => format!("{server}: {e}"),
+        ClientError::Io(_) | ClientError::TimedOut(_) => anyhow::anyhow!("cannot reach {server} ({addr}): {e}"),
+        e => anyhow::anyhow!("{server}: {e}"),
     })
 }
 
-fn list_server(env: &Env, server: &str) -> Result<String, String> {
+fn list_server(env: &Env, server: &str) -> anyhow::Result<String> {
     let mut out = String::new();
     for e in exports_of(env, server)? {
         if e.description.is_empty() {
@@ -96,24 +109,26 @@ fn import(
     timeout_secs: u64,
     connections: usize,
     read_only: bool,
-) -> Result<String, String> {
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let names = match name {
         Some(n) => vec![n],
         None => {
             let all: Vec<String> = exports_of(env, server)?.into_iter().map(|e| e.name).collect();
             if all.is_empty() {
-                return Err(format!("{server} offers no exports"));
+                anyhow::bail!("{server} offers no exports");
             }
             all
         }
     };
-    let mut out = String::new();
+    let addr = server_addr(server, env.port).map_err(anyhow::Error::msg)?;
+    let total = names.len();
     let mut failures = vec![];
     for export in names {
         let cfg = DeviceConfig {
             name: export.clone(),
             server: server.to_string(),
-            addr: server_addr(server, env.port)?,
+            addr: addr.clone(),
             export: export.clone(),
             timeout_secs,
             connections,
@@ -122,91 +137,63 @@ fn import(
             dev_dir: env.dev_dir.clone(),
             connect: env.connect.clone(),
         };
-        match start_device(&env.exe, &cfg) {
-            Ok(r) => out.push_str(&format!(
-                "gnbd_import: imported '{}' from {} as {} ({}, {} bytes)\n",
+        match start_device(&env.exe, &cfg, env.log_level.as_deref()) {
+            Ok(r) => writeln!(
+                out,
+                "gnbd_import: imported '{}' from {} as {} ({}, {} bytes)",
                 export,
                 server,
                 cfg.link().display(),
                 r.loop_device.display(),
                 r.size
-            )),
+            )?,
             Err(e) => failures.push(e.to_string()),
         }
     }
-    if failures.is_empty() {
-        Ok(out)
-    } else {
-        Err(format!("{out}{}", failures.join("\n")))
-    }
+    failed("imports", total, failures)
 }
 
-/// Starts the device process for `cfg` and waits (bounded) until it reports its device.
-pub fn start_device(exe: &Path, cfg: &DeviceConfig) -> Result<Record, ImportError> {
+/// Starts the device process for `cfg` and returns its record once the device is ready.
+///
+/// `exe --run-device CONFIG` daemonises the `daemon::background` way: it starts itself
+/// again in the background (log: `cfg.log_path()`), waits for the ready line or the error,
+/// and exits 0 or 1 with the error on stderr. Device set-up is bounded (the connection by
+/// the client's connect timeout, the rest is local), so this waits for it.
+pub fn start_device(exe: &Path, cfg: &DeviceConfig, log_level: Option<&str>) -> Result<Record, ImportError> {
     check_free(&cfg.state_dir, &cfg.name)?;
     let dir = cfg.record_path().parent().expect("records live in a directory").to_path_buf();
     std::fs::create_dir_all(&dir).map_err(|source| ImportError::Io { what: "cannot create", path: dir, source })?;
-    let log_path = cfg.log_path();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|source| ImportError::Io { what: "cannot open the log", path: log_path.clone(), source })?;
     let json = serde_json::to_string(cfg).expect("configs serialise");
-    let mut child = Command::new(exe)
-        .arg("--run-device")
-        .arg(json)
+    let mut cmd = Command::new(exe);
+    cmd.arg("--run-device").arg(json);
+    if let Some(level) = log_level {
+        cmd.arg("--log-level").arg(level);
+    }
+    let done = cmd
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .env("NO_COLOR", "1")
         // A daemon must not pin the directory gnbd_import was started from.
         .current_dir("/")
-        // Its own process group: a Ctrl-C at the terminal that ran gnbd_import leaves it be.
-        .process_group(0)
-        .spawn()
+        .output()
         .map_err(|source| ImportError::Io { what: "cannot run", path: exe.to_path_buf(), source })?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
     let fail = |message: String| ImportError::Device { name: cfg.name.clone(), message };
-    match rx.recv_timeout(START_TIMEOUT) {
-        Ok(line) if line.starts_with("ready ") => {
-            // Reap it later from init: the process outlives us on purpose.
-            drop(child);
-            let text = std::fs::read_to_string(cfg.record_path()).map_err(|e| fail(e.to_string()))?;
-            serde_json::from_str(&text).map_err(|e| fail(e.to_string()))
-        }
-        Ok(_) => {
-            let _ = child.wait();
-            Err(fail(log_tail(&log_path)))
-        }
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            Err(fail(format!("no device after {START_TIMEOUT:?}; {}", log_tail(&log_path))))
-        }
+    if !done.status.success() {
+        // One line, `gnbd_import: why` (daemon::exit), or the toolkit's note that the
+        // process died before it was ready.
+        let said = String::from_utf8_lossy(&done.stderr);
+        let said = said.lines().map(|l| l.strip_prefix("gnbd_import: ").unwrap_or(l)).collect::<Vec<_>>().join("; ");
+        let said = if said.trim().is_empty() {
+            format!("it exited ({}) without a message; see {}", done.status, cfg.log_path().display())
+        } else {
+            said
+        };
+        return Err(fail(said));
     }
+    let text = std::fs::read_to_string(cfg.record_path()).map_err(|e| fail(format!("no record after ready: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| fail(format!("corrupt record: {e}")))
 }
 
-/// The last error lines of a device log, for messages.
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = lines[lines.len().saturating_sub(3)..].join("\n");
-    if tail.is_empty() {
-        format!("it exited without a message (log: {})", path.display())
-    } else {
-        format!("{tail}\n(log: {})", path.display())
-    }
-}
-
-fn show(env: &Env, json: bool) -> Result<String, String> {
-    let devices = list(&env.state_dir).map_err(|e| e.to_string())?;
+fn show(env: &Env, json: bool) -> anyhow::Result<String> {
+    let devices = list(&env.state_dir)?;
     if json {
         let v: Vec<serde_json::Value> = devices
             .iter()
@@ -251,27 +238,23 @@ fn show(env: &Env, json: bool) -> Result<String, String> {
     Ok(out)
 }
 
-fn remove_some(env: &Env, name: Option<String>, force: bool) -> Result<String, String> {
+fn remove_some(env: &Env, name: Option<String>, force: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let names = match name {
         Some(n) => vec![n],
-        None => list(&env.state_dir).map_err(|e| e.to_string())?.into_iter().map(|d| d.record.config.name).collect(),
+        None => list(&env.state_dir)?.into_iter().map(|d| d.record.config.name).collect(),
     };
-    let mut out = String::new();
-    let mut errors = vec![];
+    let total = names.len();
+    let mut failures = vec![];
     for n in names {
         match remove(&env.state_dir, &n, force) {
-            Ok(()) => out.push_str(&format!("gnbd_import: removed '{n}'\n")),
-            Err(e) => errors.push(e.to_string()),
+            Ok(()) => writeln!(out, "gnbd_import: removed '{n}'")?,
+            Err(e) => failures.push(e.to_string()),
         }
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(format!("{out}{}", errors.join("\n")))
-    }
+    failed("removals", total, failures)
 }
 
-fn fence(action: &str, node: Option<String>, server: &str, key: &Path, tls: Option<&Path>) -> Result<String, String> {
+fn fence(action: &str, node: Option<String>, server: &str, key: &Path, tls: Option<&Path>) -> anyhow::Result<String> {
     // The fence agent's own logic, so gnbd_import and fence_gnbd can never disagree.
     let mut text = format!("action={action}\nservers={server}\ncluster_key={}\n", key.display());
     if let Some(dir) = tls {
@@ -280,15 +263,17 @@ fn fence(action: &str, node: Option<String>, server: &str, key: &Path, tls: Opti
     if let Some(n) = &node {
         text.push_str(&format!("nodename={n}\n"));
     }
-    let args = gnbd_fence::agent::parse(&text).map_err(|e| format!("bad fence request: {e}"))?;
+    let args = gnbd_fence::agent::parse(&text).map_err(|e| anyhow::anyhow!("bad fence request: {e}"))?;
     let out = gnbd_fence::agent::run(&args);
-    let said = out.stderr.replace("fence_gnbd: ", "gnbd_import: ");
     if out.code != 0 {
-        return Err(said.trim_end().to_string());
+        // The agent's lines, `fence_gnbd: why`, as one error.
+        let why: Vec<&str> =
+            out.stderr.lines().map(|l| l.strip_prefix("fence_gnbd: ").unwrap_or(l)).filter(|l| !l.is_empty()).collect();
+        anyhow::bail!("{}", why.join("; "));
     }
     Ok(match action {
         "list" => out.stdout.lines().filter_map(|l| l.split(',').next()).map(|n| format!("{n}\n")).collect(),
-        _ => said,
+        _ => out.stderr.replace("fence_gnbd: ", "gnbd_import: "),
     })
 }
 

@@ -9,8 +9,15 @@
 //!   export ([`fs`]);
 //! - a loop device attached to that file (direct I/O), and the stable name
 //!   `DEV_DIR/NAME` (`/dev/gnbd/NAME`) pointing at it;
-//! - a record `STATE_DIR/imports/NAME.json` and a control socket
-//!   `STATE_DIR/imports/NAME.sock` answering `status` and `stop` (JSON lines).
+//! - a record `STATE_DIR/imports/NAME.json` (written with `daemon::write_atomic`) and a
+//!   control socket `STATE_DIR/imports/NAME.sock` answering `status` and `stop` in the
+//!   suite's control protocol ([`control`]).
+//!
+//! The device process is a daemon of the suite (`daemon` toolkit): `gnbd_import -i` runs
+//! `gnbd_import --run-device CONFIG`, which starts itself again in the background
+//! (`daemon::background`, log `STATE_DIR/imports/NAME.log`) and returns once the device is
+//! ready, or with the device process's error. SIGTERM and SIGINT remove the device as a
+//! forced `stop` does; SIGHUP only reopens the log (there is no configuration to reload).
 //!
 //! The kernel NBD driver is not used: this kernel has none. Where `/dev/nbd*` exists, the
 //! socket could be handed to it instead; the interface would stay the same.
@@ -20,18 +27,19 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod control;
 mod fs;
 mod loopdev;
 
+pub use control::{Request, Status, Stopping};
 pub use fs::{DeviceFs, IoStats, DEVICE_FILE};
 pub use loopdev::{attach, detach, is_busy, LoopError};
 
-use gnbd_client::{Client, ClientOptions, ConnectionState};
+use daemon::control::{CallError, SocketAccess};
+use daemon::Signals;
+use gnbd_client::{Client, ClientOptions};
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,20 +178,6 @@ pub struct Record {
     pub file: PathBuf,
 }
 
-/// Live status from a device process.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Status {
-    /// `connected`, `reconnecting`, `failed: ...`, `closed`.
-    pub state: String,
-    pub reconnects: u64,
-    pub resubmitted: u64,
-    pub reads: u64,
-    pub writes: u64,
-    pub flushes: u64,
-    pub trims: u64,
-    pub errors: u64,
-}
-
 /// One line of `gnbd_import -l`.
 #[derive(Debug, Clone)]
 pub struct Listed {
@@ -211,36 +205,8 @@ fn read_record(path: &Path) -> Result<Record, ImportError> {
 }
 
 fn write_record(path: &Path, r: &Record) -> Result<(), ImportError> {
-    let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(r).expect("records serialise");
-    std::fs::write(&tmp, text).map_err(io_err("cannot write", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err("cannot rename into place", path))
-}
-
-/// Sends one request line to a device process and reads its answer.
-fn ask(socket: &Path, request: &str, timeout: Duration) -> std::io::Result<String> {
-    let s = UnixStream::connect(socket)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    let mut w = s.try_clone()?;
-    writeln!(w, "{request}")?;
-    let mut line = String::new();
-    BufReader::new(s).take_line(&mut line)?;
-    if line.is_empty() {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no answer"));
-    }
-    Ok(line)
-}
-
-trait TakeLine {
-    fn take_line(&mut self, line: &mut String) -> std::io::Result<usize>;
-}
-
-impl<R: BufRead> TakeLine for R {
-    fn take_line(&mut self, line: &mut String) -> std::io::Result<usize> {
-        use std::io::Read;
-        self.take(64 * 1024).read_line(line)
-    }
+    daemon::write_atomic(path, text.as_bytes()).map_err(io_err("cannot write", path))
 }
 
 /// Every import recorded under `state_dir`, with live status where the process answers.
@@ -258,9 +224,7 @@ pub fn list(state_dir: &Path) -> Result<Vec<Listed>, ImportError> {
             continue;
         }
         let record = read_record(&path)?;
-        let status = ask(&record.config.socket_path(), "status", Duration::from_secs(5))
-            .ok()
-            .and_then(|line| serde_json::from_str(&line).ok());
+        let status = control::status(&record.config.socket_path(), Duration::from_secs(5)).ok();
         out.push(Listed { record, status });
     }
     out.sort_by(|a, b| a.record.config.name.cmp(&b.record.config.name));
@@ -276,23 +240,16 @@ pub fn remove(state_dir: &Path, name: &str, force: bool) -> Result<(), ImportErr
         return Err(ImportError::NotImported { name: name.into() });
     }
     let record = read_record(&path)?;
-    let request = if force { "stop force" } else { "stop" };
-    match ask(&record.config.socket_path(), request, Duration::from_secs(60)) {
-        Ok(line) => {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if v.get("busy").and_then(|b| b.as_bool()) == Some(true) {
-                return Err(ImportError::Busy {
-                    name: name.into(),
-                    device: record.config.link().display().to_string(),
-                });
-            }
-            if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-                return Err(ImportError::Device { name: name.into(), message: e.into() });
-            }
+    match control::stop(&record.config.socket_path(), force, Duration::from_secs(60)) {
+        Ok(_) => {
             wait_gone(record.pid, Duration::from_secs(30));
             // The process removes its own record; clean up whatever it could not.
             cleanup_dead(&record, true)
         }
+        Err(CallError::Remote(e)) if e.kind == daemon::control::ErrorKind::Busy => {
+            Err(ImportError::Busy { name: name.into(), device: record.config.link().display().to_string() })
+        }
+        Err(CallError::Remote(e)) => Err(ImportError::Device { name: name.into(), message: e.message }),
         Err(_) => {
             // The device process is gone: undo what it left behind.
             if !force && is_busy(&record.loop_device) {
@@ -359,9 +316,10 @@ pub fn check_free(state_dir: &Path, name: &str) -> Result<(), ImportError> {
 }
 
 /// Runs a device process: connects, mounts, attaches, links, records, then serves its
-/// control socket until told to stop (or SIGTERM/SIGINT, which stop it by force).
-/// `ready` is called once with the record when the device is usable.
-pub fn run_device(cfg: DeviceConfig, ready: impl FnOnce(&Record)) -> anyhow::Result<()> {
+/// control socket until a stop is requested, there or by SIGTERM/SIGINT through `signals`
+/// (installed before this call: it starts threads). Either way the device is removed as a
+/// forced stop does. `ready` is called once with the record when the device is usable.
+pub fn run_device(cfg: DeviceConfig, signals: Signals, ready: impl FnOnce(&Record)) -> anyhow::Result<()> {
     use anyhow::Context;
     let rt = tokio::runtime::Builder::new_multi_thread()
         // Replies to FUSE are blocking writes that copy up to 1 MiB each: more threads than
@@ -417,9 +375,9 @@ pub fn run_device(cfg: DeviceConfig, ready: impl FnOnce(&Record)) -> anyhow::Res
     let setup = linked
         .with_context(|| format!("cannot create {}", link.display()))
         .and_then(|()| write_record(&cfg.record_path(), &record).map_err(Into::into));
-    let _ = std::fs::remove_file(cfg.socket_path());
     let listener = setup.and_then(|()| {
-        UnixListener::bind(cfg.socket_path()).with_context(|| format!("cannot bind {}", cfg.socket_path().display()))
+        daemon::control::bind(&cfg.socket_path(), SocketAccess::Owner)
+            .with_context(|| format!("cannot bind {}", cfg.socket_path().display()))
     });
     let listener = match listener {
         Ok(l) => l,
@@ -432,37 +390,21 @@ pub fn run_device(cfg: DeviceConfig, ready: impl FnOnce(&Record)) -> anyhow::Res
     tracing::info!(name = %cfg.name, device = %loop_device.display(), size, "imported");
     ready(&record);
 
-    // Signals stop the device by force (a shutdown must not hang on a mounted device).
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    {
-        let stop_tx = stop_tx.clone();
-        rt.spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-                return;
-            };
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-            tracing::info!("signal: stopping");
-            let _ = stop_tx.send(());
-        });
-    }
-    {
-        let client = client.clone();
-        let stats = stats.clone();
-        let loop_device = loop_device.clone();
-        std::thread::Builder::new()
-            .name("gnbd-import-ctl".into())
-            .spawn(move || {
-                for conn in listener.incoming().flatten() {
-                    if serve_control(conn, &client, &stats, &loop_device) {
-                        let _ = stop_tx.send(());
-                        return;
-                    }
-                }
-            })
-            .context("cannot start the control thread")?;
-    }
-    let _ = stop_rx.recv();
+    let served = control::Served {
+        name: cfg.name.clone(),
+        client: Arc::downgrade(&client),
+        stats,
+        loop_device: loop_device.clone(),
+        link: link.clone(),
+        signals: signals.clone(),
+    };
+    std::thread::Builder::new()
+        .name("gnbd-import-ctl".into())
+        .spawn(move || served.run(listener))
+        .context("cannot start the control thread")?;
+    let sig = signals.wait_stop();
+    tracing::info!(name = %cfg.name, signal = sig, "stopping");
+    daemon::ready::stopping();
 
     // Orderly teardown: loop device, name, FUSE mount, client, record.
     if let Err(e) = detach(&loop_device) {
@@ -485,40 +427,4 @@ pub fn run_device(cfg: DeviceConfig, ready: impl FnOnce(&Record)) -> anyhow::Res
     }
     tracing::info!(name = %cfg.name, "removed");
     Ok(())
-}
-
-/// Answers one control connection; returns true when the process must stop.
-fn serve_control(conn: UnixStream, client: &Client, stats: &IoStats, loop_device: &Path) -> bool {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let Ok(mut w) = conn.try_clone() else { return false };
-    let mut line = String::new();
-    if BufReader::new(conn).take_line(&mut line).is_err() {
-        return false;
-    }
-    let (answer, stop) = match line.trim() {
-        "status" => {
-            let state = match client.state() {
-                ConnectionState::Connected => "connected".to_string(),
-                ConnectionState::Reconnecting => "reconnecting".to_string(),
-                ConnectionState::Failed(e) => format!("failed: {e}"),
-                ConnectionState::Closed => "closed".to_string(),
-            };
-            let s = Status {
-                state,
-                reconnects: client.reconnects(),
-                resubmitted: client.resubmitted(),
-                reads: stats.reads.load(Ordering::Relaxed),
-                writes: stats.writes.load(Ordering::Relaxed),
-                flushes: stats.flushes.load(Ordering::Relaxed),
-                trims: stats.trims.load(Ordering::Relaxed),
-                errors: stats.errors.load(Ordering::Relaxed),
-            };
-            (serde_json::to_string(&s).expect("status serialises"), false)
-        }
-        "stop" if is_busy(loop_device) => (r#"{"busy":true}"#.to_string(), false),
-        "stop" | "stop force" => (r#"{"ok":true}"#.to_string(), true),
-        other => (serde_json::json!({ "error": format!("unknown request '{other}'") }).to_string(), false),
-    };
-    let _ = writeln!(w, "{answer}");
-    stop
 }

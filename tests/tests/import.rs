@@ -1,7 +1,8 @@
 //! `gnbd_import` end to end: listing, importing as loop devices over FUSE, I/O through the
 //! device reaching the export, a filesystem surviving a re-import, refusing to remove a
-//! mounted device, reconnecting across a SIGKILL of the server, the I/O timeout, and the
-//! fencing verbs. Mounts happen inside `unshare -m --propagation private`.
+//! mounted device, reconnecting across a SIGKILL of the server, the I/O timeout, the
+//! fencing verbs, and the device process's control socket and signals. Mounts happen
+//! inside `unshare -m --propagation private`.
 
 use gnbd_tests::import::Imports;
 use gnbd_tests::{file_checksum, require_tool, run_timeout, write_pattern_file, OutputExt, Server, TempDir};
@@ -256,6 +257,10 @@ fn bad_usage_and_unreachable_servers_get_clear_errors() {
     let out = imports.run(&["-i", "127.0.0.1", "-p", "1", "-n", "x"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("cannot import 'x'"), "{}", text(&out.stderr));
+    // One line, `gnbd_import: what: why`, the program named once.
+    let err = text(&out.stderr);
+    assert!(err.starts_with("gnbd_import: ") && err.lines().count() == 1, "{err}");
+    assert_eq!(err.matches("gnbd_import").count(), 1, "{err}");
     assert!(imports.list().is_empty(), "a failed import leaves no record");
     let out = imports.run(&["-e", "127.0.0.1", "-p", "1"]);
     assert_eq!(out.status.code(), Some(1));
@@ -270,6 +275,7 @@ fn bad_usage_and_unreachable_servers_get_clear_errors() {
     let help = imports.run(&["--help"]);
     let help = text(&help.stdout);
     assert!(help.contains("EXAMPLES") && help.contains("EXIT STATUS") && help.contains("/dev/gnbd/NAME"));
+    assert!(help.contains("SIGNALS") && help.contains("SIGHUP") && help.contains("--log-level"), "{help}");
 }
 
 #[test]
@@ -405,6 +411,65 @@ fn a_killed_device_process_shows_dead_and_is_cleaned_up() {
     assert!(!back.contains("k.mnt"), "the loop device was detached (still backed by {back})");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&format!("{}/imports/k.mnt", imports.state_dir().display())), "FUSE mount left behind");
+}
+
+#[test]
+fn the_device_process_speaks_the_control_protocol_and_takes_signals() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    let server = Server::start();
+    let disk = server.path("disk.img");
+    std::fs::write(&disk, vec![7u8; 4 << 20]).unwrap();
+    server.export("g", &disk, &[]);
+    let imports = Imports::new();
+    import_one(&imports, &server, "g", &[]);
+    let d = imports.list().into_iter().find(|d| d["name"] == "g").unwrap();
+    let pid = d["pid"].as_u64().unwrap().to_string();
+    let loop_dev = d["loop_device"].as_str().unwrap().to_string();
+
+    // The control socket: JSON lines, requests tagged `op`, `ok`/`error` replies.
+    let socket = imports.state_dir().join("imports/g.sock");
+    let s = UnixStream::connect(&socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut ask = |line: &str| {
+        writeln!(w, "{line}").unwrap();
+        let mut reply = String::new();
+        r.read_line(&mut reply).unwrap();
+        serde_json::from_str::<serde_json::Value>(&reply).unwrap()
+    };
+    let status = ask(r#"{"op":"status"}"#);
+    assert_eq!(status["ok"]["state"], "connected", "{status}");
+    assert!(status["ok"]["reads"].is_u64(), "{status}");
+    let bad = ask("status");
+    assert_eq!(bad["error"]["kind"], "bad_request", "{bad}");
+    let bad = ask(r#"{"op":"dance"}"#);
+    assert_eq!(bad["error"]["kind"], "bad_request", "{bad}");
+
+    // SIGHUP only reopens the log: the device stays.
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(imports.state("g").as_deref(), Some("connected"), "{}", imports.log("g"));
+    assert!(imports.log("g").contains("SIGHUP"), "{}", imports.log("g"));
+
+    // SIGTERM removes the device as a forced stop does.
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new(&format!("/proc/{pid}/stat")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z")
+    {
+        assert!(Instant::now() < deadline, "SIGTERM did not stop the device process");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(imports.list().is_empty(), "the record is removed");
+    assert!(!imports.device("g").exists(), "the device name is removed");
+    assert!(!socket.exists(), "the control socket is removed");
+    let back = std::fs::read_to_string(format!("/sys/block/{}/loop/backing_file", &loop_dev[5..])).unwrap_or_default();
+    assert!(!back.contains("g.mnt"), "the loop device was detached (still backed by {back})");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&format!("{}/imports/g.mnt", imports.state_dir().display())), "FUSE mount left behind");
+    assert!(imports.log("g").contains("removed"), "{}", imports.log("g"));
 }
 
 #[test]

@@ -1,12 +1,17 @@
 //! `gnbd_import`: import gnbd (NBD) exports as local block devices, and fence nodes.
 #![forbid(unsafe_code)]
 
+use anyhow::Context;
 use clap::{ArgGroup, Parser};
+use daemon::background::{daemonize, Background};
+use daemon::log::{LogArgs, LogConfig};
+use daemon::Failure;
 use gnbd_import::admin::{run, Action, Env, DEFAULT_PORT};
 use gnbd_import::{run_device, ConnectOptions, DeviceConfig, DEFAULT_DEV_DIR, DEFAULT_STATE_DIR};
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+const NAME: &str = "gnbd_import";
 
 const AFTER_HELP: &str = "\
 DESCRIPTION
@@ -54,16 +59,34 @@ EXAMPLES
 
 FILES
     /var/lib/gnbd/imports/NAME.json   an import's record (--state-dir changes the root)
-    /var/lib/gnbd/imports/NAME.sock   its device process's control socket
+    /var/lib/gnbd/imports/NAME.sock   its device process's control socket (the suite's
+                                      control protocol: {\"op\":\"status\"},
+                                      {\"op\":\"stop\",\"force\":BOOL}; root only)
     /var/lib/gnbd/imports/NAME.log    its device process's log
     /var/lib/gnbd/imports/NAME.mnt/   the FUSE mount holding the file the loop device uses
     /dev/gnbd/NAME                    the stable device name (--dev-dir changes it)
     /etc/cluster/gnbd.key             the cluster key for -s, -u and -c (-k changes it)
 
+SIGNALS
+    gnbd_import itself runs to completion. An import's device process (its pid is in
+    gnbd_import -l --json) reacts to:
+    SIGTERM, SIGINT   remove the device and exit 0, as `gnbd_import -r -f NAME` does:
+                      detach the loop device, unmount the FUSE file, remove /dev/gnbd/NAME
+                      and the record (users of a device still in use get EIO).
+    SIGHUP            reopen its log file (for log rotation). It has no configuration to
+                      reload; SIGHUP never stops it.
+
+LOGGING
+    --log-level LEVEL (or RUST_LOG) sets what is logged: error, warn, info, debug, trace or
+    a filter such as info,gnbd_client=debug. gnbd_import logs warnings and errors to stderr
+    (--log-file FILE instead); with -i the level is passed on to the device processes, which
+    log at info by default to STATE_DIR/imports/NAME.log.
+
 EXIT STATUS
     0   done
     1   failed: the server cannot be reached or refused, the name is taken, the device
-        is in use, the order was refused, ...: the message says why
+        is in use, the order was refused, ...: one line on stderr, gnbd_import: what: why
+        (with several names, -i and -R say how many failed and why, on one line)
     2   bad usage";
 
 /// Import gnbd exports as local block devices; fence nodes on gnbd servers.
@@ -152,13 +175,25 @@ struct Args {
     /// Internal: run as the device process described by the JSON argument.
     #[arg(long, value_name = "JSON", hide = true, conflicts_with = "action")]
     run_device: Option<String>,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn main() -> ExitCode {
     let a = Args::parse();
-    if let Some(json) = a.run_device {
-        return device_process(&json);
+    if let Some(json) = &a.run_device {
+        return device_main(json, &a.log);
     }
+    daemon::finish(NAME, cli(a))
+}
+
+/// A boxed error rather than `anyhow::Error`: `daemon::finish` finds a [`Failure`]'s exit
+/// code only when it is the boxed error itself or a cause of it, and a bare
+/// `anyhow::Error` made from one hides its type.
+type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+fn cli(a: Args) -> CliResult {
+    daemon::log::init(&LogConfig::new("warn", &a.log))?;
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("gnbd_import"));
     let tls_dir = a.tls_certificates.map(absolute);
     let connect = match &tls_dir {
@@ -173,14 +208,21 @@ fn main() -> ExitCode {
             source: a.source,
         },
     };
-    let env = Env { state_dir: absolute(a.state_dir), dev_dir: absolute(a.dev_dir), port: a.port, exe, connect };
+    let env = Env {
+        state_dir: absolute(a.state_dir),
+        dev_dir: absolute(a.dev_dir),
+        port: a.port,
+        exe,
+        connect,
+        log_level: a.log.log_level.clone(),
+    };
     let action = if let Some(server) = a.exports {
         Action::ListExports { server }
     } else if let Some(server) = a.import {
         let timeout_secs = match a.t.as_deref().map(str::parse::<u64>) {
             None => 0,
             Some(Ok(s)) => s,
-            Some(Err(_)) => return usage("with -i, -t takes the I/O timeout in seconds"),
+            Some(Err(_)) => return Err(usage("with -i, -t takes the I/O timeout in seconds")),
         };
         Action::Import { server, name: a.name, timeout_secs, connections: a.connections, read_only: a.read_only }
     } else if a.list {
@@ -194,18 +236,10 @@ fn main() -> ExitCode {
     } else if let Some(server) = a.bans {
         Action::Fence { action: "list", node: None, server, key: a.key, tls_dir }
     } else {
-        return usage("say what to do: -e, -i, -l, -r, -R, -s, -u or -c");
+        return Err(usage("say what to do: -e, -i, -l, -r, -R, -s, -u or -c"));
     };
-    match run(&env, action) {
-        Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("gnbd_import: {}", e.trim_end().replace('\n', "\ngnbd_import: "));
-            ExitCode::from(1)
-        }
-    }
+    let mut out = std::io::stdout().lock();
+    Ok(run(&env, action, &mut out)?)
 }
 
 /// Records, mounts and links hold absolute paths: device processes and later runs may
@@ -214,39 +248,33 @@ fn absolute(p: PathBuf) -> PathBuf {
     std::path::absolute(&p).unwrap_or(p)
 }
 
-fn usage(msg: &str) -> ExitCode {
-    eprintln!("gnbd_import: {msg} (see gnbd_import --help)");
-    ExitCode::from(2)
+/// A usage error found after parsing: exit 2, like clap's.
+fn usage(msg: &str) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(Failure::new(2, format!("{msg} (see gnbd_import --help)")))
 }
 
-fn device_process(json: &str) -> ExitCode {
-    init_tracing("info");
+/// `--run-device`: started by `gnbd_import -i`, daemonises (the waiting parent exits once
+/// the device is ready, or with the device process's error) and runs the device.
+fn device_main(json: &str, log: &LogArgs) -> ExitCode {
     let cfg: DeviceConfig = match serde_json::from_str(json) {
         Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "bad device configuration");
-            return ExitCode::from(2);
-        }
+        Err(e) => return daemon::finish(NAME, Err(Failure::new(2, format!("bad device configuration: {e}")))),
     };
-    let result = run_device(cfg, |record| {
-        let mut out = std::io::stdout();
-        let _ = writeln!(out, "ready {} {}", record.config.link().display(), record.loop_device.display());
-        let _ = out.flush();
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            let _ = writeln!(std::io::stdout(), "error {e:#}");
-            ExitCode::from(1)
-        }
+    if let Some(code) = daemonize(false, &Background::new(NAME, Some(cfg.log_path()))) {
+        return code;
     }
+    daemon::finish(NAME, device_process(cfg, log))
 }
 
-/// Starts `tracing` output on stderr; `RUST_LOG` overrides `default_level`.
-fn init_tracing(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+fn device_process(cfg: DeviceConfig, log: &LogArgs) -> anyhow::Result<()> {
+    let signals = daemon::signals::install().context("cannot install the signal handlers")?;
+    daemon::log::init(&LogConfig::new("info", log).with_file(Some(cfg.log_path())))?;
+    run_device(cfg, signals, |record| {
+        daemon::ready::ready(&format!(
+            "gnbd_import: ready name={} device={} loop={}",
+            record.config.name,
+            record.config.link().display(),
+            record.loop_device.display()
+        ))
+    })
 }
