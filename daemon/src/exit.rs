@@ -101,7 +101,8 @@ fn print_failure(name: &str, msg: &str) {
             let _ = writeln!(o, "{CHILD_ERROR_PREFIX}{msg}");
             let _ = o.flush();
         }
-        if crate::log::file().is_some() {
+        // Into a log file too, unless stderr already is that file (a background child).
+        if crate::log::file().is_some() && !crate::background::is_child() {
             tracing::error!("{msg}");
         }
     }

@@ -187,12 +187,7 @@ fn main() -> ExitCode {
     daemon::finish(NAME, cli(a))
 }
 
-/// A boxed error rather than `anyhow::Error`: `daemon::finish` finds a [`Failure`]'s exit
-/// code only when it is the boxed error itself or a cause of it, and a bare
-/// `anyhow::Error` made from one hides its type.
-type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-fn cli(a: Args) -> CliResult {
+fn cli(a: Args) -> anyhow::Result<()> {
     daemon::log::init(&LogConfig::new("warn", &a.log))?;
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("gnbd_import"));
     let tls_dir = a.tls_certificates.map(absolute);
@@ -239,7 +234,7 @@ fn cli(a: Args) -> CliResult {
         return Err(usage("say what to do: -e, -i, -l, -r, -R, -s, -u or -c"));
     };
     let mut out = std::io::stdout().lock();
-    Ok(run(&env, action, &mut out)?)
+    run(&env, action, &mut out)
 }
 
 /// Records, mounts and links hold absolute paths: device processes and later runs may
@@ -249,8 +244,8 @@ fn absolute(p: PathBuf) -> PathBuf {
 }
 
 /// A usage error found after parsing: exit 2, like clap's.
-fn usage(msg: &str) -> Box<dyn std::error::Error + Send + Sync> {
-    Box::new(Failure::new(2, format!("{msg} (see gnbd_import --help)")))
+fn usage(msg: &str) -> anyhow::Error {
+    Failure::new(2, format!("{msg} (see gnbd_import --help)")).into()
 }
 
 /// `--run-device`: started by `gnbd_import -i`, daemonises (the waiting parent exits once
