@@ -122,3 +122,98 @@ fn gnbd_serv_background_start_waits_for_ready_and_refuses_a_second_instance() {
     }
     assert!(!state.join("gnbd_serv.pid").exists(), "the pid file goes with the server");
 }
+
+#[test]
+fn lvsd_notifies_survives_hup_and_stops_on_term() {
+    let dir = TempDir::new();
+    let log = dir.join("lvsd.log");
+    let notify = NotifySocket::new(dir.path());
+    let (mut child, line) = spawn_until_ready(
+        Command::new(bin_dir().join("lvsd"))
+            .args(["--foreground", "--no-checks", "--socket"])
+            .arg(dir.join("lvsd.sock"))
+            .arg("--log-file")
+            .arg(&log)
+            .env("NOTIFY_SOCKET", &notify.path)
+            .stderr(Stdio::null()),
+        READY_TIMEOUT,
+    );
+    assert!(line.starts_with("lvsd: ready"), "{line}");
+    notify.wait_ready(Duration::from_secs(5));
+    assert_hup_reopens_log(child.id(), &log);
+    let status = stop(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+}
+
+/// Pids of running `comm` processes whose command line mentions `needle`.
+fn pids_of(comm: &str, needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let c = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if c.trim() == comm && String::from_utf8_lossy(&cmdline).contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn pulse_background_start_notifies_survives_hup_and_stops_on_term() {
+    let dir = TempDir::new();
+    let hb = std::net::UdpSocket::bind("127.0.14.1:0").unwrap().local_addr().unwrap().port();
+    let cf = dir.join("lvs.cf");
+    std::fs::write(
+        &cf,
+        format!("primary = 127.0.14.1\nbackup = 127.0.14.2\nheartbeat_port = {hb}\nkeepalive = 0.25\ndeadtime = 2\n"),
+    )
+    .unwrap();
+    let log = dir.join("pulse.log");
+    let notify = NotifySocket::new(dir.path());
+    let out = run(Command::new(bin_dir().join("pulse"))
+        .args(["--role", "primary", "--config"])
+        .arg(&cf)
+        .arg("--socket")
+        .arg(dir.join("lvsd.sock"))
+        .arg("--lvsd")
+        .arg(bin_dir().join("lvsd"))
+        .arg("--log")
+        .arg(&log)
+        .env("NOTIFY_SOCKET", &notify.path));
+    out.assert_success("pulse in the background");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("pulse: ready"), "{out:?}");
+    notify.wait_ready(Duration::from_secs(5));
+    let pids = pids_of("pulse", &cf.to_string_lossy());
+    assert_eq!(pids.len(), 1, "one pulse running: {pids:?}");
+    assert_hup_reopens_log(pids[0], &log);
+    run(Command::new("kill").arg(pids[0].to_string())).assert_success("kill");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !pids_of("pulse", &cf.to_string_lossy()).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "pulse did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn gnbd_import_device_process_notifies_and_survives_hup() {
+    let server = gnbd_tests::Server::start();
+    let disk = server.path("disk.img");
+    std::fs::write(&disk, vec![3u8; 1 << 20]).unwrap();
+    server.export("t", &disk, &[]);
+    let imports = gnbd_tests::import::Imports::new();
+    let notify = NotifySocket::new(&imports.state_dir().parent().unwrap().to_path_buf());
+    let port = server.port().to_string();
+    let out = gnbd_tests::run_timeout(
+        imports.cmd().args(["-i", "127.0.0.1", "-p", &port, "-n", "t"]).env("NOTIFY_SOCKET", &notify.path),
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "gnbd_import -i: {out:?}\n{}", imports.log("t"));
+    let n = notify.wait_ready(Duration::from_secs(5));
+    assert!(n.contains("STATUS=gnbd_import: ready"), "{n}");
+    let d = imports.list().into_iter().find(|d| d["name"] == "t").expect("listed");
+    let pid = d["pid"].as_u64().unwrap() as u32;
+    assert_hup_reopens_log(pid, &imports.state_dir().join("imports/t.log"));
+    assert_eq!(imports.state("t").as_deref(), Some("connected"));
+    imports.run(&["-r", "t"]).assert_success("gnbd_import -r");
+}
