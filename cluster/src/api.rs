@@ -1,27 +1,28 @@
-//! The local API of the node daemon (fenced): a Unix stream socket at [`SOCKET`] speaking
-//! one JSON object per line. Through it the DLM, the filesystem and the service manager learn
-//! membership, quorum and "node N is fenced", and wait for it; the command-line tools use it
-//! too.
+//! The local API of the node daemon (fenced): the suite's control protocol
+//! ([`daemon::control`]: JSON lines, requests tagged `op`, replies `{"ok":VALUE}` or
+//! `{"error":{"kind":KIND,"message":TEXT}}`) on the Unix socket [`SOCKET`]. Through it the
+//! DLM, the filesystem and the service manager learn membership, quorum and "node N is
+//! fenced", and wait for it; the command-line tools use it too.
 //!
-//! Requests (one line each) and replies:
-//!
-//! | request | reply |
+//! | request ([`Request`]) | `ok` value |
 //! |---|---|
-//! | `{"cmd":"status"}` | `{"ok":true,"status":{...}}` ([`DomainStatus`]) |
-//! | `{"cmd":"fence","node":"NAME"}` | after the fence: `{"ok":true,"method":"..."}` |
-//! | `{"cmd":"ack_manual","node":"NAME"}` | `{"ok":true}`: the operator vouches the node is off |
-//! | `{"cmd":"wait_fenced","nodeid":N}` | when N is safe (member, left cleanly, or fenced): `{"ok":true}` |
-//! | `{"cmd":"subscribe"}` | a stream of [`Event`] lines until the client closes (membership events carry corosync's ring sequence number, `ring_seq`) |
-//! | `{"cmd":"config_update","xml":"..."}` | after propagation: `{"ok":true,"version":V}` |
-//! | `{"cmd":"shutdown"}` | `{"ok":true}`; fenced leaves the group cleanly and exits |
+//! | `{"op":"status"}` | [`DomainStatus`] |
+//! | `{"op":"fence","node":"NAME"}` | after the fence: [`FenceDone`] `{"method":"..."}` |
+//! | `{"op":"ack_manual","node":"NAME"}` | `null`: the operator vouches the node is off |
+//! | `{"op":"wait_fenced","nodeid":N}` | `null`, when N is safe (member, left cleanly, or fenced) |
+//! | `{"op":"subscribe"}` | `null`, then one `{"ok":EVENT}` line per [`Event`] until the client closes (membership events carry corosync's ring sequence number, `ring_seq`) |
+//! | `{"op":"config_update","xml":"..."}` | after propagation: [`ConfigVersion`] `{"version":V}` |
+//! | `{"op":"shutdown"}` | `null`; fenced leaves the group cleanly and exits |
 //!
-//! Errors are `{"ok":false,"error":"..."}`.
+//! Error kinds: `not_found` (no such node), `refused` (fencing this node itself, a
+//! configuration that is not newer or names another cluster), `bad_request` (an invalid
+//! cluster.conf, a malformed request), `failed` (every fence method failed, a configuration
+//! that was not installed).
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use daemon::control::{self, CallError, ControlError};
 use serde::{Deserialize, Serialize};
 
 use crate::fence::{FenceRecord, PendingVictim};
@@ -29,12 +30,12 @@ use crate::fence::{FenceRecord, PendingVictim};
 /// The socket path.
 pub const SOCKET: &str = "/run/cluster/fenced.sock";
 
-/// Largest request or reply line accepted.
-pub const MAX_LINE: usize = 8 << 20;
+/// The daemon's name in messages.
+const FENCED: &str = "fenced";
 
 /// A request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Current state.
     Status,
@@ -50,6 +51,20 @@ pub enum Request {
     ConfigUpdate { xml: String },
     /// Leave the fence group and exit.
     Shutdown,
+}
+
+/// The reply to [`Request::Fence`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceDone {
+    /// The method that succeeded.
+    pub method: String,
+}
+
+/// The reply to [`Request::ConfigUpdate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigVersion {
+    /// The config_version now in force.
+    pub version: u64,
 }
 
 /// One node in [`DomainStatus`].
@@ -125,39 +140,47 @@ pub enum Event {
 /// A failure of the local API.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// Cannot reach fenced.
-    #[error("cannot reach fenced at {path}: {error}; is the node joined (cman_tool join)?")]
-    Connect { path: String, error: std::io::Error },
-    /// Socket trouble after connecting.
-    #[error("fenced connection: {0}")]
-    Io(#[from] std::io::Error),
-    /// fenced answered with an error.
-    #[error("{0}")]
-    Refused(String),
-    /// The reply is not what the protocol says.
-    #[error("unexpected reply from fenced: {0}")]
-    Protocol(String),
+    /// Nothing answers on the socket.
+    #[error("cannot reach fenced at {path}: {source}; is the node joined (cman_tool join)?")]
+    NotRunning {
+        /// The socket.
+        path: String,
+        /// Why the connection failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The call failed after connecting, or fenced answered with an error
+    /// ([`CallError::Remote`]).
+    #[error(transparent)]
+    Call(#[from] CallError),
 }
 
-/// Helpers shared with the daemon: builds `{"ok":false,"error":...}`.
-pub fn error_reply(msg: &str) -> String {
-    serde_json::json!({"ok": false, "error": msg}).to_string()
+impl ApiError {
+    /// fenced's error reply, if that is what this is.
+    pub fn remote(&self) -> Option<&ControlError> {
+        match self {
+            ApiError::Call(e) => e.remote(),
+            ApiError::NotRunning { .. } => None,
+        }
+    }
 }
 
-/// A client of the local API.
+/// A client of the local API: typed calls over [`daemon::control::Client`].
 #[derive(Debug)]
 pub struct Client {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    inner: control::Client,
 }
 
 impl Client {
     /// Connects to the socket at `path`.
     pub fn connect(path: &Path) -> Result<Client, ApiError> {
-        let s =
-            UnixStream::connect(path).map_err(|error| ApiError::Connect { path: path.display().to_string(), error })?;
-        let writer = s.try_clone()?;
-        Ok(Client { reader: BufReader::new(s), writer })
+        match control::Client::connect(FENCED, path) {
+            Ok(inner) => Ok(Client { inner }),
+            Err(CallError::Connect { path, source, .. }) => {
+                Err(ApiError::NotRunning { path: path.display().to_string(), source })
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Connects to [`SOCKET`].
@@ -167,81 +190,56 @@ impl Client {
 
     /// Bounds every later read (None: wait forever).
     pub fn set_timeout(&self, t: Option<Duration>) -> Result<(), ApiError> {
-        self.reader.get_ref().set_read_timeout(t)?;
-        Ok(())
+        Ok(self.inner.set_timeout(t)?)
     }
 
-    fn send(&mut self, req: &Request) -> Result<(), ApiError> {
-        let mut line = serde_json::to_string(req).expect("requests serialize");
-        line.push('\n');
-        self.writer.write_all(line.as_bytes())?;
-        Ok(())
-    }
-
-    fn read_value(&mut self) -> Result<serde_json::Value, ApiError> {
-        let mut line = String::new();
-        let n = std::io::Read::take(&mut self.reader, MAX_LINE as u64).read_line(&mut line)?;
-        if n == 0 {
-            return Err(ApiError::Protocol("connection closed".into()));
-        }
-        serde_json::from_str(&line).map_err(|e| ApiError::Protocol(format!("{e}: {line:?}")))
-    }
-
-    /// Sends a request and reads one reply, mapping `ok:false` to [`ApiError::Refused`].
-    pub fn call(&mut self, req: &Request) -> Result<serde_json::Value, ApiError> {
-        self.send(req)?;
-        let v = self.read_value()?;
-        if v.get("ok").and_then(|o| o.as_bool()) == Some(true) {
-            Ok(v)
-        } else {
-            let msg = v.get("error").and_then(|e| e.as_str()).unwrap_or("unknown error").to_owned();
-            Err(ApiError::Refused(msg))
-        }
+    /// Sends a request and reads its `ok` value (an error reply is [`ApiError::Call`] with
+    /// [`CallError::Remote`]).
+    pub fn call<T: serde::de::DeserializeOwned>(&mut self, req: &Request) -> Result<T, ApiError> {
+        Ok(self.inner.call(req)?)
     }
 
     /// The daemon's view of the domain.
     pub fn status(&mut self) -> Result<DomainStatus, ApiError> {
-        let v = self.call(&Request::Status)?;
-        serde_json::from_value(v["status"].clone()).map_err(|e| ApiError::Protocol(e.to_string()))
+        self.call(&Request::Status)
     }
 
     /// Fences `node` now; returns the method that worked.
     pub fn fence(&mut self, node: &str) -> Result<String, ApiError> {
-        let v = self.call(&Request::Fence { node: node.to_owned() })?;
-        Ok(v["method"].as_str().unwrap_or("").to_owned())
+        let done: FenceDone = self.call(&Request::Fence { node: node.to_owned() })?;
+        Ok(done.method)
     }
 
     /// Confirms a manual fence.
     pub fn ack_manual(&mut self, node: &str) -> Result<(), ApiError> {
-        self.call(&Request::AckManual { node: node.to_owned() }).map(|_| ())
+        self.call(&Request::AckManual { node: node.to_owned() })
     }
 
     /// Waits until `nodeid` is safe: a member, gone cleanly, or fenced. Lock and journal
     /// recovery call this for every node that left before touching what it held.
     pub fn wait_fenced(&mut self, nodeid: u32) -> Result<(), ApiError> {
-        self.call(&Request::WaitFenced { nodeid }).map(|_| ())
+        self.call(&Request::WaitFenced { nodeid })
     }
 
     /// Propagates a new cluster.conf; returns the version now in force.
     pub fn config_update(&mut self, xml: String) -> Result<u64, ApiError> {
-        let v = self.call(&Request::ConfigUpdate { xml })?;
-        Ok(v["version"].as_u64().unwrap_or(0))
+        let v: ConfigVersion = self.call(&Request::ConfigUpdate { xml })?;
+        Ok(v.version)
     }
 
     /// Asks fenced to leave the group and exit.
     pub fn shutdown(&mut self) -> Result<(), ApiError> {
-        self.call(&Request::Shutdown).map(|_| ())
+        self.call(&Request::Shutdown)
     }
 
     /// Subscribes; then call [`Client::next_event`].
     pub fn subscribe(&mut self) -> Result<(), ApiError> {
-        self.call(&Request::Subscribe).map(|_| ())
+        self.call(&Request::Subscribe)
     }
 
     /// The next event of a subscription.
     pub fn next_event(&mut self) -> Result<Event, ApiError> {
-        let v = self.read_value()?;
-        serde_json::from_value(v).map_err(|e| ApiError::Protocol(e.to_string()))
+        Ok(self.inner.receive()?)
     }
 }
 
@@ -253,4 +251,27 @@ pub fn last_fence(rec: &FenceRecord, name_of: impl Fn(u32) -> String) -> LastFen
 /// Converts pending victims for display.
 pub fn failures_of(pending: &[PendingVictim], nodeid: u32) -> Option<u32> {
     pending.iter().find(|p| p.nodeid == nodeid).map(|p| p.failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_shapes() {
+        fn line<T: Serialize>(v: &T) -> String {
+            String::from_utf8(control::encode(v).unwrap()).unwrap()
+        }
+        assert_eq!(line(&Request::Status), "{\"op\":\"status\"}\n");
+        assert_eq!(line(&Request::Fence { node: "n2".into() }), "{\"op\":\"fence\",\"node\":\"n2\"}\n");
+        assert_eq!(line(&Request::WaitFenced { nodeid: 3 }), "{\"op\":\"wait_fenced\",\"nodeid\":3}\n");
+        let ok: control::Reply<FenceDone> = control::Reply::Ok(FenceDone { method: "storage".into() });
+        assert_eq!(line(&ok), "{\"ok\":{\"method\":\"storage\"}}\n");
+        let ev: control::Reply<Event> = control::Reply::Ok(Event::Fenced { nodeid: 3, name: "node3".into(), method: "m".into() });
+        assert_eq!(line(&ev), "{\"ok\":{\"event\":\"fenced\",\"nodeid\":3,\"name\":\"node3\",\"method\":\"m\"}}\n");
+        let unit: control::Reply<()> = control::Reply::Ok(());
+        assert_eq!(line(&unit), "{\"ok\":null}\n");
+        assert!(control::decode_request::<Request>(br#"{"cmd":"status"}"#).is_err());
+        assert!(control::decode_request::<Request>(br#"{"op":"fence","node":"n","x":1}"#).is_err());
+    }
 }

@@ -38,6 +38,9 @@ pub enum CmanError {
     /// A daemon did not come up.
     #[error("{what} exited or did not become ready within {secs} s; see {log}")]
     NotReady { what: &'static str, secs: u64, log: String },
+    /// fenced said why it could not start.
+    #[error("fenced did not start: {message} (see {log})")]
+    FencedFailed { message: String, log: String },
     /// File system trouble.
     #[error("{path}: {error}")]
     Io { path: String, error: std::io::Error },
@@ -127,7 +130,7 @@ pub fn join(opts: &JoinOptions) -> Result<ClusterConf, CmanError> {
     if let Some(parent) = opts.corosync_conf.parent() {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
-    crate::write_atomic(&opts.corosync_conf, text.as_bytes()).map_err(io(&opts.corosync_conf))?;
+    ::daemon::write_atomic(&opts.corosync_conf, text.as_bytes()).map_err(io(&opts.corosync_conf))?;
     let log = Path::new(LOG_DIR).join("corosync.stderr");
     let pid = spawn_daemon(
         &PathBuf::from("corosync"),
@@ -175,7 +178,13 @@ fn stop_pidfile(name: &str, wait: Duration) -> Result<bool, CmanError> {
     Ok(true)
 }
 
-/// Starts fenced (corosync must be running) and waits until its API answers.
+/// Where fenced writes its pid (and holds its instance lock).
+pub const FENCED_PID: &str = "/run/cluster/fenced.pid";
+
+/// Starts fenced (corosync must be running) and waits until it is ready. fenced puts itself
+/// in the background ([`::daemon::background`]): the command started here returns once the
+/// daemon printed its ready line (exit 0), or with the daemon's error (exit 1), which is
+/// passed on.
 pub fn start_fenced(conf: &Path, wait: Duration) -> Result<(), CmanError> {
     if crate::api::Client::connect_default().and_then(|mut c| c.status()).is_ok() {
         return Err(CmanError::FencedRunning);
@@ -190,14 +199,46 @@ pub fn start_fenced(conf: &Path, wait: Duration) -> Result<(), CmanError> {
     std::fs::create_dir_all(LOG_DIR).map_err(io(Path::new(LOG_DIR)))?;
     let log = Path::new(LOG_DIR).join("fenced.log");
     let fenced = sibling("fenced");
-    let pid = spawn_daemon(&fenced, &["-c".as_ref(), conf.as_os_str()], &log)?;
-    let pidfile = Path::new(RUN_DIR).join("fenced.pid");
-    std::fs::write(&pidfile, format!("{pid}\n")).map_err(io(&pidfile))?;
-    let ready = || crate::api::Client::connect_default().and_then(|mut c| c.status()).is_ok();
-    if !wait_until(wait, || !pid_alive(pid) || ready()) || !pid_alive(pid) {
+    let mut child = Command::new(&fenced)
+        .arg("-c")
+        .arg(conf)
+        .arg("--log-file")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| CmanError::Spawn { program: fenced.display().to_string(), error })?;
+    let stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut e) = stderr {
+            let _ = std::io::Read::read_to_string(&mut e, &mut s);
+        }
+        s
+    });
+    let deadline = Instant::now() + wait;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                // Only the waiting parent is killed: a daemon still starting goes on.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(CmanError::NotReady { what: "fenced", secs: wait.as_secs(), log: log.display().to_string() });
+            }
+        }
+    };
+    let err = reader.join().unwrap_or_default();
+    if status.success() {
+        return Ok(());
+    }
+    let message = err.trim().lines().map(|l| l.strip_prefix("fenced: ").unwrap_or(l)).collect::<Vec<_>>().join("; ");
+    if message.is_empty() {
         return Err(CmanError::NotReady { what: "fenced", secs: wait.as_secs(), log: log.display().to_string() });
     }
-    Ok(())
+    Err(CmanError::FencedFailed { message, log: log.display().to_string() })
 }
 
 /// Stops fenced cleanly: it leaves the fence group (so no one fences this node) and exits.
@@ -205,8 +246,8 @@ pub fn stop_fenced(wait: Duration) -> Result<(), CmanError> {
     if let Ok(mut c) = crate::api::Client::connect_default() {
         let _ = c.set_timeout(Some(wait));
         if c.shutdown().is_ok() {
-            let pidfile = Path::new(RUN_DIR).join("fenced.pid");
-            if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|t| t.trim().parse::<u32>().ok()) {
+            let pidfile = Path::new(FENCED_PID);
+            if let Some(pid) = std::fs::read_to_string(pidfile).ok().and_then(|t| t.trim().parse::<u32>().ok()) {
                 wait_until(wait, || !pid_alive(pid));
             }
         }

@@ -3,19 +3,24 @@
 //! updates, and serves the local API ([`crate::api`]).
 //!
 //! One thread owns corosync: it polls the cpg and quorum libraries (dispatching whatever is
-//! pending every [`POLL`]), feeds the state machine and performs its actions. Fence agents
-//! run on worker threads; each API client has a thread that hands requests to the main
-//! thread over a channel.
+//! pending every [`POLL`]), feeds the state machine and performs its actions, and looks at
+//! the signals ([`::daemon::signals`]): SIGTERM/SIGINT make it leave the fence group cleanly
+//! and exit, SIGHUP makes it reread cluster.conf ([`Options::conf`]) and, when the file's
+//! config_version is newer than the one in force, propagate it to every member as
+//! `cman_tool version -r` does. Fence agents run on worker threads; each API client has a
+//! thread that hands requests to the main thread over a channel.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ::daemon::control::{self, ControlError, SocketAccess};
+use ::daemon::Signals;
 use rust_corosync as cs;
+use serde::Serialize;
 use tracing::{error, info, warn};
 
 use crate::api::{self, DomainStatus, Event, NodeEntry, Request};
@@ -98,10 +103,13 @@ fn on_quorum(_h: &cs::quorum::Handle, quorate: bool, ring: cs::quorum::RingId, m
     push(CsEvent::Quorum { quorate, members: members.into_iter().map(u32::from).collect(), ring_seq: ring.seq });
 }
 
+/// One reply line for an API client: its `ok` value or its error.
+type Reply = Result<serde_json::Value, ControlError>;
+
 /// A request from an API client with the channel for its reply lines.
 struct ClientReq {
     req: Request,
-    reply: Sender<String>,
+    reply: Sender<Reply>,
 }
 
 enum Work {
@@ -113,14 +121,9 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn ok_reply(extra: serde_json::Value) -> String {
-    let mut v = serde_json::json!({"ok": true});
-    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
-        for (k, x) in e {
-            o.insert(k.clone(), x.clone());
-        }
-    }
-    v.to_string()
+/// An `ok` reply carrying `v`.
+fn ok<T: Serialize>(v: T) -> Reply {
+    serde_json::to_value(v).map_err(|e| ControlError::failed(format!("cannot encode the reply: {e}")))
 }
 
 struct Daemon {
@@ -131,14 +134,14 @@ struct Daemon {
     cpg: cs::cpg::Handle,
     start: Instant,
     work_tx: Sender<Work>,
-    subscribers: Vec<Sender<String>>,
+    subscribers: Vec<Sender<Reply>>,
     /// fence_node callers waiting for a victim's announcement.
-    fence_waiters: BTreeMap<u32, Vec<Sender<String>>>,
+    fence_waiters: BTreeMap<u32, Vec<Sender<Reply>>>,
     /// wait_fenced callers.
-    pending_waiters: BTreeMap<u32, Vec<Sender<String>>>,
+    pending_waiters: BTreeMap<u32, Vec<Sender<Reply>>>,
     /// config_update callers waiting for their version to come back.
-    config_waiters: Vec<(u64, Sender<String>)>,
-    shutdown: Option<Sender<String>>,
+    config_waiters: Vec<(u64, Sender<Reply>)>,
+    shutdown: Option<Sender<Reply>>,
     /// Sequence number of corosync's current ring (from the quorum callback).
     ring_seq: Option<u64>,
 }
@@ -168,7 +171,7 @@ impl Daemon {
     }
 
     fn broadcast(&mut self, ev: &Event) {
-        let line = serde_json::to_string(ev).expect("events serialize");
+        let line = ok(ev);
         self.subscribers.retain(|s| s.send(line.clone()).is_ok());
     }
 
@@ -179,7 +182,7 @@ impl Daemon {
         let safe: Vec<u32> = self.pending_waiters.keys().copied().filter(|id| self.dom.is_safe(*id)).collect();
         for id in safe {
             for w in self.pending_waiters.remove(&id).unwrap_or_default() {
-                let _ = w.send(ok_reply(serde_json::json!({})));
+                let _ = w.send(ok(()));
             }
         }
     }
@@ -221,7 +224,7 @@ impl Daemon {
                     let ev = Event::Fenced { nodeid: victim, name: self.name(victim), method: method.clone() };
                     self.broadcast(&ev);
                     for w in self.fence_waiters.remove(&victim).unwrap_or_default() {
-                        let _ = w.send(ok_reply(serde_json::json!({"method": method})));
+                        let _ = w.send(ok(api::FenceDone { method: method.clone() }));
                     }
                 }
             }
@@ -298,7 +301,7 @@ impl Daemon {
             if new.name != self.conf.name {
                 return Err(format!("cluster name \"{}\" differs from \"{}\"; refused", new.name, self.conf.name));
             }
-            crate::write_atomic(&self.opts.conf, xml.as_bytes())
+            ::daemon::write_atomic(&self.opts.conf, xml.as_bytes())
                 .map_err(|e| format!("cannot write {}: {e}", self.opts.conf.display()))?;
             Ok(new)
         })();
@@ -319,9 +322,9 @@ impl Daemon {
         for (v, w) in self.config_waiters.drain(..) {
             if v == version {
                 let reply = if conf_version >= v {
-                    ok_reply(serde_json::json!({"version": conf_version}))
+                    ok(api::ConfigVersion { version: conf_version })
                 } else {
-                    api::error_reply("the new configuration was not installed; see the fenced log")
+                    Err(ControlError::failed("the new configuration was not installed; see the fenced log"))
                 };
                 let _ = w.send(reply);
             } else {
@@ -346,28 +349,81 @@ impl Daemon {
         }
     }
 
+    /// Validates a new cluster.conf offered to this node (config_update, SIGHUP): it must
+    /// parse, be newer than the one in force and name the same cluster.
+    fn check_update(&self, xml: &str) -> Result<ClusterConf, ControlError> {
+        let new = crate::conf::parse(xml).map_err(|e| ControlError::bad_request(format!("invalid cluster.conf:\n{e}")))?;
+        if new.config_version <= self.conf.config_version {
+            return Err(ControlError::refused(format!(
+                "config_version {} is not newer than {} in force; refused",
+                new.config_version, self.conf.config_version
+            )));
+        }
+        if new.name != self.conf.name {
+            return Err(ControlError::refused(format!(
+                "cluster name \"{}\" differs from \"{}\"; refused",
+                new.name, self.conf.name
+            )));
+        }
+        Ok(new)
+    }
+
+    /// SIGHUP: rereads cluster.conf and, when its config_version is newer than the one in
+    /// force, propagates it to every member (this one included) as a config_update does.
+    fn reload(&mut self) {
+        let path = self.opts.conf.display().to_string();
+        let xml = match std::fs::read_to_string(&self.opts.conf) {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("SIGHUP: cannot read {path}: {e}; config_version {} stays in force", self.conf.config_version);
+                return;
+            }
+        };
+        if let Ok(c) = crate::conf::parse(&xml) {
+            if c.config_version <= self.conf.config_version {
+                info!(
+                    "SIGHUP: {path} has config_version {}, not newer than {} in force; nothing changed",
+                    c.config_version, self.conf.config_version
+                );
+                return;
+            }
+        }
+        match self.check_update(&xml) {
+            Ok(new) => {
+                info!(
+                    "SIGHUP: {path} has config_version {} (in force: {}); propagating it to the fence group",
+                    new.config_version, self.conf.config_version
+                );
+                self.mcast(&Msg::Config { version: new.config_version, xml });
+            }
+            Err(e) => {
+                warn!("SIGHUP: {path} not applied, config_version {} stays in force: {e}", self.conf.config_version)
+            }
+        }
+    }
+
     fn request(&mut self, r: ClientReq) {
         match r.req {
             Request::Status => {
-                let _ = r.reply.send(ok_reply(serde_json::json!({"status": self.status()})));
+                let _ = r.reply.send(ok(self.status()));
             }
             Request::Subscribe => {
-                let _ = r.reply.send(ok_reply(serde_json::json!({})));
+                let _ = r.reply.send(ok(()));
                 let ev = Event::Membership {
                     quorate: self.dom.quorate(),
                     members: self.dom.members().iter().copied().collect(),
                     ring_seq: self.ring_seq,
                 };
-                let _ = r.reply.send(serde_json::to_string(&ev).expect("events serialize"));
+                let _ = r.reply.send(ok(&ev));
                 self.subscribers.push(r.reply);
             }
             Request::Fence { node } => {
                 let Some(n) = self.conf.node(&node).cloned() else {
-                    let _ = r.reply.send(api::error_reply(&format!("no node named \"{node}\" in cluster.conf")));
+                    let _ = r.reply.send(Err(no_such_node(&node)));
                     return;
                 };
                 if n.nodeid == self.local {
-                    let _ = r.reply.send(api::error_reply("refusing to fence this node itself"));
+                    let _ = r.reply.send(Err(ControlError::refused("refusing to fence this node itself")));
                     return;
                 }
                 self.fence_waiters.entry(n.nodeid).or_default().push(r.reply);
@@ -396,34 +452,22 @@ impl Daemon {
                 Some(n) => {
                     let victim = n.nodeid;
                     self.mcast(&Msg::AckManual { victim });
-                    let _ = r.reply.send(ok_reply(serde_json::json!({})));
+                    let _ = r.reply.send(ok(()));
                 }
                 None => {
-                    let _ = r.reply.send(api::error_reply(&format!("no node named \"{node}\" in cluster.conf")));
+                    let _ = r.reply.send(Err(no_such_node(&node)));
                 }
             },
             Request::WaitFenced { nodeid } => {
                 if !self.dom.is_safe(nodeid) {
                     self.pending_waiters.entry(nodeid).or_default().push(r.reply);
                 } else {
-                    let _ = r.reply.send(ok_reply(serde_json::json!({})));
+                    let _ = r.reply.send(ok(()));
                 }
             }
-            Request::ConfigUpdate { xml } => match crate::conf::parse(&xml) {
+            Request::ConfigUpdate { xml } => match self.check_update(&xml) {
                 Err(e) => {
-                    let _ = r.reply.send(api::error_reply(&format!("invalid cluster.conf:\n{e}")));
-                }
-                Ok(new) if new.config_version <= self.conf.config_version => {
-                    let _ = r.reply.send(api::error_reply(&format!(
-                        "config_version {} is not newer than {} in force; refused",
-                        new.config_version, self.conf.config_version
-                    )));
-                }
-                Ok(new) if new.name != self.conf.name => {
-                    let _ = r.reply.send(api::error_reply(&format!(
-                        "cluster name \"{}\" differs from \"{}\"; refused",
-                        new.name, self.conf.name
-                    )));
+                    let _ = r.reply.send(Err(e));
                 }
                 Ok(new) => {
                     self.config_waiters.push((new.config_version, r.reply));
@@ -443,7 +487,7 @@ impl Daemon {
                 }
                 Err(e) => {
                     for w in self.fence_waiters.remove(&victim).unwrap_or_default() {
-                        let _ = w.send(api::error_reply(&format!("fencing {} failed: {e}", self.name(victim))));
+                        let _ = w.send(Err(ControlError::failed(format!("fencing {} failed: {e}", self.name(victim)))));
                     }
                 }
             },
@@ -467,7 +511,7 @@ fn reload_corosync(conf: &ClusterConf) {
             return;
         }
     };
-    if let Err(e) = crate::write_atomic(&path, text.as_bytes()) {
+    if let Err(e) = ::daemon::write_atomic(&path, text.as_bytes()) {
         warn!(error = %e, path = %path.display(), "cannot write the corosync configuration");
         return;
     }
@@ -483,21 +527,18 @@ fn reload_corosync(conf: &ClusterConf) {
     }
 }
 
+fn no_such_node(node: &str) -> ControlError {
+    ControlError::not_found(format!("no node named \"{node}\" in cluster.conf"))
+}
+
+/// One API client: requests go to the main thread, replies (and a subscription's events)
+/// come back over a channel and are written as control-protocol lines.
 fn serve_client(stream: UnixStream, tx: Sender<ClientReq>) {
-    let Ok(mut writer) = stream.try_clone() else { return };
-    let mut reader = BufReader::new(stream);
+    let Ok(mut conn) = control::Conn::new(stream) else { return };
     loop {
-        let mut line = String::new();
-        match std::io::Read::take(&mut reader, api::MAX_LINE as u64).read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let req: Request = match serde_json::from_str(&line) {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = writer.write_all(format!("{}\n", api::error_reply(&format!("bad request: {e}"))).as_bytes());
-                continue;
-            }
+        let req: Request = match conn.next_request() {
+            Ok(Some(r)) => r,
+            Ok(None) | Err(_) => return,
         };
         let streaming = matches!(req, Request::Subscribe);
         let (rtx, rrx) = mpsc::channel();
@@ -506,7 +547,7 @@ fn serve_client(stream: UnixStream, tx: Sender<ClientReq>) {
         }
         loop {
             let Ok(out) = rrx.recv() else { return };
-            if writer.write_all(format!("{out}\n").as_bytes()).is_err() {
+            if conn.reply(out).is_err() {
                 return;
             }
             if !streaming {
@@ -516,8 +557,11 @@ fn serve_client(stream: UnixStream, tx: Sender<ClientReq>) {
     }
 }
 
-/// Runs the daemon until asked to shut down (or corosync goes away).
-pub fn run(opts: Options) -> Result<(), DaemonError> {
+/// Runs the daemon until asked to shut down (the `shutdown` request, SIGTERM or SIGINT: it
+/// leaves the fence group cleanly) or corosync goes away. `signals` must have been installed
+/// before any thread was started. Prints the ready line once the socket serves and the group
+/// is joined.
+pub fn run(opts: Options, signals: &Signals) -> Result<(), DaemonError> {
     let conf = crate::cman::load(&opts.conf)?;
     let local = crate::corosync::local_nodeid()?;
     let cs_err =
@@ -538,11 +582,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     let (quorum, _) = cs::quorum::initialize(&qmodel, 0).map_err(cs_err("quorum_initialize"))?;
     cs::quorum::trackstart(quorum, cs::TrackFlags::Changes).map_err(cs_err("quorum_trackstart"))?;
 
-    if let Some(dir) = opts.socket.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let _ = std::fs::remove_file(&opts.socket);
-    let listener = UnixListener::bind(&opts.socket)
+    let listener = control::bind(&opts.socket, SocketAccess::Owner)
         .map_err(|error| DaemonError::Socket { path: opts.socket.display().to_string(), error })?;
     let (req_tx, req_rx): (Sender<ClientReq>, Receiver<ClientReq>) = mpsc::channel();
     std::thread::spawn(move || {
@@ -572,9 +612,10 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     // Join the group only once the API socket is up: cman_tool join waits on the socket.
     cs::cpg::join(cpg, GROUP).map_err(cs_err("cpg_join"))?;
     info!(nodeid = local, cluster = %d.conf.name, "fenced started; joined the fence group");
-    eprintln!("fenced: ready (node {local})");
+    ::daemon::ready::ready(&format!("fenced: ready (node {local})"));
 
     let mut last_membership: Option<(bool, BTreeSet<u32>, u64)> = None;
+    let mut reloads = signals.counts().reload;
     loop {
         if let Err(e) = cs::cpg::dispatch(cpg, cs::DispatchFlags::All) {
             error!(error = %e, "lost corosync (cpg); exiting");
@@ -615,12 +656,22 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         while let Ok(r) = req_rx.try_recv() {
             d.request(r);
         }
-        if let Some(reply) = d.shutdown.take() {
+        let counts = signals.counts();
+        if counts.reload > reloads {
+            reloads = counts.reload;
+            ::daemon::ready::reloading();
+            d.reload();
+            ::daemon::ready::reloaded();
+        }
+        if d.shutdown.is_some() || counts.stop > 0 {
+            ::daemon::ready::stopping();
             let _ = cs::cpg::leave(cpg, GROUP);
             // Let the leave reach the group before we disappear.
             let _ = cs::cpg::dispatch(cpg, cs::DispatchFlags::All);
             info!("left the fence group; exiting");
-            let _ = reply.send(ok_reply(serde_json::json!({})));
+            if let Some(reply) = d.shutdown.take() {
+                let _ = reply.send(ok(()));
+            }
             std::thread::sleep(Duration::from_millis(100));
             break;
         }

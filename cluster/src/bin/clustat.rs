@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use daemon::log::{LogArgs, LogConfig};
 
 const AFTER_HELP: &str = "\
 DESCRIPTION
@@ -18,9 +19,13 @@ EXAMPLES
 FILES
     /etc/cluster/cluster.conf       node names and ids
 
+LOGGING
+    --log-level LEVEL overrides $RUST_LOG; the default is warn.
+
 EXIT STATUS
     0   shown
-    1   corosync is not running on this node, or cluster.conf is invalid";
+    1   corosync is not running on this node, or cluster.conf is invalid
+    2   bad usage";
 
 /// Cluster status.
 #[derive(Debug, Parser)]
@@ -29,21 +34,18 @@ struct Args {
     /// cluster.conf to use.
     #[arg(short = 'c', long = "config", default_value = cluster::cman::DEFAULT_CONF)]
     conf: PathBuf,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let r = cluster::cman::load(&args.conf).map_err(|e| e.to_string()).and_then(|c| {
-        cluster::corosync::status(&c).map(|s| cluster::corosync::render_clustat(&c, &s)).map_err(|e| e.to_string())
-    });
-    match r {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("clustat: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    daemon::finish("clustat", run(Args::parse()))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    daemon::log::init(&LogConfig::new("warn", &args.log))?;
+    let c = cluster::cman::load(&args.conf)?;
+    let s = cluster::corosync::status(&c)?;
+    print!("{}", cluster::corosync::render_clustat(&c, &s));
+    Ok(())
 }

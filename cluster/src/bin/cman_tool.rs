@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use daemon::log::{LogArgs, LogConfig};
 use cluster::cman::{self, JoinOptions, DEFAULT_CONF, RUN_DIR};
 
 const AFTER_HELP: &str = "\
@@ -32,10 +33,15 @@ FILES
     /run/cluster/fenced.sock        fenced's local API
     /var/log/cluster/               corosync.log, corosync.stderr, fenced.log
 
+LOGGING
+    --log-level LEVEL (error, warn, info, debug, trace, or a filter) overrides $RUST_LOG;
+    the default is warn.
+
 EXIT STATUS
     0   success
     1   failure: invalid cluster.conf (every error is listed), corosync or fenced not
-        running or not starting, a refused configuration version";
+        running or not starting, a refused configuration version
+    2   bad usage";
 
 /// Cluster membership and quorum.
 #[derive(Debug, Parser)]
@@ -43,6 +49,8 @@ EXIT STATUS
 struct Args {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,19 +103,12 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    cluster::init_tracing("warn");
-    match run(args.cmd) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("cman_tool: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    daemon::finish("cman_tool", run(Args::parse()))
 }
 
-fn run(cmd: Cmd) -> anyhow::Result<()> {
-    match cmd {
+fn run(args: Args) -> anyhow::Result<()> {
+    daemon::log::init(&LogConfig::new("warn", &args.log))?;
+    match args.cmd {
         Cmd::Join { conf, dry_run: true, .. } => print!("{}", cman::dry_run(&conf)?),
         Cmd::Join { conf, corosync_conf, no_fenced, timeout_s, .. } => {
             let opts = JoinOptions {

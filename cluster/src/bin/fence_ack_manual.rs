@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use daemon::log::{LogArgs, LogConfig};
 
 const AFTER_HELP: &str = "\
 DESCRIPTION
@@ -20,9 +21,13 @@ FILES
     /run/cluster/fenced.sock        fenced's local API
     /run/cluster/fence_manual/      acknowledgements read by fence_manual
 
+LOGGING
+    --log-level LEVEL overrides $RUST_LOG; the default is warn.
+
 EXIT STATUS
     0   acknowledgement sent
-    1   unknown node, or fenced not running";
+    1   unknown node, or fenced not running
+    2   bad usage";
 
 /// Confirm a manual fence.
 #[derive(Debug, Parser)]
@@ -30,18 +35,17 @@ EXIT STATUS
 struct Args {
     /// Node name from cluster.conf.
     node: String,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match cluster::api::Client::connect_default().and_then(|mut c| c.ack_manual(&args.node)) {
-        Ok(()) => {
-            println!("fence_ack_manual: {} acknowledged", args.node);
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("fence_ack_manual: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    daemon::finish("fence_ack_manual", run(Args::parse()))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    daemon::log::init(&LogConfig::new("warn", &args.log))?;
+    cluster::api::Client::connect_default()?.ack_manual(&args.node)?;
+    println!("fence_ack_manual: {} acknowledged", args.node);
+    Ok(())
 }

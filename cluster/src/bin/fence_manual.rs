@@ -5,7 +5,9 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::bail;
 use clap::Parser;
+use daemon::log::{LogArgs, LogConfig};
 use cluster::daemon::MANUAL_DIR;
 
 const AFTER_HELP: &str = "\
@@ -23,9 +25,14 @@ FILES
     /run/cluster/fence_manual/NODE.ack   written by fenced when the operator acknowledges
                                          (one left from before this fence started is ignored)
 
+LOGGING
+    --log-level LEVEL overrides $RUST_LOG; the default is warn. The messages for the
+    operator go to stderr, which fenced copies into its log.
+
 EXIT STATUS
     0   acknowledged (or: status/monitor/metadata answered)
-    1   bad input";
+    1   bad input
+    2   bad usage";
 
 /// Manual fencing agent.
 #[derive(Debug, Parser)]
@@ -34,10 +41,16 @@ struct Args {
     /// Node to fence (instead of stdin).
     #[arg(short = 'n', long)]
     nodename: Option<String>,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    daemon::finish("fence_manual", run(Args::parse()))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    daemon::log::init(&LogConfig::new("warn", &args.log))?;
     let mut node = args.nodename;
     let mut action = "off".to_owned();
     if node.is_none() {
@@ -54,18 +67,14 @@ fn main() -> ExitCode {
     match action.as_str() {
         "metadata" => {
             println!("<resource-agent name=\"fence_manual\" shortdesc=\"wait for fence_ack_manual\"/>");
-            return ExitCode::SUCCESS;
+            return Ok(());
         }
-        "status" | "monitor" | "list" => return ExitCode::SUCCESS,
+        "status" | "monitor" | "list" => return Ok(()),
         "off" | "reboot" => {}
-        other => {
-            eprintln!("fence_manual: action {other} is not supported");
-            return ExitCode::FAILURE;
-        }
+        other => bail!("action {other} is not supported"),
     }
     let Some(node) = node.filter(|n| !n.is_empty() && !n.contains('/')) else {
-        eprintln!("fence_manual: no valid nodename= given");
-        return ExitCode::FAILURE;
+        bail!("no valid nodename= given");
     };
     let ack = Path::new(MANUAL_DIR).join(format!("{node}.ack"));
     // An acknowledgement given before this fence started is for an earlier one: only an
@@ -75,7 +84,7 @@ fn main() -> ExitCode {
     loop {
         if std::fs::remove_file(&ack).is_ok() {
             eprintln!("fence_manual: {node} acknowledged by the operator");
-            return ExitCode::SUCCESS;
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(200));
     }

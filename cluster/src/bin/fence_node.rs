@@ -2,7 +2,9 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
+use daemon::log::{LogArgs, LogConfig};
 
 const AFTER_HELP: &str = "\
 DESCRIPTION
@@ -16,9 +18,13 @@ EXAMPLES
 FILES
     /run/cluster/fenced.sock        fenced's local API
 
+LOGGING
+    --log-level LEVEL overrides $RUST_LOG; the default is warn.
+
 EXIT STATUS
     0   NODE is fenced
-    1   every method failed, NODE is unknown, or fenced is not running";
+    1   every method failed, NODE is unknown, or fenced is not running
+    2   bad usage";
 
 /// Fence a node by hand.
 #[derive(Debug, Parser)]
@@ -26,19 +32,19 @@ EXIT STATUS
 struct Args {
     /// Node name from cluster.conf.
     node: String,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let r = cluster::api::Client::connect_default().and_then(|mut c| c.fence(&args.node));
-    match r {
-        Ok(method) => {
-            println!("fence {} success (method {method})", args.node);
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("fence_node: fence {} failed: {e}", args.node);
-            ExitCode::FAILURE
-        }
-    }
+    daemon::finish("fence_node", run(Args::parse()))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    daemon::log::init(&LogConfig::new("warn", &args.log))?;
+    let method = cluster::api::Client::connect_default()
+        .and_then(|mut c| c.fence(&args.node))
+        .with_context(|| format!("fence {} failed", args.node))?;
+    println!("fence {} success (method {method})", args.node);
+    Ok(())
 }

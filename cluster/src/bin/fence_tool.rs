@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use daemon::log::{LogArgs, LogConfig};
 
 const AFTER_HELP: &str = "\
 DESCRIPTION
@@ -23,9 +24,13 @@ EXAMPLES
 FILES
     /run/cluster/fenced.sock        fenced's local API
 
+LOGGING
+    --log-level LEVEL overrides $RUST_LOG; the default is warn.
+
 EXIT STATUS
     0   done
-    1   fenced not running (ls), already running or not starting (join)";
+    1   fenced not running (ls), already running or not starting (join)
+    2   bad usage";
 
 /// Fence domain information.
 #[derive(Debug, Parser)]
@@ -33,6 +38,8 @@ EXIT STATUS
 struct Args {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,21 +61,20 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let json = match Args::parse().cmd {
+    daemon::finish("fence_tool", run(Args::parse()))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    daemon::log::init(&LogConfig::new("warn", &args.log))?;
+    let json = match args.cmd {
         Cmd::Ls { json } => json,
-        Cmd::Join { conf } => return done(cluster::cman::start_fenced(&conf, Duration::from_secs(60))),
-        Cmd::Leave => return done(cluster::cman::stop_fenced(Duration::from_secs(30))),
+        Cmd::Join { conf } => return Ok(cluster::cman::start_fenced(&conf, Duration::from_secs(60))?),
+        Cmd::Leave => return Ok(cluster::cman::stop_fenced(Duration::from_secs(30))?),
     };
-    let s = match cluster::api::Client::connect_default().and_then(|mut c| c.status()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("fence_tool: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let s = cluster::api::Client::connect_default()?.status()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&s).expect("status serializes"));
-        return ExitCode::SUCCESS;
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
     }
     println!("fence domain \"default\" of cluster {} (config_version {})", s.cluster, s.config_version);
     println!("local node id {}, quorate: {}", s.local_nodeid, if s.quorate { "yes" } else { "no" });
@@ -90,15 +96,5 @@ fn main() -> ExitCode {
             pending
         );
     }
-    ExitCode::SUCCESS
-}
-
-fn done(r: Result<(), cluster::cman::CmanError>) -> ExitCode {
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("fence_tool: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    Ok(())
 }
