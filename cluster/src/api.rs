@@ -267,7 +267,8 @@ mod tests {
         assert_eq!(line(&Request::WaitFenced { nodeid: 3 }), "{\"op\":\"wait_fenced\",\"nodeid\":3}\n");
         let ok: control::Reply<FenceDone> = control::Reply::Ok(FenceDone { method: "storage".into() });
         assert_eq!(line(&ok), "{\"ok\":{\"method\":\"storage\"}}\n");
-        let ev: control::Reply<Event> = control::Reply::Ok(Event::Fenced { nodeid: 3, name: "node3".into(), method: "m".into() });
+        let ev: control::Reply<Event> =
+            control::Reply::Ok(Event::Fenced { nodeid: 3, name: "node3".into(), method: "m".into() });
         assert_eq!(line(&ev), "{\"ok\":{\"event\":\"fenced\",\"nodeid\":3,\"name\":\"node3\",\"method\":\"m\"}}\n");
         let unit: control::Reply<()> = control::Reply::Ok(());
         assert_eq!(line(&unit), "{\"ok\":null}\n");

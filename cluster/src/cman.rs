@@ -226,7 +226,11 @@ pub fn start_fenced(conf: &Path, wait: Duration) -> Result<(), CmanError> {
                 // Only the waiting parent is killed: a daemon still starting goes on.
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(CmanError::NotReady { what: "fenced", secs: wait.as_secs(), log: log.display().to_string() });
+                return Err(CmanError::NotReady {
+                    what: "fenced",
+                    secs: wait.as_secs(),
+                    log: log.display().to_string(),
+                });
             }
         }
     };

@@ -352,7 +352,8 @@ impl Daemon {
     /// Validates a new cluster.conf offered to this node (config_update, SIGHUP): it must
     /// parse, be newer than the one in force and name the same cluster.
     fn check_update(&self, xml: &str) -> Result<ClusterConf, ControlError> {
-        let new = crate::conf::parse(xml).map_err(|e| ControlError::bad_request(format!("invalid cluster.conf:\n{e}")))?;
+        let new =
+            crate::conf::parse(xml).map_err(|e| ControlError::bad_request(format!("invalid cluster.conf:\n{e}")))?;
         if new.config_version <= self.conf.config_version {
             return Err(ControlError::refused(format!(
                 "config_version {} is not newer than {} in force; refused",

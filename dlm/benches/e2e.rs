@@ -31,7 +31,7 @@ fn free_port(ip: &str) -> SocketAddr {
 fn daemon(dir: &Path, id: u32, listen: Option<SocketAddr>, peers: &[(u32, SocketAddr)]) -> (Proc, PathBuf) {
     let socket = dir.join(format!("d{id}.sock"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dlm_controld"));
-    cmd.arg("--node-id").arg(id.to_string()).arg("--socket").arg(&socket).env("DLM_LOG", "warn");
+    cmd.arg("--node-id").arg(id.to_string()).arg("--socket").arg(&socket).env("RUST_LOG", "warn");
     if let Some(l) = listen {
         cmd.arg("--listen").arg(l.to_string());
     }

@@ -256,8 +256,10 @@ async fn sink_writer(core: Rc<RefCell<Core>>, key: Key, notify: Rc<tokio::sync::
     }
 }
 
-/// Run the daemon until SIGTERM or SIGINT. `ready` is called once everything listens.
-pub fn run(cfg: DaemonConfig, ready: impl FnOnce(&Ready)) -> Result<(), DaemonError> {
+/// Run the daemon until SIGTERM or SIGINT (as `signals`, installed by the caller before any
+/// thread was started, reports them; SIGHUP only reopens the log file, which the toolkit
+/// does by itself). `ready` is called once everything listens.
+pub fn run(cfg: DaemonConfig, signals: &::daemon::Signals, ready: impl FnOnce(&Ready)) -> Result<(), DaemonError> {
     if cfg.peers.iter().any(|(id, _)| *id == cfg.node_id) {
         return Err(DaemonError::Config(format!("node {} is listed as its own peer", cfg.node_id)));
     }
@@ -266,10 +268,10 @@ pub fn run(cfg: DaemonConfig, ready: impl FnOnce(&Ready)) -> Result<(), DaemonEr
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DaemonError::Runtime)?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, serve(cfg, ready))
+    local.block_on(&rt, serve(cfg, signals, ready))
 }
 
-async fn serve(cfg: DaemonConfig, ready: impl FnOnce(&Ready)) -> Result<(), DaemonError> {
+async fn serve(cfg: DaemonConfig, signals: &::daemon::Signals, ready: impl FnOnce(&Ready)) -> Result<(), DaemonError> {
     let _ = std::fs::remove_file(&cfg.socket);
     let unix =
         UnixListener::bind(&cfg.socket).map_err(|source| DaemonError::Socket { path: cfg.socket.clone(), source })?;
@@ -326,10 +328,9 @@ async fn serve(cfg: DaemonConfig, ready: impl FnOnce(&Ready)) -> Result<(), Daem
         let _ = view.await;
     }
     ready(&Ready { node_id: cfg.node_id, socket: cfg.socket.clone(), listen: cfg.listen });
-    info!(node = cfg.node_id, socket = %cfg.socket.display(), "dlm_controld ready");
     let mut next_owner: Owner = 1;
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(DaemonError::Runtime)?;
+    let stopped = signals.stopped();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             r = unix.accept() => match r {
@@ -343,10 +344,10 @@ async fn serve(cfg: DaemonConfig, ready: impl FnOnce(&Ready)) -> Result<(), Daem
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut stopped => break,
         }
     }
+    ::daemon::ready::stopping();
     let _ = std::fs::remove_file(&cfg.socket);
     info!("dlm_controld stopping");
     Ok(())

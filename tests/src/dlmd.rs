@@ -49,7 +49,7 @@ impl DlmDaemon {
         for (p, a) in peers {
             cmd.arg("--peer").arg(format!("{p}={a}"));
         }
-        cmd.env("DLM_LOG", "debug");
+        cmd.env("RUST_LOG", "debug");
         cmd.stdout(Stdio::piped()).stderr(std::fs::File::create(&log).expect("log file"));
         let mut child = cmd.spawn().expect("dlm_controld runs (build it with `cargo build --workspace --bins`)");
         let stdout = child.stdout.take().expect("piped");

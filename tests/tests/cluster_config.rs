@@ -73,8 +73,9 @@ fn newer_config_reaches_every_member_and_stale_ones_are_refused() {
     assert_eq!(nodes.read_conf(2), v2);
 }
 
-/// One JSON-lines connection to node `i`'s fenced socket, from the host side of its
-/// private /run.
+/// One connection to node `i`'s fenced socket (the control protocol: JSON lines, requests
+/// tagged `op`, replies `{"ok":..}` or `{"error":{"kind","message"}}`), from the host side
+/// of its private /run.
 fn api(nodes: &Nodes, i: usize) -> (BufReader<UnixStream>, UnixStream) {
     let s = UnixStream::connect(nodes.path(i, "run/cluster/fenced.sock")).expect("fenced socket");
     s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
@@ -85,6 +86,12 @@ fn line(r: &mut BufReader<UnixStream>) -> serde_json::Value {
     let mut l = String::new();
     r.read_line(&mut l).expect("a line from fenced within the timeout");
     serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l:?}"))
+}
+
+/// The next event of a subscription: `{"ok":EVENT}`.
+fn event(r: &mut BufReader<UnixStream>) -> serde_json::Value {
+    let l = line(r);
+    l.get("ok").cloned().unwrap_or_else(|| panic!("not an event line: {l}"))
 }
 
 #[test]
@@ -98,23 +105,24 @@ fn local_api_reports_membership_and_fences_and_waits_for_them() {
     nodes.join_all();
     nodes.wait_formed();
     let (mut events, mut w) = api(&nodes, 1);
-    w.write_all(b"{\"cmd\":\"subscribe\"}\n").unwrap();
-    assert_eq!(line(&mut events)["ok"], true);
-    let first = line(&mut events);
+    w.write_all(b"{\"op\":\"subscribe\"}\n").unwrap();
+    let subscribed = line(&mut events);
+    assert!(subscribed.get("ok").is_some_and(|v| v.is_null()), "{subscribed}");
+    let first = event(&mut events);
     assert_eq!(first["event"], "membership");
 
     // A bad request gets an error, not a dropped connection.
     let (mut r, mut w2) = api(&nodes, 0);
-    w2.write_all(b"{\"cmd\":\"explode\"}\n").unwrap();
+    w2.write_all(b"{\"op\":\"explode\"}\n").unwrap();
     let e = line(&mut r);
-    assert_eq!(e["ok"], false);
-    assert!(e["error"].as_str().unwrap().contains("bad request"), "{e}");
+    assert_eq!(e["error"]["kind"], "bad_request", "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("explode"), "{e}");
 
     nodes.kill(2);
     // Like a lock manager: on the membership change, wait until the lost node is fenced.
     let mut saw_fenced = false;
     loop {
-        let ev = line(&mut events);
+        let ev = event(&mut events);
         match ev["event"].as_str() {
             Some("membership") if ev["members"] == serde_json::json!([1, 2]) => {
                 assert_eq!(ev["quorate"], true);
@@ -125,16 +133,16 @@ fn local_api_reports_membership_and_fences_and_waits_for_them() {
         }
     }
     let (mut r3, mut w3) = api(&nodes, 1);
-    w3.write_all(b"{\"cmd\":\"wait_fenced\",\"nodeid\":3}\n").unwrap();
+    w3.write_all(b"{\"op\":\"wait_fenced\",\"nodeid\":3}\n").unwrap();
     let done = line(&mut r3);
-    assert_eq!(done["ok"], true, "{done}");
+    assert!(done.get("ok").is_some_and(|v| v.is_null()), "{done}");
     // wait_fenced returned, so the fence is already recorded.
     let s = nodes.fence_entry(1, "node3");
     assert_eq!(s["pending"], false, "{s}");
     assert_eq!(s["last_fence"]["method"], "ok", "{s}");
     assert_eq!(s["last_fence"]["by"], "node1", "{s}");
     while !saw_fenced {
-        let ev = line(&mut events);
+        let ev = event(&mut events);
         if ev["event"] == "fenced" {
             assert_eq!(ev["nodeid"], 3);
             assert_eq!(ev["name"], "node3");
@@ -143,8 +151,9 @@ fn local_api_reports_membership_and_fences_and_waits_for_them() {
         }
     }
     // A member is safe: wait_fenced on it answers at once.
-    w2.write_all(b"{\"cmd\":\"wait_fenced\",\"nodeid\":2}\n").unwrap();
-    assert_eq!(line(&mut r)["ok"], true);
+    w2.write_all(b"{\"op\":\"wait_fenced\",\"nodeid\":2}\n").unwrap();
+    let done = line(&mut r);
+    assert!(done.get("ok").is_some_and(|v| v.is_null()), "{done}");
 }
 
 #[test]
@@ -162,4 +171,42 @@ fn node_starting_with_an_older_config_catches_up() {
     for i in 0..3 {
         nodes.wait_status(i, |s| s.contains("Nodes: 3\n") && s.contains("Config Version: 4\n"));
     }
+}
+
+/// The pid fenced wrote on node `i` (the host sees every namespace's processes).
+fn fenced_pid(nodes: &Nodes, i: usize) -> String {
+    let text = std::fs::read_to_string(nodes.path(i, "run/cluster/fenced.pid")).expect("fenced.pid");
+    text.trim().to_owned()
+}
+
+#[test]
+fn sighup_rereads_cluster_conf_and_propagates_a_newer_version() {
+    let nodes = Nodes::new(2);
+    nodes.write_conf(&nodes.simple_conf("alpha", 1, 1000, "<fence_daemon post_join_delay=\"120\"/>"));
+    nodes.join_all();
+    nodes.wait_formed();
+    let pid = fenced_pid(&nodes, 0);
+    let hup = || {
+        let st = std::process::Command::new("kill").args(["-HUP", &pid]).status().expect("kill");
+        assert!(st.success());
+    };
+    let log = || std::fs::read_to_string(nodes.path(0, "log/fenced.log")).unwrap_or_default();
+    // The same version: nothing changes, and fenced stays up.
+    hup();
+    nodes.wait_output(0, "cman_tool", &["version"], |_| log().contains("nothing changed"));
+    assert_eq!(fenced_pid(&nodes, 0), pid);
+    // A newer file on node1 reaches node2 as with cman_tool version -r.
+    let v2 = nodes.simple_conf("alpha", 2, 1000, "<fence_daemon post_fail_delay=\"5\" post_join_delay=\"120\"/>");
+    nodes.write_conf_on(0, &v2);
+    hup();
+    for i in 0..2 {
+        nodes.wait_output(i, "cman_tool", &["version"], |o| o.trim() == "2");
+        assert_eq!(nodes.read_conf(i), v2, "node{}", i + 1);
+    }
+    // An invalid file is logged and changes nothing.
+    nodes.write_conf_on(0, "<cluster name=\"alpha\" config_version=\"3\"></cluster>");
+    hup();
+    nodes.wait_output(0, "cman_tool", &["version"], |_| log().contains("not applied"));
+    assert_eq!(nodes.fence_status(0)["config_version"], 2);
+    assert_eq!(nodes.read_conf(1), v2);
 }

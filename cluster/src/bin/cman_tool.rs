@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use daemon::log::{LogArgs, LogConfig};
 use cluster::cman::{self, JoinOptions, DEFAULT_CONF, RUN_DIR};
+use daemon::log::{LogArgs, LogConfig};
 
 const AFTER_HELP: &str = "\
 DESCRIPTION

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::Parser;
-use daemon::log::{LogArgs, LogConfig};
 use cluster::daemon::MANUAL_DIR;
+use daemon::log::{LogArgs, LogConfig};
 
 const AFTER_HELP: &str = "\
 DESCRIPTION

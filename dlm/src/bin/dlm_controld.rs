@@ -4,8 +4,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
+use daemon::log::{LogArgs, LogConfig};
 
 /// Host this node's lockspaces: serve local programs on a Unix socket and exchange lock
 /// traffic with the other nodes' daemons over TCP.
@@ -30,9 +33,20 @@ use clap::Parser;
 ///   /run/cluster/fenced.sock     fenced's local API (cluster mode)
 ///   /etc/cluster/cluster.conf    node ids and addresses (cluster mode)
 ///
+/// SIGNALS:
+///   TERM, INT   stop (exit 0)
+///   HUP         reopen the log file (--log-file); nothing else: dlm_controld has no
+///               configuration file of its own (cluster mode follows fenced, which
+///               reloads cluster.conf). Never exits.
+///
+/// LOGGING:
+///   To stderr, or appended to --log-file. --log-level LEVEL (error, warn, info, debug,
+///   trace, or a filter such as info,dlm=debug) overrides $RUST_LOG; the default is info.
+///   The ready line "dlm_controld: ready node N socket PATH" goes to stdout.
+///
 /// EXIT STATUS:
-///   0 stopped by SIGTERM/SIGINT; 1 could not start (bad flags, address in use, fenced
-///   not reachable in cluster mode).
+///   0 stopped by SIGTERM/SIGINT; 1 could not start (address in use, fenced not reachable
+///   in cluster mode), printed as "dlm_controld: ..."; 2 bad usage.
 #[derive(Parser, Debug)]
 #[command(name = "dlm_controld", version, verbatim_doc_comment)]
 struct Args {
@@ -60,6 +74,11 @@ struct Args {
     /// DLM port on every node's address (cluster mode).
     #[arg(long, default_value_t = dlm::cluster::DEFAULT_PORT)]
     port: u16,
+    /// Append the log to this file instead of stderr (reopened on SIGHUP).
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn parse_peer(s: &str) -> Result<(u32, SocketAddr), String> {
@@ -67,12 +86,13 @@ fn parse_peer(s: &str) -> Result<(u32, SocketAddr), String> {
     Ok((id.parse().map_err(|e| format!("bad node id: {e}"))?, addr.parse().map_err(|e| format!("bad address: {e}"))?))
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DLM_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+fn main() -> ExitCode {
+    daemon::finish("dlm_controld", run(Args::parse()))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let signals = daemon::signals::install()?;
+    daemon::log::init(&LogConfig::new("info", &args.log).with_file(args.log_file.clone()))?;
     if let Some(dir) = args.socket.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -100,8 +120,8 @@ fn main() -> anyhow::Result<()> {
             cluster: None,
         }
     };
-    dlm::run_daemon(cfg, |r| {
-        println!("dlm_controld: ready node {} socket {}", r.node_id, r.socket.display());
+    dlm::run_daemon(cfg, &signals, |r| {
+        daemon::ready::ready(&format!("dlm_controld: ready node {} socket {}", r.node_id, r.socket.display()));
     })?;
     Ok(())
 }

@@ -3,7 +3,11 @@
 
 use std::path::PathBuf;
 
+use std::process::ExitCode;
+
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use daemon::log::{LogArgs, LogConfig};
 
 /// Inspect lockspaces and locks of the local dlm_controld, and take or release locks from
 /// shell scripts.
@@ -18,8 +22,12 @@ use clap::{Parser, Subcommand};
 /// FILES:
 ///   /run/dlm/dlm.sock   default daemon socket (--socket)
 ///
+/// LOGGING:
+///   --log-level LEVEL (error, warn, info, debug, trace) overrides $RUST_LOG; default warn.
+///
 /// EXIT STATUS:
-///   0 success; 1 the daemon refused or the lock could not be had; 2 bad usage.
+///   0 success; 1 the daemon refused or the lock could not be had (printed as
+///   "dlm_tool: ..."); 2 bad usage.
 #[derive(Parser, Debug)]
 #[command(name = "dlm_tool", version, verbatim_doc_comment)]
 struct Args {
@@ -28,6 +36,8 @@ struct Args {
     socket: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -107,15 +117,13 @@ fn parse_mode(s: &str) -> Result<dlm::Mode, String> {
     dlm::Mode::parse(s).ok_or_else(|| format!("unknown mode {s:?}: use NL, CR, CW, PR, PW or EX"))
 }
 
-fn main() {
-    let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("dlm_tool: cannot start: {e}");
-            std::process::exit(1);
-        }
-    };
+fn main() -> ExitCode {
+    daemon::finish("dlm_tool", run(Args::parse()))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    daemon::log::init(&LogConfig::new("warn", &args.log))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
     let s = &args.socket;
     let r = rt.block_on(async {
         match &args.cmd {
@@ -138,11 +146,6 @@ fn main() {
             }
         }
     });
-    match r {
-        Ok(text) => print!("{text}"),
-        Err(e) => {
-            eprintln!("dlm_tool: {e}");
-            std::process::exit(1);
-        }
-    }
+    print!("{}", r?);
+    Ok(())
 }
