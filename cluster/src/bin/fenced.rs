@@ -42,7 +42,8 @@ SIGNALS
 
 LOGGING
     --log-level LEVEL (error, warn, info, debug, trace, or a filter such as
-    info,cluster=debug) overrides $RUST_LOG; the default is info.
+    info,cluster=debug) overrides $RUST_LOG; the default is info. --log-file FILE
+    chooses the log file (reopened on SIGHUP).
 
 FILES
     /etc/cluster/cluster.conf       configuration (rewritten when a newer version arrives)
@@ -77,9 +78,6 @@ struct Args {
     /// Stay in the foreground (logging to stderr unless --log-file is given).
     #[arg(short = 'f', long)]
     foreground: bool,
-    /// Log file (default in the background: /var/log/cluster/fenced.log).
-    #[arg(long, value_name = "PATH")]
-    log_file: Option<PathBuf>,
     /// Pid file, also the lock against a second fenced.
     #[arg(long, value_name = "PATH", default_value = cluster::cman::FENCED_PID)]
     pid_file: PathBuf,
@@ -89,7 +87,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let log = args.log_file.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_LOG));
+    let log = args.log.log_file.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_LOG));
     if let Some(code) = daemonize(args.foreground, &Background::new("fenced", Some(log))) {
         return code;
     }
@@ -98,7 +96,7 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let signals = daemon::signals::install()?;
-    daemon::log::init(&LogConfig::new("info", &args.log).with_file(args.log_file.clone()))?;
+    daemon::log::init(&LogConfig::new("info", &args.log))?;
     let _pid = daemon::lock::PidFile::lock(&args.pid_file, "fenced")?;
     let opts = Options { conf: args.conf, socket: args.socket, agent_dir: args.agent_dir };
     cluster::daemon::run(opts, &signals)?;

@@ -40,7 +40,7 @@ use daemon::log::{LogArgs, LogConfig};
 ///               reloads cluster.conf). Never exits.
 ///
 /// LOGGING:
-///   To stderr, or appended to --log-file. --log-level LEVEL (error, warn, info, debug,
+///   To stderr, or appended to --log-file FILE. --log-level LEVEL (error, warn, info, debug,
 ///   trace, or a filter such as info,dlm=debug) overrides $RUST_LOG; the default is info.
 ///   The ready line "dlm_controld: ready node N socket PATH" goes to stdout.
 ///
@@ -74,9 +74,6 @@ struct Args {
     /// DLM port on every node's address (cluster mode).
     #[arg(long, default_value_t = dlm::cluster::DEFAULT_PORT)]
     port: u16,
-    /// Append the log to this file instead of stderr (reopened on SIGHUP).
-    #[arg(long, value_name = "PATH")]
-    log_file: Option<PathBuf>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -92,7 +89,7 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let signals = daemon::signals::install()?;
-    daemon::log::init(&LogConfig::new("info", &args.log).with_file(args.log_file.clone()))?;
+    daemon::log::init(&LogConfig::new("info", &args.log))?;
     if let Some(dir) = args.socket.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
