@@ -32,6 +32,13 @@ impl NotifySocket {
     /// Waits for a notification containing `READY=1` and returns it (panics after `timeout`,
     /// listing what did arrive).
     pub fn wait_ready(&self, timeout: Duration) -> String {
+        self.wait_ready_status("", timeout)
+    }
+
+    /// Like [`NotifySocket::wait_ready`], for the notification whose `STATUS=` starts with
+    /// `status` (when several processes share the socket, e.g. corosync and fenced).
+    pub fn wait_ready_status(&self, status: &str, timeout: Duration) -> String {
+        let want = format!("STATUS={status}");
         let deadline = Instant::now() + timeout;
         let mut seen = Vec::new();
         let mut buf = vec![0u8; 4096];
@@ -41,7 +48,7 @@ impl NotifySocket {
             match self.sock.recv(&mut buf) {
                 Ok(n) => {
                     let m = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    if m.lines().any(|l| l == "READY=1") {
+                    if m.lines().any(|l| l == "READY=1") && m.lines().any(|l| l.starts_with(&want)) {
                         return m;
                     }
                     seen.push(m);

@@ -202,7 +202,7 @@ fn gnbd_import_device_process_notifies_and_survives_hup() {
     std::fs::write(&disk, vec![3u8; 1 << 20]).unwrap();
     server.export("t", &disk, &[]);
     let imports = gnbd_tests::import::Imports::new();
-    let notify = NotifySocket::new(&imports.state_dir().parent().unwrap().to_path_buf());
+    let notify = NotifySocket::new(imports.state_dir().parent().unwrap());
     let port = server.port().to_string();
     let out = gnbd_tests::run_timeout(
         imports.cmd().args(["-i", "127.0.0.1", "-p", &port, "-n", "t"]).env("NOTIFY_SOCKET", &notify.path),
@@ -216,4 +216,47 @@ fn gnbd_import_device_process_notifies_and_survives_hup() {
     assert_hup_reopens_log(pid, &imports.state_dir().join("imports/t.log"));
     assert_eq!(imports.state("t").as_deref(), Some("connected"));
     imports.run(&["-r", "t"]).assert_success("gnbd_import -r");
+}
+
+#[test]
+fn dlm_controld_notifies_survives_hup_and_stops_on_term() {
+    let dir = TempDir::new();
+    let log = dir.join("dlm.log");
+    let notify = NotifySocket::new(dir.path());
+    let (mut child, line) = spawn_until_ready(
+        Command::new(bin_dir().join("dlm_controld"))
+            .args(["--node-id", "1", "--socket"])
+            .arg(dir.join("dlm.sock"))
+            .arg("--log-file")
+            .arg(&log)
+            .env("NOTIFY_SOCKET", &notify.path)
+            .stderr(Stdio::null()),
+        READY_TIMEOUT,
+    );
+    assert!(line.starts_with("dlm_controld: ready"), "{line}");
+    notify.wait_ready_status("dlm_controld: ready", Duration::from_secs(5));
+    assert_hup_reopens_log(child.id(), &log);
+    let status = stop(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn fenced_started_by_cman_tool_notifies_and_survives_hup() {
+    let nodes = gnbd_tests::corosync::Nodes::new(1);
+    nodes.write_conf(&nodes.simple_conf("toolkit", 1, 1000, ""));
+    let notify = NotifySocket::new(nodes.dir());
+    let out = gnbd_tests::run_timeout(
+        nodes.cmd(0, "cman_tool").args(["join", "-t", "60"]).env("NOTIFY_SOCKET", &notify.path),
+        Duration::from_secs(90),
+    );
+    assert!(out.status.success(), "cman_tool join: {out:?}\n{}", nodes.logs(0));
+    notify.wait_ready_status("fenced: ready", Duration::from_secs(10));
+    let pid: u32 = std::fs::read_to_string(nodes.path(0, "run/cluster/fenced.pid"))
+        .expect("fenced.pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert_hup_reopens_log(pid, &nodes.path(0, "log/fenced.log"));
+    assert!(nodes.status(0).contains("Quorate: Yes"), "{}", nodes.status(0));
+    nodes.must(0, "cman_tool", &["leave"]);
 }
