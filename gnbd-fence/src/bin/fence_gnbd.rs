@@ -63,28 +63,24 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    daemon::finish("fence_gnbd", agent(Args::parse()))
+}
+
+fn agent(args: Args) -> anyhow::Result<()> {
     let agent = if args.action.is_none() && args.nodename.is_none() && args.servers.is_none() {
         let mut text = String::new();
-        if let Err(e) = std::io::stdin().take(1 << 20).read_to_string(&mut text) {
-            eprintln!("fence_gnbd: cannot read stdin: {e}");
-            return ExitCode::FAILURE;
+        std::io::stdin()
+            .take(1 << 20)
+            .read_to_string(&mut text)
+            .map_err(|e| anyhow::anyhow!("cannot read the agent's options from stdin: {e}"))?;
+        let mut a = parse(&text).map_err(|e| anyhow::anyhow!(e))?;
+        if let Some(k) = args.cluster_key {
+            a.key = k;
         }
-        match parse(&text) {
-            Ok(mut a) => {
-                if let Some(k) = args.cluster_key {
-                    a.key = k;
-                }
-                if let Some(d) = args.tls_certificates {
-                    a.tls = Some(d);
-                }
-                a
-            }
-            Err(e) => {
-                eprintln!("fence_gnbd: {e}");
-                return ExitCode::FAILURE;
-            }
+        if let Some(d) = args.tls_certificates {
+            a.tls = Some(d);
         }
+        a
     } else {
         let mut text = String::new();
         text.push_str(&format!("action={}\n", args.action.unwrap_or_else(|| "reboot".into())));
@@ -94,13 +90,19 @@ fn main() -> ExitCode {
         if let Some(s) = args.servers {
             text.push_str(&format!("servers={s}\n"));
         }
-        let mut a: AgentArgs = parse(&text).expect("generated input parses");
+        let mut a: AgentArgs = parse(&text).map_err(|e| anyhow::anyhow!(e))?;
         a.key = args.cluster_key.unwrap_or_else(|| DEFAULT_KEY.into());
         a.tls = args.tls_certificates;
         a
     };
+    // The agent writes its own report (one line per server); its code is the agent
+    // interface's (0 done, 1 failed, 2 status: fenced).
     let out = run(&agent);
     let _ = std::io::stdout().write_all(out.stdout.as_bytes());
     let _ = std::io::stderr().write_all(out.stderr.as_bytes());
-    ExitCode::from(out.code as u8)
+    match u8::try_from(out.code) {
+        Ok(0) => Ok(()),
+        Ok(code) => Err(daemon::Failure::quiet(code).into()),
+        Err(_) => Err(daemon::Failure::quiet(1).into()),
+    }
 }
