@@ -18,6 +18,8 @@ pub enum DeviceError {
     Connect { spec: String, reason: String },
     #[error("bad device name {spec:?}: {reason}")]
     BadSpec { spec: String, reason: &'static str },
+    #[error("bad server in {spec:?}: {reason}")]
+    BadServer { spec: String, reason: String },
     #[error("I/O error at byte {offset}: {source}")]
     Io { offset: u64, source: std::io::Error },
     #[error("gnbd request at byte {offset} failed: {reason}")]
@@ -130,23 +132,27 @@ pub struct GnbdDevice {
     client: gnbd_client::Client,
 }
 
+/// `gnbd://SERVER[:PORT]/NAME` as (`host:port` to connect to, export name); SERVER may be a
+/// name, an IPv4 address or an IPv6 address in brackets.
+fn parse_gnbd_spec(spec: &str) -> Result<(String, &str), DeviceError> {
+    let rest = spec
+        .strip_prefix("gnbd://")
+        .ok_or(DeviceError::BadSpec { spec: spec.into(), reason: "expected gnbd://SERVER[:PORT]/NAME" })?;
+    let (host, name) = rest
+        .split_once('/')
+        .ok_or(DeviceError::BadSpec { spec: spec.into(), reason: "missing /NAME after the server" })?;
+    if host.is_empty() || name.is_empty() {
+        return Err(DeviceError::BadSpec { spec: spec.into(), reason: "empty server or export name" });
+    }
+    let addr = gnbd_net::addr::with_default_port(host, 10809)
+        .map_err(|e| DeviceError::BadServer { spec: spec.into(), reason: e.to_string() })?;
+    Ok((addr, name))
+}
+
 impl GnbdDevice {
     /// Connects to `gnbd://SERVER[:PORT]/NAME` (port 10809 if not given).
     pub fn connect(spec: &str) -> Result<Self, DeviceError> {
-        let rest = spec
-            .strip_prefix("gnbd://")
-            .ok_or(DeviceError::BadSpec { spec: spec.into(), reason: "expected gnbd://SERVER[:PORT]/NAME" })?;
-        let (host, name) = rest
-            .split_once('/')
-            .ok_or(DeviceError::BadSpec { spec: spec.into(), reason: "missing /NAME after the server" })?;
-        if host.is_empty() || name.is_empty() {
-            return Err(DeviceError::BadSpec { spec: spec.into(), reason: "empty server or export name" });
-        }
-        let addr = if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !host.ends_with(']') {
-            host.to_string()
-        } else {
-            format!("{host}:10809")
-        };
+        let (addr, name) = parse_gnbd_spec(spec)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -285,5 +291,23 @@ impl Device for MemDevice {
     }
     fn sync(&self) -> Result<(), DeviceError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gnbd_specs() {
+        let ok = |s: &str| parse_gnbd_spec(s).map(|(a, n)| (a, n.to_string())).unwrap();
+        assert_eq!(ok("gnbd://srv/disk"), ("srv:10809".into(), "disk".into()));
+        assert_eq!(ok("gnbd://srv:99/disk"), ("srv:99".into(), "disk".into()));
+        assert_eq!(ok("gnbd://[::1]/disk"), ("[::1]:10809".into(), "disk".into()));
+        assert_eq!(ok("gnbd://[::1]:99/disk"), ("[::1]:99".into(), "disk".into()));
+        assert_eq!(ok("gnbd://::1/disk"), ("[::1]:10809".into(), "disk".into()));
+        for bad in ["srv/disk", "gnbd://srv", "gnbd:///disk", "gnbd://srv/", "gnbd://srv:x/d", "gnbd://[::1/d"] {
+            assert!(parse_gnbd_spec(bad).is_err(), "{bad}");
+        }
     }
 }
