@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 cargo build --release -q -p gnbd-serv -p gnbd-import -p gfs -p fsck --bins
-BIN=$PWD/target/release
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
 WORK=$(mktemp -d /var/tmp/gnbd-quickstart.XXXXXX)
 STATE=$WORK/state
 cleanup() {
