@@ -2,13 +2,17 @@
 
 use std::path::PathBuf;
 
-/// Directory holding `gnbd_serv` and `gnbd_export`: `$GNBD_BIN_DIR` if set, else
-/// `<workspace>/target/debug`.
+/// Directory holding the workspace's binaries: `$GNBD_BIN_DIR` if set, else
+/// `$CARGO_TARGET_DIR/debug` when cargo builds elsewhere, else `<workspace>/target/debug`.
 pub fn bin_dir() -> PathBuf {
-    match std::env::var_os("GNBD_BIN_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target").join("debug"),
+    let set = |v: &str| std::env::var_os(v).filter(|d| !d.is_empty()).map(PathBuf::from);
+    if let Some(dir) = set("GNBD_BIN_DIR") {
+        return dir;
     }
+    if let Some(target) = set("CARGO_TARGET_DIR") {
+        return target.join("debug");
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target").join("debug")
 }
 
 /// Path of the workspace binary `name` in [`bin_dir`]; panics with a hint when it has not
