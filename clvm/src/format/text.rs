@@ -564,7 +564,10 @@ mod tests {
 
         #[test]
         fn grammar_garbage_never_panics(s in "[a-z0-9{}\\[\\]=,\"'#\\\\ .+\n-]{0,200}") {
-            let _ = parse(s.as_bytes());
+            // And whatever parses comes back unchanged through the writer (as the fuzz target checks).
+            if let Ok(root) = parse(s.as_bytes()) {
+                prop_assert_eq!(parse(write(&root).as_bytes()).expect("our output parses"), root);
+            }
         }
     }
 }
