@@ -15,7 +15,7 @@
 //! comment := '#' to the end of the line; whitespace (spaces, tabs, newlines) anywhere
 //! ```
 //!
-//! [`write`] produces LVM2's layout: one key per line, sections opened by `name {` and
+//! [`write()`] produces LVM2's layout: one key per line, sections opened by `name {` and
 //! indented by one tab per level, arrays on one line, strings with `"` and `\` escaped.
 
 use std::fmt::Write as _;
