@@ -8,7 +8,7 @@ for pair in nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd-bin nbdsh:pytho
             nbdkit:nbdkit fio:fio fusermount3:fuse3 iperf3:iperf3 mkfs.ext4:e2fsprogs \
             losetup:mount corosync:corosync corosync-quorumtool:corosync pkg-config:pkg-config \
             openssl:openssl arping:arping haproxy:haproxy wrk:wrk python3:python3 nft:nftables curl:curl ip:iproute2 \
-            etcd:etcd-server redis-server:redis-server; do
+            etcd:etcd-server redis-server:redis-server pvcreate:lvm2; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

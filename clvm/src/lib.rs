@@ -1,0 +1,40 @@
+//! clvm: the cluster volume manager. This crate owns, so far, the foundation every other part
+//! stands on: LVM2's on-disk format, byte-compatible with what Debian's lvm2 2.03 reads and
+//! writes.
+//!
+//! - [`label`]: the `LABELONE` label in one of the first four sectors and its `pv_header`
+//!   (PV UUID, device size, data / metadata / bootloader area lists).
+//! - [`mda`]: a metadata area's `mda_header` (magic, version, `raw_locn` slots) and its
+//!   circular buffer of metadata texts: reading the text at a slot with its checksum, placing a
+//!   new text after the committed one as LVM2 does, the precommit and commit headers.
+//! - [`text`]: LVM2's configuration-text grammar (sections, keys, integers, floats, strings
+//!   with escapes, arrays, comments), a tree, and a writer in LVM2's layout.
+//! - [`vg`]: the volume group model over that tree (PVs, LVs, striped / mirror / raid1
+//!   segments), keeping every key it does not model so a stock VG round-trips losslessly.
+//!
+//! Everything is sans-IO: decoders take byte slices, encoders return buffers; reading and
+//! writing devices belongs to the callers. The byte layout is in `clvm/docs/format.md`.
+//!
+//! ```
+//! use clvm::{mda::MdaHeader, text, vg::VolumeGroup};
+//!
+//! // A fresh metadata area of 1 MiB at byte 4096 of a PV, as pvcreate leaves it.
+//! let header = MdaHeader::new(4096, 1 << 20);
+//! let mut area = vec![0u8; 1 << 20];
+//! let vg_text = "vg0 {\n\tid = \"x\"\n\tseqno = 1\n\textent_size = 8192\n\tphysical_volumes {\n\t}\n}\n";
+//! let planned = header.plan_write(vg_text.as_bytes()).unwrap();
+//! planned.apply(&mut area).unwrap();
+//! let header = header.commit(planned.locn);
+//! area[..512].copy_from_slice(&header.encode().unwrap());
+//!
+//! // Reading it back: header, text (checksum checked), tree, VG.
+//! let header = MdaHeader::decode(&area).unwrap();
+//! let raw = header.read_text(&area, header.committed().unwrap()).unwrap();
+//! let tree = text::parse(raw.strip_suffix(&[0]).unwrap()).unwrap();
+//! assert_eq!(VolumeGroup::from_root(&tree).unwrap().seqno, 1);
+//! ```
+#![forbid(unsafe_code)]
+
+mod format;
+
+pub use format::{crc, label, mda, text, vg};
