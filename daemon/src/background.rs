@@ -67,7 +67,7 @@ impl Background {
 /// waits until it is ready (or failed) and returns the exit code `main` must return.
 pub fn daemonize(foreground: bool, bg: &Background) -> Option<ExitCode> {
     if is_child() {
-        // SAFETY of the environment: read once above, before any thread was started by us.
+        // Read once above (child_state); programs the daemon starts must not inherit it.
         std::env::remove_var(CHILD_ENV);
         let _ = crate::sys::setsid();
         if let Ok(null) = std::fs::File::open("/dev/null") {
@@ -91,18 +91,13 @@ fn spawn_and_wait(bg: &Background) -> ExitCode {
         }
     };
     let stderr = match &bg.log {
-        Some(path) => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                let _ = std::fs::create_dir_all(dir);
+        Some(path) => match crate::log::open_append(path) {
+            Ok(f) => Stdio::from(f),
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                return ExitCode::FAILURE;
             }
-            match std::fs::OpenOptions::new().create(true).append(true).open(path) {
-                Ok(f) => Stdio::from(f),
-                Err(e) => {
-                    eprintln!("{name}: cannot open log file {}: {e}", path.display());
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
+        },
         None => Stdio::null(),
     };
     let log_env: OsString = bg.log.as_ref().map(|p| absolute(p).into_os_string()).unwrap_or_default();

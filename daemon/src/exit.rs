@@ -75,24 +75,16 @@ where
 {
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let e: anyhow::Error = e.into();
-            let code = e.chain().find_map(|c| c.downcast_ref::<Failure>()).map(|f| f.code);
-            print_failure(name, &report(e.as_ref()));
-            ExitCode::from(code.unwrap_or(1))
-        }
+        // anyhow's `as_ref` is the error itself (not a wrapper), so a bare Failure is found.
+        Err(e) => fail(name, e.into().as_ref()),
     }
 }
 
 /// Prints `err` the conventional way and returns its exit code.
 pub fn fail(name: &str, err: &(dyn Error + 'static)) -> ExitCode {
     let code = find_failure(err).map(|f| f.code).unwrap_or(1);
-    print_failure(name, &report(err));
-    ExitCode::from(code)
-}
-
-fn print_failure(name: &str, msg: &str) {
-    let msg = without_name(name, msg);
+    let msg = report(err);
+    let msg = without_name(name, &msg);
     if !msg.is_empty() {
         eprintln!("{name}: {msg}");
         if crate::background::is_child() && !crate::ready::is_ready() {
@@ -106,6 +98,7 @@ fn print_failure(name: &str, msg: &str) {
             tracing::error!("{msg}");
         }
     }
+    ExitCode::from(code)
 }
 
 fn find_failure<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a Failure> {

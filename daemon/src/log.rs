@@ -82,7 +82,8 @@ enum Sink {
 
 static SINK: OnceLock<Mutex<Sink>> = OnceLock::new();
 
-fn open_append(path: &Path) -> Result<File, LogError> {
+/// Opens `path` for appending, creating it and its directory.
+pub(crate) fn open_append(path: &Path) -> Result<File, LogError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(dir);
     }

@@ -1,7 +1,7 @@
 //! The tools' end: connect to a daemon's socket, send a request, read its reply (or a stream
 //! of them).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{decode_reply, encode, ControlError, Reply, MAX_MESSAGE};
+use super::{decode_reply, encode, read_line, ControlError, Line, Reply, MAX_MESSAGE};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -92,24 +92,22 @@ impl Client {
 
     /// Reads the next reply line (a call's reply, or the next event of a stream).
     pub fn receive<T: DeserializeOwned>(&mut self) -> Result<T, CallError> {
-        let mut buf = Vec::new();
-        let n = (&mut self.reader)
-            .take(MAX_MESSAGE as u64)
-            .read_until(b'\n', &mut buf)
-            .map_err(|source| CallError::Io { daemon: self.daemon.clone(), source })?;
-        if n == 0 {
-            return Err(CallError::Closed { daemon: self.daemon.clone() });
-        }
-        if !buf.ends_with(b"\n") && n >= MAX_MESSAGE {
-            return Err(CallError::Protocol {
-                daemon: self.daemon.clone(),
-                detail: format!("reply exceeds {MAX_MESSAGE} bytes"),
-            });
-        }
+        let daemon = || self.daemon.clone();
+        let line = read_line(&mut self.reader).map_err(|source| CallError::Io { daemon: daemon(), source })?;
+        let buf = match line {
+            Line::Complete(buf) => buf,
+            Line::Closed => return Err(CallError::Closed { daemon: daemon() }),
+            Line::TooLong => {
+                return Err(CallError::Protocol {
+                    daemon: daemon(),
+                    detail: format!("reply exceeds {MAX_MESSAGE} bytes"),
+                })
+            }
+        };
         match decode_reply::<T>(&buf) {
             Ok(Reply::Ok(v)) => Ok(v),
             Ok(Reply::Error(e)) => Err(CallError::Remote(e)),
-            Err(detail) => Err(CallError::Protocol { daemon: self.daemon.clone(), detail }),
+            Err(detail) => Err(CallError::Protocol { daemon: daemon(), detail }),
         }
     }
 

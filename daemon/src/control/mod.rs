@@ -19,7 +19,8 @@
 //! **Access**: sockets are created mode 0600, owned by the daemon's user (root): only root
 //! can send orders. [`bind`] can open them to a group instead.
 //!
-//! The codec ([`encode`], [`decode_request`], [`decode_reply`], [`LineDecoder`]) is sans-IO;
+//! The codec ([`encode`], [`decode_request`], [`decode_reply`], [`reply_line`]) is sans-IO,
+//! [`read_line`] is the one framing;
 //! [`server`] and [`client`] drive it over blocking or tokio sockets.
 
 pub mod client;
@@ -157,59 +158,49 @@ fn trim_newline(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-/// Splits a byte stream into lines of at most `max` bytes, for drivers that read into their
-/// own buffers (and for the fuzz target).
-#[derive(Debug)]
-pub struct LineDecoder {
-    buf: Vec<u8>,
-    max: usize,
-    /// Bytes of `buf` already searched for a newline.
-    scanned: usize,
-}
-
-/// What [`LineDecoder::next_line`] found.
+/// What reading one line from a stream gave.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line {
-    /// A complete line, without its newline.
+    /// A line, newline included (the last line of a stream may lack it).
     Complete(Vec<u8>),
-    /// No complete line yet.
-    NeedMore,
-    /// The current line exceeds the limit: the stream cannot be resynchronised.
+    /// The line exceeds [`MAX_MESSAGE`]: the stream cannot be resynchronised.
     TooLong,
+    /// The other side closed the stream.
+    Closed,
 }
 
-impl LineDecoder {
-    pub fn new(max: usize) -> LineDecoder {
-        LineDecoder { buf: Vec::new(), max, scanned: 0 }
+fn line_of(buf: Vec<u8>) -> Line {
+    if buf.is_empty() {
+        Line::Closed
+    } else if !buf.ends_with(b"\n") && buf.len() >= MAX_MESSAGE {
+        Line::TooLong
+    } else {
+        Line::Complete(buf)
     }
+}
 
-    /// Appends received bytes.
-    pub fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
-    }
+/// Reads one line of at most [`MAX_MESSAGE`] bytes: the one framing both ends use.
+pub fn read_line(r: &mut impl std::io::BufRead) -> std::io::Result<Line> {
+    use std::io::{BufRead, Read};
+    let mut buf = Vec::new();
+    r.take(MAX_MESSAGE as u64).read_until(b'\n', &mut buf)?;
+    Ok(line_of(buf))
+}
 
-    /// The next complete line, if any.
-    pub fn next_line(&mut self) -> Line {
-        match self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                let end = self.scanned + i;
-                if end + 1 > self.max {
-                    return Line::TooLong;
-                }
-                let line = self.buf[..end].to_vec();
-                self.buf.drain(..=end);
-                self.scanned = 0;
-                Line::Complete(line)
-            }
-            None => {
-                self.scanned = self.buf.len();
-                if self.buf.len() >= self.max {
-                    Line::TooLong
-                } else {
-                    Line::NeedMore
-                }
-            }
-        }
+/// [`read_line`] on a tokio stream.
+pub async fn read_line_async(r: &mut (impl tokio::io::AsyncBufRead + Unpin)) -> std::io::Result<Line> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut buf = Vec::new();
+    r.take(MAX_MESSAGE as u64).read_until(b'\n', &mut buf).await?;
+    Ok(line_of(buf))
+}
+
+/// The reply line for `result`; a value that cannot be encoded becomes an error reply.
+pub fn reply_line<T: Serialize>(result: Result<T, ControlError>) -> Vec<u8> {
+    let reply: Reply<T> = result.into();
+    match encode(&reply) {
+        Ok(l) => l,
+        Err(e) => encode(&Reply::<()>::Error(e)).expect("an error reply always encodes"),
     }
 }
 
@@ -255,19 +246,16 @@ mod tests {
         }
 
         #[test]
-        fn decoder_yields_the_lines_whatever_the_chunking(lines in proptest::collection::vec("[^\n]{0,40}", 0..8), cut in 1usize..17) {
+        fn lines_come_out_whatever_the_buffering(lines in proptest::collection::vec("[^\n]{0,40}", 0..8), cap in 1usize..17) {
             let mut stream = Vec::new();
             for l in &lines {
                 stream.extend_from_slice(l.as_bytes());
                 stream.push(b'\n');
             }
-            let mut d = LineDecoder::new(1024);
+            let mut r = std::io::BufReader::with_capacity(cap, &stream[..]);
             let mut got = Vec::new();
-            for chunk in stream.chunks(cut) {
-                d.push(chunk);
-                while let Line::Complete(l) = d.next_line() {
-                    got.push(String::from_utf8(l).unwrap());
-                }
+            while let Line::Complete(l) = read_line(&mut r).unwrap() {
+                got.push(String::from_utf8(l).unwrap().trim_end_matches('\n').to_owned());
             }
             prop_assert_eq!(got, lines);
         }
@@ -297,13 +285,12 @@ mod tests {
     }
 
     #[test]
-    fn too_long_line_is_reported() {
-        let mut d = LineDecoder::new(8);
-        d.push(b"0123456789");
-        assert_eq!(d.next_line(), Line::TooLong);
-        let mut d = LineDecoder::new(8);
-        d.push(b"0123\n45");
-        assert_eq!(d.next_line(), Line::Complete(b"0123".to_vec()));
-        assert_eq!(d.next_line(), Line::NeedMore);
+    fn too_long_line_is_reported_and_a_last_line_needs_no_newline() {
+        let long = vec![b'x'; MAX_MESSAGE + 1];
+        assert_eq!(read_line(&mut &long[..]).unwrap(), Line::TooLong);
+        let mut r = &b"0123\n45"[..];
+        assert_eq!(read_line(&mut r).unwrap(), Line::Complete(b"0123\n".to_vec()));
+        assert_eq!(read_line(&mut r).unwrap(), Line::Complete(b"45".to_vec()));
+        assert_eq!(read_line(&mut r).unwrap(), Line::Closed);
     }
 }

@@ -1,16 +1,16 @@
 //! The daemon's end: creating the socket, and reading requests / writing replies on one
 //! connection, blocking ([`Conn`]) or on tokio ([`AsyncConn`]).
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{decode_request, encode, ControlError, ErrorKind, Reply, MAX_MESSAGE};
+use super::{decode_request, read_line, read_line_async, reply_line, ControlError, ErrorKind, Line, MAX_MESSAGE};
 
 /// Who may connect to a control socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,19 +49,26 @@ pub fn bind(path: &Path, access: SocketAccess) -> io::Result<UnixListener> {
     Ok(l)
 }
 
-/// What reading one request gave.
-enum Read1<R> {
-    Request(R),
-    /// Malformed: already answered, go on.
-    Answered,
-    Eof,
+/// Turns a line read into what the connection does next: a request to answer, a malformed
+/// line to refuse (the connection goes on), or an end (closed, or too long to resynchronise).
+fn request_of<R: DeserializeOwned>(line: Line) -> Next<R> {
+    match line {
+        Line::Closed => Next::Closed,
+        Line::TooLong => {
+            Next::Fatal(ControlError::new(ErrorKind::TooLarge, format!("request exceeds {MAX_MESSAGE} bytes")))
+        }
+        Line::Complete(l) => match decode_request(&l) {
+            Ok(r) => Next::Request(r),
+            Err(bad) => Next::Refuse(bad),
+        },
+    }
 }
 
-fn classify<R: DeserializeOwned>(buf: &[u8], eof: bool) -> Result<Result<R, ControlError>, ControlError> {
-    if !buf.ends_with(b"\n") && !eof {
-        return Err(ControlError::new(ErrorKind::TooLarge, format!("request exceeds {MAX_MESSAGE} bytes")));
-    }
-    Ok(decode_request(buf))
+enum Next<R> {
+    Request(R),
+    Refuse(ControlError),
+    Fatal(ControlError),
+    Closed,
 }
 
 /// One client connection, blocking.
@@ -82,46 +89,25 @@ impl Conn {
         &self.writer
     }
 
-    fn read1<R: DeserializeOwned>(&mut self) -> io::Result<Read1<R>> {
-        let mut buf = Vec::new();
-        let n = self.reader.by_ref().take(MAX_MESSAGE as u64).read_until(b'\n', &mut buf)?;
-        if n == 0 {
-            return Ok(Read1::Eof);
-        }
-        let eof = !buf.ends_with(b"\n") && n < MAX_MESSAGE;
-        match classify::<R>(&buf, eof) {
-            Err(too_large) => {
-                self.reply::<()>(Err(too_large.clone()))?;
-                Err(io::Error::new(io::ErrorKind::InvalidData, too_large.message))
-            }
-            Ok(Ok(r)) => Ok(Read1::Request(r)),
-            Ok(Err(bad)) => {
-                self.reply::<()>(Err(bad))?;
-                Ok(Read1::Answered)
-            }
-        }
-    }
-
     /// The next request; `None` when the client closed. A malformed line is answered with a
     /// `bad_request` error and skipped; an over-long one ends the connection with an error.
     pub fn next_request<R: DeserializeOwned>(&mut self) -> io::Result<Option<R>> {
         loop {
-            match self.read1()? {
-                Read1::Request(r) => return Ok(Some(r)),
-                Read1::Answered => continue,
-                Read1::Eof => return Ok(None),
+            match request_of(read_line(&mut self.reader)?) {
+                Next::Request(r) => return Ok(Some(r)),
+                Next::Refuse(bad) => self.reply::<()>(Err(bad))?,
+                Next::Fatal(e) => {
+                    self.reply::<()>(Err(e.clone()))?;
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e.message));
+                }
+                Next::Closed => return Ok(None),
             }
         }
     }
 
     /// Sends one reply line.
     pub fn reply<T: Serialize>(&mut self, result: Result<T, ControlError>) -> io::Result<()> {
-        let reply: Reply<T> = result.into();
-        let line = match encode(&reply) {
-            Ok(l) => l,
-            Err(e) => encode(&Reply::<()>::Error(e)).expect("an error reply always encodes"),
-        };
-        self.writer.write_all(&line)
+        self.writer.write_all(&reply_line(result))
     }
 }
 
@@ -155,31 +141,21 @@ impl AsyncConn {
     /// As [`Conn::next_request`].
     pub async fn next_request<R: DeserializeOwned>(&mut self) -> io::Result<Option<R>> {
         loop {
-            let mut buf = Vec::new();
-            let n = (&mut self.reader).take(MAX_MESSAGE as u64).read_until(b'\n', &mut buf).await?;
-            if n == 0 {
-                return Ok(None);
-            }
-            let eof = !buf.ends_with(b"\n") && n < MAX_MESSAGE;
-            match classify::<R>(&buf, eof) {
-                Err(too_large) => {
-                    self.reply::<()>(Err(too_large.clone())).await?;
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, too_large.message));
+            match request_of(read_line_async(&mut self.reader).await?) {
+                Next::Request(r) => return Ok(Some(r)),
+                Next::Refuse(bad) => self.reply::<()>(Err(bad)).await?,
+                Next::Fatal(e) => {
+                    self.reply::<()>(Err(e.clone())).await?;
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e.message));
                 }
-                Ok(Ok(r)) => return Ok(Some(r)),
-                Ok(Err(bad)) => self.reply::<()>(Err(bad)).await?,
+                Next::Closed => return Ok(None),
             }
         }
     }
 
     /// As [`Conn::reply`].
     pub async fn reply<T: Serialize>(&mut self, result: Result<T, ControlError>) -> io::Result<()> {
-        let reply: Reply<T> = result.into();
-        let line = match encode(&reply) {
-            Ok(l) => l,
-            Err(e) => encode(&Reply::<()>::Error(e)).expect("an error reply always encodes"),
-        };
-        self.writer.write_all(&line).await
+        self.writer.write_all(&reply_line(result)).await
     }
 
     /// Waits until the client closes its end (for streams: a subscriber that went away).
@@ -198,6 +174,8 @@ impl AsyncConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::BufRead;
+    use tokio::io::AsyncBufReadExt;
     use serde::Deserialize;
 
     #[derive(Debug, Deserialize, Serialize)]
