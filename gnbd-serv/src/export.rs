@@ -296,7 +296,11 @@ impl Registry {
     /// fenced itself (a fenced node must not unfence itself).
     pub fn order_issuer(&self, node: &str) -> Result<(), String> {
         crate::fence::valid_node_name(node).map_err(|why| format!("'{node}' is not a node name: {why}"))?;
-        if !self.nodes().is_empty() && !self.nodes().has_node(node) {
+        let unknown = {
+            let nodes = self.nodes();
+            !nodes.is_empty() && !nodes.has_node(node)
+        };
+        if unknown {
             return Err(format!("'{node}' is not a node of this cluster"));
         }
         if self.bans.read().expect("bans lock").contains(node) {
