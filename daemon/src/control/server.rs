@@ -174,9 +174,9 @@ impl AsyncConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
     use std::io::BufRead;
     use tokio::io::AsyncBufReadExt;
-    use serde::Deserialize;
 
     #[derive(Debug, Deserialize, Serialize)]
     #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
