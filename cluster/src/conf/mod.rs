@@ -184,17 +184,24 @@ pub enum ResourceKind {
     NfsExport,
     /// `<nfsclient name target options>`.
     NfsClient,
+    /// `<lvm name vg_name lv_name>`: exclusive activation of a logical volume.
+    Lvm,
+    /// `<gnbd_export name device state_dir readonly cached>`: an export on this node's
+    /// gnbd_serv.
+    GnbdExport,
 }
 
 impl ResourceKind {
     /// All kinds.
-    pub const ALL: [ResourceKind; 6] = [
+    pub const ALL: [ResourceKind; 8] = [
         ResourceKind::Ip,
         ResourceKind::Script,
         ResourceKind::Fs,
         ResourceKind::ClusterFs,
         ResourceKind::NfsExport,
         ResourceKind::NfsClient,
+        ResourceKind::Lvm,
+        ResourceKind::GnbdExport,
     ];
 
     /// The element name.
@@ -206,6 +213,8 @@ impl ResourceKind {
             ResourceKind::ClusterFs => "clusterfs",
             ResourceKind::NfsExport => "nfsexport",
             ResourceKind::NfsClient => "nfsclient",
+            ResourceKind::Lvm => "lvm",
+            ResourceKind::GnbdExport => "gnbd_export",
         }
     }
 
@@ -229,6 +238,8 @@ impl ResourceKind {
             ResourceKind::Script => &["file"],
             ResourceKind::Fs | ResourceKind::ClusterFs => &["device", "mountpoint"],
             ResourceKind::NfsClient => &["target"],
+            ResourceKind::Lvm => &["vg_name"],
+            ResourceKind::GnbdExport => &["device"],
         }
     }
 
@@ -241,6 +252,8 @@ impl ResourceKind {
             ResourceKind::ClusterFs => &["device", "mountpoint", "fstype", "options", "force_unmount"],
             ResourceKind::NfsExport => &[],
             ResourceKind::NfsClient => &["target", "options"],
+            ResourceKind::Lvm => &["vg_name", "lv_name"],
+            ResourceKind::GnbdExport => &["device", "state_dir", "readonly", "cached"],
         }
     }
 }
@@ -266,6 +279,12 @@ pub struct ServiceResource {
     pub def: ResourceDef,
     /// Nested resources.
     pub children: Vec<ServiceResource>,
+    /// `__independent_subtree="1"`: a failed status check of this subtree restarts only the
+    /// subtree, not the whole service.
+    pub independent: bool,
+    /// `<action name="status" interval="SECS"/>`: the status check interval, overriding the
+    /// agent's default.
+    pub status_interval_s: Option<u32>,
 }
 
 /// How a service names its resource.
@@ -287,6 +306,8 @@ pub enum Recovery {
     Relocate,
     /// Stop and leave disabled.
     Disable,
+    /// Restart in place; when the restarts run out, disable instead of relocating.
+    RestartDisable,
 }
 
 impl Recovery {
@@ -296,6 +317,7 @@ impl Recovery {
             Recovery::Restart => "restart",
             Recovery::Relocate => "relocate",
             Recovery::Disable => "disable",
+            Recovery::RestartDisable => "restart-disable",
         }
     }
 }
@@ -313,6 +335,16 @@ pub struct Service {
     pub exclusive: bool,
     /// Recovery policy.
     pub recovery: Recovery,
+    /// Restarts allowed within `restart_expire_time_s` before a restart becomes a relocation
+    /// (0: no limit).
+    pub max_restarts: u32,
+    /// The sliding window for `max_restarts`, in seconds (0: restarts never expire).
+    pub restart_expire_time_s: u32,
+    /// `depend="service:NAME"`: runs only while that service runs.
+    pub depend: Option<String>,
+    /// `depend_mode="soft"`: the dependency is checked at start only (default hard: the
+    /// service is stopped when the one it depends on stops).
+    pub depend_soft: bool,
     /// Top-level resources.
     pub resources: Vec<ServiceResource>,
 }
@@ -427,11 +459,15 @@ const GOOD: &str = r#"<?xml version="1.0"?>
       <ip address="198.18.10.1/24" monitor_link="1"/>
       <script name="httpd" file="/etc/init.d/httpd"/>
     </resources>
-    <service name="www" domain="web" recovery="relocate">
+    <service name="www" domain="web" recovery="relocate" max_restarts="3" restart_expire_time="300">
       <ip ref="198.18.10.1/24">
-        <script ref="httpd"/>
+        <action name="status" interval="5"/>
+        <script ref="httpd" __independent_subtree="1"/>
       </ip>
       <fs name="data" device="/dev/gnbd/data" mountpoint="/srv/www" fstype="ext4"/>
+    </service>
+    <service name="export" depend="service:www" depend_mode="soft" recovery="restart-disable">
+      <gnbd_export name="data" device="/srv/data.img" readonly="1"/>
     </service>
   </rm>
 </cluster>

@@ -451,7 +451,7 @@ impl<'a, 'i> Parser<'a, 'i> {
     }
 
     fn rm(&mut self, n: Node<'a, 'i>) -> Rm {
-        self.check_attrs(n, &["log_level", "central_processing"]);
+        self.check_attrs(n, &["log_level", "central_processing", "status_poll_interval", "status_child_max"]);
         let mut rm = Rm::default();
         let mut seen = BTreeSet::new();
         for c in self.children(n) {
@@ -534,7 +534,7 @@ impl<'a, 'i> Parser<'a, 'i> {
                 self.err(c, Some("ref"), "a definition in <resources> cannot be a reference");
                 continue;
             }
-            let Some(r) = self.resource_def(c, kind) else { continue };
+            let Some(r) = self.resource_def(c, kind, &[]) else { continue };
             if out.iter().any(|o| o.kind == r.kind && o.key == r.key) {
                 self.err(c, Some(kind.key_attr()), format!("duplicate <{}> resource \"{}\"", kind.tag(), r.key));
             }
@@ -543,9 +543,10 @@ impl<'a, 'i> Parser<'a, 'i> {
         out
     }
 
-    fn resource_def(&mut self, n: Node<'_, '_>, kind: ResourceKind) -> Option<Resource> {
+    fn resource_def(&mut self, n: Node<'_, '_>, kind: ResourceKind, extra: &[&str]) -> Option<Resource> {
         let mut allowed = vec![kind.key_attr()];
         allowed.extend_from_slice(kind.allowed());
+        allowed.extend_from_slice(extra);
         self.check_attrs(n, &allowed);
         let key = self.required(n, kind.key_attr());
         let mut ok = key.is_some();
@@ -566,7 +567,7 @@ impl<'a, 'i> Parser<'a, 'i> {
                 }
             }
         }
-        for b in ["monitor_link", "force_unmount", "self_fence"] {
+        for b in ["monitor_link", "force_unmount", "self_fence", "readonly", "cached"] {
             if attrs.contains_key(b) {
                 self.boolean(n, b, false);
             }
@@ -584,7 +585,20 @@ impl<'a, 'i> Parser<'a, 'i> {
     }
 
     fn service(&mut self, n: Node<'a, 'i>) -> Option<Service> {
-        self.check_attrs(n, &["name", "domain", "autostart", "exclusive", "recovery"]);
+        self.check_attrs(
+            n,
+            &[
+                "name",
+                "domain",
+                "autostart",
+                "exclusive",
+                "recovery",
+                "max_restarts",
+                "restart_expire_time",
+                "depend",
+                "depend_mode",
+            ],
+        );
         let name = self.required(n, "name");
         let domain = n.attribute("domain").map(str::to_owned);
         let autostart = self.boolean(n, "autostart", true);
@@ -593,20 +607,59 @@ impl<'a, 'i> Parser<'a, 'i> {
             None | Some("restart") => Recovery::Restart,
             Some("relocate") => Recovery::Relocate,
             Some("disable") => Recovery::Disable,
+            Some("restart-disable") => Recovery::RestartDisable,
             Some(v) => {
-                self.err(n, Some("recovery"), format!("\"{v}\" is not restart, relocate or disable"));
+                self.err(n, Some("recovery"), format!("\"{v}\" is not restart, relocate, disable or restart-disable"));
                 Recovery::Restart
             }
         };
+        let max_restarts = self.number(n, "max_restarts", "a number of restarts").unwrap_or(0);
+        let restart_expire_time_s = self.number(n, "restart_expire_time", "a number of seconds").unwrap_or(0);
+        let depend = match n.attribute("depend") {
+            None => None,
+            Some(v) => match v.strip_prefix("service:") {
+                Some(s) if !s.is_empty() => Some(s.to_owned()),
+                _ => {
+                    self.err(n, Some("depend"), format!("\"{v}\" is not service:NAME"));
+                    None
+                }
+            },
+        };
+        let depend_soft = match n.attribute("depend_mode") {
+            None | Some("hard") => false,
+            Some("soft") => true,
+            Some(v) => {
+                self.err(n, Some("depend_mode"), format!("\"{v}\" is not hard or soft"));
+                false
+            }
+        };
         let resources = self.service_children(n, 0);
-        Some(Service { name: name?, domain, autostart, exclusive, recovery, resources })
+        Some(Service {
+            name: name?,
+            domain,
+            autostart,
+            exclusive,
+            recovery,
+            max_restarts,
+            restart_expire_time_s,
+            depend,
+            depend_soft,
+            resources,
+        })
     }
 
     fn service_children(&mut self, n: Node<'a, 'i>, depth: usize) -> Vec<ServiceResource> {
         let mut out = Vec::new();
         for c in self.children(n) {
+            if c.tag_name().name() == "action" && depth > 0 {
+                // Handled by the parent (`status_interval`).
+                continue;
+            }
             let Some(kind) = ResourceKind::from_tag(c.tag_name().name()) else {
-                let tags: Vec<&str> = ResourceKind::ALL.iter().map(|k| k.tag()).collect();
+                let mut tags: Vec<&str> = ResourceKind::ALL.iter().map(|k| k.tag()).collect();
+                if depth > 0 {
+                    tags.push("action");
+                }
                 self.unknown_child(n, c, &tags);
                 continue;
             };
@@ -614,15 +667,45 @@ impl<'a, 'i> Parser<'a, 'i> {
                 self.err(c, None, "resources nested more than 16 deep");
                 continue;
             }
+            const SERVICE_ONLY: &[&str] = &["__independent_subtree"];
             let def = if let Some(r) = c.attribute("ref") {
-                self.check_attrs(c, &["ref"]);
+                self.check_attrs(c, &["ref", "__independent_subtree"]);
                 Some(ResourceDef::Ref(r.to_owned()))
             } else {
-                self.resource_def(c, kind).map(ResourceDef::Inline)
+                self.resource_def(c, kind, SERVICE_ONLY).map(ResourceDef::Inline)
             };
+            let independent = self.boolean(c, "__independent_subtree", false);
+            let status_interval_s = self.status_interval(c);
             let children = self.service_children(c, depth + 1);
             if let Some(def) = def {
-                out.push(ServiceResource { kind, def, children });
+                out.push(ServiceResource { kind, def, children, independent, status_interval_s });
+            }
+        }
+        out
+    }
+
+    /// `<action name="status" interval="SECS" depth="D"/>` children of a resource element.
+    fn status_interval(&mut self, n: Node<'a, 'i>) -> Option<u32> {
+        let mut out = None;
+        for a in n.children().filter(|c| c.is_element() && c.tag_name().name() == "action") {
+            self.check_attrs(a, &["name", "interval", "depth", "timeout"]);
+            match a.attribute("name") {
+                Some("status") | Some("monitor") => {}
+                Some(other) => {
+                    self.err(a, Some("name"), format!("\"{other}\" is not an action this suite schedules (status)"));
+                    continue;
+                }
+                None => {
+                    self.err(a, Some("name"), "missing; use name=\"status\"");
+                    continue;
+                }
+            }
+            match a.attribute("interval") {
+                Some(v) => match v.trim_end_matches('s').parse::<u32>() {
+                    Ok(secs) if secs >= 1 => out = Some(secs),
+                    _ => self.err(a, Some("interval"), format!("\"{v}\" is not a number of seconds (1 or more)")),
+                },
+                None => self.err(a, Some("interval"), "missing"),
             }
         }
         out
@@ -654,6 +737,44 @@ mod tests {
         let rm = c.rm.as_ref().unwrap();
         assert_eq!(rm.services[0].recovery, Recovery::Relocate);
         assert_eq!(rm.services[0].resources[0].children.len(), 1);
+    }
+
+    #[test]
+    fn service_manager_attributes() {
+        let c = parse(GOOD).unwrap();
+        let rm = c.rm.as_ref().unwrap();
+        let www = &rm.services[0];
+        assert_eq!((www.max_restarts, www.restart_expire_time_s), (3, 300));
+        assert_eq!(www.resources[0].status_interval_s, Some(5));
+        assert!(www.resources[0].children[0].independent);
+        let export = &rm.services[1];
+        assert_eq!(export.depend.as_deref(), Some("www"));
+        assert!(export.depend_soft);
+        assert_eq!(export.recovery, Recovery::RestartDisable);
+        assert_eq!(export.resources[0].kind, ResourceKind::GnbdExport);
+        let text = errs(
+            r#"<cluster name="a" config_version="1"><clusternodes><clusternode name="n" nodeid="1"/></clusternodes>
+              <rm><service name="s" depend="x" depend_mode="firm" max_restarts="-1" recovery="pray">
+              <script name="a" file="/bin/true" __independent_subtree="maybe"><action name="stop" interval="1"/>
+              <action name="status" interval="0"/></script></service>
+              <service name="t" depend="service:t"/></rm></cluster>"#,
+        )
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+        for want in [
+            "\"x\" is not service:NAME",
+            "\"firm\" is not hard or soft",
+            "\"-1\" is not a number of restarts",
+            "\"pray\" is not restart, relocate, disable or restart-disable",
+            "\"maybe\" is not a boolean",
+            "\"stop\" is not an action",
+            "\"0\" is not a number of seconds",
+            "a service cannot depend on itself",
+        ] {
+            assert!(text.contains(want), "{want} missing from:\n{text}");
+        }
     }
 
     #[test]

@@ -119,12 +119,16 @@ impl ClusterConf {
             o.push_str("    </resources>\n");
             for s in &rm.services {
                 o.push_str(&format!(
-                    "    <service name=\"{}\"{} autostart=\"{}\" exclusive=\"{}\" recovery=\"{}\">\n",
+                    "    <service name=\"{}\"{} autostart=\"{}\" exclusive=\"{}\" recovery=\"{}\" max_restarts=\"{}\" restart_expire_time=\"{}\"{}{}>\n",
                     esc(&s.name),
                     s.domain.as_ref().map(|d| format!(" domain=\"{}\"", esc(d))).unwrap_or_default(),
                     b(s.autostart),
                     b(s.exclusive),
-                    s.recovery.as_str()
+                    s.recovery.as_str(),
+                    s.max_restarts,
+                    s.restart_expire_time_s,
+                    s.depend.as_ref().map(|d| format!(" depend=\"service:{}\"", esc(d))).unwrap_or_default(),
+                    if s.depend_soft { " depend_mode=\"soft\"" } else { "" },
                 ));
                 for r in &s.resources {
                     service_resource_xml(&mut o, r, 3);
@@ -144,11 +148,20 @@ fn resource_open(r: &Resource) -> String {
 
 fn service_resource_xml(o: &mut String, r: &ServiceResource, depth: usize) {
     let pad = "  ".repeat(depth);
-    let open = match &r.def {
+    let mut open = match &r.def {
         ResourceDef::Ref(k) => format!("<{} ref=\"{}\"", r.kind.tag(), esc(k)),
         ResourceDef::Inline(def) => resource_open(def),
     };
-    if r.children.is_empty() {
+    if r.independent {
+        open.push_str(" __independent_subtree=\"1\"");
+    }
+    if let Some(i) = r.status_interval_s {
+        o.push_str(&format!("{pad}{open}>\n{pad}  <action name=\"status\" interval=\"{i}\"/>\n"));
+        for c in &r.children {
+            service_resource_xml(o, c, depth + 1);
+        }
+        o.push_str(&format!("{pad}</{}>\n", r.kind.tag()));
+    } else if r.children.is_empty() {
         o.push_str(&format!("{pad}{open}/>\n"));
     } else {
         o.push_str(&format!("{pad}{open}>\n"));

@@ -74,6 +74,13 @@ impl<'a, 'i> Parser<'a, 'i> {
                         self.err(el, Some("domain"), format!("no <failoverdomain> is named \"{dom}\""));
                     }
                 }
+                if let Some(dep) = &s.depend {
+                    if dep == &s.name {
+                        self.err(el, Some("depend"), "a service cannot depend on itself");
+                    } else if !rm.services.iter().any(|o| &o.name == dep) {
+                        self.err(el, Some("depend"), format!("no <service> is named \"{dep}\""));
+                    }
+                }
                 let mut stack: Vec<&ServiceResource> = s.resources.iter().collect();
                 while let Some(r) = stack.pop() {
                     if let ResourceDef::Ref(key) = &r.def {
