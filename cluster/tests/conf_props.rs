@@ -29,7 +29,9 @@ fn resource(k: ResourceKind, i: usize) -> impl Strategy<Value = Resource> {
         let mut attrs = BTreeMap::new();
         for (i, (a, v)) in k.allowed().iter().zip(vals).enumerate() {
             let v = match *a {
-                "monitor_link" | "force_unmount" | "self_fence" => if b { "1" } else { "0" }.to_owned(),
+                "monitor_link" | "force_unmount" | "self_fence" | "readonly" | "cached" => {
+                    if b { "1" } else { "0" }.to_owned()
+                }
                 "mountpoint" => format!("/mnt/{}", v.replace(['/', ' '], "_")),
                 _ if k.required().contains(a) => format!("x{v}"),
                 _ => v,
@@ -150,7 +152,12 @@ fn conf() -> impl Strategy<Value = ClusterConf> {
                         domain: dom.filter(|d| *d < failover_domains.len()).map(|d| format!("dom{d}")),
                         autostart: f[0],
                         exclusive: f[1],
-                        recovery: [Recovery::Restart, Recovery::Relocate, Recovery::Disable][rec as usize],
+                        recovery: [Recovery::Restart, Recovery::Relocate, Recovery::Disable, Recovery::RestartDisable]
+                            [(rec as usize + i) % 4],
+                        max_restarts: (i % 4) as u32,
+                        restart_expire_time_s: (i * 37 % 600) as u32,
+                        depend: (i > 0 && f[0]).then(|| "svc0".to_string()),
+                        depend_soft: i > 0 && f[0] && f[1],
                         resources: res
                             .into_iter()
                             .enumerate()
@@ -177,11 +184,19 @@ fn conf() -> impl Strategy<Value = ClusterConf> {
                                             attrs: [("file".to_string(), "/bin/true".to_string())].into(),
                                         }),
                                         children: vec![],
+                                        independent: j % 2 == 0,
+                                        status_interval_s: None,
                                     }]
                                 } else {
                                     vec![]
                                 };
-                                ServiceResource { kind: k, def, children }
+                                ServiceResource {
+                                    kind: k,
+                                    def,
+                                    children,
+                                    independent: false,
+                                    status_interval_s: (j % 3 == 0).then_some(j as u32 + 1),
+                                }
                             })
                             .collect(),
                     })
