@@ -29,6 +29,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod engine;
 pub mod place;
 pub mod policy;
