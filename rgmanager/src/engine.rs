@@ -299,9 +299,9 @@ pub fn start_failed(r: &Record, me: u32) -> Record {
     bump(n)
 }
 
-/// The owner begins stopping.
+/// The owner begins stopping (and has taken on any pending request).
 pub fn stopping(r: &Record) -> Record {
-    bump(Record { state: State::Stopping, ..*r })
+    bump(Record { state: State::Stopping, want: Want::None, ..*r })
 }
 
 /// The owner stopped the resources cleanly: where the service goes.

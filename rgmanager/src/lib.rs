@@ -30,6 +30,9 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod api;
+pub mod clustat;
+pub mod daemon;
 pub mod engine;
 pub mod place;
 pub mod policy;

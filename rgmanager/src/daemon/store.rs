@@ -1,0 +1,152 @@
+//! The service records in the DLM: lockspace `rgmanager`, one resource `rg:NAME` per
+//! service whose value block holds its [`Record`], and one resource `node:ID` per node that
+//! its rgmanager holds EX while it takes services (the others probe it with NOQUEUE).
+//!
+//! Every rgmanager holds an NL lock on every `rg:` resource for as long as it runs, so the
+//! resources (and their value blocks) live as long as one rgmanager does. A record is read
+//! by converting NL→CR (which reads the value block) and back; it is changed by converting
+//! NL→EX, reading, and converting EX→NL with the new value (which writes it). No resource
+//! agent runs while an EX is held.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use dlm::{ClientError, DlmClient, Flags, Lock, Mode, SbFlags, Status};
+use tokio::runtime::Runtime;
+use tracing::warn;
+
+use crate::record::{Record, RECORD_LEN};
+
+/// The lockspace.
+pub const LOCKSPACE: &[u8] = b"rgmanager";
+/// Value block length of the lockspace.
+pub const LVB_LEN: usize = 64;
+
+/// The DLM side of the daemon.
+pub struct Store {
+    rt: Runtime,
+    client: DlmClient,
+    ls: u32,
+    locks: BTreeMap<String, Lock>,
+    alive: Option<Lock>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("ls", &self.ls).field("services", &self.locks.len()).finish()
+    }
+}
+
+fn lvb_of(r: &Record) -> Vec<u8> {
+    let mut v = vec![0u8; LVB_LEN];
+    v[..RECORD_LEN].copy_from_slice(&r.encode());
+    v
+}
+
+fn decode(name: &str, lvb: Option<&[u8]>, sb: SbFlags) -> Option<Record> {
+    let b = lvb?;
+    if sb.contains(SbFlags::VALNOTVALID) {
+        // The last EX holder died before writing. Records are never changed while resources
+        // run, so the last value written is still the truth.
+        tracing::debug!(service = name, "value block flagged not valid; using its last value");
+    }
+    match Record::decode(b) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(service = name, error = %e, "unreadable service record; treating it as new");
+            None
+        }
+    }
+}
+
+impl Store {
+    /// Connects to dlm_controld at `socket` and joins the lockspace.
+    pub fn connect(socket: &Path) -> Result<Store, ClientError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(ClientError::Io)?;
+        let (client, ls) = rt.block_on(async {
+            let c = DlmClient::connect(socket).await?;
+            let ls = c.join(LOCKSPACE, LVB_LEN as u16).await?;
+            Ok::<_, ClientError>((c, ls))
+        })?;
+        Ok(Store { rt, client, ls, locks: BTreeMap::new(), alive: None })
+    }
+
+    fn ensure(&mut self, name: &str) -> Result<(), ClientError> {
+        if !self.locks.contains_key(name) {
+            let key = format!("rg:{name}");
+            let l = self.rt.block_on(self.client.lock(self.ls, key.as_bytes(), Mode::Nl, Flags::VALBLK, None))?;
+            self.locks.insert(name.to_owned(), l);
+        }
+        Ok(())
+    }
+
+    /// Reads service `name`'s record (None: never written).
+    pub fn read(&mut self, name: &str) -> Result<Option<Record>, ClientError> {
+        self.ensure(name)?;
+        let l = self.locks.get_mut(name).expect("ensured");
+        let c = self.rt.block_on(l.convert(Mode::Cr, Flags::VALBLK, None))?;
+        let r = decode(name, c.lvb.as_deref().or(l.lvb()), c.sbflags);
+        self.rt.block_on(l.convert(Mode::Nl, Flags::empty(), None))?;
+        Ok(r)
+    }
+
+    /// Changes service `name`'s record under EX: `f` gets the current record and returns the
+    /// new one (None: leave it). Returns what was written.
+    pub fn transact(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(Option<Record>) -> Option<Record>,
+    ) -> Result<Option<Record>, ClientError> {
+        self.ensure(name)?;
+        let l = self.locks.get_mut(name).expect("ensured");
+        let c = self.rt.block_on(l.convert(Mode::Ex, Flags::VALBLK, None))?;
+        let cur = decode(name, c.lvb.as_deref().or(l.lvb()), c.sbflags);
+        let new = f(cur);
+        match &new {
+            Some(r) => {
+                let v = lvb_of(r);
+                self.rt.block_on(l.convert(Mode::Nl, Flags::VALBLK, Some(&v)))?;
+            }
+            None => {
+                self.rt.block_on(l.convert(Mode::Nl, Flags::empty(), None))?;
+            }
+        }
+        Ok(new)
+    }
+
+    /// Takes this node's `node:ID` lock: from now on the others see rgmanager here.
+    pub fn announce(&mut self, me: u32) -> Result<(), ClientError> {
+        if self.alive.is_none() {
+            let key = format!("node:{me}");
+            self.alive =
+                Some(self.rt.block_on(self.client.lock(self.ls, key.as_bytes(), Mode::Ex, Flags::empty(), None))?);
+        }
+        Ok(())
+    }
+
+    /// Releases it: the others stop placing services here.
+    pub fn withdraw(&mut self) -> Result<(), ClientError> {
+        if let Some(l) = self.alive.take() {
+            self.rt.block_on(l.unlock(Flags::empty(), None))?;
+        }
+        Ok(())
+    }
+
+    /// Whether node `id` runs rgmanager (holds its `node:ID` lock).
+    pub fn probe(&mut self, id: u32) -> Result<bool, ClientError> {
+        let key = format!("node:{id}");
+        let r = self.rt.block_on(self.client.lock(self.ls, key.as_bytes(), Mode::Pr, Flags::NOQUEUE, None));
+        match r {
+            Ok(l) => {
+                self.rt.block_on(l.unlock(Flags::empty(), None))?;
+                Ok(false)
+            }
+            Err(ClientError::Status(Status::WouldBlock)) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+}
