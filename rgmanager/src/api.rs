@@ -165,6 +165,6 @@ mod tests {
             serde_json::from_str(r#"{"op":"service","action":"relocate","service":"www","node":"n2"}"#).unwrap();
         assert_eq!(r, Request::Service { action: Op::Relocate, service: "www".into(), node: Some("n2".into()) });
         assert_eq!(serde_json::to_string(&Request::Status).unwrap(), r#"{"op":"status"}"#);
-        assert!(serde_json::from_str::<Request>(r#"{"op":"status","x":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
     }
 }
