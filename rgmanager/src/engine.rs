@@ -230,10 +230,16 @@ fn take_over(rm: &Rm, view: &View, records: &BTreeMap<String, Record>, name: &st
     let after = after_loss(r);
     let mut recs = records.clone();
     recs.insert(name.to_owned(), after);
+    let lowest = view.eligible.iter().next() == Some(&view.me);
     let acts = match after.state {
-        State::Recovering => matches!(placement(rm, view, &recs, name, &after), Placement::Node(n) if n == view.me),
+        State::Recovering => match placement(rm, view, &recs, name, &after) {
+            Placement::Node(n) => n == view.me,
+            // Nowhere to run it (a restricted domain with no member up): the lowest eligible
+            // node still records that the owner is gone.
+            _ => lowest,
+        },
         // Disabled or held: the lowest eligible node writes it down.
-        _ => view.eligible.iter().next() == Some(&view.me),
+        _ => lowest,
     };
     if acts {
         Step::TakeOver { dead: r.owner }

@@ -115,6 +115,9 @@ fn fail(e: RgError) -> anyhow::Error {
 
 fn run(args: Args) -> anyhow::Result<()> {
     daemon::log::init(&LogConfig::new("warn", &args.log))?;
+    if args.member.is_some() && (args.enable.is_none() && args.relocate.is_none()) {
+        return Err(Failure::new(2, "-m goes with -e or -r").into());
+    }
     let mut c = Client::connect(&args.rg_socket)
         .map_err(|e| Failure::new(1, format!("cannot reach rgmanager on this node: {e}")))?;
     c.set_timeout(Some(Duration::from_secs(120)))?;
@@ -142,9 +145,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     .into_iter()
     .find_map(|(op, s)| s.as_ref().map(|s| (op, s.strip_prefix("service:").unwrap_or(s).to_owned())))
     .expect("clap requires one action");
-    if args.member.is_some() && !matches!(op, Op::Enable | Op::Relocate) {
-        return Err(Failure::new(2, "-m goes with -e or -r").into());
-    }
     let who = match &args.member {
         Some(m) => format!("Member {m}"),
         None => "Local machine".to_owned(),
