@@ -89,7 +89,7 @@ impl Drop for Rg {
     fn drop(&mut self) {
         if std::thread::panicking() {
             for i in 0..MEMBERS {
-                for f in ["rgmanager.log", "rgmanager2.log"] {
+                for f in ["rgmanager.log", "rgmanager2.log", "rgmanager3.log"] {
                     if let Ok(t) = std::fs::read_to_string(self.nodes.path(i, &format!("log/{f}"))) {
                         let tail: Vec<&str> = t.lines().rev().take(120).collect();
                         eprintln!("--- node{} {f}", i + 1);
@@ -98,6 +98,8 @@ impl Drop for Rg {
                         }
                     }
                 }
+                let out = self.nodes.run(i, "dlm_tool", &["lockdump", "rgmanager"]);
+                eprintln!("--- node{} dlm_tool lockdump rgmanager\n{}", i + 1, out.describe());
             }
         }
         for c in self.rgs.iter_mut().flatten() {
@@ -168,6 +170,18 @@ impl Rg {
                 return t.elapsed();
             }
             assert!(t.elapsed() < Duration::from_secs(secs), "{ip} never answered {want}; last: {:?}", self.get(ip));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Signals node `i`'s rgmanager (TERM or KILL) and reaps it.
+    fn stop_rgmanager(&mut self, i: usize, signal: &str) {
+        let mut c = self.rgs[i].take().expect("rgmanager running");
+        let pid = c.id().to_string();
+        let _ = std::process::Command::new("kill").args([&format!("-{signal}"), &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while c.try_wait().expect("wait rgmanager").is_none() {
+            assert!(Instant::now() < deadline, "node{}: rgmanager did not exit on SIG{signal}", i + 1);
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -247,7 +261,17 @@ fn web_service_fails_over_fails_back_and_obeys_clusvcadm() {
     rg.wait_answer(WEB_IP, "node1", 30);
     rg.wait_service(0, "solo", "node1", "started", 30);
     rg.wait_service(0, "roam", "node1", "started", 30);
-    rg.wait_service(0, "flaky", "node3", "started", 30);
+    // node2 or node3, whichever rgmanager came first (nofailback keeps it there).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let flaky_on = loop {
+        let (o, s) = rg.service(0, "flaky");
+        if s == "started" {
+            break o;
+        }
+        assert!(Instant::now() < deadline, "flaky never started");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(flaky_on == "node2" || flaky_on == "node3", "flaky on {flaky_on}");
     rg.wait_service(0, "excl", "none", "disabled", 30);
     let (any_owner, _) = rg.service(0, "any");
     assert_ne!(any_owner, "none");
@@ -286,20 +310,62 @@ fn web_service_fails_over_fails_back_and_obeys_clusvcadm() {
     assert!(out.stderr_str().contains("cannot run exclusively"), "{}", out.describe());
 
     // A failing status check: restart in place, then (max_restarts=1) relocation.
-    std::fs::write(rg.nodes.path(2, "run/flaky.fail"), b"").unwrap();
+    let (from, to) = if flaky_on == "node3" { (2, "node2") } else { (1, "node3") };
+    std::fs::write(rg.nodes.path(from, "run/flaky.fail"), b"").unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let l = rg.nodes.must(0, "clustat", &["-l", "-s", "flaky"]);
-        if l.contains("Restarts        : 1") && l.contains("Owner           : node3") {
+        if l.contains("Restarts        : 1") && l.contains(&format!("Owner           : {flaky_on}")) {
             break;
         }
         assert!(Instant::now() < deadline, "flaky never restarted in place:\n{l}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::fs::write(rg.nodes.path(2, "run/flaky.fail"), b"").unwrap();
-    rg.wait_service(0, "flaky", "node2", "started", 30);
+    std::fs::write(rg.nodes.path(from, "run/flaky.fail"), b"").unwrap();
+    rg.wait_service(0, "flaky", to, "started", 30);
 
-    // SIGKILL node1: fenced fences it, then node2 (next in priority) answers on the IP.
+    // rgmanager itself dies (SIGKILL) on node1: the services keep running, and the restarted
+    // daemon finds itself their owner and adopts them without starting anything twice.
+    let pid_before = std::fs::read_to_string(rg.nodes.path(0, "run/www.pid")).unwrap();
+    rg.stop_rgmanager(0, "KILL");
+    assert_eq!(rg.get(WEB_IP).as_deref(), Some("node1"), "www stopped answering when rgmanager died");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(rg.service(1, "www"), ("node1".to_owned(), "started".to_owned()), "someone took www meanwhile");
+    rg.start_rgmanager(0, "rgmanager2.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(rg.nodes.path(0, "log/rgmanager2.log")).unwrap_or_default();
+        if log.contains("running here already: adopted service=\"www\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "www never adopted:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid_after = std::fs::read_to_string(rg.nodes.path(0, "run/www.pid")).unwrap();
+    assert_eq!(pid_before, pid_after, "the HTTP server was restarted");
+    rg.wait_service(1, "www", "node1", "started", 5);
+
+    // rgmanager stops cleanly on node1 (SIGTERM): its services go to the next nodes (www to
+    // node2, next in priority; roam anywhere: its domain is unrestricted); solo's restricted
+    // domain has no other member, so it stays stopped. Then node1's rgmanager returns: www
+    // and roam fail back, solo starts again.
+    let t = Instant::now();
+    rg.stop_rgmanager(0, "TERM");
+    rg.wait_answer(WEB_IP, "node2", 60);
+    eprintln!("MEASURE rgmanager stopped on node1 -> www answering from node2: {:?}", t.elapsed());
+    rg.wait_service(1, "solo", "none", "stopped", 30);
+    let (o, s) = rg.service(1, "roam");
+    assert!(s == "started" && (o == "node2" || o == "node3"), "roam is {s} on {o}");
+    let t = Instant::now();
+    rg.start_rgmanager(0, "rgmanager3.log");
+    rg.wait_answer(WEB_IP, "node1", 60);
+    eprintln!("MEASURE rgmanager back on node1 -> www failed back: {:?}", t.elapsed());
+    rg.wait_service(1, "roam", "node1", "started", 30);
+    rg.wait_service(1, "solo", "node1", "started", 30);
+    // flaky's domain is nofailback: it stayed where its relocation put it.
+    assert_eq!(rg.service(1, "flaky"), (to.to_owned(), "started".to_owned()));
+
+    // SIGKILL node1 entirely: fenced fences it, then node2 (next in priority) answers on the IP.
     let killed = Instant::now();
     rg.nodes.kill(0);
     let took = rg.wait_answer(WEB_IP, "node2", 120);
@@ -310,32 +376,21 @@ fn web_service_fails_over_fails_back_and_obeys_clusvcadm() {
         took
     );
     let log = std::fs::read_to_string(rg.nodes.path(1, "log/rgmanager.log")).unwrap();
-    let fenced_at = log.find("node fenced").or_else(|| log.find("owner fenced"));
-    assert!(fenced_at.is_some(), "{log}");
-    // Restricted domain with its only member down: stopped (not run elsewhere);
-    // unrestricted: runs elsewhere.
+    assert!(log.contains("owner fenced; recovering the service service=\"www\" node=1"), "{log}");
+    // Restricted domain with its only member down: not run elsewhere; unrestricted: runs
+    // elsewhere.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (o, s) = rg.service(1, "roam");
+        if s == "started" && (o == "node2" || o == "node3") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "roam is {s} on {o}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (o, s) = rg.service(1, "solo");
     assert!(o == "none" && (s == "recovering" || s == "stopped"), "solo is {s} on {o}");
-    let (o, s) = rg.service(1, "roam");
-    assert!(s == "started" && o != "node1" && o != "none", "roam is {s} on {o}");
-    eprintln!("killed at {:?} ago", killed.elapsed());
-
-    // node1 returns: www fails back to it, roam comes home, solo starts again.
-    if let Some(mut c) = rg.rgs[0].take() {
-        let _ = c.wait();
-    }
-    rg.nodes.join(0);
-    rg.nodes.wait_formed();
-    let _ = std::fs::remove_file(rg.nodes.path(0, "run/dlm/dlm.sock"));
-    if let Some(d) = rg.dlms.as_mut() {
-        d.restart(&rg.nodes, 0, "dlm2.log");
-    }
-    let t = Instant::now();
-    rg.start_rgmanager(0, "rgmanager2.log");
-    rg.wait_answer(WEB_IP, "node1", 60);
-    eprintln!("MEASURE node1 back (rgmanager ready) -> www failed back: {:?}", t.elapsed());
-    rg.wait_service(1, "roam", "node1", "started", 30);
-    rg.wait_service(1, "solo", "node1", "started", 30);
+    eprintln!("node1 killed {:?} ago", killed.elapsed());
 }
 
 /// 50 services (a script each, to measure placement rather than the agents) on 3 nodes: time

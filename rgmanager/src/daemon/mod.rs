@@ -139,10 +139,16 @@ pub fn run(cfg: Config, signals: &Signals, ready: impl FnOnce(&Ready)) -> Result
     let st = fenced.status()?;
     drop(fenced);
     let me = st.local_nodeid;
+    info!(node = me, quorate = st.quorate, "fenced reached");
     let (events_tx, events_rx) = mpsc::channel();
     spawn_subscriber(cfg.fenced.clone(), events_tx.clone());
     let mut store = Store::connect(&cfg.dlm)?;
-    store.announce(me)?;
+    info!(socket = %cfg.dlm.display(), "joined the DLM lockspace rgmanager");
+    if store.announce(me)? {
+        info!("holding this node's presence lock");
+    } else {
+        warn!("this node's presence lock is still held (the DLM has not yet released a previous rgmanager's); taking no services until it is free");
+    }
     let listener = daemon::control::server::bind(&cfg.socket, Default::default())
         .map_err(|e| DaemonError::Socket { path: cfg.socket.display().to_string(), source: e })?;
     let (ctl_tx, ctl_rx) = mpsc::channel::<ControlMsg>();
@@ -330,10 +336,13 @@ impl Daemon {
             return Ok(());
         }
         // Who runs rgmanager.
+        if !self.locked && !self.store.announced() && self.store.announce(self.me())? {
+            info!("holding this node's presence lock");
+        }
         let mut eligible = BTreeSet::new();
         for &m in &self.view.members.clone() {
             if m == self.me() {
-                if !self.locked {
+                if !self.locked && self.store.announced() {
                     eligible.insert(m);
                 }
             } else if self.store.probe(m)? {
@@ -627,7 +636,8 @@ impl Daemon {
                     id: *id,
                     name: n.clone(),
                     member: self.view.members.contains(id),
-                    rgmanager: self.view.eligible.contains(id) || (*id == self.me() && !self.locked),
+                    rgmanager: self.view.eligible.contains(id)
+                        || (*id == self.me() && !self.locked && self.store.announced()),
                     local: *id == self.me(),
                 })
                 .collect(),
@@ -661,7 +671,7 @@ impl Daemon {
             Request::Status => Ok(json(&self.status())),
             Request::Lock | Request::Unlock => {
                 self.locked = matches!(req, Request::Lock);
-                let r = if self.locked { self.store.withdraw() } else { self.store.announce(self.me()) };
+                let r = if self.locked { self.store.withdraw() } else { self.store.announce(self.me()).map(|_| ()) };
                 r.map_err(|e| ControlError::failed(format!("dlm_controld: {e}")))?;
                 Ok(serde_json::Value::Null)
             }

@@ -90,7 +90,9 @@ impl Store {
         let l = self.locks.get_mut(name).expect("ensured");
         let c = self.rt.block_on(l.convert(Mode::Cr, Flags::VALBLK, None))?;
         let r = decode(name, c.lvb.as_deref().or(l.lvb()), c.sbflags);
-        self.rt.block_on(l.convert(Mode::Nl, Flags::empty(), None))?;
+        // VALBLK stays on: DLM recovery rebuilds a lost master's value block from the copies
+        // in the survivors' VALBLK locks.
+        self.rt.block_on(l.convert(Mode::Nl, Flags::VALBLK, None))?;
         Ok(r)
     }
 
@@ -112,20 +114,31 @@ impl Store {
                 self.rt.block_on(l.convert(Mode::Nl, Flags::VALBLK, Some(&v)))?;
             }
             None => {
-                self.rt.block_on(l.convert(Mode::Nl, Flags::empty(), None))?;
+                // Writes back the value just read (VALBLK stays on; see `read`).
+                self.rt.block_on(l.convert(Mode::Nl, Flags::VALBLK, None))?;
             }
         }
         Ok(new)
     }
 
-    /// Takes this node's `node:ID` lock: from now on the others see rgmanager here.
-    pub fn announce(&mut self, me: u32) -> Result<(), ClientError> {
+    /// Takes this node's `node:ID` lock if it is free (true once held): from then on the
+    /// others see rgmanager here. It is not waited for: a previous rgmanager of this node
+    /// may still hold it until the DLM has recovered from that node's death.
+    pub fn announce(&mut self, me: u32) -> Result<bool, ClientError> {
         if self.alive.is_none() {
             let key = format!("node:{me}");
-            self.alive =
-                Some(self.rt.block_on(self.client.lock(self.ls, key.as_bytes(), Mode::Ex, Flags::empty(), None))?);
+            match self.rt.block_on(self.client.lock(self.ls, key.as_bytes(), Mode::Ex, Flags::NOQUEUE, None)) {
+                Ok(l) => self.alive = Some(l),
+                Err(ClientError::Status(Status::WouldBlock)) => return Ok(false),
+                Err(e) => return Err(e),
+            }
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Whether this node's presence lock is held.
+    pub fn announced(&self) -> bool {
+        self.alive.is_some()
     }
 
     /// Releases it: the others stop placing services here.
