@@ -562,3 +562,113 @@ fn two_node_split_never_runs_the_service_twice() {
     assert!(samples > 10, "only {samples} samples");
     rg.wait_service(1, "www", "node2", "started", 10);
 }
+
+/// Storage services: a `clusterfs` (gfs, lock_nolock: one node at a time) mounted from
+/// `gnbd://STORAGE/shared` on the node that runs it, and an HA export (a `gnbd_export` on
+/// each node's own gnbd_serv, plus an IP) that a client reaches through the IP. node1 is
+/// SIGKILLed: both services move to node2 after the fence; the file written on node1 is
+/// read on node2 (after gfs replays the journal) and the client reads back through the IP
+/// what it wrote before the failover.
+#[test]
+fn storage_services_follow_their_node() {
+    require_tool("corosync");
+    require_tool("qemu-io");
+    const STORAGE: usize = 4;
+    const HA_IP: &str = "198.18.0.102";
+    let nodes = Nodes::with_hosts(MEMBERS, 2);
+    let storage = gnbd_tests::corosync::StorageHost::start(&nodes, STORAGE);
+    let dir = nodes.dir().join("scripts");
+    std::fs::create_dir_all(&dir).unwrap();
+    write_exec(&dir.join("fence_ok"), FENCE_OK);
+    let img = nodes.dir().join("storage/shared.img");
+    std::fs::File::create(&img).unwrap().set_len(128 << 20).unwrap();
+    gnbd_tests::run_timeout(
+        gnbd_tests::gnbd_export_cmd(&storage.state).args(["-e", "shared", "-d"]).arg(&img),
+        Duration::from_secs(60),
+    )
+    .assert_success("gnbd_export -e shared");
+    let dev = format!("gnbd://{}/shared", storage.addr);
+    nodes.must(0, "mkfs_gfs", &["-q", "-p", "lock_nolock", "-t", "ha:data", "-j", "1", &dev]);
+    let ha_img = nodes.dir().join("ha.img");
+    std::fs::File::create(&ha_img).unwrap().set_len(16 << 20).unwrap();
+    let fence = |i: usize| {
+        format!(r#"<fence><method name="ok"><device name="ok" nodename="{}"/></method></fence>"#, node_name(i))
+    };
+    let extra = format!(
+        r#"<fence_daemon post_fail_delay="0" post_join_delay="120"/>
+  <fencedevices><fencedevice name="ok" agent="{d}/fence_ok"/></fencedevices>
+  <rm>
+    <failoverdomains><failoverdomain name="pair" ordered="1" restricted="1">
+      <failoverdomainnode name="node1" priority="1"/><failoverdomainnode name="node2" priority="2"/>
+    </failoverdomain></failoverdomains>
+    <service name="fs" domain="pair">
+      <clusterfs name="data" device="{dev}" mountpoint="/run/gfsdata" fstype="gfs" force_unmount="1"
+                 options="log=/var/log/cluster/gfs.log"/>
+    </service>
+    <service name="store" domain="pair">
+      <ip address="{HA_IP}/24"/>
+      <gnbd_export name="ha" device="{img}" state_dir="/run/gnbd-ha"/>
+    </service>
+  </rm>"#,
+        d = dir.display(),
+        img = ha_img.display()
+    );
+    nodes.write_conf(&nodes.conf_with("ha", 1, TOKEN_MS, fence, &extra));
+    // Every member runs its own gnbd_serv (state in its private /run).
+    let mut servers = Vec::new();
+    for i in 0..MEMBERS {
+        nodes.must(i, "mkdir", &["-p", "/run/gnbd-ha"]);
+        servers.push(nodes.spawn(i, "gnbd_serv", &["--foreground", "--state-dir", "/run/gnbd-ha"], "gnbd_serv.log"));
+        let log = nodes.path(i, "log/gnbd_serv.log");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(&log).unwrap_or_default().contains("ready") {
+            assert!(Instant::now() < deadline, "gnbd_serv on node{} not ready", i + 1);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    nodes.join_all();
+    nodes.wait_formed();
+    let dlms = ClusterDlms::start(&nodes);
+    let mut rg = Rg { rgs: (0..MEMBERS).map(|_| None).collect(), dlms: Some(dlms), nodes };
+    for i in 0..MEMBERS {
+        rg.start_rgmanager(i, "rgmanager.log");
+    }
+    rg.wait_service(1, "fs", "node1", "started", 60);
+    rg.wait_service(1, "store", "node1", "started", 60);
+
+    // The filesystem is mounted on node1 only; write a file there.
+    let mounts = rg.nodes.must(0, "cat", &["/proc/self/mountinfo"]);
+    assert!(mounts.contains(" /run/gfsdata "), "{mounts}");
+    let mounts = rg.nodes.must(1, "cat", &["/proc/self/mountinfo"]);
+    assert!(!mounts.contains(" /run/gfsdata "), "{mounts}");
+    rg.nodes.must(0, "sh", &["-c", "echo written-on-node1 > /run/gfsdata/f && sync /run/gfsdata/f"]);
+    // The client writes through the service IP.
+    let url = format!("nbd://{HA_IP}/ha");
+    let out = rg.nodes.run(CLIENT, "qemu-io", &["-f", "raw", "-c", "write -P 0x5a 0 1M", &url]);
+    out.assert_success("qemu-io write through the service IP");
+
+    let killed = Instant::now();
+    rg.nodes.kill(0);
+    rg.wait_service(1, "store", "node2", "started", 120);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = rg.nodes.run(CLIENT, "qemu-io", &["-f", "raw", "-c", "read -P 0x5a 0 1M", &url]);
+        if out.status.success() && !out.stdout_str().contains("verification failed") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the export never answered with the data: {}", out.describe());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("MEASURE SIGKILL node1 -> HA export read back through its IP on node2: {:?}", killed.elapsed());
+    rg.wait_service(1, "fs", "node2", "started", 60);
+    assert_eq!(rg.nodes.must(1, "cat", &["/run/gfsdata/f"]).trim(), "written-on-node1");
+    eprintln!("MEASURE SIGKILL node1 -> gfs mounted on node2 with the file: {:?}", killed.elapsed());
+    // Clean stop on node2 unmounts it.
+    rg.stop_rgmanager(1, "TERM");
+    let mounts = rg.nodes.must(1, "cat", &["/proc/self/mountinfo"]);
+    assert!(!mounts.contains(" /run/gfsdata "), "{mounts}");
+    for mut s in servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+}

@@ -32,13 +32,29 @@ fn out_file() -> PathBuf {
     std::env::temp_dir().join(format!("rgmanager-{}-{}.out", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)))
 }
 
+/// Where a program is: a path as given; a bare name on PATH, else beside this executable
+/// (the suite's own tools, such as `gnbd_export` and `mount_gfs`, when not installed).
+pub fn resolve(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    let on_path =
+        std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(program)).find(|c| c.is_file()));
+    on_path.or_else(|| {
+        let exe = std::env::current_exe().ok()?;
+        let c = exe.parent()?.join(program);
+        c.is_file().then_some(c)
+    })
+}
+
 /// Runs `program args`, killing it after `timeout`.
 pub fn run(program: &str, args: &[&str], timeout: Duration) -> Result<Outcome, AgentError> {
+    let resolved = resolve(program).unwrap_or_else(|| PathBuf::from(program));
     let path = out_file();
     let spawn_err = |e: std::io::Error| AgentError::Spawn { program: program.to_owned(), reason: e.to_string() };
     let file = std::fs::File::create(&path).map_err(spawn_err)?;
     let file2 = file.try_clone().map_err(spawn_err)?;
-    let child = Command::new(program)
+    let child = Command::new(&resolved)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::from(file))

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cluster::conf::Resource;
 
-use super::exec::{must, run};
+use super::exec::{must, resolve, run};
 use super::{flag, need, Action, AgentError, Env};
 
 /// Decodes the octal escapes (`\040` for a space) of /proc/self/mountinfo fields.
@@ -99,7 +99,7 @@ pub(super) fn act(env: &Env, res: &Resource, action: Action) -> Result<(), Agent
             let fstype = res.attrs.get("fstype").map(String::as_str).unwrap_or("");
             let options = res.attrs.get("options").map(String::as_str).unwrap_or("");
             if fstype == "gfs" || (fstype.is_empty() && res.kind == cluster::conf::ResourceKind::ClusterFs) {
-                let helper = if which("mount.gfs") { "mount.gfs" } else { "mount_gfs" };
+                let helper = if resolve("mount.gfs").is_some() { "mount.gfs" } else { "mount_gfs" };
                 let mut args = vec![device, mps.as_str()];
                 if !options.is_empty() {
                     args.extend(["-o", options]);
@@ -145,10 +145,6 @@ pub(super) fn act(env: &Env, res: &Resource, action: Action) -> Result<(), Agent
             Ok(())
         }
     }
-}
-
-fn which(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
 #[cfg(test)]
