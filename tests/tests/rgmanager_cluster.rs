@@ -390,6 +390,9 @@ fn web_service_fails_over_fails_back_and_obeys_clusvcadm() {
     }
     let (o, s) = rg.service(1, "solo");
     assert!(o == "none" && (s == "recovering" || s == "stopped"), "solo is {s} on {o}");
+    let out = rg.clusvcadm(1, &["-e", "solo"]);
+    out.assert_code(15, "enable with the restricted domain offline");
+    assert!(out.stderr_str().contains("restricted failover domain offline"), "{}", out.describe());
     eprintln!("node1 killed {:?} ago", killed.elapsed());
 }
 

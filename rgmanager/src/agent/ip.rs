@@ -112,8 +112,13 @@ pub(super) fn act(env: &Env, res: &Resource, action: Action) -> Result<(), Agent
             };
             if addr.is_ipv4() {
                 // Tell the neighbours the address moved here (best effort: arping may be absent).
+                // arping waits about a second for answers nobody sends to an unsolicited ARP,
+                // so it runs on its own thread and the next resource starts at once.
                 let a = addr.to_string();
-                let _ = run("arping", &["-U", "-c", "1", "-i", &ifname, "-S", &a, &a], env.status_timeout);
+                let t = env.status_timeout;
+                std::thread::spawn(move || {
+                    let _ = run("arping", &["-U", "-c", "1", "-i", &ifname, "-S", &a, &a], t);
+                });
             }
             Ok(())
         }

@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 use crate::agent::{self, Env};
 use crate::api::{NodeStatus, OpReply, Request, ServiceStatus, Status};
 use crate::engine::{self, Hand, Step, View};
-use crate::place::PlaceInput;
+use crate::place::{PlaceInput, Placement};
 use crate::policy::{Action as Recover, RestartWindow};
 use crate::record::{Record, State};
 use crate::request::{self, Op, RgError};
@@ -738,6 +738,35 @@ impl Daemon {
         };
         let members = self.view.members.clone();
         let init = engine::initial(&self.rm, name);
+        // Enabling (or relocating) a service somewhere it cannot run fails at once, with
+        // the reason, rather than leaving it stopped.
+        if matches!(op, Op::Enable | Op::Relocate) {
+            let cur = self.records.get(name).copied().unwrap_or(init);
+            let running =
+                matches!(cur.state, State::Starting | State::Started | State::Stopping) && members.contains(&cur.owner);
+            if let Ok(mut next) = request::apply(&cur, op, target, running) {
+                if running {
+                    // Placement away from the current owner.
+                    next.add_tried(cur.owner);
+                }
+                let mut recs = self.records.clone();
+                recs.insert(name.to_owned(), next);
+                match engine::placement(&self.rm, &self.view, &recs, name, &next) {
+                    Placement::NoDomainMember if !running => return Err(RgError::Domain),
+                    Placement::NoExclusiveNode if !running => return Err(RgError::Exclusive),
+                    Placement::NoNode if !running => return Err(RgError::Node),
+                    Placement::NoDomainMember
+                    | Placement::NoExclusiveNode
+                    | Placement::NoNode
+                    | Placement::AllTried
+                        if running && target == 0 =>
+                    {
+                        return Err(RgError::Relocate)
+                    }
+                    _ => {}
+                }
+            }
+        }
         let mut outcome = Err(RgError::Fail);
         let res = self.store.transact(name, |fresh| {
             let cur = fresh.unwrap_or(init);
