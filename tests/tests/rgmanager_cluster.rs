@@ -449,6 +449,34 @@ fn fifty_services_are_placed_at_start() {
         t.elapsed()
     );
     assert_eq!(per_node.iter().sum::<usize>(), 50);
+
+    // node3 alone on its side of a partition: inquorate, it stops every service it runs; the
+    // quorate pair fences it and starts them.
+    let cut = Instant::now();
+    rg.nodes.partition(&[2]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let x = rg.nodes.must(0, "clustat", &["-x"]);
+        let on_pair = (1..=2).map(|n| x.matches(&format!("owner=\"node{n}\"")).count()).sum::<usize>();
+        if x.matches("state_str=\"started\"").count() == 50 && on_pair == 50 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node3's services never moved:\n{x}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("MEASURE partition of node3 -> its {} services started on node1/node2: {:?}", per_node[2], cut.elapsed());
+    // (This test's fence agent does not power node3 off, so node3 still runs and stops its
+    // services itself once its corosync reports the quorum lost.)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = std::fs::read_to_string(rg.nodes.path(2, "log/rgmanager.log")).unwrap();
+        if log.matches("no quorum: stopping").count() == per_node[2] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node3 did not stop its {} services:\n{log}", per_node[2]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(fenced_by(&rg.nodes.fence_status(0), "node3").is_some());
 }
 
 /// A fence agent that powers the victim off through the test (it asks by creating

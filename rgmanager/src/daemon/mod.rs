@@ -9,7 +9,9 @@ mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster::api::Event;
@@ -104,6 +106,8 @@ struct Daemon {
     events_tx: Sender<Input>,
     locked: bool,
     epoch: Instant,
+    /// Quorum as the subscriber thread last saw it (read by DLM calls while they wait).
+    quorum: Arc<AtomicBool>,
 }
 
 fn load_conf(path: &std::path::Path) -> Result<ClusterConf, DaemonError> {
@@ -141,8 +145,9 @@ pub fn run(cfg: Config, signals: &Signals, ready: impl FnOnce(&Ready)) -> Result
     let me = st.local_nodeid;
     info!(node = me, quorate = st.quorate, "fenced reached");
     let (events_tx, events_rx) = mpsc::channel();
-    spawn_subscriber(cfg.fenced.clone(), events_tx.clone());
-    let mut store = Store::connect(&cfg.dlm)?;
+    let quorum = Arc::new(AtomicBool::new(st.quorate));
+    spawn_subscriber(cfg.fenced.clone(), me, quorum.clone(), events_tx.clone());
+    let mut store = Store::connect(&cfg.dlm, quorum.clone())?;
     info!(socket = %cfg.dlm.display(), "joined the DLM lockspace rgmanager");
     if store.announce(me)? {
         info!("holding this node's presence lock");
@@ -181,6 +186,7 @@ pub fn run(cfg: Config, signals: &Signals, ready: impl FnOnce(&Ready)) -> Result
         events_tx,
         locked: false,
         epoch: Instant::now(),
+        quorum,
     };
     ready(&Ready { node_id: me, socket: d.cfg.socket.clone() });
     info!(node = me, services = d.rm.services.len(), "rgmanager running");
@@ -220,13 +226,16 @@ pub fn run(cfg: Config, signals: &Signals, ready: impl FnOnce(&Ready)) -> Result
     Ok(())
 }
 
-fn spawn_subscriber(path: PathBuf, tx: Sender<Input>) {
+fn spawn_subscriber(path: PathBuf, me: u32, quorum: Arc<AtomicBool>, tx: Sender<Input>) {
     std::thread::spawn(move || loop {
         let r = (|| -> Result<(), cluster::api::ApiError> {
             let mut c = cluster::api::Client::connect(&path)?;
             c.subscribe()?;
             loop {
                 let ev = c.next_event()?;
+                if let Event::Membership { quorate, members, .. } = &ev {
+                    quorum.store(*quorate && members.contains(&me), Ordering::Relaxed);
+                }
                 if tx.send(Input::Event(ev)).is_err() {
                     return Ok(());
                 }
@@ -235,6 +244,7 @@ fn spawn_subscriber(path: PathBuf, tx: Sender<Input>) {
         if let Err(e) = r {
             warn!(error = %e, "lost fenced; treating this node as inquorate until it is back");
         }
+        quorum.store(false, Ordering::Relaxed);
         if tx.send(Input::Lost).is_err() {
             return;
         }
@@ -326,7 +336,7 @@ impl Daemon {
 
     /// One evaluation of every service.
     fn round(&mut self) -> Result<(), DaemonError> {
-        if !self.view.quorate {
+        if !self.view.quorate || !self.quorum.load(Ordering::Relaxed) {
             // Without quorum the DLM may not answer; stop what runs here without it.
             for (name, l) in self.local.iter_mut().filter(|(_, l)| l.running) {
                 warn!(service = %name, "no quorum: stopping");
@@ -334,6 +344,13 @@ impl Daemon {
                 l.running = false;
             }
             return Ok(());
+        }
+        if self.store.poisoned() {
+            // A DLM call was abandoned when quorum went: start afresh (closing the old
+            // connection releases what it held).
+            info!("quorum is back: reconnecting to dlm_controld");
+            self.store = Store::connect(&self.cfg.dlm, self.quorum.clone())?;
+            self.records.clear();
         }
         // Who runs rgmanager.
         if !self.locked && !self.store.announced() && self.store.announce(self.me())? {

@@ -9,7 +9,11 @@
 //! agent runs while an EX is held.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use dlm::{ClientError, DlmClient, Flags, Lock, Mode, SbFlags, Status};
 use tokio::runtime::Runtime;
@@ -29,6 +33,31 @@ pub struct Store {
     ls: u32,
     locks: BTreeMap<String, Lock>,
     alive: Option<Lock>,
+    quorate: Arc<AtomicBool>,
+    poisoned: AtomicBool,
+}
+
+/// Runs a DLM call, giving up when the node loses quorum meanwhile (the DLM then waits for
+/// a recovery that cannot happen); the store is then poisoned and must be reconnected.
+fn guarded<T>(
+    rt: &Runtime,
+    quorate: &AtomicBool,
+    poisoned: &AtomicBool,
+    fut: impl Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    rt.block_on(async {
+        tokio::select! {
+            r = fut => r,
+            _ = async {
+                while quorate.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            } => {
+                poisoned.store(true, Ordering::Relaxed);
+                Err(ClientError::Io(std::io::Error::other("quorum lost while waiting for the DLM")))
+            }
+        }
+    })
 }
 
 impl std::fmt::Debug for Store {
@@ -60,25 +89,37 @@ fn decode(name: &str, lvb: Option<&[u8]>, sb: SbFlags) -> Option<Record> {
 }
 
 impl Store {
-    /// Connects to dlm_controld at `socket` and joins the lockspace.
-    pub fn connect(socket: &Path) -> Result<Store, ClientError> {
+    /// Connects to dlm_controld at `socket` and joins the lockspace. `quorate` is this
+    /// node's quorum as fenced reports it: calls give up when it goes false.
+    pub fn connect(socket: &Path, quorate: Arc<AtomicBool>) -> Result<Store, ClientError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .map_err(ClientError::Io)?;
-        let (client, ls) = rt.block_on(async {
+        let poisoned = AtomicBool::new(false);
+        let (client, ls) = guarded(&rt, &quorate, &poisoned, async {
             let c = DlmClient::connect(socket).await?;
             let ls = c.join(LOCKSPACE, LVB_LEN as u16).await?;
             Ok::<_, ClientError>((c, ls))
         })?;
-        Ok(Store { rt, client, ls, locks: BTreeMap::new(), alive: None })
+        Ok(Store { rt, client, ls, locks: BTreeMap::new(), alive: None, quorate, poisoned })
+    }
+
+    /// A call was abandoned when quorum was lost: reconnect before using the DLM again.
+    pub fn poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Relaxed)
     }
 
     fn ensure(&mut self, name: &str) -> Result<(), ClientError> {
         if !self.locks.contains_key(name) {
             let key = format!("rg:{name}");
-            let l = self.rt.block_on(self.client.lock(self.ls, key.as_bytes(), Mode::Nl, Flags::VALBLK, None))?;
+            let l = guarded(
+                &self.rt,
+                &self.quorate,
+                &self.poisoned,
+                self.client.lock(self.ls, key.as_bytes(), Mode::Nl, Flags::VALBLK, None),
+            )?;
             self.locks.insert(name.to_owned(), l);
         }
         Ok(())
@@ -88,11 +129,11 @@ impl Store {
     pub fn read(&mut self, name: &str) -> Result<Option<Record>, ClientError> {
         self.ensure(name)?;
         let l = self.locks.get_mut(name).expect("ensured");
-        let c = self.rt.block_on(l.convert(Mode::Cr, Flags::VALBLK, None))?;
+        let c = guarded(&self.rt, &self.quorate, &self.poisoned, l.convert(Mode::Cr, Flags::VALBLK, None))?;
         let r = decode(name, c.lvb.as_deref().or(l.lvb()), c.sbflags);
         // VALBLK stays on: DLM recovery rebuilds a lost master's value block from the copies
         // in the survivors' VALBLK locks.
-        self.rt.block_on(l.convert(Mode::Nl, Flags::VALBLK, None))?;
+        guarded(&self.rt, &self.quorate, &self.poisoned, l.convert(Mode::Nl, Flags::VALBLK, None))?;
         Ok(r)
     }
 
@@ -105,17 +146,17 @@ impl Store {
     ) -> Result<Option<Record>, ClientError> {
         self.ensure(name)?;
         let l = self.locks.get_mut(name).expect("ensured");
-        let c = self.rt.block_on(l.convert(Mode::Ex, Flags::VALBLK, None))?;
+        let c = guarded(&self.rt, &self.quorate, &self.poisoned, l.convert(Mode::Ex, Flags::VALBLK, None))?;
         let cur = decode(name, c.lvb.as_deref().or(l.lvb()), c.sbflags);
         let new = f(cur);
         match &new {
             Some(r) => {
                 let v = lvb_of(r);
-                self.rt.block_on(l.convert(Mode::Nl, Flags::VALBLK, Some(&v)))?;
+                guarded(&self.rt, &self.quorate, &self.poisoned, l.convert(Mode::Nl, Flags::VALBLK, Some(&v)))?;
             }
             None => {
                 // Writes back the value just read (VALBLK stays on; see `read`).
-                self.rt.block_on(l.convert(Mode::Nl, Flags::VALBLK, None))?;
+                guarded(&self.rt, &self.quorate, &self.poisoned, l.convert(Mode::Nl, Flags::VALBLK, None))?;
             }
         }
         Ok(new)
@@ -127,7 +168,12 @@ impl Store {
     pub fn announce(&mut self, me: u32) -> Result<bool, ClientError> {
         if self.alive.is_none() {
             let key = format!("node:{me}");
-            match self.rt.block_on(self.client.lock(self.ls, key.as_bytes(), Mode::Ex, Flags::NOQUEUE, None)) {
+            match guarded(
+                &self.rt,
+                &self.quorate,
+                &self.poisoned,
+                self.client.lock(self.ls, key.as_bytes(), Mode::Ex, Flags::NOQUEUE, None),
+            ) {
                 Ok(l) => self.alive = Some(l),
                 Err(ClientError::Status(Status::WouldBlock)) => return Ok(false),
                 Err(e) => return Err(e),
@@ -144,7 +190,7 @@ impl Store {
     /// Releases it: the others stop placing services here.
     pub fn withdraw(&mut self) -> Result<(), ClientError> {
         if let Some(l) = self.alive.take() {
-            self.rt.block_on(l.unlock(Flags::empty(), None))?;
+            guarded(&self.rt, &self.quorate, &self.poisoned, l.unlock(Flags::empty(), None))?;
         }
         Ok(())
     }
@@ -152,10 +198,15 @@ impl Store {
     /// Whether node `id` runs rgmanager (holds its `node:ID` lock).
     pub fn probe(&mut self, id: u32) -> Result<bool, ClientError> {
         let key = format!("node:{id}");
-        let r = self.rt.block_on(self.client.lock(self.ls, key.as_bytes(), Mode::Pr, Flags::NOQUEUE, None));
+        let r = guarded(
+            &self.rt,
+            &self.quorate,
+            &self.poisoned,
+            self.client.lock(self.ls, key.as_bytes(), Mode::Pr, Flags::NOQUEUE, None),
+        );
         match r {
             Ok(l) => {
-                self.rt.block_on(l.unlock(Flags::empty(), None))?;
+                guarded(&self.rt, &self.quorate, &self.poisoned, l.unlock(Flags::empty(), None))?;
                 Ok(false)
             }
             Err(ClientError::Status(Status::WouldBlock)) => Ok(true),
