@@ -21,6 +21,11 @@ use gnbd_tests::dlmd::ClusterDlms;
 use gnbd_tests::{require_tool, OutputExt};
 
 const TOKEN_MS: u32 = 1000;
+
+/// The totem token timeout: `CLUSTER_TOKEN_MS` to measure with another one.
+fn token_ms() -> u32 {
+    std::env::var("CLUSTER_TOKEN_MS").ok().and_then(|t| t.parse().ok()).unwrap_or(TOKEN_MS)
+}
 const MEMBERS: usize = 3;
 /// The client host (after the members).
 const CLIENT: usize = 3;
@@ -228,7 +233,7 @@ fn conf(nodes: &Nodes, dir: &std::path::Path) -> String {
   </rm>"#,
         dir = dir.display()
     );
-    nodes.conf_with("ha", 1, TOKEN_MS, fence, &extra)
+    nodes.conf_with("ha", 1, token_ms(), fence, &extra)
 }
 
 #[test]
@@ -372,8 +377,9 @@ fn web_service_fails_over_fails_back_and_obeys_clusvcadm() {
     let fs = rg.nodes.fence_status(1);
     assert!(fenced_by(&fs, "node1").is_some(), "www moved before node1 was fenced: {fs:#}");
     eprintln!(
-        "MEASURE SIGKILL node1 -> www answering from node2: {:?} (token {TOKEN_MS} ms, fence agent exits at once)",
-        took
+        "MEASURE SIGKILL node1 -> www answering from node2: {:?} (token {} ms, fence agent exits at once)",
+        took,
+        token_ms()
     );
     let log = std::fs::read_to_string(rg.nodes.path(1, "log/rgmanager.log")).unwrap();
     assert!(log.contains("owner fenced; recovering the service service=\"www\" node=1"), "{log}");
