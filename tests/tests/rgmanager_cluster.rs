@@ -314,6 +314,29 @@ fn web_service_fails_over_fails_back_and_obeys_clusvcadm() {
     out.assert_code(16, "exclusive on a busy node");
     assert!(out.stderr_str().contains("cannot run exclusively"), "{}", out.describe());
 
+    // -R restarts in place (a new server process); -Z freezes (requests refused, RG_EFROZEN)
+    // until -U; -s stops and holds it stopped until -e.
+    let pid = std::fs::read_to_string(rg.nodes.path(0, "run/www.pid")).unwrap();
+    rg.clusvcadm(2, &["-R", "www"]).assert_success("clusvcadm -R www");
+    assert_ne!(std::fs::read_to_string(rg.nodes.path(0, "run/www.pid")).unwrap(), pid, "-R did not restart");
+    rg.wait_answer(WEB_IP, "node1", 30);
+    rg.clusvcadm(2, &["-Z", "www"]).assert_success("clusvcadm -Z www");
+    let l = rg.nodes.must(2, "clustat", &["-s", "www"]);
+    assert!(l.contains("started [frozen]"), "{l}");
+    rg.clusvcadm(2, &["-r", "www", "-m", "node2"]).assert_code(11, "relocate a frozen service");
+    rg.clusvcadm(2, &["-U", "www"]).assert_success("clusvcadm -U www");
+    rg.clusvcadm(2, &["-s", "www"]).assert_success("clusvcadm -s www");
+    rg.wait_service(2, "www", "none", "stopped", 5);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(rg.service(2, "www"), ("none".to_owned(), "stopped".to_owned()), "a held service was started");
+    assert_eq!(rg.get(WEB_IP), None);
+    rg.clusvcadm(2, &["-e", "www"]).assert_success("clusvcadm -e www");
+    rg.wait_answer(WEB_IP, "node1", 30);
+    // clustat's filters.
+    let m = rg.nodes.must(2, "clustat", &["-m", "node2"]);
+    assert!(m.contains(" node2 ") && !m.contains(" node1 ") && !m.contains("service:"), "{m}");
+    rg.nodes.run(2, "clustat", &["-s", "nosuch"]).assert_code(1, "clustat -s nosuch");
+
     // A failing status check: restart in place, then (max_restarts=1) relocation.
     let (from, to) = if flaky_on == "node3" { (2, "node2") } else { (1, "node3") };
     std::fs::write(rg.nodes.path(from, "run/flaky.fail"), b"").unwrap();
