@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cluster::api::Event;
@@ -84,6 +84,9 @@ enum Input {
 
 type ControlMsg = (Request, Sender<Result<serde_json::Value, ControlError>>);
 
+/// How long a status request waits for the loop before the last round's state answers it.
+const STATUS_WAIT: Duration = Duration::from_secs(2);
+
 /// A service as this node runs it.
 struct Local {
     tree: Tree,
@@ -108,6 +111,8 @@ struct Daemon {
     epoch: Instant,
     /// Quorum as the subscriber thread last saw it (read by DLM calls while they wait).
     quorum: Arc<AtomicBool>,
+    /// The state as of the last round, for status requests while the loop is busy.
+    snapshot: Arc<Mutex<Option<serde_json::Value>>>,
 }
 
 fn load_conf(path: &std::path::Path) -> Result<ClusterConf, DaemonError> {
@@ -157,13 +162,30 @@ pub fn run(cfg: Config, signals: &Signals, ready: impl FnOnce(&Ready)) -> Result
     let listener = daemon::control::server::bind(&cfg.socket, Default::default())
         .map_err(|e| DaemonError::Socket { path: cfg.socket.display().to_string(), source: e })?;
     let (ctl_tx, ctl_rx) = mpsc::channel::<ControlMsg>();
+    let snapshot: Arc<Mutex<Option<serde_json::Value>>> = Arc::default();
+    let snap = snapshot.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let tx = ctl_tx.clone();
+            let snap = snap.clone();
             std::thread::spawn(move || {
                 let _ = daemon::control::server::serve_blocking(stream, |req: Request| {
+                    let status = req == Request::Status;
                     let (rtx, rrx) = mpsc::channel();
                     tx.send((req, rtx)).map_err(|_| ControlError::unavailable("rgmanager is stopping"))?;
+                    if status {
+                        // The loop may be busy (starting a service, or waiting for the DLM
+                        // during a recovery): then the state as of its last round.
+                        match rrx.recv_timeout(STATUS_WAIT) {
+                            Ok(r) => return r,
+                            Err(mpsc::RecvTimeoutError::Timeout) => {
+                                if let Some(v) = snap.lock().expect("snapshot lock").clone() {
+                                    return Ok(v);
+                                }
+                            }
+                            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+                        }
+                    }
                     rrx.recv().map_err(|_| ControlError::unavailable("rgmanager is stopping"))?
                 });
             });
@@ -187,6 +209,7 @@ pub fn run(cfg: Config, signals: &Signals, ready: impl FnOnce(&Ready)) -> Result
         locked: false,
         epoch: Instant::now(),
         quorum,
+        snapshot,
     };
     ready(&Ready { node_id: me, socket: d.cfg.socket.clone() });
     info!(node = me, services = d.rm.services.len(), "rgmanager running");
@@ -205,6 +228,7 @@ pub fn run(cfg: Config, signals: &Signals, ready: impl FnOnce(&Ready)) -> Result
         if let Err(e) = d.round() {
             warn!(error = %e, "evaluation round failed");
         }
+        d.publish();
         let deadline = Instant::now() + d.cfg.tick;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -212,6 +236,7 @@ pub fn run(cfg: Config, signals: &Signals, ready: impl FnOnce(&Ready)) -> Result
                 Ok((req, reply)) => {
                     d.drain_events(&events_rx);
                     let _ = reply.send(d.handle(req));
+                    d.publish();
                 }
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -645,22 +670,41 @@ impl Daemon {
             cluster: self.conf.name.clone(),
             local_nodeid: self.me(),
             quorate: self.view.quorate,
-            nodes: self
-                .view
-                .nodes
-                .iter()
-                .map(|(id, n)| NodeStatus {
-                    id: *id,
-                    name: n.clone(),
-                    member: self.view.members.contains(id),
-                    rgmanager: self.view.eligible.contains(id)
-                        || (*id == self.me() && !self.locked && self.store.announced()),
-                    local: *id == self.me(),
-                })
-                .collect(),
+            nodes: self.node_statuses(),
             services: names.iter().map(|n| self.service_status(n)).collect(),
             locked: self.locked,
         }
+    }
+
+    /// Publishes the state as of now (no DLM access) for status requests while busy.
+    fn publish(&self) {
+        let mut st = Status {
+            cluster: self.conf.name.clone(),
+            local_nodeid: self.me(),
+            quorate: self.view.quorate,
+            nodes: Vec::new(),
+            services: self.rm.services.iter().map(|s| self.service_status(&s.name)).collect(),
+            locked: self.locked,
+        };
+        st.nodes = self.node_statuses();
+        if let Ok(v) = serde_json::to_value(&st) {
+            *self.snapshot.lock().expect("snapshot lock") = Some(v);
+        }
+    }
+
+    fn node_statuses(&self) -> Vec<NodeStatus> {
+        self.view
+            .nodes
+            .iter()
+            .map(|(id, n)| NodeStatus {
+                id: *id,
+                name: n.clone(),
+                member: self.view.members.contains(id),
+                rgmanager: self.view.eligible.contains(id)
+                    || (*id == self.me() && !self.locked && self.store.announced()),
+                local: *id == self.me(),
+            })
+            .collect()
     }
 
     fn service_status(&self, name: &str) -> ServiceStatus {
