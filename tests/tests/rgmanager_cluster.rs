@@ -4,12 +4,20 @@
 //! `script` that runs a real HTTP server (python3 -m http.server) answering with the name
 //! of the node it runs on; the client asks it through the service's IP.
 //!
-//! Shown here: placement on the best node of an ordered restricted domain; SIGKILL of that
-//! node → fenced fences it → the next node in priority answers on the IP (measured);
-//! the node returns → fail back; a restricted domain with no member up → stopped; an
-//! unrestricted one → runs elsewhere, and comes back; `clusvcadm -r -m` moves a service by
-//! hand; `-d`/`-e`; a failing status check → restart, then relocation after max_restarts
-//! within the window; an exclusive service refuses a node already running one.
+//! Shown here: placement on the best node of an ordered restricted domain; `clusvcadm -r -m`
+//! moves a service by hand; `-d`/`-e`, `-R`, `-Z`/`-U`, `-s`; an exclusive service refuses a
+//! node already running one; a hard dependency; an independent subtree restarted alone; a
+//! failing status check → restart in place, then relocation after max_restarts within the
+//! window (nofailback keeps it there); rgmanager SIGKILLed → the services keep running and
+//! the restarted daemon adopts them; rgmanager stopped cleanly → services go to the next
+//! node (restricted domain with no member left → stopped; unrestricted → elsewhere) and fail
+//! back when it returns; SIGKILL of the whole node → fenced fences it → the next node in
+//! priority answers on the IP (measured). Also: 50 services placed at start and an
+//! inquorate partition stopping its services; a 2-node split never serving the IP from both
+//! sides; a clusterfs (gfs over gnbd://) and an HA gnbd export following their node.
+//!
+//! Not shown (DLM limit, see rgmanager/docs/design.md): a node returning after it was
+//! killed and fenced.
 //!
 //! Needs root (namespaces), corosync, python3 and curl (scripts/deps.sh installs them).
 
@@ -71,6 +79,17 @@ case "$1" in
 start) rm -f /run/flaky.fail; touch /run/flaky.up; exit 0;;
 stop) rm -f /run/flaky.up; exit 0;;
 status) [ -e /run/flaky.fail ] && exit 1; [ -e /run/flaky.up ] || exit 3; exit 0;;
+*) exit 2;;
+esac
+"#;
+
+/// The independent part of service "sub": its status fails while /run/part.fail exists;
+/// every start is counted in /run/part.starts.
+const PART: &str = r#"#!/bin/sh
+case "$1" in
+start) rm -f /run/part.fail; echo x >> /run/part.starts; exit 0;;
+stop) exit 0;;
+status) [ -e /run/part.fail ] && exit 1; exit 0;;
 *) exit 2;;
 esac
 "#;
@@ -230,6 +249,13 @@ fn conf(nodes: &Nodes, dir: &std::path::Path) -> String {
       <script name="flaky" file="{dir}/flaky.sh"><action name="status" interval="1"/></script>
     </service>
     <service name="excl" exclusive="1" autostart="0"><script name="excl" file="/bin/true"/></service>
+    <service name="db"><script name="db" file="/bin/true"/></service>
+    <service name="app" depend="service:db"><script name="app" file="/bin/true"/></service>
+    <service name="sub" domain="on3">
+      <script name="base" file="/bin/true">
+        <script name="part" file="{dir}/part.sh" __independent_subtree="1"><action name="status" interval="1"/></script>
+      </script>
+    </service>
   </rm>"#,
         dir = dir.display()
     );
@@ -247,6 +273,7 @@ fn web_service_fails_over_fails_back_and_obeys_clusvcadm() {
     write_exec(&dir.join("web.sh"), &web_script(WEB_IP, "www"));
     write_exec(&dir.join("any.sh"), &web_script(ANY_IP, "any"));
     write_exec(&dir.join("flaky.sh"), FLAKY);
+    write_exec(&dir.join("part.sh"), PART);
     nodes.write_conf(&conf(&nodes, &dir));
     for i in 0..MEMBERS {
         std::fs::write(nodes.path(i, "etc/nodename"), node_name(i)).unwrap();
@@ -336,6 +363,43 @@ fn web_service_fails_over_fails_back_and_obeys_clusvcadm() {
     let m = rg.nodes.must(2, "clustat", &["-m", "node2"]);
     assert!(m.contains(" node2 ") && !m.contains(" node1 ") && !m.contains("service:"), "{m}");
     rg.nodes.run(2, "clustat", &["-s", "nosuch"]).assert_code(1, "clustat -s nosuch");
+
+    // A hard dependency: app runs only while db does.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rg.service(2, "app").1 != "started" {
+        assert!(Instant::now() < deadline, "app never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    rg.clusvcadm(2, &["-d", "db"]).assert_success("clusvcadm -d db");
+    rg.wait_service(2, "app", "none", "stopped", 30);
+    rg.clusvcadm(2, &["-e", "db"]).assert_success("clusvcadm -e db");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rg.service(2, "app").1 != "started" {
+        assert!(Instant::now() < deadline, "app did not start again after db");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A failed check inside an __independent_subtree restarts only that subtree: the
+    // service is not restarted (Restarts stays 0) and its part is started once more.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sub_on = loop {
+        let (o, st) = rg.service(0, "sub");
+        if st == "started" {
+            break o;
+        }
+        assert!(Instant::now() < deadline, "sub never started");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let sub_i: usize = sub_on.trim_start_matches("node").parse::<usize>().unwrap() - 1;
+    std::fs::write(rg.nodes.path(sub_i, "run/part.fail"), b"").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(rg.nodes.path(sub_i, "run/part.starts")).unwrap_or_default().lines().count() < 2 {
+        assert!(Instant::now() < deadline, "the independent subtree was not restarted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let l = rg.nodes.must(0, "clustat", &["-l", "-s", "sub"]);
+    assert!(l.contains("Restarts        : 0") && l.contains(&format!("Owner           : {sub_on}")), "{l}");
+    assert!(!rg.nodes.path(sub_i, "run/part.fail").exists());
 
     // A failing status check: restart in place, then (max_restarts=1) relocation.
     let (from, to) = if flaky_on == "node3" { (2, "node2") } else { (1, "node3") };
