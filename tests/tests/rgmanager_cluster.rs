@@ -532,7 +532,7 @@ fn fifty_services_are_placed_at_start() {
         let x = rg.nodes.must(0, "clustat", &["-x"]);
         let started = x.matches("state_str=\"started\"").count();
         if started == 50 {
-            break (1..=MEMBERS).map(|n| x.matches(&format!("owner=\"node{n}\"")).count()).collect::<Vec<_>>();
+            break (1..=MEMBERS).map(|n| x.matches(&format!(" owner=\"node{n}\"")).count()).collect::<Vec<_>>();
         }
         assert!(Instant::now() < deadline, "only {started} of 50 started:\n{x}");
         std::thread::sleep(Duration::from_millis(50));
@@ -543,6 +543,23 @@ fn fifty_services_are_placed_at_start() {
     );
     assert_eq!(per_node.iter().sum::<usize>(), 50);
 
+    // A service added at run time: a newer cluster.conf installed with `cman_tool version -r`
+    // reaches every rgmanager, which places it.
+    let services51 = format!(r#"{services}<service name="late"><script name="late" file="/bin/true"/></service>"#);
+    let extra2 = extra.replace(&services, &services51);
+    rg.nodes.write_conf_on(0, &rg.nodes.conf_with("fifty", 2, TOKEN_MS, fence, &extra2));
+    rg.nodes.must(0, "cman_tool", &["version", "-r"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let x = rg.nodes.must(1, "clustat", &["-x"]);
+        if x.contains(r#"name="service:late" state="112""#) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new service was never started:\n{x}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    rg.clusvcadm(1, &["-d", "late"]).assert_success("clusvcadm -d late");
+
     // node3 alone on its side of a partition: inquorate, it stops every service it runs; the
     // quorate pair fences it and starts them.
     let cut = Instant::now();
@@ -550,7 +567,7 @@ fn fifty_services_are_placed_at_start() {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let x = rg.nodes.must(0, "clustat", &["-x"]);
-        let on_pair = (1..=2).map(|n| x.matches(&format!("owner=\"node{n}\"")).count()).sum::<usize>();
+        let on_pair = (1..=2).map(|n| x.matches(&format!(" owner=\"node{n}\"")).count()).sum::<usize>();
         if x.matches("state_str=\"started\"").count() == 50 && on_pair == 50 {
             break;
         }
