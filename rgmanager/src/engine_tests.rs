@@ -116,6 +116,9 @@ enum Ev {
     Rejoin(usize),
     /// Starting fails on node i for the next start.
     FailStart(usize),
+    /// An operator request on service s (index) with target node t (0: none), made on any
+    /// live node (atomic, as under the lock).
+    Request(usize, crate::request::Op, u32),
 }
 
 fn arb_ev(n: usize) -> impl Strategy<Value = Ev> {
@@ -125,6 +128,16 @@ fn arb_ev(n: usize) -> impl Strategy<Value = Ev> {
         2 => Just(Ev::Fence),
         1 => (0..n).prop_map(Ev::Rejoin),
         1 => (0..n).prop_map(Ev::FailStart),
+        2 => (0..6usize, prop::sample::select(vec![
+                crate::request::Op::Enable,
+                crate::request::Op::Disable,
+                crate::request::Op::Relocate,
+                crate::request::Op::Restart,
+                crate::request::Op::Stop,
+                crate::request::Op::Freeze,
+                crate::request::Op::Unfreeze,
+            ]), 0..=n as u32)
+            .prop_map(|(s, op, t)| Ev::Request(s, op, t)),
     ]
 }
 
@@ -251,6 +264,17 @@ proptest! {
                     }
                 }
                 Ev::FailStart(i) => { sim.fail_start.insert(i); }
+                Ev::Request(si, op, t) => {
+                    let up = sim.up();
+                    let target = if up.contains(&t) { t } else { 0 };
+                    let name = sim.rm.services[si].name.clone();
+                    if up.len() * 2 > n {
+                        let r = sim.recs.get(&name).copied().unwrap_or_else(|| initial(&sim.rm, &name));
+                        if let Ok(new) = crate::request::apply(&r, op, target, up.contains(&r.owner)) {
+                            sim.recs.insert(name, new);
+                        }
+                    }
+                }
             }
             sim.check_exclusive_ownership()?;
         }
@@ -260,6 +284,30 @@ proptest! {
             x.alive = true;
         }
         sim.fail_start.clear();
+        // Undo what operators left: unfreeze (and let pending requests run), clear failed
+        // ones, enable everything.
+        let apply_all = |sim: &mut Sim, op: crate::request::Op, only: Option<State>| {
+            for svc in sim.rm.services.clone() {
+                let r = sim.recs.get(&svc.name).copied().unwrap_or_else(|| initial(&sim.rm, &svc.name));
+                if only.is_some_and(|st| st != r.state) {
+                    continue;
+                }
+                if let Ok(new) = crate::request::apply(&r, op, 0, true) {
+                    sim.recs.insert(svc.name.clone(), new);
+                }
+            }
+        };
+        for op in [
+            (crate::request::Op::Unfreeze, None),
+            (crate::request::Op::Disable, Some(State::Failed)),
+            (crate::request::Op::Enable, None),
+        ] {
+            apply_all(&mut sim, op.0, op.1);
+            for _ in 0..12 {
+                for i in 0..n { sim.tick(i); }
+                sim.check_exclusive_ownership()?;
+            }
+        }
         // A start failure leaves a node in `tried`, which placement honours until the service
         // starts somewhere; the operator's -e clears it. Do that for services left over.
         for _ in 0..12 {
