@@ -94,6 +94,16 @@ status) [ -e /run/part.fail ] && exit 1; exit 0;;
 esac
 "#;
 
+/// A service whose stop fails while /run/stuck.nostop exists.
+const STUCK: &str = r#"#!/bin/sh
+case "$1" in
+start) touch /run/stuck.up; exit 0;;
+stop) [ -e /run/stuck.nostop ] && { echo "cannot stop"; exit 1; }; rm -f /run/stuck.up; exit 0;;
+status) [ -e /run/stuck.up ] || exit 3; exit 0;;
+*) exit 2;;
+esac
+"#;
+
 /// A fence agent for killed nodes: they are already off, so it only records the fence.
 const FENCE_OK: &str = "#!/bin/sh\ncat >/dev/null\nexit 0\n";
 
@@ -250,6 +260,7 @@ fn conf(nodes: &Nodes, dir: &std::path::Path) -> String {
     </service>
     <service name="excl" exclusive="1" autostart="0"><script name="excl" file="/bin/true"/></service>
     <service name="db"><script name="db" file="/bin/true"/></service>
+    <service name="stuck"><script name="stuck" file="{dir}/stuck.sh"/></service>
     <service name="app" depend="service:db"><script name="app" file="/bin/true"/></service>
     <service name="sub" domain="on3">
       <script name="base" file="/bin/true">
@@ -274,6 +285,7 @@ fn web_service_fails_over_fails_back_and_obeys_clusvcadm() {
     write_exec(&dir.join("any.sh"), &web_script(ANY_IP, "any"));
     write_exec(&dir.join("flaky.sh"), FLAKY);
     write_exec(&dir.join("part.sh"), PART);
+    write_exec(&dir.join("stuck.sh"), STUCK);
     nodes.write_conf(&conf(&nodes, &dir));
     for i in 0..MEMBERS {
         std::fs::write(nodes.path(i, "etc/nodename"), node_name(i)).unwrap();
@@ -363,6 +375,39 @@ fn web_service_fails_over_fails_back_and_obeys_clusvcadm() {
     let m = rg.nodes.must(2, "clustat", &["-m", "node2"]);
     assert!(m.contains(" node2 ") && !m.contains(" node1 ") && !m.contains("service:"), "{m}");
     rg.nodes.run(2, "clustat", &["-s", "nosuch"]).assert_code(1, "clustat -s nosuch");
+
+    // A service that cannot be stopped is failed on its owner and nobody starts it until
+    // clusvcadm -d clears it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stuck_on = loop {
+        let (o, st) = rg.service(2, "stuck");
+        if st == "started" {
+            break o;
+        }
+        assert!(Instant::now() < deadline, "stuck never started");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stuck_i: usize = stuck_on.trim_start_matches("node").parse::<usize>().unwrap() - 1;
+    std::fs::write(rg.nodes.path(stuck_i, "run/stuck.nostop"), b"").unwrap();
+    let out = rg.clusvcadm(2, &["-r", "stuck"]);
+    out.assert_code(2, "relocating a service that cannot stop");
+    assert!(out.stderr_str().contains("Aborted; service failed"), "{}", out.describe());
+    assert_eq!(rg.service(2, "stuck"), (stuck_on.clone(), "failed".to_owned()));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(rg.service(2, "stuck"), (stuck_on.clone(), "failed".to_owned()), "a failed service moved");
+    rg.clusvcadm(2, &["-e", "stuck"]).assert_code(8, "enable a failed service");
+    std::fs::remove_file(rg.nodes.path(stuck_i, "run/stuck.nostop")).unwrap();
+    rg.clusvcadm(2, &["-d", "stuck"]).assert_success("clusvcadm -d stuck");
+    rg.wait_service(2, "stuck", "none", "disabled", 5);
+    rg.clusvcadm(2, &["-e", "stuck"]).assert_success("clusvcadm -e stuck");
+
+    // -l: node3 takes no services (clustat shows it without rgmanager); -u: back.
+    let out = rg.clusvcadm(2, &["-l"]);
+    out.assert_success("clusvcadm -l");
+    assert!(out.stdout_str().contains("Resource groups locked"), "{}", out.describe());
+    rg.nodes.wait_output(0, "clustat", &[], |c| c.contains(" node3                         3 Online\n"));
+    rg.clusvcadm(2, &["-u"]).assert_success("clusvcadm -u");
+    rg.nodes.wait_output(0, "clustat", &[], |c| c.contains(" node3                         3 Online, rgmanager\n"));
 
     // A hard dependency: app runs only while db does.
     let deadline = Instant::now() + Duration::from_secs(30);
