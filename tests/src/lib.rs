@@ -19,6 +19,7 @@
 //!   deterministic, position-addressable pseudo-random content and a fast checksum.
 //! - [`gfs_harness`]: `mkfs_gfs`, scripts in a private mount namespace, a two-node DLM prelude.
 //! - [`pki`]: a throw-away CA, server and client certificates (openssl) for TLS tests.
+//! - [`rgmanager`]: rgmanager on a namespace cluster (start, stop, services through clustat).
 //! - [`rawclient`]: a hand-written NBD client over `std::net::TcpStream` that builds every
 //!   byte itself, for protocol abuse and crash tests.
 //!
@@ -52,6 +53,7 @@ pub mod import;
 pub mod pki;
 mod process;
 pub mod rawclient;
+pub mod rgmanager;
 mod server;
 mod tempdir;
 pub mod toolkit;

@@ -21,11 +21,11 @@
 //!
 //! Needs root (namespaces), corosync, python3 and curl (scripts/deps.sh installs them).
 
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use gnbd_tests::corosync::{fenced_by, node_name, Nodes};
 use gnbd_tests::dlmd::ClusterDlms;
+use gnbd_tests::rgmanager::{write_exec, RgCluster, FENCE_OK};
 use gnbd_tests::{require_tool, OutputExt};
 
 const TOKEN_MS: u32 = 1000;
@@ -104,127 +104,6 @@ status) [ -e /run/stuck.up ] || exit 3; exit 0;;
 esac
 "#;
 
-/// A fence agent for killed nodes: they are already off, so it only records the fence.
-const FENCE_OK: &str = "#!/bin/sh\ncat >/dev/null\nexit 0\n";
-
-fn write_exec(path: &std::path::Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).expect("write script");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-}
-
-struct Rg {
-    rgs: Vec<Option<Child>>,
-    dlms: Option<ClusterDlms>,
-    nodes: Nodes,
-}
-
-impl Drop for Rg {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for i in 0..MEMBERS {
-                for f in ["rgmanager.log", "rgmanager2.log", "rgmanager3.log"] {
-                    if let Ok(t) = std::fs::read_to_string(self.nodes.path(i, &format!("log/{f}"))) {
-                        let tail: Vec<&str> = t.lines().rev().take(120).collect();
-                        eprintln!("--- node{} {f}", i + 1);
-                        for l in tail.into_iter().rev() {
-                            eprintln!("{l}");
-                        }
-                    }
-                }
-                let out = self.nodes.run(i, "dlm_tool", &["lockdump", "rgmanager"]);
-                eprintln!("--- node{} dlm_tool lockdump rgmanager\n{}", i + 1, out.describe());
-            }
-        }
-        for c in self.rgs.iter_mut().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self.dlms.take();
-    }
-}
-
-impl Rg {
-    fn start_rgmanager(&mut self, i: usize, log: &str) {
-        let sock = self.nodes.path(i, "run/dlm/dlm.sock");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !sock.exists() {
-            assert!(Instant::now() < deadline, "node{}: dlm_controld never made its socket", i + 1);
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let c = self.nodes.spawn(i, "rgmanager", &["-f", "--tick-ms", "200", "--log-level", "info"], log);
-        self.rgs[i] = Some(c);
-        self.nodes.wait_output(i, "clustat", &[], |s| s.contains("Online, Local, rgmanager"));
-    }
-
-    /// `clustat -x` on node `i`: (owner, state) of `svc`.
-    fn service(&self, i: usize, svc: &str) -> (String, String) {
-        let out = self.nodes.run(i, "clustat", &["-x"]);
-        let x = out.stdout_str();
-        let line = x
-            .lines()
-            .find(|l| l.contains(&format!("name=\"service:{svc}\"")))
-            .unwrap_or_else(|| panic!("no {svc} in clustat -x on node{}: {}", i + 1, out.describe()));
-        let attr = |a: &str| {
-            let k = format!(" {a}=\"");
-            let s = &line[line.find(&k).expect("attribute") + k.len()..];
-            s[..s.find('"').expect("quote")].to_owned()
-        };
-        (attr("owner"), attr("state_str"))
-    }
-
-    /// Waits until node `i` sees `svc` in `state` on `owner` ("none" for no owner).
-    fn wait_service(&self, i: usize, svc: &str, owner: &str, state: &str, secs: u64) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let (o, s) = self.service(i, svc);
-            if o == owner && s == state {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node{}: {svc} is {s} on {o}, expected {state} on {owner}:\n{}",
-                i + 1,
-                self.nodes.run(i, "clustat", &["-l"]).stdout_str()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// What the client gets from http://IP/ (None: no answer).
-    fn get(&self, ip: &str) -> Option<String> {
-        let out = self.nodes.run(CLIENT, "curl", &["-s", "--max-time", "1", &format!("http://{ip}/")]);
-        out.status.success().then(|| out.stdout_str().trim().to_owned())
-    }
-
-    fn wait_answer(&self, ip: &str, want: &str, secs: u64) -> Duration {
-        let t = Instant::now();
-        loop {
-            if self.get(ip).as_deref() == Some(want) {
-                return t.elapsed();
-            }
-            assert!(t.elapsed() < Duration::from_secs(secs), "{ip} never answered {want}; last: {:?}", self.get(ip));
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Signals node `i`'s rgmanager (TERM or KILL) and reaps it.
-    fn stop_rgmanager(&mut self, i: usize, signal: &str) {
-        let mut c = self.rgs[i].take().expect("rgmanager running");
-        let pid = c.id().to_string();
-        let _ = std::process::Command::new("kill").args([&format!("-{signal}"), &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while c.try_wait().expect("wait rgmanager").is_none() {
-            assert!(Instant::now() < deadline, "node{}: rgmanager did not exit on SIG{signal}", i + 1);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn clusvcadm(&self, i: usize, args: &[&str]) -> std::process::Output {
-        self.nodes.run(i, "clusvcadm", args)
-    }
-}
-
 fn conf(nodes: &Nodes, dir: &std::path::Path) -> String {
     let fence = |i: usize| {
         format!(r#"<fence><method name="ok"><device name="ok" nodename="{}"/></method></fence>"#, node_name(i))
@@ -293,7 +172,7 @@ fn web_service_fails_over_fails_back_and_obeys_clusvcadm() {
     nodes.join_all();
     nodes.wait_formed();
     let dlms = ClusterDlms::start(&nodes);
-    let mut rg = Rg { rgs: (0..MEMBERS).map(|_| None).collect(), dlms: Some(dlms), nodes };
+    let mut rg = RgCluster::new(nodes, dlms);
     let t0 = Instant::now();
     for i in 0..MEMBERS {
         rg.start_rgmanager(i, "rgmanager.log");
@@ -558,7 +437,7 @@ fn fifty_services_are_placed_at_start() {
     nodes.join_all();
     nodes.wait_formed();
     let dlms = ClusterDlms::start(&nodes);
-    let mut rg = Rg { rgs: (0..MEMBERS).map(|_| None).collect(), dlms: Some(dlms), nodes };
+    let mut rg = RgCluster::new(nodes, dlms);
     for i in 0..MEMBERS {
         let sock = rg.nodes.path(i, "run/dlm/dlm.sock");
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -689,7 +568,7 @@ fn two_node_split_never_runs_the_service_twice() {
     nodes.join_all();
     nodes.wait_formed();
     let dlms = ClusterDlms::start(&nodes);
-    let mut rg = Rg { rgs: vec![None, None], dlms: Some(dlms), nodes };
+    let mut rg = RgCluster::new(nodes, dlms);
     for i in 0..2 {
         rg.start_rgmanager(i, "rgmanager.log");
     }
@@ -815,7 +694,7 @@ fn storage_services_follow_their_node() {
     nodes.join_all();
     nodes.wait_formed();
     let dlms = ClusterDlms::start(&nodes);
-    let mut rg = Rg { rgs: (0..MEMBERS).map(|_| None).collect(), dlms: Some(dlms), nodes };
+    let mut rg = RgCluster::new(nodes, dlms);
     for i in 0..MEMBERS {
         rg.start_rgmanager(i, "rgmanager.log");
     }
