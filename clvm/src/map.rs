@@ -1,0 +1,441 @@
+//! The one mapping layer: an LV's byte offset to the PVs and byte offsets that hold it
+//! (linear, striped, and mirror legs through their image LVs), and [`LvDevice`], an LV as a
+//! `blockdev` device for every consumer (activation, gfs's `lvm:VG/LV`, benchmarks).
+
+use crate::vg::{LogicalVolume, Segment, VolumeGroup};
+use blockdev::{Device, DeviceError};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Why an offset cannot be mapped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    #[error("logical volume {0} not found")]
+    NoLv(String),
+    #[error("{lv}: byte {offset} is past the end of the volume ({size} bytes)")]
+    Past { lv: String, offset: u64, size: u64 },
+    #[error("{lv}: segment type {segtype} cannot be mapped by this version")]
+    Unsupported { lv: String, segtype: String },
+    #[error("{lv}: area {area} names neither a PV nor an LV of the volume group")]
+    BadArea { lv: String, area: String },
+    #[error("{lv}: segment at extent {start} is inconsistent: {why}")]
+    BadSegment { lv: String, start: u64, why: String },
+    #[error("{lv}: sub-volumes nest too deep")]
+    TooDeep { lv: String },
+}
+
+/// A run of an LV's bytes and where it lives: one place for linear and striped volumes, one
+/// per leg for mirrors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// Bytes in the run.
+    pub len: u64,
+    /// `(PV name in the VG, byte offset on that PV's device)` per copy.
+    pub copies: Vec<(String, u64)>,
+}
+
+/// The LV's size in bytes.
+pub fn lv_size(vg: &VolumeGroup, lv: &LogicalVolume) -> u64 {
+    lv.extent_count() * vg.extent_size * 512
+}
+
+/// Maps `len` bytes of LV `lv` from `offset` (both within the LV) to pieces.
+pub fn map(vg: &VolumeGroup, lv: &str, offset: u64, len: u64) -> Result<Vec<Piece>, MapError> {
+    map_depth(vg, lv, offset, len, 0)
+}
+
+fn map_depth(vg: &VolumeGroup, lv_name: &str, mut offset: u64, len: u64, depth: u32) -> Result<Vec<Piece>, MapError> {
+    if depth > 4 {
+        return Err(MapError::TooDeep { lv: lv_name.into() });
+    }
+    let lv = vg.lv(lv_name).ok_or_else(|| MapError::NoLv(lv_name.into()))?;
+    let es = vg.extent_size * 512;
+    let size = lv.extent_count() * es;
+    if offset.checked_add(len).is_none_or(|e| e > size) {
+        return Err(MapError::Past { lv: lv_name.into(), offset: offset + len, size });
+    }
+    let mut out = Vec::new();
+    let end = offset + len;
+    while offset < end {
+        let le = offset / es;
+        let seg = lv
+            .segments
+            .iter()
+            .find(|s| s.start_extent <= le && le < s.start_extent + s.extent_count)
+            .ok_or_else(|| MapError::Past { lv: lv_name.into(), offset, size })?;
+        let seg_off = offset - seg.start_extent * es;
+        let seg_left = seg.extent_count * es - seg_off;
+        let want = (end - offset).min(seg_left);
+        let pieces = map_segment(vg, lv_name, seg, seg_off, want, depth)?;
+        let got: u64 = pieces.iter().map(|p| p.len).sum();
+        out.extend(pieces);
+        offset += got;
+    }
+    Ok(out)
+}
+
+/// Maps within one segment: returns pieces covering a prefix (at least one byte) of `want`.
+fn map_segment(
+    vg: &VolumeGroup,
+    lv: &str,
+    seg: &Segment,
+    off: u64,
+    want: u64,
+    depth: u32,
+) -> Result<Vec<Piece>, MapError> {
+    let es = vg.extent_size * 512;
+    let bad = |why: String| MapError::BadSegment { lv: lv.into(), start: seg.start_extent, why };
+    match seg.segtype.as_str() {
+        "striped" => {
+            let n = seg.stripes.len() as u64;
+            if n == 0 || seg.extent_count % n != 0 {
+                return Err(bad(format!("{} extents over {n} stripes", seg.extent_count)));
+            }
+            let (area, pv_off, run) = if n == 1 {
+                (&seg.stripes[0], off, want)
+            } else {
+                let ss = seg.stripe_size.unwrap_or(0) * 512;
+                if ss == 0 || es % ss != 0 {
+                    return Err(bad(format!("stripe size {ss} bytes does not divide the extent size")));
+                }
+                let chunk = off / ss;
+                let within = off % ss;
+                let stripe = (chunk % n) as usize;
+                let row = chunk / n;
+                (&seg.stripes[stripe], row * ss + within, want.min(ss - within))
+            };
+            match vg.pv(&area.name) {
+                Some(pv) => {
+                    let at = pv.pe_start * 512 + area.start * es + pv_off;
+                    Ok(vec![Piece { len: run, copies: vec![(pv.name.clone(), at)] }])
+                }
+                None if vg.lv(&area.name).is_some() => {
+                    map_depth(vg, &area.name, area.start * es + pv_off, run, depth + 1)
+                }
+                None => Err(MapError::BadArea { lv: lv.into(), area: area.name.clone() }),
+            }
+        }
+        "mirror" => {
+            // Each leg maps on its own; a piece ends where the first leg's run ends.
+            let mut legs = Vec::new();
+            for a in &seg.mirrors {
+                let ps = map_depth(vg, &a.name, a.start * es + off, want, depth + 1)?;
+                legs.push(ps);
+            }
+            if legs.is_empty() {
+                return Err(bad("mirror without legs".into()));
+            }
+            let mut out = Vec::new();
+            let mut idx = vec![0usize; legs.len()];
+            let mut used = vec![0u64; legs.len()];
+            let mut done = 0;
+            while done < want {
+                let run = legs.iter().zip(&idx).zip(&used).map(|((l, &i), &u)| l[i].len - u).min().unwrap_or(0);
+                let copies = legs
+                    .iter()
+                    .zip(&idx)
+                    .zip(&used)
+                    .flat_map(|((l, &i), &u)| l[i].copies.iter().map(move |(n, o)| (n.clone(), o + u)))
+                    .collect();
+                out.push(Piece { len: run, copies });
+                done += run;
+                for k in 0..legs.len() {
+                    used[k] += run;
+                    if used[k] == legs[k][idx[k]].len && done < want {
+                        idx[k] += 1;
+                        used[k] = 0;
+                    }
+                }
+            }
+            Ok(out)
+        }
+        other => Err(MapError::Unsupported { lv: lv.into(), segtype: other.into() }),
+    }
+}
+
+/// An LV as a block device over the devices of its VG's PVs. Mirror writes go to every leg
+/// that has not failed; reads come from the first healthy leg (then the others on error);
+/// a leg whose device fails is dropped and the LV keeps serving from the rest.
+pub struct LvDevice {
+    vg: VolumeGroup,
+    lv: String,
+    size: u64,
+    /// PV name in the VG → its device.
+    pvs: BTreeMap<String, Arc<dyn Device>>,
+    /// PV names whose devices failed.
+    failed: std::sync::Mutex<Vec<String>>,
+    degraded: AtomicBool,
+}
+
+impl std::fmt::Debug for LvDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LvDevice").field("vg", &self.vg.name).field("lv", &self.lv).field("size", &self.size).finish()
+    }
+}
+
+impl LvDevice {
+    /// The LV `lv` of `vg`, with `pvs` mapping the VG's PV names to open devices. Every PV the
+    /// LV uses must be present (mirror legs excepted: a missing leg starts failed).
+    pub fn new(vg: VolumeGroup, lv: &str, pvs: BTreeMap<String, Arc<dyn Device>>) -> Result<LvDevice, MapError> {
+        let l = vg.lv(lv).ok_or_else(|| MapError::NoLv(lv.into()))?;
+        let size = lv_size(&vg, l);
+        // Validate the whole map once, so I/O never meets a bad segment.
+        let pieces = map(&vg, lv, 0, size)?;
+        let mut failed = Vec::new();
+        for p in &pieces {
+            let present = p.copies.iter().filter(|(n, _)| pvs.contains_key(n)).count();
+            if present == 0 {
+                let (n, _) = &p.copies[0];
+                return Err(MapError::BadArea { lv: lv.into(), area: format!("{n} (its device is missing)") });
+            }
+            for (n, _) in &p.copies {
+                if !pvs.contains_key(n) && !failed.contains(n) {
+                    failed.push(n.clone());
+                }
+            }
+        }
+        let degraded = AtomicBool::new(!failed.is_empty());
+        Ok(LvDevice { vg, lv: lv.to_owned(), size, pvs, failed: std::sync::Mutex::new(failed), degraded })
+    }
+
+    /// Whether a mirror leg has been dropped.
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// PV names whose devices failed.
+    pub fn failed_pvs(&self) -> Vec<String> {
+        self.failed.lock().expect("failed list").clone()
+    }
+
+    fn is_failed(&self, pv: &str) -> bool {
+        self.failed.lock().expect("failed list").iter().any(|p| p == pv)
+    }
+
+    fn fail(&self, pv: &str) {
+        let mut f = self.failed.lock().expect("failed list");
+        if !f.iter().any(|p| p == pv) {
+            f.push(pv.to_owned());
+        }
+        self.degraded.store(true, Ordering::Relaxed);
+    }
+
+    fn pieces(&self, offset: u64, len: usize) -> Result<Vec<Piece>, DeviceError> {
+        if offset.checked_add(len as u64).is_none_or(|e| e > self.size) {
+            return Err(DeviceError::OutOfRange { offset, len, size: self.size });
+        }
+        map(&self.vg, &self.lv, offset, len as u64)
+            .map_err(|e| DeviceError::Io { offset, source: std::io::Error::other(e.to_string()) })
+    }
+}
+
+impl Device for LvDevice {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError> {
+        let mut at = 0usize;
+        for p in self.pieces(offset, buf.len())? {
+            let dst = &mut buf[at..at + p.len as usize];
+            let mut last = None;
+            let mut ok = false;
+            for (pv, off) in &p.copies {
+                if self.is_failed(pv) {
+                    continue;
+                }
+                let dev = &self.pvs[pv];
+                match dev.read_at(dst, *off) {
+                    Ok(()) => {
+                        ok = true;
+                        break;
+                    }
+                    Err(e) if p.copies.len() > 1 => {
+                        tracing::warn!("{}/{}: leg on {pv} failed a read, dropping it: {e}", self.vg.name, self.lv);
+                        self.fail(pv);
+                        last = Some(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if !ok {
+                return Err(last.unwrap_or(DeviceError::Io {
+                    offset,
+                    source: std::io::Error::other("every leg of the mirror has failed"),
+                }));
+            }
+            at += p.len as usize;
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DeviceError> {
+        let mut at = 0usize;
+        for p in self.pieces(offset, buf.len())? {
+            let src = &buf[at..at + p.len as usize];
+            let mut written = 0;
+            let mut last = None;
+            for (pv, off) in &p.copies {
+                if self.is_failed(pv) {
+                    continue;
+                }
+                match self.pvs[pv].write_at(src, *off) {
+                    Ok(()) => written += 1,
+                    Err(e) if p.copies.len() > 1 => {
+                        tracing::warn!("{}/{}: leg on {pv} failed a write, dropping it: {e}", self.vg.name, self.lv);
+                        self.fail(pv);
+                        last = Some(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if written == 0 {
+                return Err(last.unwrap_or(DeviceError::Io {
+                    offset,
+                    source: std::io::Error::other("every leg of the mirror has failed"),
+                }));
+            }
+            at += p.len as usize;
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), DeviceError> {
+        let mut synced = 0;
+        let mut last = None;
+        for (pv, dev) in &self.pvs {
+            if self.is_failed(pv) {
+                continue;
+            }
+            match dev.sync() {
+                Ok(()) => synced += 1,
+                Err(e) => {
+                    // A leg that cannot make its writes stable is no longer a copy.
+                    self.fail(pv);
+                    last = Some(e);
+                }
+            }
+        }
+        match (synced, last) {
+            (0, Some(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{self, Layout, NewLv, NewPv};
+    use blockdev::MemDevice;
+    use proptest::prelude::*;
+
+    fn vg_with(pvs: usize, extents: u64) -> VolumeGroup {
+        let es = 8 * 512; // 4 KiB extents keep the test images small
+        let newpvs: Vec<NewPv> = (0..pvs)
+            .map(|i| NewPv {
+                id: format!("pv-uuid-{i}"),
+                device: format!("/dev/test{i}"),
+                dev_size: 1024 * 1024 + extents * es,
+                pe_start: 1024 * 1024,
+                data_end: 1024 * 1024 + extents * es,
+            })
+            .collect();
+        ops::vgcreate("vg", "vg-uuid".into(), 8, false, &newpvs).unwrap()
+    }
+
+    fn devices(vg: &VolumeGroup) -> (BTreeMap<String, Arc<dyn Device>>, Vec<Arc<MemDevice>>) {
+        let mut m: BTreeMap<String, Arc<dyn Device>> = BTreeMap::new();
+        let mut mems = Vec::new();
+        for p in &vg.physical_volumes {
+            let d = Arc::new(MemDevice::new(vec![0u8; p.dev_size.unwrap() as usize * 512]));
+            m.insert(p.name.clone(), d.clone());
+            mems.push(d);
+        }
+        (m, mems)
+    }
+
+    fn create(vg: &mut VolumeGroup, name: &str, extents: u64, layout: Layout) {
+        let mut n = 0;
+        ops::lvcreate(
+            vg,
+            NewLv { name: name.into(), id: name.into(), extents, layout, allowed: vec![], host: "h".into(), time: 0 },
+            &mut || {
+                n += 1;
+                format!("sub{n}")
+            },
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn striped_offsets_follow_the_chunks() {
+        let mut vg = vg_with(2, 64);
+        create(&mut vg, "s", 8, Layout::Striped { stripes: 2, stripe_size: 2 });
+        // 1 KiB chunks alternate between the PVs.
+        let p = map(&vg, "s", 0, 4096).unwrap();
+        assert_eq!(p.len(), 4);
+        assert_eq!(p[0].copies, vec![("pv0".into(), 1 << 20)]);
+        assert_eq!(p[1].copies, vec![("pv1".into(), 1 << 20)]);
+        assert_eq!(p[2].copies, vec![("pv0".into(), (1 << 20) + 1024)]);
+        assert!(p.iter().all(|x| x.len == 1024));
+    }
+
+    proptest! {
+        /// Whatever is written through the LV reads back through it, for every layout, and
+        /// lands on the PVs exactly where the map says.
+        #[test]
+        fn lv_device_round_trips(stripes in 1usize..4, mirror in any::<bool>(),
+                                 writes in proptest::collection::vec((0u64..60_000, 1usize..9000, any::<u8>()), 1..12)) {
+            let mut vg = vg_with(4, 64);
+            let layout = if mirror {
+                Layout::Mirror { copies: 1, region_size: 16, disk_log: true }
+            } else {
+                Layout::Striped { stripes, stripe_size: 2 }
+            };
+            create(&mut vg, "lv", 16 * stripes as u64, layout);
+            let (pvs, _mems) = devices(&vg);
+            let dev = LvDevice::new(vg.clone(), "lv", pvs.clone()).unwrap();
+            let size = dev.size() as usize;
+            let mut model = vec![0u8; size];
+            for (off, len, b) in writes {
+                let off = off as usize % size;
+                let len = len.min(size - off);
+                dev.write_at(&vec![b; len], off as u64).unwrap();
+                model[off..off + len].fill(b);
+            }
+            let mut back = vec![0u8; size];
+            dev.read_at(&mut back, 0).unwrap();
+            prop_assert!(back == model);
+            // And on every copy, where the raw map says.
+            let mut at = 0usize;
+            for p in map(&vg, "lv", 0, size as u64).unwrap() {
+                for (pv, off) in &p.copies {
+                    let mut b = vec![0u8; p.len as usize];
+                    pvs[pv].read_at(&mut b, *off).unwrap();
+                    prop_assert!(b[..] == model[at..at + p.len as usize], "{} at {}", pv, off);
+                }
+                at += p.len as usize;
+            }
+            prop_assert_eq!(at, size);
+        }
+    }
+
+    #[test]
+    fn a_failed_leg_is_dropped_and_the_mirror_keeps_serving() {
+        let mut vg = vg_with(3, 64);
+        create(&mut vg, "m", 8, Layout::Mirror { copies: 1, region_size: 16, disk_log: true });
+        let (mut pvs, _mems) = devices(&vg);
+        let leg1 = vg.lv("m_mimage_1").unwrap().segments[0].stripes[0].name.clone();
+        // A device that errors on every access: a MemDevice too short for any extent.
+        pvs.insert(leg1.clone(), Arc::new(MemDevice::new(vec![0u8; 16])));
+        let dev = LvDevice::new(vg, "m", pvs).unwrap();
+        dev.write_at(&[7u8; 4096], 0).unwrap();
+        assert!(dev.degraded());
+        assert_eq!(dev.failed_pvs(), vec![leg1]);
+        let mut b = [0u8; 4096];
+        dev.read_at(&mut b, 0).unwrap();
+        assert!(b.iter().all(|&x| x == 7));
+    }
+}
