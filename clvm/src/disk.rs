@@ -219,7 +219,7 @@ pub fn pvcreate_layout(dev_size: u64, opts: &PvcreateOptions) -> Result<(Label, 
         ));
     }
     let align = opts.data_alignment;
-    if align == 0 || align % SECTOR != 0 {
+    if align == 0 || !align.is_multiple_of(SECTOR) {
         return Err(format!("data alignment {align} is not a positive multiple of 512 bytes"));
     }
     if opts.metadata_copies > 2 {

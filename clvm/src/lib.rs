@@ -47,7 +47,9 @@
 mod format;
 
 pub mod alloc;
+pub mod cli;
 pub mod disk;
+pub mod lock;
 pub mod map;
 pub mod ops;
 pub mod scan;

@@ -89,14 +89,14 @@ fn map_segment(
     match seg.segtype.as_str() {
         "striped" => {
             let n = seg.stripes.len() as u64;
-            if n == 0 || seg.extent_count % n != 0 {
+            if n == 0 || !seg.extent_count.is_multiple_of(n) {
                 return Err(bad(format!("{} extents over {n} stripes", seg.extent_count)));
             }
             let (area, pv_off, run) = if n == 1 {
                 (&seg.stripes[0], off, want)
             } else {
                 let ss = seg.stripe_size.unwrap_or(0) * 512;
-                if ss == 0 || es % ss != 0 {
+                if ss == 0 || !es.is_multiple_of(ss) {
                     return Err(bad(format!("stripe size {ss} bytes does not divide the extent size")));
                 }
                 let chunk = off / ss;
@@ -345,8 +345,10 @@ mod tests {
         ops::vgcreate("vg", "vg-uuid".into(), 8, false, &newpvs).unwrap()
     }
 
-    fn devices(vg: &VolumeGroup) -> (BTreeMap<String, Arc<dyn Device>>, Vec<Arc<MemDevice>>) {
-        let mut m: BTreeMap<String, Arc<dyn Device>> = BTreeMap::new();
+    type Devices = BTreeMap<String, Arc<dyn Device>>;
+
+    fn devices(vg: &VolumeGroup) -> (Devices, Vec<Arc<MemDevice>>) {
+        let mut m: Devices = BTreeMap::new();
         let mut mems = Vec::new();
         for p in &vg.physical_volumes {
             let d = Arc::new(MemDevice::new(vec![0u8; p.dev_size.unwrap() as usize * 512]));

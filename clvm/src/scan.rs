@@ -106,7 +106,7 @@ pub fn scan(devices: Vec<(String, Arc<dyn Device>)>) -> Scan {
         }
     }
     for (_, mut found) in texts {
-        found.sort_by(|a, b| b.2.vg.seqno.cmp(&a.2.vg.seqno));
+        found.sort_by_key(|f| std::cmp::Reverse(f.2.vg.seqno));
         let best = found[0].2.clone();
         let stale = found
             .iter()
