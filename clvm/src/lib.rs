@@ -48,6 +48,7 @@ mod format;
 
 pub mod alloc;
 pub mod cli;
+pub mod clvmd;
 pub mod disk;
 pub mod lock;
 pub mod map;

@@ -71,3 +71,58 @@ pub fn lock_local(dir: &Path, scope: Scope, exclusive: bool) -> Result<Held, Loc
 pub fn none(scope: Scope) -> Held {
     Held { _file: None, scope }
 }
+
+/// A command's session with clvmd: the locks it takes live as long as the connection.
+#[derive(Debug)]
+pub struct ClvmdSession {
+    client: daemon::control::Client,
+    /// clvmd's mode: `single`, `dlm` or `cluster`.
+    pub mode: String,
+    /// Whether the cluster is quorate (always true outside cluster mode).
+    pub quorate: bool,
+}
+
+impl ClvmdSession {
+    /// Connects to clvmd; `Ok(None)` when no clvmd listens at `path`.
+    pub fn connect(path: &Path) -> Result<Option<ClvmdSession>, LockError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let mut client = match daemon::control::Client::connect("clvmd", path) {
+            Ok(c) => c,
+            Err(daemon::control::CallError::Connect { .. }) => return Ok(None),
+            Err(e) => return Err(LockError::Refused(format!("clvmd at {}: {e}", path.display()))),
+        };
+        let st: crate::clvmd::Status = client
+            .call(&crate::clvmd::Request::Status)
+            .map_err(|e| LockError::Refused(format!("clvmd at {}: {e}", path.display())))?;
+        Ok(Some(ClvmdSession { client, mode: st.mode, quorate: st.quorate }))
+    }
+
+    fn scope_name(scope: &Scope) -> String {
+        match scope {
+            Scope::Global => "global".into(),
+            Scope::Vg(v) => format!("vg:{v}"),
+        }
+    }
+
+    /// Takes `scope`; returns the VG seqno its value block holds, if any.
+    pub fn lock(&mut self, scope: &Scope, exclusive: bool) -> Result<Option<u64>, LockError> {
+        let mode = if exclusive { crate::clvmd::LockMode::Ex } else { crate::clvmd::LockMode::Sh };
+        let req = crate::clvmd::Request::Lock { scope: Self::scope_name(scope), mode, nowait: false };
+        let g: crate::clvmd::Granted = self.client.call(&req).map_err(|e| match e.remote() {
+            Some(r) => LockError::Refused(format!("{}: {}", Self::scope_name(scope), r.message)),
+            None => LockError::Refused(format!("clvmd: {e}")),
+        })?;
+        Ok(g.seqno)
+    }
+
+    /// Releases `scope`, leaving `seqno` in a VG lock's value block.
+    pub fn unlock(&mut self, scope: &Scope, seqno: Option<u64>) -> Result<(), LockError> {
+        let req = crate::clvmd::Request::Unlock { scope: Self::scope_name(scope), seqno };
+        self.client
+            .call::<_, serde_json::Value>(&req)
+            .map(|_| ())
+            .map_err(|e| LockError::Refused(format!("clvmd: {e}")))
+    }
+}

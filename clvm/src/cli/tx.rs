@@ -5,7 +5,7 @@
 use super::env::{ensure_dir, failed, Env};
 use crate::disk::{self, Pv};
 use crate::label::PV_EXT_USED;
-use crate::lock::{self, Held, Scope};
+use crate::lock::{self, ClvmdSession, Held, Scope};
 use crate::mda::MdaHeader;
 use crate::ops;
 use crate::scan::{FoundVg, Scan};
@@ -18,6 +18,10 @@ pub struct Tx<'a> {
     pub env: &'a Env,
     pub scan: Scan,
     locks: Vec<Held>,
+    /// The clvmd session holding the cluster locks, when clvmd runs.
+    clvmd: Option<ClvmdSession>,
+    /// VG locks taken through clvmd, with the seqno to leave in their value blocks.
+    vg_locks: Vec<(String, Option<u64>)>,
 }
 
 impl<'a> Tx<'a> {
@@ -25,6 +29,9 @@ impl<'a> Tx<'a> {
     /// then scans (with `extra` devices named on the command line).
     pub fn begin(env: &'a Env, global: bool, vgs: &[&str], write: bool, extra: &[String]) -> anyhow::Result<Tx<'a>> {
         let mut locks = Vec::new();
+        let mut clvmd = None;
+        let mut vg_locks = Vec::new();
+        let mut lvb_seqnos = Vec::new();
         let mut scopes = Vec::new();
         if global {
             scopes.push(Scope::Global);
@@ -33,17 +40,52 @@ impl<'a> Tx<'a> {
         names.sort_unstable();
         names.dedup();
         scopes.extend(names.iter().map(|v| Scope::Vg((*v).to_owned())));
+        if !env.common.nolocking {
+            clvmd = ClvmdSession::connect(&env.common.clvmd_socket).map_err(|e| failed(e.to_string()))?;
+        }
         for s in scopes {
-            let held = if env.common.nolocking {
-                lock::none(s)
-            } else {
-                let exclusive = write || s == Scope::Global;
-                lock::lock_local(&env.lock_dir(), s, exclusive).map_err(|e| failed(e.to_string()))?
+            let exclusive = write || s == Scope::Global;
+            let held = match (&mut clvmd, env.common.nolocking) {
+                (_, true) => lock::none(s),
+                (Some(c), false) => {
+                    if exclusive && !c.quorate {
+                        return Err(failed(
+                            "The cluster is inquorate: metadata changes are refused until quorum returns",
+                        ));
+                    }
+                    let seqno = c.lock(&s, exclusive).map_err(|e| failed(e.to_string()))?;
+                    if let Scope::Vg(v) = &s {
+                        vg_locks.push((v.clone(), None));
+                        if let Some(n) = seqno {
+                            lvb_seqnos.push((v.clone(), n));
+                        }
+                    }
+                    lock::none(s)
+                }
+                (None, false) => lock::lock_local(&env.lock_dir(), s, exclusive).map_err(|e| failed(e.to_string()))?,
             };
             locks.push(held);
         }
-        let scan = env.scan_with(extra);
-        Ok(Tx { env, scan, locks })
+        let mut scan = env.scan_with(extra);
+        // The lock's value block says which seqno the last change committed: disks showing
+        // less are read again, once.
+        let behind =
+            |scan: &Scan| lvb_seqnos.iter().find(|(v, n)| scan.vgs.get(v).is_some_and(|f| f.vg.seqno < *n)).cloned();
+        if behind(&scan).is_some() {
+            scan = env.scan_with(extra);
+            if let Some((v, n)) = behind(&scan) {
+                let have = scan.vgs.get(&v).map_or(0, |f| f.vg.seqno);
+                return Err(failed(format!(
+                    "VG {v}: the disks show metadata seqno {have}, the cluster lock says {n} was committed: a device is not showing the latest writes"
+                )));
+            }
+        }
+        Ok(Tx { env, scan, locks, clvmd, vg_locks })
+    }
+
+    /// clvmd's mode when it runs (`single`, `dlm`, `cluster`).
+    pub fn clvmd_mode(&self) -> Option<&str> {
+        self.clvmd.as_ref().map(|c| c.mode.as_str())
     }
 
     /// The VG called `name`, or LVM2's refusal.
@@ -60,9 +102,18 @@ impl<'a> Tx<'a> {
                 f.missing.join(", ")
             )));
         }
-        if ops::is_clustered(&f.vg) && !self.env.common.nolocking {
+        if ops::is_clustered(&f.vg) && !self.env.common.nolocking && self.clvmd.is_none() {
             return Err(failed(format!(
                 "Skipping clustered volume group {name}: clvmd is not running (start clvmd, or use --nolocking if no other node can change it)"
+            )));
+        }
+        let shared = f.pvs.iter().any(|&i| {
+            let s = &self.scan.pvs[i].spec;
+            s.starts_with("gnbd://") || s.starts_with("/dev/gnbd/")
+        });
+        if !ops::is_clustered(&f.vg) && shared && self.clvmd_mode() == Some("cluster") {
+            return Err(failed(format!(
+                "Volume group {name} is on shared storage but not clustered while the cluster is up: make it clustered first (vgchange -c y {name})"
             )));
         }
         Ok(f)
@@ -74,6 +125,11 @@ impl<'a> Tx<'a> {
         new.seqno = old.vg.seqno + 1;
         self.archive(&old.root, &old.vg.name)?;
         self.write(&new)?;
+        for (v, s) in &mut self.vg_locks {
+            if *v == old.vg.name || *v == new.name {
+                *s = Some(new.seqno);
+            }
+        }
         for &i in dropped {
             orphan(&mut self.scan.pvs[i])?;
         }
@@ -149,6 +205,22 @@ impl<'a> Tx<'a> {
     /// The locks held (for messages).
     pub fn locks(&self) -> &[Held] {
         &self.locks
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        // Leave the new seqno in each VG lock's value block; closing the session releases
+        // everything else.
+        if let Some(c) = &mut self.clvmd {
+            for (v, s) in &self.vg_locks {
+                if s.is_some() {
+                    if let Err(e) = c.unlock(&Scope::Vg(v.clone()), *s) {
+                        eprintln!("  WARNING: {e}");
+                    }
+                }
+            }
+        }
     }
 }
 

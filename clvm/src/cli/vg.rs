@@ -76,10 +76,17 @@ pub(super) fn yes_no(flag: &str, v: &str) -> anyhow::Result<bool> {
 }
 
 pub fn vgcreate(env: &Env, a: Vgcreate) -> anyhow::Result<()> {
+    let clvmd = if env.common.nolocking {
+        None
+    } else {
+        crate::lock::ClvmdSession::connect(&env.common.clvmd_socket).map_err(|e| failed(e.to_string()))?
+    };
+    // As LVM2 with clvmd: new VGs are clustered by default while clvmd runs.
     let clustered = match &a.clustered {
         Some(v) => yes_no("-c", v)?,
-        None => false,
+        None => clvmd.is_some(),
     };
+    drop(clvmd);
     let extent_size = match &a.extent_size {
         Some(s) => parse_size(s, 'm').map_err(failed)? / 512,
         None => ops::DEFAULT_EXTENT_SIZE,
@@ -89,7 +96,7 @@ pub fn vgcreate(env: &Env, a: Vgcreate) -> anyhow::Result<()> {
     if tx.scan.vgs.contains_key(&a.vg) {
         return Err(failed(format!("A volume group called {} already exists.", a.vg)));
     }
-    if clustered && !env.common.nolocking {
+    if clustered && !env.common.nolocking && tx.clvmd_mode().is_none() {
         return Err(failed(format!(
             "Cannot create clustered volume group {}: clvmd is not running (start clvmd, or use --nolocking)",
             a.vg
@@ -319,12 +326,12 @@ pub fn vgchange(env: &Env, a: Vgchange) -> anyhow::Result<()> {
         let mut vg = old.vg.clone();
         if let Some(c) = &a.clustered {
             let on = yes_no("-c", c)?;
-            if on && !env.common.nolocking {
+            if on && !env.common.nolocking && tx.clvmd_mode().is_none() {
                 return Err(failed(format!(
                     "Cannot make volume group {name} clustered: clvmd is not running (start clvmd, or use --nolocking)"
                 )));
             }
-            if ops::is_clustered(&vg) && !env.common.nolocking {
+            if ops::is_clustered(&vg) && !env.common.nolocking && tx.clvmd_mode().is_none() {
                 return Err(failed(format!("Skipping clustered volume group {name}: clvmd is not running")));
             }
             ops::set_clustered(&mut vg, on);
