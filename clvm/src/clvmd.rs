@@ -144,13 +144,16 @@ enum SingleGuard {
     Write { _guard: tokio::sync::OwnedRwLockWriteGuard<()> },
 }
 
+/// Single mode: one resource's lock and the seqno its value block holds.
+type SingleEntry = (Arc<tokio::sync::RwLock<()>>, Option<u64>);
+
 struct State {
     backend: Backend,
     dlm: Option<DlmClient>,
     /// Lockspace name → id (DLM).
     lockspaces: tokio::sync::Mutex<HashMap<String, u32>>,
     /// Single mode: resource → its lock and value block.
-    single: Mutex<HashMap<String, (Arc<tokio::sync::RwLock<()>>, Option<u64>)>>,
+    single: Mutex<HashMap<String, SingleEntry>>,
     locks: std::sync::atomic::AtomicUsize,
 }
 

@@ -10,6 +10,7 @@ mod vg;
 
 use clap::{Parser, Subcommand};
 pub use env::{Common, Env};
+pub use vg::check_model as vg_check;
 
 const AFTER_HELP: &str = "\
 DESCRIPTION
