@@ -46,6 +46,7 @@
 
 mod format;
 
+pub mod activate;
 pub mod alloc;
 pub mod cli;
 pub mod clvmd;
