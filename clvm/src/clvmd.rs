@@ -180,50 +180,100 @@ impl State {
         Ok(id)
     }
 
-    async fn lock(&self, scope: &str, mode: LockMode, nowait: bool) -> Result<(Held, Option<u64>), ControlError> {
-        let (ls, res) = parse_scope(scope)?;
-        if mode == LockMode::Ex && !self.quorate()? {
-            return Err(ControlError::refused(
-                "the cluster is inquorate: metadata changes are refused until quorum returns",
-            ));
+    /// Takes `scope`; `None` when `gone` (the client closed its connection) completes
+    /// first: a request still queued is then cancelled, and released if it was granted
+    /// meanwhile, so an abandoned request never leaves a lock behind.
+    async fn lock(
+        &self,
+        scope: &str,
+        mode: LockMode,
+        nowait: bool,
+        gone: impl std::future::Future<Output = ()>,
+    ) -> Option<Result<(Held, Option<u64>), ControlError>> {
+        let (ls, res) = match parse_scope(scope) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        if mode == LockMode::Ex {
+            match self.quorate() {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Some(Err(ControlError::refused(
+                        "the cluster is inquorate: metadata changes are refused until quorum returns",
+                    )))
+                }
+                Err(e) => return Some(Err(e)),
+            }
         }
         match &self.backend {
             Backend::Single => {
                 let key = format!("{ls}/{res}");
-                let (rw, seqno) = {
+                let rw = {
                     let mut m = self.single.lock().expect("single lock table");
-                    let e = m.entry(key).or_insert_with(|| (Arc::new(tokio::sync::RwLock::new(())), None));
-                    (e.0.clone(), e.1)
+                    m.entry(key.clone()).or_insert_with(|| (Arc::new(tokio::sync::RwLock::new(())), None)).0.clone()
                 };
                 let busy = || ControlError::busy(format!("{scope} is locked by another command"));
+                // Dropping a tokio lock future gives up the request: no cleanup needed.
                 let guard = match (mode, nowait) {
-                    (LockMode::Sh, false) => SingleGuard::Read { _guard: rw.read_owned().await },
-                    (LockMode::Ex, false) => SingleGuard::Write { _guard: rw.write_owned().await },
-                    (LockMode::Sh, true) => SingleGuard::Read { _guard: rw.try_read_owned().map_err(|_| busy())? },
-                    (LockMode::Ex, true) => SingleGuard::Write { _guard: rw.try_write_owned().map_err(|_| busy())? },
+                    (LockMode::Sh, false) => tokio::select! {
+                        g = rw.read_owned() => SingleGuard::Read { _guard: g },
+                        _ = gone => return None,
+                    },
+                    (LockMode::Ex, false) => tokio::select! {
+                        g = rw.write_owned() => SingleGuard::Write { _guard: g },
+                        _ = gone => return None,
+                    },
+                    (LockMode::Sh, true) => match rw.try_read_owned() {
+                        Ok(g) => SingleGuard::Read { _guard: g },
+                        Err(_) => return Some(Err(busy())),
+                    },
+                    (LockMode::Ex, true) => match rw.try_write_owned() {
+                        Ok(g) => SingleGuard::Write { _guard: g },
+                        Err(_) => return Some(Err(busy())),
+                    },
                 };
-                let seqno = seqno.or_else(|| {
-                    self.single.lock().expect("single lock table").get(&format!("{ls}/{res}")).and_then(|e| e.1)
-                });
-                Ok((Held::Single(guard), seqno))
+                let seqno = self.single.lock().expect("single lock table").get(&key).and_then(|e| e.1);
+                Some(Ok((Held::Single(guard), seqno)))
             }
             Backend::Dlm { .. } => {
-                let id = self.lockspace(&ls).await?;
-                let dlm = self.dlm.as_ref().ok_or_else(|| ControlError::failed("no DLM connection"))?;
+                let id = match self.lockspace(&ls).await {
+                    Ok(id) => id,
+                    Err(e) => return Some(Err(e)),
+                };
+                let Some(dlm) = self.dlm.as_ref() else { return Some(Err(ControlError::failed("no DLM connection"))) };
                 let m = if mode == LockMode::Ex { Mode::Ex } else { Mode::Pr };
                 let mut flags = Flags::VALBLK;
                 if nowait {
                     flags = flags.union(Flags::NOQUEUE);
                 }
-                let lock = dlm.lock(id, res.as_bytes(), m, flags, None).await.map_err(|e| match e {
-                    dlm::ClientError::Status(dlm::Status::WouldBlock) if nowait => {
-                        ControlError::busy(format!("{scope} is locked by another node or command"))
+                let unavailable = |e: dlm::ClientError| ControlError::unavailable(format!("DLM lock {ls}/{res}: {e}"));
+                let mut lock = match dlm.request(id, res.as_bytes(), m, flags, None).await {
+                    Ok(l) => l,
+                    Err(e) => return Some(Err(unavailable(e))),
+                };
+                let done = tokio::select! {
+                    r = lock.wait() => Some(r),
+                    _ = gone => None,
+                };
+                match done {
+                    Some(Ok(_)) => {
+                        let seqno =
+                            if lock.sbflags().contains(SbFlags::VALNOTVALID) { None } else { lock.lvb().and_then(seqno_of) };
+                        Some(Ok((Held::Dlm(lock), seqno)))
                     }
-                    e => ControlError::unavailable(format!("DLM lock {ls}/{res}: {e}")),
-                })?;
-                let seqno =
-                    if lock.sbflags().contains(SbFlags::VALNOTVALID) { None } else { lock.lvb().and_then(seqno_of) };
-                Ok((Held::Dlm(lock), seqno))
+                    Some(Err(dlm::ClientError::Status(dlm::Status::WouldBlock))) if nowait => {
+                        Some(Err(ControlError::busy(format!("{scope} is locked by another node or command"))))
+                    }
+                    Some(Err(e)) => Some(Err(unavailable(e))),
+                    None => {
+                        // Abandoned: cancel; if the grant won the race, release it.
+                        let _ = lock.cancel().await;
+                        if lock.wait().await.is_ok() && lock.mode().is_some() {
+                            let _ = lock.unlock(Flags::empty(), None).await;
+                        }
+                        None
+                    }
+                }
             }
         }
     }
@@ -326,12 +376,8 @@ async fn serve(state: Arc<State>, stream: tokio::net::UnixStream) {
                     conn.reply::<()>(Err(ControlError::exists(format!("{scope} is already held by this connection"))))
                         .await
                 } else {
-                    // The client may go away while we wait: then give up the request.
-                    let res = tokio::select! {
-                        r = state.lock(&scope, mode, nowait) => Some(r),
-                        _ = conn.closed() => None,
-                    };
-                    match res {
+                    // The client may go away while we wait: then the request is given up.
+                    match state.lock(&scope, mode, nowait, conn.closed()).await {
                         None => break,
                         Some(Ok((h, seqno))) => {
                             state.locks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
