@@ -36,5 +36,6 @@
 #![forbid(unsafe_code)]
 
 mod format;
+pub mod report;
 
 pub use format::{crc, label, mda, text, vg};

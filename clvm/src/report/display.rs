@@ -1,0 +1,376 @@
+//! `pvdisplay`, `vgdisplay`, `lvdisplay` (lvm2's `lib/display/display.c`): the full layout,
+//! `-c` (colon-separated) and `-s` (short).
+
+use super::data::{has, is_visible, LvState, Source, VgFacts};
+use super::engine::{Output, ReportError};
+use super::units::{SuffixType, Units};
+use crate::vg::LogicalVolume;
+
+/// Which display command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisplayCommand {
+    /// `pvdisplay`
+    Pv,
+    /// `vgdisplay`
+    Vg,
+    /// `lvdisplay`
+    Lv,
+}
+
+/// A display command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisplayArgs {
+    /// pvdisplay, vgdisplay or lvdisplay.
+    pub command: DisplayCommand,
+    /// `-c/--colon`.
+    pub colon: bool,
+    /// `-s/--short`.
+    pub short: bool,
+    /// `--units`.
+    pub units: Option<String>,
+    /// PV devices, VG names, or VG / VG/LV names.
+    pub names: Vec<String>,
+    /// `-a` for lvdisplay: hidden LVs too.
+    pub all: bool,
+}
+
+impl DisplayArgs {
+    /// The command with no flags.
+    pub fn new(command: DisplayCommand) -> DisplayArgs {
+        DisplayArgs { command, colon: false, short: false, units: None, names: Vec::new(), all: false }
+    }
+}
+
+const LVM_READ: u64 = 0x100;
+const LVM_WRITE: u64 = 0x200;
+const EXPORTED_VG: u64 = 0x2;
+const RESIZEABLE_VG: u64 = 0x4;
+const ALLOCATABLE_PV: u64 = 0x8;
+const CLUSTERED: u64 = 0x400;
+
+fn vg_status_bits(status: &[String]) -> u64 {
+    let mut b = 0;
+    for s in status {
+        b |= match s.as_str() {
+            "READ" => LVM_READ,
+            "WRITE" => LVM_WRITE,
+            "EXPORTED" => EXPORTED_VG,
+            "RESIZEABLE" => RESIZEABLE_VG,
+            "CLUSTERED" => CLUSTERED,
+            _ => 0,
+        };
+    }
+    b
+}
+
+/// `%Y-%m-%d %T %z` in UTC.
+pub(crate) fn format_time(t: i64) -> String {
+    let days = t.div_euclid(86400);
+    let secs = t.rem_euclid(86400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} +0000", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+fn alloc_string(lv: &LogicalVolume) -> String {
+    use crate::text::{Node, Value};
+    lv.extra
+        .nodes
+        .iter()
+        .find_map(|(_, n)| match n {
+            Node::Pair { key, value: Value::Str(s) } if key == "allocation_policy" => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "inherit".to_owned())
+}
+
+/// Renders a display command.
+pub fn display(args: &DisplayArgs, src: &Source, state: &dyn Fn(&str, &str) -> LvState) -> Result<Output, ReportError> {
+    let units = match &args.units {
+        Some(u) => Units::parse(u)?,
+        None => Units::default(),
+    };
+    let sz = |sectors: u64| units.size(sectors, SuffixType::Short);
+    let facts: Vec<VgFacts<'_>> = src.vgs.iter().map(|v| VgFacts::new(v, src)).collect();
+    let mut vg_order: Vec<&VgFacts<'_>> = facts.iter().collect();
+    vg_order.sort_by(|a, b| a.vg.name.cmp(&b.vg.name));
+    let mut out = Output::default();
+    let mut p = |s: &str| {
+        out.stdout.push_str("  ");
+        out.stdout.push_str(s);
+        out.stdout.push('\n');
+    };
+    match args.command {
+        DisplayCommand::Pv => {
+            let mut pvs: Vec<_> = src.pvs.iter().collect();
+            // lvm2 shows PVs in VGs first (by VG), then orphans.
+            pvs.sort_by(|a, b| (a.vg.is_none(), &a.vg, &a.device).cmp(&(b.vg.is_none(), &b.vg, &b.device)));
+            for pv_src in pvs {
+                if !args.names.is_empty() && !args.names.contains(&pv_src.device) {
+                    continue;
+                }
+                let uuid = pv_src.label.pv_header.uuid_string();
+                let f = facts.iter().find(|f| f.vg.physical_volumes.iter().any(|x| x.id == uuid));
+                let pv = f.and_then(|f| f.vg.physical_volumes.iter().find(|x| x.id == uuid));
+                let dev_sectors = pv_src.label.pv_header.device_size / 512;
+                let (vg_name, size, pe_size, pe_count, alloc, allocatable, pe_start) = match (f, pv) {
+                    (Some(f), Some(pv)) => (
+                        f.vg.name.clone(),
+                        pv.dev_size.unwrap_or(dev_sectors),
+                        f.vg.extent_size,
+                        pv.pe_count,
+                        f.alloc.get(pv.name.as_str()).copied().unwrap_or(0),
+                        has(&pv.status, "ALLOCATABLE"),
+                        pv.pe_start,
+                    ),
+                    _ => (String::new(), dev_sectors, 0, 0, 0, false, 0),
+                };
+                let exported = f.is_some_and(|f| has(&f.vg.status, "EXPORTED"));
+                if args.short {
+                    let free = if pe_size == 0 { size } else { (pe_count - alloc) * pe_size };
+                    p(&format!("Device \"{}\" has a capacity of {}", pv_src.device, sz(free)));
+                    continue;
+                }
+                if pe_size == 0 {
+                    p(&format!("\"{}\" is a new physical volume of \"{}\"", pv_src.device, sz(size)));
+                }
+                if args.colon {
+                    let status = if allocatable { ALLOCATABLE_PV } else { 0 } | if exported { EXPORTED_VG } else { 0 };
+                    p(&format!(
+                        "{}:{}:{}:-1:{}:{}:-1:{}:{}:{}:{}:{}",
+                        pv_src.device,
+                        vg_name,
+                        size,
+                        status,
+                        status & ALLOCATABLE_PV,
+                        pe_size / 2,
+                        pe_count,
+                        pe_count - alloc,
+                        alloc,
+                        uuid
+                    ));
+                    continue;
+                }
+                p(&format!("--- {}Physical volume ---", if pe_size > 0 { "" } else { "NEW " }));
+                p(&format!("PV Name               {}", pv_src.device));
+                p(&format!("VG Name               {}{}", vg_name, if exported { " (exported)" } else { "" }));
+                let data = pe_count * pe_size;
+                let (pvsize, unusable) = if size > data + pe_start {
+                    (size, size - data)
+                } else {
+                    (data + pe_start, data + pe_start - size)
+                };
+                if data > 0 {
+                    p(&format!("PV Size               {} / not usable {}", sz(pvsize), sz(unusable)));
+                } else {
+                    p(&format!("PV Size               {}", sz(pvsize)));
+                }
+                let free = pe_count - alloc;
+                if pe_count > 0 && allocatable {
+                    p(&format!("Allocatable           yes {}", if free == 0 { "(but full)" } else { "" }));
+                } else {
+                    p("Allocatable           NO");
+                }
+                p(&format!("PE Size               {}", sz(pe_size)));
+                p(&format!("Total PE              {pe_count}"));
+                p(&format!("Free PE               {free}"));
+                p(&format!("Allocated PE          {alloc}"));
+                p(&format!("PV UUID               {uuid}"));
+                p(" ");
+            }
+        }
+        DisplayCommand::Vg => {
+            for f in &vg_order {
+                let vg = f.vg;
+                if !args.names.is_empty() && !args.names.contains(&vg.name) {
+                    continue;
+                }
+                let missing = f.dev_of.values().filter(|d| *d == "[unknown]").count() as u64;
+                let pv_count = vg.physical_volumes.len() as u64;
+                let total = f.extent_count();
+                let free = f.free_count();
+                let open = vg
+                    .logical_volumes
+                    .iter()
+                    .filter(|l| is_visible(l) && matches!(state(&vg.name, &l.name), LvState::Active { open: true, .. }))
+                    .count();
+                if args.short {
+                    p(&format!(
+                        "\"{}\" {} [{} used / {} free]",
+                        vg.name,
+                        sz(total * vg.extent_size),
+                        sz((total - free) * vg.extent_size),
+                        sz(free * vg.extent_size)
+                    ));
+                    continue;
+                }
+                if args.colon {
+                    let bits = vg_status_bits(&vg.status);
+                    let access = match bits & (LVM_READ | LVM_WRITE) {
+                        x if x == LVM_READ | LVM_WRITE => "r/w",
+                        LVM_READ => "r",
+                        LVM_WRITE => "w",
+                        _ => "",
+                    };
+                    p(&format!(
+                        "{}:{}:{}:-1:{}:{}:{}:-1:{}:{}:{}:{}:{}:{}:{}:{}:{}",
+                        vg.name,
+                        access,
+                        bits,
+                        vg.max_lv,
+                        f.visible_lvs(),
+                        open,
+                        vg.max_pv,
+                        pv_count,
+                        pv_count - missing,
+                        total * vg.extent_size / 2,
+                        vg.extent_size / 2,
+                        total,
+                        total - free,
+                        free,
+                        vg.id
+                    ));
+                    continue;
+                }
+                let bits = vg_status_bits(&vg.status);
+                p("--- Volume group ---");
+                p(&format!("VG Name               {}", vg.name));
+                p("System ID             ");
+                p("Format                lvm2");
+                p(&format!("Metadata Areas        {}", f.mdas().count()));
+                p(&format!("Metadata Sequence No  {}", vg.seqno));
+                let access = bits & (LVM_READ | LVM_WRITE);
+                p(&format!(
+                    "VG Access             {}",
+                    match access {
+                        x if x == LVM_READ | LVM_WRITE => "read/write",
+                        LVM_READ => "read",
+                        LVM_WRITE => "write",
+                        _ => "error",
+                    }
+                ));
+                p(&format!(
+                    "VG Status             {}{}resizable",
+                    if bits & EXPORTED_VG != 0 { "exported/" } else { "" },
+                    if bits & RESIZEABLE_VG != 0 { "" } else { "NOT " }
+                ));
+                if bits & CLUSTERED != 0 {
+                    p("Clustered             yes");
+                    p("Shared                no");
+                }
+                p(&format!("MAX LV                {}", vg.max_lv));
+                p(&format!("Cur LV                {}", f.visible_lvs()));
+                p(&format!("Open LV               {open}"));
+                p(&format!("Max PV                {}", vg.max_pv));
+                p(&format!("Cur PV                {pv_count}"));
+                p(&format!("Act PV                {}", pv_count - missing));
+                p(&format!("VG Size               {}", sz(total * vg.extent_size)));
+                p(&format!("PE Size               {}", sz(vg.extent_size)));
+                p(&format!("Total PE              {total}"));
+                p(&format!("Alloc PE / Size       {} / {}", total - free, sz((total - free) * vg.extent_size)));
+                p(&format!("Free  PE / Size       {} / {}", free, sz(free * vg.extent_size)));
+                p(&format!("VG UUID               {}", vg.id));
+                p(" ");
+            }
+        }
+        DisplayCommand::Lv => {
+            for f in &vg_order {
+                let vg = f.vg;
+                for lv in &vg.logical_volumes {
+                    let named = args.names.is_empty()
+                        || args.names.iter().any(|n| match n.split_once('/') {
+                            Some((v, l)) => v == vg.name && l == lv.name,
+                            None => *n == vg.name,
+                        });
+                    if !named || !(is_visible(lv) || args.all) {
+                        continue;
+                    }
+                    let st = state(&vg.name, &lv.name);
+                    let inkernel = matches!(st, LvState::Active { .. });
+                    let size = lv.extent_count() * vg.extent_size;
+                    let rw = (if has(&lv.status, "READ") { LVM_READ } else { 0 }
+                        | if has(&lv.status, "WRITE") { LVM_WRITE } else { 0 })
+                        >> 8;
+                    if args.colon {
+                        let open = matches!(st, LvState::Active { open: true, .. });
+                        p(&format!(
+                            "/dev/{}/{}:{}:{}:{}:-1:{}:{}:{}:-1:{}:-1:-1:-1",
+                            vg.name,
+                            lv.name,
+                            vg.name,
+                            rw,
+                            u8::from(inkernel),
+                            u8::from(open),
+                            size,
+                            lv.extent_count(),
+                            if alloc_string(lv) == "contiguous" { 2 } else { 0 }
+                        ));
+                        continue;
+                    }
+                    p("--- Logical volume ---");
+                    if is_visible(lv) {
+                        p(&format!("LV Path                /dev/{}/{}", vg.name, lv.name));
+                        p(&format!("LV Name                {}", lv.name));
+                    } else {
+                        p(&format!("Internal LV Name       {}", lv.name));
+                    }
+                    p(&format!("VG Name                {}", vg.name));
+                    p(&format!("LV UUID                {}", lv.id));
+                    p(&format!(
+                        "LV Write Access        {}",
+                        if has(&lv.status, "WRITE") { "read/write" } else { "read only" }
+                    ));
+                    p(&format!(
+                        "LV Creation host, time {}, {}",
+                        lv.creation_host.clone().unwrap_or_default(),
+                        lv.creation_time.filter(|t| *t != 0).map(format_time).unwrap_or_default()
+                    ));
+                    let partial = lv.segments.iter().any(|s| {
+                        s.stripes.iter().any(|a| f.dev_of.get(a.name.as_str()).is_some_and(|d| d == "[unknown]"))
+                    });
+                    match st {
+                        LvState::Unknown => {}
+                        _ => p(&format!(
+                            "LV Status              {}available{}",
+                            if inkernel { "" } else { "NOT " },
+                            if partial { " (partial)" } else { "" }
+                        )),
+                    }
+                    if let LvState::Active { open, .. } = st {
+                        p(&format!("# open                 {}", u8::from(open)));
+                    }
+                    p(&format!("LV Size                {}", sz(size)));
+                    p(&format!("Current LE             {}", lv.extent_count()));
+                    if let Some(m) = lv.segments.iter().find(|s| s.segtype == "mirror") {
+                        p(&format!("Mirrored volumes       {}", m.mirrors.len()));
+                    }
+                    p(&format!("Segments               {}", lv.segments.len()));
+                    p(&format!("Allocation             {}", alloc_string(lv)));
+                    p("Read ahead sectors     auto");
+                    p(" ");
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_time;
+
+    #[test]
+    fn times_are_lvm2_iso() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00 +0000");
+        assert_eq!(format_time(1_796_626_602), "2026-12-07 06:56:42 +0000");
+    }
+}
