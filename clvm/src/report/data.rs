@@ -209,3 +209,52 @@ pub(crate) fn pv_segments<'a>(f: &VgFacts<'a>, pv_name: &str, pe_count: u64) -> 
     }
     out
 }
+
+/// The order lvm2 processes VGs in (what unbuffered reports and the display commands show):
+/// lvmcache puts each newly found VG at the head of its list, and the label scan meets
+/// devices in device-number order, so the VG first seen comes last.
+pub(crate) fn process_order<'f, 'a>(src: &Source, facts: &'f [VgFacts<'a>]) -> Vec<&'f VgFacts<'a>> {
+    let mut seen: Vec<usize> = Vec::new();
+    for p in devices_in_scan_order(src) {
+        let uuid = p.label.pv_header.uuid_string();
+        if let Some(i) = facts.iter().position(|f| f.vg.physical_volumes.iter().any(|x| x.id == uuid)) {
+            if !seen.contains(&i) {
+                seen.push(i);
+            }
+        }
+    }
+    for i in 0..facts.len() {
+        if !seen.contains(&i) {
+            seen.push(i);
+        }
+    }
+    seen.into_iter().rev().map(|i| &facts[i]).collect()
+}
+
+/// PVs in label-scan order: by device number where known, else by name.
+pub(crate) fn devices_in_scan_order(src: &Source) -> Vec<&PvSource> {
+    let mut pvs: Vec<&PvSource> = src.pvs.iter().collect();
+    pvs.sort_by(|a, b| {
+        (a.devno.unwrap_or((u32::MAX, u32::MAX)), &a.device).cmp(&(b.devno.unwrap_or((u32::MAX, u32::MAX)), &b.device))
+    });
+    pvs
+}
+
+/// PVs as process_each_pv meets them: each VG's PVs in metadata order (VGs in
+/// [`process_order`]), then the orphans in scan order.
+pub(crate) fn pv_process_order<'s>(src: &'s Source, facts: &[VgFacts<'_>]) -> Vec<&'s PvSource> {
+    let mut out: Vec<&PvSource> = Vec::new();
+    for f in process_order(src, facts) {
+        for pv in &f.vg.physical_volumes {
+            if let Some(p) = src.pvs.iter().find(|p| p.label.pv_header.uuid_string() == pv.id) {
+                out.push(p);
+            }
+        }
+    }
+    for p in devices_in_scan_order(src) {
+        if !out.iter().any(|o| std::ptr::eq(*o, p)) {
+            out.push(p);
+        }
+    }
+    out
+}

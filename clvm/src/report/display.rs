@@ -1,7 +1,7 @@
 //! `pvdisplay`, `vgdisplay`, `lvdisplay` (lvm2's `lib/display/display.c`): the full layout,
 //! `-c` (colon-separated) and `-s` (short).
 
-use super::data::{has, is_visible, LvState, Source, VgFacts};
+use super::data::{has, is_visible, process_order, pv_process_order, LvState, Source, VgFacts};
 use super::engine::{Output, ReportError};
 use super::units::{SuffixType, Units};
 use crate::vg::LogicalVolume;
@@ -38,6 +38,26 @@ impl DisplayArgs {
     /// The command with no flags.
     pub fn new(command: DisplayCommand) -> DisplayArgs {
         DisplayArgs { command, colon: false, short: false, units: None, names: Vec::new(), all: false }
+    }
+
+    /// Parses `-c/--colon`, `-s/--short`, `-a/--all`, `--units U`; other words are names.
+    pub fn parse<S: AsRef<str>>(command: DisplayCommand, argv: &[S]) -> Result<DisplayArgs, ReportError> {
+        let mut a = DisplayArgs::new(command);
+        let mut it = argv.iter().map(AsRef::as_ref);
+        while let Some(arg) = it.next() {
+            match arg {
+                "-c" | "--colon" => a.colon = true,
+                "-s" | "--short" => a.short = true,
+                "-a" | "--all" => a.all = true,
+                "--units" => {
+                    a.units = Some(it.next().ok_or_else(|| ReportError::BadArgument(arg.to_owned()))?.to_owned())
+                }
+                f if f.starts_with("--units=") => a.units = Some(f["--units=".len()..].to_owned()),
+                f if f.starts_with('-') && f.len() > 1 => return Err(ReportError::BadArgument(f.to_owned())),
+                name => a.names.push(name.to_owned()),
+            }
+        }
+        Ok(a)
     }
 }
 
@@ -101,8 +121,7 @@ pub fn display(args: &DisplayArgs, src: &Source, state: &dyn Fn(&str, &str) -> L
     };
     let sz = |sectors: u64| units.size(sectors, SuffixType::Short);
     let facts: Vec<VgFacts<'_>> = src.vgs.iter().map(|v| VgFacts::new(v, src)).collect();
-    let mut vg_order: Vec<&VgFacts<'_>> = facts.iter().collect();
-    vg_order.sort_by(|a, b| a.vg.name.cmp(&b.vg.name));
+    let vg_order: Vec<&VgFacts<'_>> = process_order(src, &facts);
     let mut out = Output::default();
     let mut p = |s: &str| {
         out.stdout.push_str("  ");
@@ -111,10 +130,7 @@ pub fn display(args: &DisplayArgs, src: &Source, state: &dyn Fn(&str, &str) -> L
     };
     match args.command {
         DisplayCommand::Pv => {
-            let mut pvs: Vec<_> = src.pvs.iter().collect();
-            // lvm2 shows PVs in VGs first (by VG), then orphans.
-            pvs.sort_by(|a, b| (a.vg.is_none(), &a.vg, &a.device).cmp(&(b.vg.is_none(), &b.vg, &b.device)));
-            for pv_src in pvs {
+            for pv_src in pv_process_order(src, &facts) {
                 if !args.names.is_empty() && !args.names.contains(&pv_src.device) {
                     continue;
                 }

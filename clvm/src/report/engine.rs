@@ -2,7 +2,7 @@
 //! output (`libdm-report.c`): field lists, sort keys, selection, column widths, alignment,
 //! headings, `--rows`, `--nameprefixes`, JSON.
 
-use super::data::{is_visible, pv_segments, LvState, PvSeg, Source, VgFacts};
+use super::data::{is_visible, process_order, pv_process_order, pv_segments, LvState, PvSeg, Source, VgFacts};
 use super::fields::{all_fields, all_match, help_text, lookup, FieldDef, FieldRef, Obj};
 use super::select::{self, Op, SelectError, Selection};
 use super::units::{Units, UnitsError};
@@ -93,6 +93,48 @@ impl ReportArgs {
             names: Vec::new(),
         }
     }
+
+    /// Parses lvm2's report flags (after the command name): `-o`, `-O`, `-S`, `-a`, `-v`,
+    /// `--segments`, `--units`, `--nosuffix`, `--noheadings`, `--separator`, `--aligned`,
+    /// `--unbuffered`, `--nameprefixes`, `--unquoted`, `--rows`, `--reportformat`, long forms
+    /// with `=VALUE` too; anything else not starting with `-` is a name.
+    pub fn parse<S: AsRef<str>>(command: Command, argv: &[S]) -> Result<ReportArgs, ReportError> {
+        let mut a = ReportArgs::new(command);
+        let mut it = argv.iter().map(AsRef::as_ref);
+        while let Some(arg) = it.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+                _ => (arg, None),
+            };
+            let mut val = |name: &str| -> Result<String, ReportError> {
+                match &inline {
+                    Some(v) => Ok(v.clone()),
+                    None => it.next().map(str::to_owned).ok_or_else(|| ReportError::BadArgument(name.to_owned())),
+                }
+            };
+            match flag {
+                "-o" | "--options" => a.options.push(val(flag)?),
+                "-O" | "--sort" => a.sort.push(val(flag)?),
+                "-S" | "--select" => a.select = Some(val(flag)?),
+                "--units" => a.units = Some(val(flag)?),
+                "--separator" => a.separator = Some(val(flag)?),
+                "--reportformat" => a.reportformat = Some(val(flag)?),
+                "-a" | "--all" => a.all = true,
+                "-v" | "--verbose" => a.verbose = true,
+                "--segments" => a.segments = true,
+                "--nosuffix" => a.nosuffix = true,
+                "--noheadings" => a.noheadings = true,
+                "--aligned" => a.aligned = true,
+                "--unbuffered" => a.unbuffered = true,
+                "--nameprefixes" => a.nameprefixes = true,
+                "--unquoted" => a.unquoted = true,
+                "--rows" => a.rows = true,
+                f if f.starts_with('-') && f.len() > 1 => return Err(ReportError::BadArgument(f.to_owned())),
+                name => a.names.push(name.to_owned()),
+            }
+        }
+        Ok(a)
+    }
 }
 
 /// What the command prints. Every line already has lvm2's two-space prefix.
@@ -130,6 +172,9 @@ pub enum ReportError {
     /// `-S`.
     #[error("{0}")]
     Select(#[from] SelectError),
+    /// A flag this report does not know, or a flag without its value.
+    #[error("{0}: unrecognised option or missing value")]
+    BadArgument(String),
     /// A field combination lvm2 supports that this implementation does not yet.
     #[error("field {0} cannot be combined with this report (not supported)")]
     Unsupported(String),
@@ -139,7 +184,10 @@ impl ReportError {
     /// Exit status lvm2 uses: 3 for a bad command line, 5 for a failed report.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ReportError::Units(_) | ReportError::ReportFormat(_) | ReportError::InvalidOptions(_) => 3,
+            ReportError::Units(_)
+            | ReportError::ReportFormat(_)
+            | ReportError::InvalidOptions(_)
+            | ReportError::BadArgument(_) => 3,
             _ => 5,
         }
     }
@@ -367,12 +415,10 @@ pub fn report(args: &ReportArgs, src: &Source, state: &dyn Fn(&str, &str) -> LvS
     let facts: Vec<VgFacts<'_>> = src.vgs.iter().map(|v| VgFacts::new(v, src)).collect();
     let mut out = Output::default();
     let mut ctxs: Vec<RowCtx<'_>> = Vec::new();
-    let mut vg_order: Vec<&VgFacts<'_>> = facts.iter().collect();
-    vg_order.sort_by(|a, b| a.vg.name.cmp(&b.vg.name));
+    let vg_order: Vec<&VgFacts<'_>> = process_order(src, &facts);
     match row_type {
         RowType::Pv | RowType::PvSeg => {
-            let mut pvs: Vec<_> = src.pvs.iter().collect();
-            pvs.sort_by(|a, b| a.device.cmp(&b.device));
+            let pvs = pv_process_order(src, &facts);
             for name in &args.names {
                 if !pvs.iter().any(|p| &p.device == name) {
                     out.stderr.push_str(&format!("  Failed to find physical volume \"{name}\".\n"));

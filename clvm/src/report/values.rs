@@ -370,7 +370,10 @@ pub(crate) fn value(f: &FieldDef, r: &RowCtx<'_>, cx: &Ctx) -> Cell {
 
 fn lv_value(f: &FieldDef, r: &RowCtx<'_>, cx: &Ctx) -> Cell {
     let (Some(v), Some(lv)) = (r.vg, r.lv) else {
-        return seg_value(f, r, cx);
+        return match &r.pvseg {
+            Some(ps) if r.seg.is_none() && !f.id.starts_with("pvseg_") => free_value(f, ps.len, r, cx),
+            _ => seg_value(f, r, cx),
+        };
     };
     let state = r.state.unwrap_or(LvState::Unknown);
     let vgname = &v.vg.name;
@@ -479,6 +482,20 @@ fn seg_value(f: &FieldDef, r: &RowCtx<'_>, cx: &Ctx) -> Cell {
         "seg_le_ranges" => list(seg_areas(v, seg, true), false, ","),
         "devices" => list(seg_areas(v, seg, false), false, ","),
         "seg_monitor" => blank(),
+        _ => blank(),
+    }
+}
+
+/// Fields of a free PV segment: lvm2 reports it through a nameless LV with a `free` segment.
+fn free_value(f: &FieldDef, len: u64, r: &RowCtx<'_>, cx: &Ctx) -> Cell {
+    let ext = r.vg.map(|v| v.vg.extent_size).unwrap_or(0);
+    match f.id {
+        "lv_size" | "seg_start" | "stripe_size" | "region_size" | "chunk_size" => size(cx, 0),
+        "seg_size" => size(cx, len * ext),
+        "seg_size_pe" => n(len),
+        "seg_count" | "seg_start_pe" | "stripes" | "data_stripes" => n(0),
+        "segtype" => s("free"),
+        "lv_major" | "lv_minor" => i(-1),
         _ => blank(),
     }
 }
