@@ -315,7 +315,7 @@ fn compare(s: &Setup, src: &Source, argv: &[&str]) -> Result<Option<String>> {
         .collect();
     let (our_out, our_err, our_code) = match ours {
         Ok(o) => (o.stdout, o.stderr, o.status),
-        Err(e) => (String::new(), format!("{}  {e}\n", e.help()), e.exit_code()),
+        Err(e) => (String::new(), e.stderr(), e.exit_code()),
     };
     let mut diffs = String::new();
     if our_out != stock_out {
@@ -341,6 +341,7 @@ fn reports_are_byte_identical_to_stock() -> Result<()> {
     let (va, vb) = (s.vgs[0].as_str(), s.vgs[1].as_str());
     let d = |i: usize| s.devs[i].dev.as_str();
     let sel_va = format!("vg_name={va}");
+    let no_lv = format!("{va}/nosuchlv");
     let sel_pv = format!("vg_name!={va}&&pv_name={}", d(4));
     let str_lv = format!("{va}/str");
     let pvs_plus =
@@ -423,6 +424,47 @@ fn reports_are_byte_identical_to_stock() -> Result<()> {
         vec!["lvdisplay", "-c"],
         vec!["lvdisplay", "-a"],
         vec!["lvdisplay", vb],
+        vec!["pvs", "-o", "pv_all"],
+        vec!["pvs", "-o", "pvall,vg_name"],
+        vec!["vgs", "-o", "vg_all"],
+        vec!["lvs", "-a", "-o", "lv_all"],
+        vec!["lvs", "-a", "-o", "seg_all"],
+        vec!["lvs", "-a", "--segments", "-o", "+seg_all"],
+        vec!["pvs", "--segments", "-o", "pvseg_all,lv_name,lv_attr,lv_size,seg_size,devices"],
+        vec!["pvs", "-o", "+lv_name"],
+        vec!["vgs", "-o", "+lv_name,lv_size"],
+        vec!["lvs", "-o", "+pv_name"],
+        vec!["vgs", "-o", "+pv_name,lv_name"],
+        vec!["lvs", "-S", "nope=1"],
+        vec!["lvs", "-S", "lv_name"],
+        vec!["lvs", "--segments", "-o", "name"],
+        vec!["lvs", "-o", "lv_name,lv_time", "-a"],
+        vec!["lvs", "-S", "lv_name=lin||lv_name=str"],
+        vec!["lvs", "-a", "-S", "!(lv_size<8m)&&seg_count=1"],
+        vec!["lvs", "-a", "-o", "+selected", "-S", "lv_attr=~^m"],
+        vec!["lvs", "-a", "-o", "+selected", "-S", "lv_name=mir"],
+        vec!["pvs", "-S", "pv_free>=50m", "-o", "pv_name,pv_free"],
+        vec!["pvs", "-S", "pv_name=/dev/nothing"],
+        vec!["pvs", "--units", "r"],
+        vec!["pvs", "--units", "h"],
+        vec!["pvs", "--units", "m"],
+        vec!["pvs", "--units", "e"],
+        vec!["pvs", "--units", "2k"],
+        vec!["pvs", "--units", "t", "--nosuffix"],
+        vec!["lvs", "-O", "+vg_name,-lv_size", "-a"],
+        vec!["lvs", "-O", "lv_uuid"],
+        vec!["lvs", "-O", "-"],
+        vec!["lvs", "-O", "nope"],
+        vec!["pvs", "--nameprefixes", "--rows"],
+        vec!["pvs", "--rows", "--noheadings", "--separator", "|"],
+        vec!["vgs", "--reportformat", "json", "-o", "vg_name,vg_tags"],
+        vec!["lvs", "--reportformat", "json", "-S", "lv_name=nothing"],
+        vec!["lvs", "-o", "help"],
+        vec!["vgs", "-o", "?"],
+        vec!["vgs", "nosuchvg"],
+        vec!["lvs", &no_lv],
+        vec!["lvs", "-o", ""],
+        vec!["lvs", "--reportformat", "xml"],
     ];
     let mut failures = Vec::new();
     for c in &cases {
@@ -485,5 +527,8 @@ fn errors_are_values() {
     assert_eq!(e.exit_code(), 3);
     let e = report(&ReportArgs::parse(Command::Lvs, &["-S", "nope=1"]).unwrap(), &src, &state).unwrap_err();
     assert_eq!(e.to_string(), "Unrecognised selection field: nope");
+    assert!(e
+        .stderr()
+        .ends_with("  Selection syntax error at 'nope=1'.\n  Use 'help' for selection to get more help.\n"));
     assert!(ReportArgs::parse(Command::Lvs, &["--bogus"]).is_err());
 }

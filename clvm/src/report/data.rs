@@ -42,12 +42,35 @@ pub enum LvState {
     /// Not active.
     Inactive,
     /// Active locally.
-    Active {
-        /// The device is open.
-        open: bool,
-        /// For mirrors: the in-sync percentage (`copy_percent`).
-        sync_percent: Option<f64>,
-    },
+    Active(ActiveLv),
+}
+
+/// What the kernel says about an active LV.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ActiveLv {
+    /// The device is open (`o` in lv_attr, `# open` 1).
+    pub open: bool,
+    /// Activated read-only although the metadata allows writing (`R` in lv_attr).
+    pub read_only: bool,
+    /// Suspended (`s` in lv_attr).
+    pub suspended: bool,
+    /// Block device major:minor (`lv_kernel_major`, lvdisplay's `Block device`).
+    pub devno: Option<(u32, u32)>,
+    /// Read-ahead in use, in sectors (`lv_kernel_read_ahead`, lvdisplay's `- currently set to`).
+    pub read_ahead: Option<u64>,
+    /// For mirrors: the in-sync percentage (`copy_percent`); images count as in sync when
+    /// their mirror is at 100.
+    pub sync_percent: Option<f64>,
+}
+
+impl LvState {
+    /// The kernel facts when active.
+    pub fn active(&self) -> Option<&ActiveLv> {
+        match self {
+            LvState::Active(a) => Some(a),
+            _ => None,
+        }
+    }
 }
 
 /// Tells the report each LV's state: `(vg name, lv name) -> state`.

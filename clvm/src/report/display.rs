@@ -217,7 +217,7 @@ pub fn display(args: &DisplayArgs, src: &Source, state: &dyn Fn(&str, &str) -> L
                 let open = vg
                     .logical_volumes
                     .iter()
-                    .filter(|l| is_visible(l) && matches!(state(&vg.name, &l.name), LvState::Active { open: true, .. }))
+                    .filter(|l| is_visible(l) && state(&vg.name, &l.name).active().is_some_and(|a| a.open))
                     .count();
                 if args.short {
                     p(&format!(
@@ -311,13 +311,13 @@ pub fn display(args: &DisplayArgs, src: &Source, state: &dyn Fn(&str, &str) -> L
                         continue;
                     }
                     let st = state(&vg.name, &lv.name);
-                    let inkernel = matches!(st, LvState::Active { .. });
+                    let inkernel = st.active().is_some();
                     let size = lv.extent_count() * vg.extent_size;
                     let rw = (if has(&lv.status, "READ") { LVM_READ } else { 0 }
                         | if has(&lv.status, "WRITE") { LVM_WRITE } else { 0 })
                         >> 8;
                     if args.colon {
-                        let open = matches!(st, LvState::Active { open: true, .. });
+                        let open = st.active().is_some_and(|a| a.open);
                         p(&format!(
                             "/dev/{}/{}:{}:{}:{}:-1:{}:{}:{}:-1:{}:-1:-1:-1",
                             vg.name,
@@ -353,16 +353,18 @@ pub fn display(args: &DisplayArgs, src: &Source, state: &dyn Fn(&str, &str) -> L
                     let partial = lv.segments.iter().any(|s| {
                         s.stripes.iter().any(|a| f.dev_of.get(a.name.as_str()).is_some_and(|d| d == "[unknown]"))
                     });
-                    match st {
-                        LvState::Unknown => {}
-                        _ => p(&format!(
+                    if let Some(a) = st.active().filter(|a| a.suspended) {
+                        let _ = a;
+                        p("LV Status              suspended");
+                    } else if st != LvState::Unknown {
+                        p(&format!(
                             "LV Status              {}available{}",
                             if inkernel { "" } else { "NOT " },
                             if partial { " (partial)" } else { "" }
-                        )),
+                        ));
                     }
-                    if let LvState::Active { open, .. } = st {
-                        p(&format!("# open                 {}", u8::from(open)));
+                    if let Some(a) = st.active() {
+                        p(&format!("# open                 {}", u8::from(a.open)));
                     }
                     p(&format!("LV Size                {}", sz(size)));
                     p(&format!("Current LE             {}", lv.extent_count()));
@@ -372,6 +374,14 @@ pub fn display(args: &DisplayArgs, src: &Source, state: &dyn Fn(&str, &str) -> L
                     p(&format!("Segments               {}", lv.segments.len()));
                     p(&format!("Allocation             {}", alloc_string(lv)));
                     p("Read ahead sectors     auto");
+                    if let Some(a) = st.active() {
+                        if let Some(ra) = a.read_ahead {
+                            p(&format!("- currently set to     {ra}"));
+                        }
+                        if let Some((ma, mi)) = a.devno {
+                            p(&format!("Block device           {ma}:{mi}"));
+                        }
+                    }
                     p(" ");
                 }
             }

@@ -155,11 +155,14 @@ pub enum ReportError {
     #[error("Unrecognised field: {0}")]
     UnknownField(String),
     /// `-O` names a field lvm2 does not have.
-    #[error("Unrecognised field: {0}")]
+    #[error("dm_report: Unrecognised field: {0}")]
     UnknownSortField(String),
-    /// `-O +` or `-O -` without a name.
+    /// `-O +` or `-O -` without a name (lvm2 then also reports the key as unrecognised).
     #[error("dm_report: Missing sort field name")]
-    MissingSortField,
+    MissingSortField(String),
+    /// LV and PV fields in one lvs or vgs report.
+    #[error("Can't report LV and PV fields at the same time in report type \"{0}\".")]
+    MixedFields(String),
     /// An empty `-o`.
     #[error("Invalid options string: {0}")]
     InvalidOptions(String),
@@ -175,19 +178,13 @@ pub enum ReportError {
     /// A flag this report does not know, or a flag without its value.
     #[error("{0}: unrecognised option or missing value")]
     BadArgument(String),
-    /// A field combination lvm2 supports that this implementation does not yet.
-    #[error("field {0} cannot be combined with this report (not supported)")]
-    Unsupported(String),
 }
 
 impl ReportError {
     /// Exit status lvm2 uses: 3 for a bad command line, 5 for a failed report.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ReportError::Units(_)
-            | ReportError::ReportFormat(_)
-            | ReportError::InvalidOptions(_)
-            | ReportError::BadArgument(_) => 3,
+            ReportError::Units(_) | ReportError::ReportFormat(_) | ReportError::BadArgument(_) => 3,
             _ => 5,
         }
     }
@@ -198,6 +195,18 @@ impl ReportError {
         match self {
             ReportError::UnknownField(_) | ReportError::UnknownSortField(_) => prefix_lines(&help_text()),
             _ => String::new(),
+        }
+    }
+
+    /// Everything lvm2 prints on stderr for this refusal (help, message, follow-up lines),
+    /// each line with the two-space prefix. Print this and exit with [`ReportError::exit_code`].
+    pub fn stderr(&self) -> String {
+        match self {
+            ReportError::MissingSortField(key) => {
+                format!("  {self}\n{}  dm_report: Unrecognised field: {key}\n", prefix_lines(&help_text()))
+            }
+            ReportError::Select(e) => e.stderr(),
+            _ => format!("{}  {self}\n", self.help()),
         }
     }
 }
@@ -306,17 +315,6 @@ fn del_option(list: &mut Vec<String>, prefix: &str, name: &str) {
     }
 }
 
-fn obj_row_type(o: Obj) -> Option<RowType> {
-    match o {
-        Obj::Pvs | Obj::Label => Some(RowType::Pv),
-        Obj::PvSegs => Some(RowType::PvSeg),
-        Obj::Vgs => Some(RowType::Vg),
-        Obj::Lvs | Obj::LvsInfo | Obj::LvsStatus | Obj::LvsInfoStatus => Some(RowType::Lv),
-        Obj::Segs => Some(RowType::Seg),
-        Obj::Special => None,
-    }
-}
-
 /// Renders a report.
 pub fn report(args: &ReportArgs, src: &Source, state: &dyn Fn(&str, &str) -> LvState) -> Result<Output, ReportError> {
     let mut units = match &args.units {
@@ -369,7 +367,7 @@ pub fn report(args: &ReportArgs, src: &Source, state: &dyn Fn(&str, &str) -> LvS
             _ => (k, false),
         };
         if name.is_empty() {
-            return Err(ReportError::MissingSortField);
+            return Err(ReportError::MissingSortField(k.to_owned()));
         }
         let f = lookup(name, prefix).ok_or_else(|| ReportError::UnknownSortField(k.to_owned()))?;
         match props.iter_mut().find(|p| p.field == f) {
@@ -389,27 +387,31 @@ pub fn report(args: &ReportArgs, src: &Source, state: &dyn Fn(&str, &str) -> LvS
         None => None,
     };
 
-    // The row type: the command's, widened by the fields asked for.
-    let mut row_type = obj_row_type(base).expect("a report's base type has rows");
-    let mut wanted: Vec<RowType> = props.iter().filter_map(|p| obj_row_type(p.field.def().obj)).collect();
+    // The report type, as _get_final_report_type: the command's, widened by the fields asked
+    // for (displayed, sort keys and selection).
+    let mut objs: Vec<Obj> = vec![base];
+    objs.extend(props.iter().map(|p| p.field.def().obj));
     if let Some(sel) = &selection {
-        sel_fields(sel, &mut |f| wanted.extend(obj_row_type(f.def().obj)));
+        sel_fields(sel, &mut |f| objs.push(f.def().obj));
     }
-    for t in wanted {
-        row_type = match (row_type, t) {
-            (a, b) if a == b => a,
-            (RowType::Pv, RowType::Vg) | (RowType::Lv, RowType::Vg) | (RowType::Seg, RowType::Vg) => row_type,
-            (RowType::PvSeg, RowType::Pv | RowType::Vg | RowType::Lv | RowType::Seg) => RowType::PvSeg,
-            (RowType::Pv, RowType::PvSeg | RowType::Lv | RowType::Seg) => RowType::PvSeg,
-            (RowType::Vg, other) => other,
-            (RowType::Lv, RowType::Seg) => RowType::Seg,
-            (RowType::Seg, RowType::Lv) => RowType::Seg,
-            (_, _) => {
-                let f = props.iter().find(|p| obj_row_type(p.field.def().obj) == Some(t)).map(|p| p.field.def().id);
-                return Err(ReportError::Unsupported(f.unwrap_or("?").to_owned()));
-            }
-        };
+    let any = |set: &[Obj]| objs.iter().any(|o| set.contains(o));
+    let lv_types = [Obj::Lvs, Obj::LvsInfo, Obj::LvsStatus, Obj::LvsInfoStatus, Obj::Segs];
+    let pv_types = [Obj::Pvs, Obj::Label, Obj::PvSegs];
+    let args_are_pvs = args.command == Command::Pvs;
+    if any(&lv_types) && any(&pv_types) && !args_are_pvs {
+        return Err(ReportError::MixedFields(prefix.trim_end_matches('_').to_owned()));
     }
+    let row_type = if any(&[Obj::PvSegs]) || (any(&pv_types) && any(&lv_types)) {
+        RowType::PvSeg
+    } else if any(&[Obj::Pvs]) || (any(&[Obj::Label]) && any(&[Obj::Vgs])) || any(&[Obj::Label]) {
+        RowType::Pv
+    } else if any(&[Obj::Segs]) {
+        RowType::Seg
+    } else if any(&lv_types) {
+        RowType::Lv
+    } else {
+        RowType::Vg
+    };
 
     // Rows.
     let facts: Vec<VgFacts<'_>> = src.vgs.iter().map(|v| VgFacts::new(v, src)).collect();
@@ -719,6 +721,10 @@ fn eval(sel: &Selection, row: &RowCtx<'_>, cx: &Ctx) -> bool {
                 FieldRef::Special(_) => return true,
                 FieldRef::Table(_) => value(def, row, cx),
             };
+            if matches!(op, Op::Match | Op::NotMatch) {
+                let hit = super::regex::Regex::new(want).is_ok_and(|re| re.is_match(&cell.text));
+                return hit == (*op == Op::Match);
+            }
             let ord = match (&cell.sort, select::parse_number(want, def.kind)) {
                 (SortVal::Num(x), Some(y)) if def.kind.numeric() || def.kind == super::fields::Kind::Pct => {
                     x.partial_cmp(&y)
@@ -734,6 +740,7 @@ fn eval(sel: &Selection, row: &RowCtx<'_>, cx: &Ctx) -> bool {
                 Op::Le => o.is_le(),
                 Op::Gt => o.is_gt(),
                 Op::Ge => o.is_ge(),
+                Op::Match | Op::NotMatch => false,
             }
         }
     }

@@ -220,6 +220,26 @@ pub fn all_match(name: &str, prefix: &str, report_types: &[Obj]) -> Vec<Obj> {
 /// The `-o help` listing lvm2 prints (on stderr, each line after its two-space message
 /// prefix), without that prefix.
 pub fn help_text() -> String {
+    listing(true, false)
+}
+
+/// The listing lvm2 prints for an unknown selection field: no `all` lines, each field's type.
+pub fn help_text_with_types() -> String {
+    listing(false, true)
+}
+
+fn type_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Str => "string",
+        Kind::Num | Kind::Bin | Kind::SNum => "number",
+        Kind::Size => "size",
+        Kind::Pct => "percent",
+        Kind::Time => "time",
+        Kind::StrList => "string list",
+    }
+}
+
+fn listing(all_item: bool, types: bool) -> String {
     let mut id_len = FIELDS.iter().chain(SPECIAL).map(|f| f.id.len()).max().unwrap_or(0);
     for t in Obj::ORDER {
         id_len = id_len.max(t.prefix().len() + 3);
@@ -236,7 +256,7 @@ pub fn help_text() -> String {
                 out.push_str(&format!("{desc} Fields\n"));
                 out.push_str(&"-".repeat(desc.len() + 7));
                 out.push('\n');
-                if f.obj != Obj::Special {
+                if all_item && f.obj != Obj::Special {
                     let p = f.obj.prefix();
                     out.push_str(&format!(
                         "  {p}all{:w$} - All fields in this section.\n",
@@ -245,7 +265,13 @@ pub fn help_text() -> String {
                     ));
                 }
             }
-            out.push_str(&format!("  {:<id_len$} - {}\n", f.id, f.desc));
+            let ty = if types {
+                let unselectable = if f.id == "help" || f.id == "?" { "unselectable " } else { "" };
+                format!(" [{unselectable}{}]", type_name(f.kind))
+            } else {
+                String::new()
+            };
+            out.push_str(&format!("  {:<id_len$} - {}{ty}\n", f.id, f.desc));
             last = Some(f.obj);
         }
     };

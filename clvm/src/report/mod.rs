@@ -21,12 +21,13 @@ mod data;
 mod display;
 mod engine;
 mod fields;
+mod regex;
 mod select;
 mod table;
 mod units;
 mod values;
 
-pub use data::{LvState, PvSource, Source, StateFn};
+pub use data::{ActiveLv, LvState, PvSource, Source, StateFn};
 pub use display::{display, DisplayArgs, DisplayCommand};
 pub use engine::{report, Command, Output, ReportArgs, ReportError, ReportFormat};
 pub use fields::{all_fields, help_text, lookup, FieldDef, FieldRef, Kind, Obj};

@@ -1,7 +1,7 @@
 //! Field values: what lvm2's `_*_disp` functions print for each field, from our model.
 
 use super::data::{area_len, dm_name, has, is_visible, mda_free_sectors, LvState, PvSeg, PvSource, Role, VgFacts};
-use super::fields::FieldDef;
+use super::fields::{FieldDef, Obj};
 use super::units::{SuffixType, Units};
 use crate::vg::{LogicalVolume, PhysicalVolume, Segment};
 
@@ -126,8 +126,8 @@ pub(crate) fn lv_attr(f: &VgFacts<'_>, lv: &LogicalVolume, state: LvState) -> St
         }
     } else if role == Some(Role::Image) {
         // lv_mirror_image_in_sync: only an active mirror can say so.
-        match state {
-            LvState::Active { .. } => 'i',
+        match state.active() {
+            Some(a) if a.sync_percent.is_none_or(|p| p >= 100.0) => 'i',
             _ => 'I',
         }
     } else if role == Some(Role::Log) {
@@ -135,13 +135,16 @@ pub(crate) fn lv_attr(f: &VgFacts<'_>, lv: &LogicalVolume, state: LvState) -> St
     } else {
         '-'
     };
-    let c1 = if has(&lv.status, "WRITE") {
+    let mut c1 = if has(&lv.status, "WRITE") {
         'w'
     } else if has(&lv.status, "READ") {
         'r'
     } else {
         '-'
     };
+    if c1 != 'r' && state.active().is_some_and(|a| a.read_only) {
+        c1 = 'R';
+    }
     let mut c2 = alloc_char(extra_str(&lv.extra, "allocation_policy").as_deref());
     if has(&lv.status, "LOCKED") {
         c2 = c2.to_ascii_uppercase();
@@ -150,7 +153,7 @@ pub(crate) fn lv_attr(f: &VgFacts<'_>, lv: &LogicalVolume, state: LvState) -> St
     let (c4, c5) = match state {
         LvState::Unknown => ('X', 'X'),
         LvState::Inactive => ('-', '-'),
-        LvState::Active { open, .. } => ('a', if open { 'o' } else { '-' }),
+        LvState::Active(a) => (if a.suspended { 's' } else { 'a' }, if a.open { 'o' } else { '-' }),
     };
     let c6 = if raid {
         'r'
@@ -170,7 +173,7 @@ pub(crate) fn lv_attr(f: &VgFacts<'_>, lv: &LogicalVolume, state: LvState) -> St
     } else {
         '-'
     };
-    let c9 = if has(&lv.status, "LV_ACTIVATION_SKIP") { 'k' } else { '-' };
+    let c9 = if has(&lv.flags, "ACTIVATION_SKIP") { 'k' } else { '-' };
     [c0, c1, c2, c3, c4, c5, c6, '-', c8, c9].iter().collect()
 }
 
@@ -221,6 +224,20 @@ fn seg_areas(f: &VgFacts<'_>, seg: &Segment, range: bool) -> Vec<String> {
         } else {
             format!("{}({})", a.name, 0)
         });
+    }
+    out
+}
+
+/// `seg_le_ranges`: like `seg_pe_ranges`, hidden LVs in brackets.
+fn seg_le_ranges(f: &VgFacts<'_>, seg: &Segment) -> Vec<String> {
+    let mut out: Vec<String> = seg
+        .stripes
+        .iter()
+        .map(|a| format!("{}:{}-{}", f.area_name(&a.name), a.start, (a.start + area_len(seg)).saturating_sub(1)))
+        .collect();
+    for a in &seg.mirrors {
+        let name = f.vg.lv(&a.name).map(lv_display_name).unwrap_or_else(|| a.name.clone());
+        out.push(format!("{name}:0-{}", f.lv_extents(&a.name).saturating_sub(1)));
     }
     out
 }
@@ -368,6 +385,10 @@ pub(crate) fn value(f: &FieldDef, r: &RowCtx<'_>, cx: &Ctx) -> Cell {
     }
 }
 
+fn unknown() -> Cell {
+    Cell { text: "unknown".to_owned(), sort: SortVal::Num(-1.0) }
+}
+
 fn lv_value(f: &FieldDef, r: &RowCtx<'_>, cx: &Ctx) -> Cell {
     let (Some(v), Some(lv)) = (r.vg, r.lv) else {
         return match &r.pvseg {
@@ -376,7 +397,20 @@ fn lv_value(f: &FieldDef, r: &RowCtx<'_>, cx: &Ctx) -> Cell {
         };
     };
     let state = r.state.unwrap_or(LvState::Unknown);
+    let act = state.active();
     let vgname = &v.vg.name;
+    let mirror = lv.segments.iter().any(|sg| sg.segtype == "mirror");
+    let role = v.role.get(lv.name.as_str()).copied();
+    // A binary kernel fact: "unknown" unless the LV is active.
+    let kbin = |val: bool, word: &str| match act {
+        Some(_) => bin(val, word),
+        None => unknown(),
+    };
+    // A binary activation fact: "unknown" only when activation is off.
+    let abin = |val: bool, word: &str| match state {
+        LvState::Unknown => unknown(),
+        _ => bin(val, word),
+    };
     match f.id {
         "lv_uuid" => s(lv.id.clone()),
         "lv_name" => Cell { text: lv_display_name(lv), sort: SortVal::Str(lv.name.clone()) },
@@ -394,42 +428,7 @@ fn lv_value(f: &FieldDef, r: &RowCtx<'_>, cx: &Ctx) -> Cell {
             })
             .map(|p| p.name.clone())
             .unwrap_or_default()),
-        "lv_attr" => s(lv_attr(v, lv, state)),
-        "lv_active" => s(match state {
-            LvState::Unknown => "unknown",
-            LvState::Inactive => "",
-            LvState::Active { .. } => "active",
-        }),
-        "lv_size" => size(cx, lv.extent_count() * v.vg.extent_size),
-        "seg_count" => n(lv.segments.len() as u64),
-        "lv_tags" => list(tags(&lv.extra), true, ","),
-        "lv_host" => s(lv.creation_host.clone().unwrap_or_default()),
-        "mirror_log" => s(mirror_log_of(lv)
-            .map(|l| v.vg.lv(l).map(lv_display_name).unwrap_or_else(|| l.to_owned()))
-            .unwrap_or_default()),
-        "mirror_log_uuid" => s(mirror_log_of(lv).and_then(|l| v.vg.lv(l)).map(|l| l.id.clone()).unwrap_or_default()),
-        "copy_percent" | "sync_percent" => {
-            let mirror = lv.segments.iter().any(|sg| sg.segtype == "mirror");
-            match state {
-                LvState::Active { sync_percent: Some(p), .. } if mirror => {
-                    Cell { text: format!("{p:.2}"), sort: SortVal::Num(p) }
-                }
-                _ => blank(),
-            }
-        }
-        "lv_major" | "lv_minor" => i(-1),
-        "lv_kernel_major" | "lv_kernel_minor" => i(-1),
-        "lv_allocation_policy" => s(extra_str(&lv.extra, "allocation_policy").unwrap_or_else(|| "inherit".into())),
-        "lv_active_locally" => match state {
-            LvState::Unknown => s("unknown"),
-            st => bin(matches!(st, LvState::Active { .. }), "active locally"),
-        },
-        "lv_device_open" => match state {
-            LvState::Unknown => s("unknown"),
-            st => bin(matches!(st, LvState::Active { open: true, .. }), "open"),
-        },
         "lv_layout" => {
-            let mirror = lv.segments.iter().any(|sg| sg.segtype == "mirror");
             let striped = lv.segments.iter().any(|sg| sg.stripes.len() > 1);
             s(if mirror {
                 "mirror"
@@ -439,15 +438,92 @@ fn lv_value(f: &FieldDef, r: &RowCtx<'_>, cx: &Ctx) -> Cell {
                 "linear"
             })
         }
-        "lv_role" => s(match v.role.get(lv.name.as_str()) {
+        "lv_role" => s(match role {
             Some(Role::Image) => "private,mirror,image",
             Some(Role::Log) => "private,mirror,log",
             None => "public",
         }),
-        "origin" | "pool_lv" | "move_pv" | "convert_lv" | "data_lv" | "metadata_lv" | "lv_profile" | "lv_lockargs" => {
+        "lv_initial_image_sync" => bin(mirror && !has(&lv.flags, "NOTSYNCED"), "initial image sync"),
+        "lv_image_synced" => bin(
+            role == Some(Role::Image) && act.is_some_and(|a| a.sync_percent.is_none_or(|p| p >= 100.0)),
+            "image synced",
+        ),
+        "lv_merging" => bin(false, "merging"),
+        "lv_converting" => bin(has(&lv.status, "CONVERTING"), "converting"),
+        "lv_allocation_policy" => s(extra_str(&lv.extra, "allocation_policy").unwrap_or_else(|| "inherit".into())),
+        "lv_allocation_locked" => bin(has(&lv.status, "LOCKED"), "allocation locked"),
+        "lv_fixed_minor" => bin(has(&lv.status, "FIXED_MINOR"), "fixed minor"),
+        "lv_skip_activation" => bin(has(&lv.flags, "ACTIVATION_SKIP"), "skip activation"),
+        "lv_autoactivation" => bin(!has(&lv.flags, "NOAUTOACTIVATE"), "enabled"),
+        "lv_when_full" => blank(),
+        "lv_attr" => s(lv_attr(v, lv, state)),
+        "lv_active" => s(match state {
+            LvState::Unknown => "unknown",
+            LvState::Inactive => "",
+            LvState::Active(_) => "active",
+        }),
+        "lv_active_locally" => abin(act.is_some(), "active locally"),
+        "lv_active_remotely" => abin(false, "active remotely"),
+        "lv_active_exclusively" => abin(act.is_some(), "active exclusively"),
+        "lv_major" | "lv_minor" => i(-1),
+        "lv_read_ahead" => Cell { text: "auto".into(), sort: SortVal::Num(u64::MAX as f64) },
+        "lv_size" => size(cx, lv.extent_count() * v.vg.extent_size),
+        "seg_count" => n(lv.segments.len() as u64),
+        "raidintegrityblocksize" | "writecache_block_size" => i(-1),
+        "lv_kernel_major" => i(act.and_then(|a| a.devno).map(|d| i64::from(d.0)).unwrap_or(-1)),
+        "lv_kernel_minor" => i(act.and_then(|a| a.devno).map(|d| i64::from(d.1)).unwrap_or(-1)),
+        "lv_kernel_read_ahead" => match act.and_then(|a| a.read_ahead) {
+            Some(ra) => size(cx, ra),
+            None => i(-1),
+        },
+        "lv_permissions" => s(if has(&lv.status, "WRITE") {
+            match act {
+                None => "unknown",
+                Some(a) if a.read_only => "read-only-override",
+                Some(_) => "writeable",
+            }
+        } else if has(&lv.status, "READ") {
+            "read-only"
+        } else {
+            "unknown"
+        }),
+        "lv_suspended" => kbin(act.is_some_and(|a| a.suspended), "suspended"),
+        "lv_live_table" => kbin(act.is_some(), "live table present"),
+        "lv_inactive_table" => kbin(false, "inactive table present"),
+        "lv_device_open" => kbin(act.is_some_and(|a| a.open), "open"),
+        "lv_check_needed" | "lv_merge_failed" | "lv_snapshot_invalid" => unknown(),
+        "lv_tags" => list(tags(&lv.extra), true, ","),
+        "lv_time" => match lv.creation_time.filter(|t| *t != 0) {
+            Some(t) => Cell { text: super::display::format_time(t), sort: SortVal::Num(t as f64) },
+            None => blank(),
+        },
+        "lv_host" => s(lv.creation_host.clone().unwrap_or_default()),
+        "lv_modules" => {
+            let mut m: Vec<String> = lv
+                .segments
+                .iter()
+                .filter_map(|sg| match sg.segtype.as_str() {
+                    "mirror" => Some("mirror".to_owned()),
+                    t if t.starts_with("raid") => Some("raid".to_owned()),
+                    _ => None,
+                })
+                .collect();
+            m.dedup();
+            list(m, true, ",")
+        }
+        "lv_historical" => bin(false, "historical"),
+        "mirror_log" => s(mirror_log_of(lv)
+            .map(|l| v.vg.lv(l).map(lv_display_name).unwrap_or_else(|| l.to_owned()))
+            .unwrap_or_default()),
+        "mirror_log_uuid" => s(mirror_log_of(lv).and_then(|l| v.vg.lv(l)).map(|l| l.id.clone()).unwrap_or_default()),
+        "copy_percent" | "sync_percent" => match act.and_then(|a| a.sync_percent) {
+            Some(p) if mirror => Cell { text: format!("{p:.2}"), sort: SortVal::Num(p) },
+            _ => blank(),
+        },
+        id if f.obj == Obj::Lvs || f.obj == Obj::LvsInfo || f.obj == Obj::LvsStatus => {
+            let _ = id;
             blank()
         }
-        "data_percent" | "snap_percent" | "metadata_percent" => blank(),
         _ => seg_value(f, r, cx),
     }
 }
@@ -479,7 +555,9 @@ fn seg_value(f: &FieldDef, r: &RowCtx<'_>, cx: &Ctx) -> Cell {
         "seg_size_pe" => n(seg.extent_count),
         "seg_tags" => list(tags(&seg.extra), true, ","),
         "seg_pe_ranges" => list(seg_areas(v, seg, true), false, " "),
-        "seg_le_ranges" => list(seg_areas(v, seg, true), false, ","),
+        "seg_le_ranges" => list(seg_le_ranges(v, seg), false, ","),
+        "data_copies" => n(1),
+        "zero" => unknown(),
         "devices" => list(seg_areas(v, seg, false), false, ","),
         "seg_monitor" => blank(),
         _ => blank(),
