@@ -33,3 +33,6 @@ pub use engine::{report, Command, Output, ReportArgs, ReportError, ReportFormat}
 pub use fields::{all_fields, help_text, lookup, FieldDef, FieldRef, Kind, Obj};
 pub use select::{parse as parse_selection, Op, SelectError, Selection};
 pub use units::{display_size, SuffixType, Units, UnitsError};
+
+#[cfg(test)]
+mod tests;
