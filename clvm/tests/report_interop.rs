@@ -465,6 +465,11 @@ fn reports_are_byte_identical_to_stock() -> Result<()> {
         vec!["lvs", &no_lv],
         vec!["lvs", "-o", ""],
         vec!["lvs", "--reportformat", "xml"],
+        vec!["lvs", "-a", "-o", "lv_all,seg_all", "--binary"],
+        vec!["pvs", "-o", "pv_all,vg_all", "--binary"],
+        vec!["pvs", "-o", "pv_all,vg_all"],
+        vec!["vgs", "-o", "vg_all", "--binary", "--reportformat", "json"],
+        vec!["lvs", "-a", "--segments", "--rows", "-o", "+lv_all"],
     ];
     let mut failures = Vec::new();
     for c in &cases {

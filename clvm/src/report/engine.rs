@@ -3,7 +3,7 @@
 //! headings, `--rows`, `--nameprefixes`, JSON.
 
 use super::data::{is_visible, process_order, pv_process_order, pv_segments, LvState, PvSeg, Source, VgFacts};
-use super::fields::{all_fields, all_match, help_text, lookup, FieldDef, FieldRef, Obj};
+use super::fields::{all_fields, all_match, help_text, lookup, FieldDef, FieldRef, Kind, Obj};
 use super::select::{self, Op, SelectError, Selection};
 use super::units::{Units, UnitsError};
 use super::values::{value, Cell, Ctx, RowCtx, SortVal};
@@ -24,8 +24,11 @@ pub enum Command {
 pub enum ReportFormat {
     /// `basic` (the default).
     Basic,
-    /// `json`.
+    /// `json`: every value a string.
     Json,
+    /// `json_std` (lvm2 2.03.17 and later; 2.03.16 refuses it): numbers and binary values
+    /// unquoted (empty = `null`), string lists as arrays.
+    JsonStd,
 }
 
 /// A report command line, as lvm2 parses it. Fields mirror the flags.
@@ -61,6 +64,8 @@ pub struct ReportArgs {
     pub unquoted: bool,
     /// `--rows`.
     pub rows: bool,
+    /// `--binary`: binary fields as 1/0 (-1 unknown).
+    pub binary: bool,
     /// `--reportformat` as given.
     pub reportformat: Option<String>,
     /// `-S/--select`.
@@ -88,6 +93,7 @@ impl ReportArgs {
             nameprefixes: false,
             unquoted: false,
             rows: false,
+            binary: false,
             reportformat: None,
             select: None,
             names: Vec::new(),
@@ -129,6 +135,7 @@ impl ReportArgs {
                 "--nameprefixes" => a.nameprefixes = true,
                 "--unquoted" => a.unquoted = true,
                 "--rows" => a.rows = true,
+                "--binary" => a.binary = true,
                 f if f.starts_with('-') && f.len() > 1 => return Err(ReportError::BadArgument(f.to_owned())),
                 name => a.names.push(name.to_owned()),
             }
@@ -327,6 +334,7 @@ pub fn report(args: &ReportArgs, src: &Source, state: &dyn Fn(&str, &str) -> LvS
     let format = match args.reportformat.as_deref() {
         None | Some("basic") => ReportFormat::Basic,
         Some("json") => ReportFormat::Json,
+        Some("json_std") => ReportFormat::JsonStd,
         Some(other) => return Err(ReportError::ReportFormat(other.to_owned())),
     };
     let (default_cols, default_keys, base) = defaults(args.command, args.segments, args.verbose);
@@ -521,7 +529,8 @@ pub fn report(args: &ReportArgs, src: &Source, state: &dyn Fn(&str, &str) -> LvS
         }
     }
 
-    let cx = Ctx { units };
+    let strict = format == ReportFormat::JsonStd;
+    let cx = Ctx { units, binary_numeric: args.binary || strict, strict };
     struct Row {
         cells: Vec<Cell>,
     }
@@ -541,6 +550,7 @@ pub fn report(args: &ReportArgs, src: &Source, state: &dyn Fn(&str, &str) -> LvS
                 FieldRef::Special(_) => Cell {
                     text: if selected { "1" } else { "0" }.to_owned(),
                     sort: SortVal::Num(if selected { 1.0 } else { 0.0 }),
+                    items: Vec::new(),
                 },
                 FieldRef::Table(_) => value(p.field.def(), c, &cx),
             })
@@ -548,7 +558,8 @@ pub fn report(args: &ReportArgs, src: &Source, state: &dyn Fn(&str, &str) -> LvS
         rows.push(Row { cells });
     }
 
-    let buffered = !args.unbuffered || !args.sort.is_empty() || format == ReportFormat::Json || args.rows;
+    let json = format != ReportFormat::Basic;
+    let buffered = !args.unbuffered || !args.sort.is_empty() || json || args.rows;
     if buffered && nkeys > 0 {
         let mut order: Vec<(usize, bool, usize)> =
             props.iter().enumerate().filter_map(|(i, p)| p.sort.map(|(pos, d)| (pos, d, i))).collect();
@@ -574,7 +585,7 @@ pub fn report(args: &ReportArgs, src: &Source, state: &dyn Fn(&str, &str) -> LvS
     let visible: Vec<usize> = (0..props.len()).filter(|&i| !props[i].hidden).collect();
     let w = &mut out.stdout;
 
-    if format == ReportFormat::Json {
+    if json {
         let name = match row_type {
             RowType::Pv => "pv",
             RowType::PvSeg => "pvseg",
@@ -587,7 +598,25 @@ pub fn report(args: &ReportArgs, src: &Source, state: &dyn Fn(&str, &str) -> LvS
         for (ri, row) in rows.iter().enumerate() {
             let body: Vec<String> = visible
                 .iter()
-                .map(|&i| format!("\"{}\":\"{}\"", props[i].field.def().id, row.cells[i].text.replace('"', "\\\"")))
+                .map(|&i| {
+                    let def = props[i].field.def();
+                    let cell = &row.cells[i];
+                    let q = |t: &str| format!("\"{}\"", t.replace('"', "\\\""));
+                    let v = match (format, def.kind) {
+                        (ReportFormat::JsonStd, Kind::StrList) => {
+                            format!("[{}]", cell.items.iter().map(|t| q(t)).collect::<Vec<_>>().join(","))
+                        }
+                        (ReportFormat::JsonStd, Kind::Num | Kind::Bin | Kind::SNum | Kind::Pct) => {
+                            if cell.text.is_empty() {
+                                "null".to_owned()
+                            } else {
+                                cell.text.clone()
+                            }
+                        }
+                        _ => q(&cell.text),
+                    };
+                    format!("\"{}\":{v}", def.id)
+                })
                 .collect();
             let comma = if ri + 1 < rows.len() { "," } else { "" };
             w.push_str(&format!("                  {{{}}}{comma}\n", body.join(", ")));

@@ -217,3 +217,41 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn json_std_types_values() {
+    let args = ReportArgs::parse(
+        Command::Lvs,
+        &[
+            "--reportformat",
+            "json_std",
+            "-o",
+            "lv_name,seg_count,lv_tags,lv_size,copy_percent,lv_device_open",
+            "vg/lin",
+        ],
+    )
+    .unwrap();
+    let mut src = source();
+    src.vgs[0].logical_volumes[0].extra.nodes.push((
+        None,
+        crate::text::Node::Pair {
+            key: "tags".into(),
+            value: crate::text::Value::Array(vec![
+                crate::text::Value::Str("b\"q".into()),
+                crate::text::Value::Str("a".into()),
+            ]),
+        },
+    ));
+    let out = report(&args, &src, &|_, _| LvState::Inactive).unwrap().stdout;
+    assert_eq!(
+        out,
+        "  {\n      \"report\": [\n          {\n              \"lv\": [\n                  \
+         {\"lv_name\":\"lin\", \"seg_count\":1, \"lv_tags\":[\"a\",\"b\\\"q\"], \"lv_size\":\"8.00m\", \
+         \"copy_percent\":null, \"lv_device_open\":-1}\n              ]\n          }\n      ]\n  }\n"
+    );
+    let args =
+        ReportArgs::parse(Command::Lvs, &["--binary", "-o", "lv_name,lv_device_open,lv_active_locally", "vg/lin"])
+            .unwrap();
+    let out = report(&args, &src, &state).unwrap().stdout;
+    assert_eq!(out, "  LV   DevOpen    ActLocal  \n  lin           1          1\n");
+}

@@ -10,6 +10,8 @@ use crate::vg::{LogicalVolume, PhysicalVolume, Segment};
 pub(crate) struct Cell {
     pub text: String,
     pub sort: SortVal,
+    /// The items of a string-list field (json_std prints them as an array).
+    pub items: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -32,27 +34,37 @@ pub(crate) struct RowCtx<'a> {
 
 pub(crate) struct Ctx {
     pub units: Units,
+    /// `--binary` or json_std: binary fields as 1/0/-1.
+    pub binary_numeric: bool,
+    /// json_std: strict types (vg_mda_copies unmanaged shows 0).
+    pub strict: bool,
 }
 
 fn s(t: impl Into<String>) -> Cell {
     let t = t.into();
-    Cell { sort: SortVal::Str(t.clone()), text: t }
+    Cell { sort: SortVal::Str(t.clone()), text: t, items: Vec::new() }
 }
 
 fn n(v: u64) -> Cell {
-    Cell { text: v.to_string(), sort: SortVal::Num(v as f64) }
+    Cell { text: v.to_string(), sort: SortVal::Num(v as f64), items: Vec::new() }
 }
 
 fn i(v: i64) -> Cell {
-    Cell { text: v.to_string(), sort: SortVal::Num(v as f64) }
+    Cell { text: v.to_string(), sort: SortVal::Num(v as f64), items: Vec::new() }
 }
 
 fn size(cx: &Ctx, sectors: u64) -> Cell {
-    Cell { text: cx.units.size(sectors, SuffixType::Unit), sort: SortVal::Num(sectors as f64) }
+    Cell { text: cx.units.size(sectors, SuffixType::Unit), sort: SortVal::Num(sectors as f64), items: Vec::new() }
 }
 
-fn bin(v: bool, word: &str) -> Cell {
-    Cell { text: if v { word.to_owned() } else { String::new() }, sort: SortVal::Num(if v { 1.0 } else { 0.0 }) }
+fn bin(cx: &Ctx, v: bool, word: &str) -> Cell {
+    let text = match (cx.binary_numeric, v) {
+        (true, true) => "1".to_owned(),
+        (true, false) => "0".to_owned(),
+        (false, true) => word.to_owned(),
+        (false, false) => String::new(),
+    };
+    Cell { text, sort: SortVal::Num(if v { 1.0 } else { 0.0 }), items: Vec::new() }
 }
 
 fn blank() -> Cell {
@@ -63,7 +75,9 @@ fn list(mut items: Vec<String>, sorted: bool, sep: &str) -> Cell {
     if sorted {
         items.sort();
     }
-    s(items.join(sep))
+    let mut c = s(items.join(sep));
+    c.items = items;
+    c
 }
 
 fn tags(extra: &crate::vg::Extra) -> Vec<String> {
@@ -318,9 +332,9 @@ pub(crate) fn value(f: &FieldDef, r: &RowCtx<'_>, cx: &Ctx) -> Cell {
             ),
             None => "---".to_owned(),
         }),
-        "pv_allocatable" => bin(r.pv.is_some_and(|p| has(&p.status, "ALLOCATABLE")), "allocatable"),
-        "pv_exported" => bin(r.vg.is_some_and(|v| has(&v.vg.status, "EXPORTED")), "exported"),
-        "pv_missing" => bin(r.pv.is_some() && r.pv_src.is_none(), "missing"),
+        "pv_allocatable" => bin(cx, r.pv.is_some_and(|p| has(&p.status, "ALLOCATABLE")), "allocatable"),
+        "pv_exported" => bin(cx, r.vg.is_some_and(|v| has(&v.vg.status, "EXPORTED")), "exported"),
+        "pv_missing" => bin(cx, r.pv.is_some() && r.pv_src.is_none(), "missing"),
         "pv_pe_count" => n(r.pv.map(|p| p.pe_count).unwrap_or(0)),
         "pv_pe_alloc_count" => n(pv_alloc(r)),
         "pv_tags" => list(r.pv.map(|p| tags(&p.extra)).unwrap_or_default(), true, ","),
@@ -328,29 +342,29 @@ pub(crate) fn value(f: &FieldDef, r: &RowCtx<'_>, cx: &Ctx) -> Cell {
         "pv_mda_used_count" => n(r.pv_src.map(|p| p.mdas.len() as u64).unwrap_or(0)),
         "pv_ba_start" => size(cx, 0),
         "pv_ba_size" => size(cx, 0),
-        "pv_in_use" => bin(r.pv.is_some(), "used"),
-        "pv_duplicate" => bin(false, "duplicate"),
+        "pv_in_use" => bin(cx, r.pv.is_some(), "used"),
+        "pv_duplicate" => bin(cx, false, "duplicate"),
         "pv_device_id" | "pv_device_id_type" => blank(),
         // ---- VG
-        "vg_fmt" => s(if r.vg.is_some() { "lvm2" } else { "" }),
+        "vg_fmt" => s("lvm2"),
         "vg_uuid" => s(r.vg.map(|v| v.vg.id.clone()).unwrap_or_default()),
         "vg_name" => s(r.vg.map(|v| v.vg.name.clone()).unwrap_or_default()),
         "vg_attr" => s(r.vg.map(vg_attr).unwrap_or_else(|| "r-----".to_owned())),
         "vg_permissions" => s(match r.vg {
             Some(v) if has(&v.vg.status, "WRITE") => "writeable",
-            Some(_) => "read-only",
-            None => "",
+            Some(_) | None => "read-only",
         }),
-        "vg_extendable" => bin(r.vg.is_some_and(|v| has(&v.vg.status, "RESIZEABLE")), "extendable"),
-        "vg_exported" => bin(r.vg.is_some_and(|v| has(&v.vg.status, "EXPORTED")), "exported"),
-        "vg_autoactivation" => bin(r.vg.is_some_and(|v| !has(&v.vg.flags, "NOAUTOACTIVATE")), "enabled"),
-        "vg_partial" => bin(r.vg.is_some_and(|v| v.dev_of.values().any(|d| d == "[unknown]")), "partial"),
+        "vg_extendable" => bin(cx, r.vg.is_some_and(|v| has(&v.vg.status, "RESIZEABLE")), "extendable"),
+        "vg_exported" => bin(cx, r.vg.is_some_and(|v| has(&v.vg.status, "EXPORTED")), "exported"),
+        "vg_autoactivation" => bin(cx, r.vg.is_none_or(|v| !has(&v.vg.flags, "NOAUTOACTIVATE")), "enabled"),
+        "vg_partial" => bin(cx, r.vg.is_some_and(|v| v.dev_of.values().any(|d| d == "[unknown]")), "partial"),
         "vg_allocation_policy" => s(r
             .vg
             .map(|v| extra_str(&v.vg.extra, "allocation_policy").unwrap_or_else(|| "normal".into()))
-            .unwrap_or_default()),
-        "vg_clustered" => bin(r.vg.is_some_and(|v| has(&v.vg.status, "CLUSTERED")), "clustered"),
+            .unwrap_or_else(|| "unknown".into())),
+        "vg_clustered" => bin(cx, r.vg.is_some_and(|v| has(&v.vg.status, "CLUSTERED")), "clustered"),
         "vg_shared" => bin(
+            cx,
             r.vg.is_some_and(|v| extra_str(&v.vg.extra, "lock_type").is_some_and(|t| t != "none" && t != "clvm")),
             "shared",
         ),
@@ -379,14 +393,17 @@ pub(crate) fn value(f: &FieldDef, r: &RowCtx<'_>, cx: &Ctx) -> Cell {
         "vg_mda_size" => size(cx, r.vg.and_then(|v| v.mdas().map(|m| m.size / 512).min()).unwrap_or(0)),
         "vg_mda_copies" => match r.vg.and_then(|v| v.vg.metadata_copies) {
             Some(c) if c > 0 => n(c),
+            _ if cx.strict => n(0),
             _ => s("unmanaged"),
         },
         _ => lv_value(f, r, cx),
     }
 }
 
-fn unknown() -> Cell {
-    Cell { text: "unknown".to_owned(), sort: SortVal::Num(-1.0) }
+/// An undefined binary value.
+fn unknown(cx: &Ctx) -> Cell {
+    let text = if cx.binary_numeric { "-1" } else { "unknown" };
+    Cell { text: text.to_owned(), sort: SortVal::Num(-1.0), items: Vec::new() }
 }
 
 fn lv_value(f: &FieldDef, r: &RowCtx<'_>, cx: &Ctx) -> Cell {
@@ -403,17 +420,17 @@ fn lv_value(f: &FieldDef, r: &RowCtx<'_>, cx: &Ctx) -> Cell {
     let role = v.role.get(lv.name.as_str()).copied();
     // A binary kernel fact: "unknown" unless the LV is active.
     let kbin = |val: bool, word: &str| match act {
-        Some(_) => bin(val, word),
-        None => unknown(),
+        Some(_) => bin(cx, val, word),
+        None => unknown(cx),
     };
     // A binary activation fact: "unknown" only when activation is off.
     let abin = |val: bool, word: &str| match state {
-        LvState::Unknown => unknown(),
-        _ => bin(val, word),
+        LvState::Unknown => unknown(cx),
+        _ => bin(cx, val, word),
     };
     match f.id {
         "lv_uuid" => s(lv.id.clone()),
-        "lv_name" => Cell { text: lv_display_name(lv), sort: SortVal::Str(lv.name.clone()) },
+        "lv_name" => Cell { text: lv_display_name(lv), sort: SortVal::Str(lv.name.clone()), items: Vec::new() },
         "lv_full_name" => s(format!("{vgname}/{}", lv.name)),
         "lv_path" => s(if is_visible(lv) { format!("/dev/{vgname}/{}", lv.name) } else { String::new() }),
         "lv_dm_path" => s(format!("/dev/mapper/{}", dm_name(vgname, &lv.name))),
@@ -443,18 +460,19 @@ fn lv_value(f: &FieldDef, r: &RowCtx<'_>, cx: &Ctx) -> Cell {
             Some(Role::Log) => "private,mirror,log",
             None => "public",
         }),
-        "lv_initial_image_sync" => bin(mirror && !has(&lv.flags, "NOTSYNCED"), "initial image sync"),
+        "lv_initial_image_sync" => bin(cx, mirror && !has(&lv.flags, "NOTSYNCED"), "initial image sync"),
         "lv_image_synced" => bin(
+            cx,
             role == Some(Role::Image) && act.is_some_and(|a| a.sync_percent.is_none_or(|p| p >= 100.0)),
             "image synced",
         ),
-        "lv_merging" => bin(false, "merging"),
-        "lv_converting" => bin(has(&lv.status, "CONVERTING"), "converting"),
+        "lv_merging" => bin(cx, false, "merging"),
+        "lv_converting" => bin(cx, has(&lv.status, "CONVERTING"), "converting"),
         "lv_allocation_policy" => s(extra_str(&lv.extra, "allocation_policy").unwrap_or_else(|| "inherit".into())),
-        "lv_allocation_locked" => bin(has(&lv.status, "LOCKED"), "allocation locked"),
-        "lv_fixed_minor" => bin(has(&lv.status, "FIXED_MINOR"), "fixed minor"),
-        "lv_skip_activation" => bin(has(&lv.flags, "ACTIVATION_SKIP"), "skip activation"),
-        "lv_autoactivation" => bin(!has(&lv.flags, "NOAUTOACTIVATE"), "enabled"),
+        "lv_allocation_locked" => bin(cx, has(&lv.status, "LOCKED"), "allocation locked"),
+        "lv_fixed_minor" => bin(cx, has(&lv.status, "FIXED_MINOR"), "fixed minor"),
+        "lv_skip_activation" => bin(cx, has(&lv.flags, "ACTIVATION_SKIP"), "skip activation"),
+        "lv_autoactivation" => bin(cx, !has(&lv.flags, "NOAUTOACTIVATE"), "enabled"),
         "lv_when_full" => blank(),
         "lv_attr" => s(lv_attr(v, lv, state)),
         "lv_active" => s(match state {
@@ -466,7 +484,7 @@ fn lv_value(f: &FieldDef, r: &RowCtx<'_>, cx: &Ctx) -> Cell {
         "lv_active_remotely" => abin(false, "active remotely"),
         "lv_active_exclusively" => abin(act.is_some(), "active exclusively"),
         "lv_major" | "lv_minor" => i(-1),
-        "lv_read_ahead" => Cell { text: "auto".into(), sort: SortVal::Num(u64::MAX as f64) },
+        "lv_read_ahead" => Cell { text: "auto".into(), sort: SortVal::Num(u64::MAX as f64), items: Vec::new() },
         "lv_size" => size(cx, lv.extent_count() * v.vg.extent_size),
         "seg_count" => n(lv.segments.len() as u64),
         "raidintegrityblocksize" | "writecache_block_size" => i(-1),
@@ -491,10 +509,10 @@ fn lv_value(f: &FieldDef, r: &RowCtx<'_>, cx: &Ctx) -> Cell {
         "lv_live_table" => kbin(act.is_some(), "live table present"),
         "lv_inactive_table" => kbin(false, "inactive table present"),
         "lv_device_open" => kbin(act.is_some_and(|a| a.open), "open"),
-        "lv_check_needed" | "lv_merge_failed" | "lv_snapshot_invalid" => unknown(),
+        "lv_check_needed" | "lv_merge_failed" | "lv_snapshot_invalid" => unknown(cx),
         "lv_tags" => list(tags(&lv.extra), true, ","),
         "lv_time" => match lv.creation_time.filter(|t| *t != 0) {
-            Some(t) => Cell { text: super::display::format_time(t), sort: SortVal::Num(t as f64) },
+            Some(t) => Cell { text: super::display::format_time(t), sort: SortVal::Num(t as f64), items: Vec::new() },
             None => blank(),
         },
         "lv_host" => s(lv.creation_host.clone().unwrap_or_default()),
@@ -511,13 +529,13 @@ fn lv_value(f: &FieldDef, r: &RowCtx<'_>, cx: &Ctx) -> Cell {
             m.dedup();
             list(m, true, ",")
         }
-        "lv_historical" => bin(false, "historical"),
+        "lv_historical" => bin(cx, false, "historical"),
         "mirror_log" => s(mirror_log_of(lv)
             .map(|l| v.vg.lv(l).map(lv_display_name).unwrap_or_else(|| l.to_owned()))
             .unwrap_or_default()),
         "mirror_log_uuid" => s(mirror_log_of(lv).and_then(|l| v.vg.lv(l)).map(|l| l.id.clone()).unwrap_or_default()),
         "copy_percent" | "sync_percent" => match act.and_then(|a| a.sync_percent) {
-            Some(p) if mirror => Cell { text: format!("{p:.2}"), sort: SortVal::Num(p) },
+            Some(p) if mirror => Cell { text: format!("{p:.2}"), sort: SortVal::Num(p), items: Vec::new() },
             _ => blank(),
         },
         id if f.obj == Obj::Lvs || f.obj == Obj::LvsInfo || f.obj == Obj::LvsStatus => {
@@ -557,7 +575,7 @@ fn seg_value(f: &FieldDef, r: &RowCtx<'_>, cx: &Ctx) -> Cell {
         "seg_pe_ranges" => list(seg_areas(v, seg, true), false, " "),
         "seg_le_ranges" => list(seg_le_ranges(v, seg), false, ","),
         "data_copies" => n(1),
-        "zero" => unknown(),
+        "zero" => unknown(cx),
         "devices" => list(seg_areas(v, seg, false), false, ","),
         "seg_monitor" => blank(),
         _ => blank(),
