@@ -424,6 +424,8 @@ fn reports_are_byte_identical_to_stock() -> Result<()> {
         vec!["lvdisplay", "-c"],
         vec!["lvdisplay", "-a"],
         vec!["lvdisplay", vb],
+        vec!["lvdisplay", "-m", "-a"],
+        vec!["pvdisplay", "-m"],
         vec!["pvs", "-o", "pv_all"],
         vec!["pvs", "-o", "pvall,vg_name"],
         vec!["vgs", "-o", "vg_all"],

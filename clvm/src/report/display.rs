@@ -1,7 +1,7 @@
 //! `pvdisplay`, `vgdisplay`, `lvdisplay` (lvm2's `lib/display/display.c`): the full layout,
 //! `-c` (colon-separated) and `-s` (short).
 
-use super::data::{has, is_visible, process_order, pv_process_order, LvState, Source, VgFacts};
+use super::data::{area_len, has, is_visible, process_order, pv_process_order, pv_segments, LvState, Source, VgFacts};
 use super::engine::{Output, ReportError};
 use super::units::{SuffixType, Units};
 use crate::vg::LogicalVolume;
@@ -32,12 +32,14 @@ pub struct DisplayArgs {
     pub names: Vec<String>,
     /// `-a` for lvdisplay: hidden LVs too.
     pub all: bool,
+    /// `-m/--maps` (pvdisplay, lvdisplay): the segment maps after each block.
+    pub maps: bool,
 }
 
 impl DisplayArgs {
     /// The command with no flags.
     pub fn new(command: DisplayCommand) -> DisplayArgs {
-        DisplayArgs { command, colon: false, short: false, units: None, names: Vec::new(), all: false }
+        DisplayArgs { command, colon: false, short: false, units: None, names: Vec::new(), all: false, maps: false }
     }
 
     /// Parses `-c/--colon`, `-s/--short`, `-a/--all`, `--units U`; other words are names.
@@ -49,6 +51,7 @@ impl DisplayArgs {
                 "-c" | "--colon" => a.colon = true,
                 "-s" | "--short" => a.short = true,
                 "-a" | "--all" => a.all = true,
+                "-m" | "--maps" => a.maps = true,
                 "--units" => {
                     a.units = Some(it.next().ok_or_else(|| ReportError::BadArgument(arg.to_owned()))?.to_owned())
                 }
@@ -111,6 +114,69 @@ fn alloc_string(lv: &LogicalVolume) -> String {
             _ => None,
         })
         .unwrap_or_else(|| "inherit".to_owned())
+}
+
+/// `lvdisplay_segments`: the `--- Segments ---` map of one LV.
+fn lv_segments(p: &mut dyn FnMut(&str), f: &VgFacts<'_>, lv: &LogicalVolume, st: LvState, sz: &dyn Fn(u64) -> String) {
+    p("--- Segments ---");
+    for seg in &lv.segments {
+        p(&format!(
+            "Logical extents {} to {}:",
+            seg.start_extent,
+            (seg.start_extent + seg.extent_count).saturating_sub(1)
+        ));
+        let stripe = |p: &mut dyn FnMut(&str), i: usize, pre: &str| {
+            if let Some(a) = seg.stripes.get(i) {
+                let dev = f.dev_of.get(a.name.as_str()).cloned().unwrap_or_else(|| "Missing".to_owned());
+                p(&format!("{pre}Physical volume\t{dev}"));
+                p(&format!("{pre}Physical extents\t{} to {}", a.start, (a.start + area_len(seg)).saturating_sub(1)));
+            } else if let Some(a) = seg.mirrors.get(i) {
+                p(&format!("{pre}Logical volume\t{}", a.name));
+                p(&format!("{pre}Logical extents\t{} to {}", a.start, (a.start + area_len(seg)).saturating_sub(1)));
+            }
+        };
+        if seg.segtype == "mirror" {
+            p("  Type\t\tmirror");
+            p(&format!(
+                "  Monitoring\t\t{}",
+                match st {
+                    LvState::Unknown => "",
+                    LvState::Inactive => "not monitored",
+                    LvState::Active(_) => "monitored",
+                }
+            ));
+            p(&format!("  Mirrors\t\t{}", seg.mirrors.len()));
+            p(&format!("  Mirror size\t\t{}", seg.extent_count));
+            if let Some(l) = &seg.mirror_log {
+                p(&format!("  Mirror log volume\t{l}"));
+            }
+            if let Some(r) = seg.region_size.filter(|r| *r > 0) {
+                p(&format!("  Mirror region size\t{}", sz(r)));
+            }
+            p("  Mirror original:");
+            stripe(p, 0, "    ");
+            p("  Mirror destinations:");
+            for i in 1..seg.mirrors.len() {
+                stripe(p, i, "    ");
+            }
+        } else if seg.segtype == "striped" {
+            p(&format!("  Type\t\t{}", if seg.stripes.len() == 1 { "linear" } else { "striped" }));
+            if seg.stripes.len() == 1 {
+                stripe(p, 0, "  ");
+            } else {
+                p(&format!("  Stripes\t\t{}", seg.stripes.len()));
+                p(&format!("  Stripe size\t\t{}", sz(seg.stripe_size.unwrap_or(0))));
+                for i in 0..seg.stripes.len() {
+                    p(&format!("  Stripe {i}:"));
+                    stripe(p, i, "    ");
+                }
+            }
+        } else {
+            p(&format!("  Type\t\t{}", seg.segtype));
+        }
+        p(" ");
+    }
+    p(" ");
 }
 
 /// Renders a display command.
@@ -202,6 +268,28 @@ pub fn display(args: &DisplayArgs, src: &Source, state: &dyn Fn(&str, &str) -> L
                 p(&format!("Allocated PE          {alloc}"));
                 p(&format!("PV UUID               {uuid}"));
                 p(" ");
+                if args.maps {
+                    if pe_size > 0 {
+                        p("--- Physical Segments ---");
+                    }
+                    if let (Some(f), Some(pv)) = (f, pv) {
+                        for ps in pv_segments(f, &pv.name, pv.pe_count) {
+                            p(&format!("Physical extent {} to {}:", ps.start, (ps.start + ps.len).saturating_sub(1)));
+                            match ps.used {
+                                Some((lv, seg)) => {
+                                    p(&format!("  Logical volume\t/dev/{}/{}", f.vg.name, lv.name));
+                                    p(&format!(
+                                        "  Logical extents\t{} to {}",
+                                        seg.start_extent,
+                                        (seg.start_extent + seg.extent_count).saturating_sub(1)
+                                    ));
+                                }
+                                None => p("  FREE"),
+                            }
+                        }
+                    }
+                    p(" ");
+                }
             }
         }
         DisplayCommand::Vg => {
@@ -383,6 +471,9 @@ pub fn display(args: &DisplayArgs, src: &Source, state: &dyn Fn(&str, &str) -> L
                         }
                     }
                     p(" ");
+                    if args.maps {
+                        lv_segments(&mut p, f, lv, st, &sz);
+                    }
                 }
             }
         }
