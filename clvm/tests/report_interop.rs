@@ -426,6 +426,7 @@ fn reports_are_byte_identical_to_stock() -> Result<()> {
         vec!["lvdisplay", vb],
         vec!["lvdisplay", "-m", "-a"],
         vec!["pvdisplay", "-m"],
+        vec!["vgdisplay", "-v"],
         vec!["pvs", "-o", "pv_all"],
         vec!["pvs", "-o", "pvall,vg_name"],
         vec!["vgs", "-o", "vg_all"],

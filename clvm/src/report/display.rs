@@ -34,12 +34,23 @@ pub struct DisplayArgs {
     pub all: bool,
     /// `-m/--maps` (pvdisplay, lvdisplay): the segment maps after each block.
     pub maps: bool,
+    /// `-v` (vgdisplay): each LV and a short block per PV after the VG.
+    pub verbose: bool,
 }
 
 impl DisplayArgs {
     /// The command with no flags.
     pub fn new(command: DisplayCommand) -> DisplayArgs {
-        DisplayArgs { command, colon: false, short: false, units: None, names: Vec::new(), all: false, maps: false }
+        DisplayArgs {
+            command,
+            colon: false,
+            short: false,
+            units: None,
+            names: Vec::new(),
+            all: false,
+            maps: false,
+            verbose: false,
+        }
     }
 
     /// Parses `-c/--colon`, `-s/--short`, `-a/--all`, `--units U`; other words are names.
@@ -52,6 +63,7 @@ impl DisplayArgs {
                 "-s" | "--short" => a.short = true,
                 "-a" | "--all" => a.all = true,
                 "-m" | "--maps" => a.maps = true,
+                "-v" | "--verbose" => a.verbose = true,
                 "--units" => {
                     a.units = Some(it.next().ok_or_else(|| ReportError::BadArgument(arg.to_owned()))?.to_owned())
                 }
@@ -114,6 +126,61 @@ fn alloc_string(lv: &LogicalVolume) -> String {
             _ => None,
         })
         .unwrap_or_else(|| "inherit".to_owned())
+}
+
+/// `lvdisplay_full` for one LV (without its trailing blank line).
+fn lv_full(p: &mut dyn FnMut(&str), f: &VgFacts<'_>, lv: &LogicalVolume, st: LvState, sz: &dyn Fn(u64) -> String) {
+    let vg = f.vg;
+    let inkernel = st.active().is_some();
+    let size = lv.extent_count() * vg.extent_size;
+    p("--- Logical volume ---");
+    if is_visible(lv) {
+        p(&format!("LV Path                /dev/{}/{}", vg.name, lv.name));
+        p(&format!("LV Name                {}", lv.name));
+    } else {
+        p(&format!("Internal LV Name       {}", lv.name));
+    }
+    p(&format!("VG Name                {}", vg.name));
+    p(&format!("LV UUID                {}", lv.id));
+    p(&format!("LV Write Access        {}", if has(&lv.status, "WRITE") { "read/write" } else { "read only" }));
+    p(&format!(
+        "LV Creation host, time {}, {}",
+        lv.creation_host.clone().unwrap_or_default(),
+        lv.creation_time.filter(|t| *t != 0).map(format_time).unwrap_or_default()
+    ));
+    let partial = lv
+        .segments
+        .iter()
+        .any(|s| s.stripes.iter().any(|a| f.dev_of.get(a.name.as_str()).is_some_and(|d| d == "[unknown]")));
+    if let Some(a) = st.active().filter(|a| a.suspended) {
+        let _ = a;
+        p("LV Status              suspended");
+    } else if st != LvState::Unknown {
+        p(&format!(
+            "LV Status              {}available{}",
+            if inkernel { "" } else { "NOT " },
+            if partial { " (partial)" } else { "" }
+        ));
+    }
+    if let Some(a) = st.active() {
+        p(&format!("# open                 {}", u8::from(a.open)));
+    }
+    p(&format!("LV Size                {}", sz(size)));
+    p(&format!("Current LE             {}", lv.extent_count()));
+    if let Some(m) = lv.segments.iter().find(|s| s.segtype == "mirror") {
+        p(&format!("Mirrored volumes       {}", m.mirrors.len()));
+    }
+    p(&format!("Segments               {}", lv.segments.len()));
+    p(&format!("Allocation             {}", alloc_string(lv)));
+    p("Read ahead sectors     auto");
+    if let Some(a) = st.active() {
+        if let Some(ra) = a.read_ahead {
+            p(&format!("- currently set to     {ra}"));
+        }
+        if let Some((ma, mi)) = a.devno {
+            p(&format!("Block device           {ma}:{mi}"));
+        }
+    }
 }
 
 /// `lvdisplay_segments`: the `--- Segments ---` map of one LV.
@@ -384,6 +451,25 @@ pub fn display(args: &DisplayArgs, src: &Source, state: &dyn Fn(&str, &str) -> L
                 p(&format!("Free  PE / Size       {} / {}", free, sz(free * vg.extent_size)));
                 p(&format!("VG UUID               {}", vg.id));
                 p(" ");
+                if args.verbose {
+                    for lv in vg.logical_volumes.iter().filter(|l| is_visible(l)) {
+                        lv_full(&mut p, f, lv, state(&vg.name, &lv.name), &sz);
+                        p(" ");
+                    }
+                    p("--- Physical volumes ---");
+                    for pv in &vg.physical_volumes {
+                        let dev = f.dev_of.get(pv.name.as_str()).cloned().unwrap_or_default();
+                        let alloc = f.alloc.get(pv.name.as_str()).copied().unwrap_or(0);
+                        p(&format!("PV Name               {dev}     "));
+                        p(&format!("PV UUID               {}", pv.id));
+                        p(&format!(
+                            "PV Status             {}allocatable",
+                            if has(&pv.status, "ALLOCATABLE") { "" } else { "NOT " }
+                        ));
+                        p(&format!("Total PE / Free PE    {} / {}", pv.pe_count, pv.pe_count - alloc));
+                        p(" ");
+                    }
+                }
             }
         }
         DisplayCommand::Lv => {
@@ -420,56 +506,7 @@ pub fn display(args: &DisplayArgs, src: &Source, state: &dyn Fn(&str, &str) -> L
                         ));
                         continue;
                     }
-                    p("--- Logical volume ---");
-                    if is_visible(lv) {
-                        p(&format!("LV Path                /dev/{}/{}", vg.name, lv.name));
-                        p(&format!("LV Name                {}", lv.name));
-                    } else {
-                        p(&format!("Internal LV Name       {}", lv.name));
-                    }
-                    p(&format!("VG Name                {}", vg.name));
-                    p(&format!("LV UUID                {}", lv.id));
-                    p(&format!(
-                        "LV Write Access        {}",
-                        if has(&lv.status, "WRITE") { "read/write" } else { "read only" }
-                    ));
-                    p(&format!(
-                        "LV Creation host, time {}, {}",
-                        lv.creation_host.clone().unwrap_or_default(),
-                        lv.creation_time.filter(|t| *t != 0).map(format_time).unwrap_or_default()
-                    ));
-                    let partial = lv.segments.iter().any(|s| {
-                        s.stripes.iter().any(|a| f.dev_of.get(a.name.as_str()).is_some_and(|d| d == "[unknown]"))
-                    });
-                    if let Some(a) = st.active().filter(|a| a.suspended) {
-                        let _ = a;
-                        p("LV Status              suspended");
-                    } else if st != LvState::Unknown {
-                        p(&format!(
-                            "LV Status              {}available{}",
-                            if inkernel { "" } else { "NOT " },
-                            if partial { " (partial)" } else { "" }
-                        ));
-                    }
-                    if let Some(a) = st.active() {
-                        p(&format!("# open                 {}", u8::from(a.open)));
-                    }
-                    p(&format!("LV Size                {}", sz(size)));
-                    p(&format!("Current LE             {}", lv.extent_count()));
-                    if let Some(m) = lv.segments.iter().find(|s| s.segtype == "mirror") {
-                        p(&format!("Mirrored volumes       {}", m.mirrors.len()));
-                    }
-                    p(&format!("Segments               {}", lv.segments.len()));
-                    p(&format!("Allocation             {}", alloc_string(lv)));
-                    p("Read ahead sectors     auto");
-                    if let Some(a) = st.active() {
-                        if let Some(ra) = a.read_ahead {
-                            p(&format!("- currently set to     {ra}"));
-                        }
-                        if let Some((ma, mi)) = a.devno {
-                            p(&format!("Block device           {ma}:{mi}"));
-                        }
-                    }
+                    lv_full(&mut p, f, lv, st, &sz);
                     p(" ");
                     if args.maps {
                         lv_segments(&mut p, f, lv, st, &sz);
