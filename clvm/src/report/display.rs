@@ -142,7 +142,12 @@ fn lv_full(p: &mut dyn FnMut(&str), f: &VgFacts<'_>, lv: &LogicalVolume, st: LvS
     }
     p(&format!("VG Name                {}", vg.name));
     p(&format!("LV UUID                {}", lv.id));
-    p(&format!("LV Write Access        {}", if has(&lv.status, "WRITE") { "read/write" } else { "read only" }));
+    let access = match (has(&lv.status, "WRITE"), st.active().is_some_and(|a| a.read_only)) {
+        (true, true) => "read/write (activated read only)",
+        (true, false) => "read/write",
+        _ => "read only",
+    };
+    p(&format!("LV Write Access        {access}"));
     p(&format!(
         "LV Creation host, time {}, {}",
         lv.creation_host.clone().unwrap_or_default(),
