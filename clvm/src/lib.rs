@@ -45,6 +45,7 @@
 #![forbid(unsafe_code)]
 
 mod format;
+pub mod report;
 
 pub mod activate;
 pub mod alloc;
