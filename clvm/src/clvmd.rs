@@ -257,8 +257,11 @@ impl State {
                 };
                 match done {
                     Some(Ok(_)) => {
-                        let seqno =
-                            if lock.sbflags().contains(SbFlags::VALNOTVALID) { None } else { lock.lvb().and_then(seqno_of) };
+                        let seqno = if lock.sbflags().contains(SbFlags::VALNOTVALID) {
+                            None
+                        } else {
+                            lock.lvb().and_then(seqno_of)
+                        };
                         Some(Ok((Held::Dlm(lock), seqno)))
                     }
                     Some(Err(dlm::ClientError::Status(dlm::Status::WouldBlock))) if nowait => {

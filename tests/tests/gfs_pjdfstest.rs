@@ -115,17 +115,24 @@ fn pjdfstest_on_a_striped_lv_over_two_gnbd_exports() {
     for k in 0..2 {
         let f = server.path(format!("pv{k}.img"));
         std::fs::File::create(&f).and_then(|h| h.set_len(640 << 20)).expect("export file");
-        run(gnbd_export_cmd(server.state_dir()).args(["-e", &format!("pv{k}"), "-d"]).arg(&f)).assert_success("gnbd_export");
+        run(gnbd_export_cmd(server.state_dir()).args(["-e", &format!("pv{k}"), "-d"]).arg(&f))
+            .assert_success("gnbd_export");
         uris.push(server.uri(&format!("pv{k}")).replace("nbd://", "gnbd://"));
     }
     let etc = work.join("etc");
     std::fs::create_dir(&etc).unwrap();
     let quoted: Vec<String> = uris.iter().map(|u| format!("\"{u}\"")).collect();
-    std::fs::write(etc.join("clvm.conf"), format!("devices {{\n\tdevices = [ {} ]\n\tscan = [ ]\n}}\n", quoted.join(", ")))
-        .unwrap();
+    std::fs::write(
+        etc.join("clvm.conf"),
+        format!("devices {{\n\tdevices = [ {} ]\n\tscan = [ ]\n}}\n", quoted.join(", ")),
+    )
+    .unwrap();
     let clvm = |args: &[&str]| {
-        run_timeout(Command::new(bin_dir().join("clvm")).args(args).env("LVM_SYSTEM_DIR", &etc), Duration::from_secs(60))
-            .assert_success(&format!("clvm {}", args.join(" ")));
+        run_timeout(
+            Command::new(bin_dir().join("clvm")).args(args).env("LVM_SYSTEM_DIR", &etc),
+            Duration::from_secs(60),
+        )
+        .assert_success(&format!("clvm {}", args.join(" ")));
     };
     clvm(&["vgcreate", "pjdvg", &uris[0], &uris[1]]);
     clvm(&["lvcreate", "-L", "1G", "-i", "2", "-I", "64k", "-n", "fs", "pjdvg"]);

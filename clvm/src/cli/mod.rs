@@ -5,6 +5,7 @@
 pub mod env;
 mod lv;
 mod pv;
+mod reports;
 pub mod tx;
 mod vg;
 
@@ -96,6 +97,18 @@ pub enum Cmd {
     Lvremove(lv::Lvremove),
     /// Rename a logical volume.
     Lvrename(lv::Lvrename),
+    /// Report on physical volumes (LVM2's options: -o, -O, -S, --units, --reportformat, ...).
+    Pvs(reports::Raw),
+    /// Report on volume groups.
+    Vgs(reports::Raw),
+    /// Report on logical volumes.
+    Lvs(reports::Raw),
+    /// Show physical volumes (full, -c, -s, -m).
+    Pvdisplay(reports::Raw),
+    /// Show volume groups (full, -c, -s, -v).
+    Vgdisplay(reports::Raw),
+    /// Show logical volumes (full, -c, -m).
+    Lvdisplay(reports::Raw),
 }
 
 /// The classic names the binary answers to (links to it).
@@ -118,6 +131,12 @@ pub const COMMANDS: &[&str] = &[
     "lvresize",
     "lvremove",
     "lvrename",
+    "pvs",
+    "vgs",
+    "lvs",
+    "pvdisplay",
+    "vgdisplay",
+    "lvdisplay",
 ];
 
 /// The arguments with the subcommand inserted when called as `pvcreate` and the like.
@@ -137,6 +156,7 @@ pub fn args_from(argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    use crate::report::{Command as R, DisplayCommand as D};
     let env = Env::new(cli.common)?;
     match cli.cmd {
         Cmd::Pvcreate(a) => pv::pvcreate(&env, a),
@@ -157,5 +177,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Lvresize(a) => lv::lvresize(&env, a, lv::Direction::Either),
         Cmd::Lvremove(a) => lv::lvremove(&env, a),
         Cmd::Lvrename(a) => lv::lvrename(&env, a),
+        // The report layer parses LVM2's report options itself.
+        Cmd::Pvs(a) => reports::run_report(env.common, R::Pvs, a),
+        Cmd::Vgs(a) => reports::run_report(env.common, R::Vgs, a),
+        Cmd::Lvs(a) => reports::run_report(env.common, R::Lvs, a),
+        Cmd::Pvdisplay(a) => reports::run_display(env.common, D::Pv, a),
+        Cmd::Vgdisplay(a) => reports::run_display(env.common, D::Vg, a),
+        Cmd::Lvdisplay(a) => reports::run_display(env.common, D::Lv, a),
     }
 }
