@@ -11,6 +11,7 @@ mod vg;
 
 use clap::{Parser, Subcommand};
 pub use env::{Common, Env};
+pub use reports::source as reports_source;
 pub use vg::check_model as vg_check;
 
 const AFTER_HELP: &str = "\
