@@ -150,15 +150,27 @@ fn parse_gnbd_spec(spec: &str) -> Result<(String, &str), DeviceError> {
 }
 
 impl GnbdDevice {
-    /// Connects to `gnbd://SERVER[:PORT]/NAME` (port 10809 if not given).
+    /// Connects to `gnbd://SERVER[:PORT]/NAME` (port 10809 if not given); requests wait for
+    /// an unreachable server forever (reconnecting and resubmitting).
     pub fn connect(spec: &str) -> Result<Self, DeviceError> {
+        Self::connect_with(spec, None)
+    }
+
+    /// As [`GnbdDevice::connect`]; with `io_timeout`, a request the server cannot answer for
+    /// that long fails instead (GNBD's timeout mode: what a mirror leg needs, so that a dead
+    /// server's leg is dropped rather than stalling the volume).
+    pub fn connect_with(spec: &str, io_timeout: Option<std::time::Duration>) -> Result<Self, DeviceError> {
         let (addr, name) = parse_gnbd_spec(spec)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .map_err(|source| DeviceError::Open { spec: spec.into(), source })?;
-        let opts = gnbd_client::ClientOptions::new(addr, name);
+        let mut opts = gnbd_client::ClientOptions::new(addr, name);
+        opts.io_timeout = io_timeout;
+        if let Some(t) = io_timeout {
+            opts.connect_timeout = opts.connect_timeout.min(t);
+        }
         let client = rt
             .block_on(gnbd_client::Client::connect(opts))
             .map_err(|e| DeviceError::Connect { spec: spec.into(), reason: e.to_string() })?;
@@ -189,8 +201,17 @@ impl Device for GnbdDevice {
 
 /// Opens a device by name: `gnbd://...` through the client library, anything else as a path.
 pub fn open_device(spec: &str) -> Result<Arc<dyn Device>, DeviceError> {
+    open_device_with(spec, None)
+}
+
+/// As [`open_device`], with an I/O timeout for `gnbd://` devices (see
+/// [`GnbdDevice::connect_with`]).
+pub fn open_device_with(
+    spec: &str,
+    gnbd_io_timeout: Option<std::time::Duration>,
+) -> Result<Arc<dyn Device>, DeviceError> {
     if spec.starts_with("gnbd://") {
-        Ok(Arc::new(GnbdDevice::connect(spec)?))
+        Ok(Arc::new(GnbdDevice::connect_with(spec, gnbd_io_timeout)?))
     } else {
         Ok(Arc::new(FileDevice::open(spec)?))
     }

@@ -8,15 +8,24 @@ use blockdev::Device;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// How often an open mirror probes failed legs and resyncs.
+pub const MONITOR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The prefix of an LV named as a device.
 pub const LVM_PREFIX: &str = "lvm:";
 
 /// Opens `lvm:VG/LV` (also `lvm:/dev/VG/LV`). Every PV the LV uses must be present; a mirror
 /// with a leg missing opens degraded.
 pub fn open_lv(spec: &str) -> Result<Arc<dyn Device>, String> {
-    let path = spec.strip_prefix(LVM_PREFIX).ok_or_else(|| format!("{spec}: expected lvm:VG/LV"))?;
-    let (vg_name, lv_name) = split_lv_path(path).ok_or_else(|| format!("{spec}: expected lvm:VG/LV"))?;
     let env = Env::new(Common::default()).map_err(|e| e.to_string())?;
+    Ok(open_lv_in(&env, spec)?)
+}
+
+/// As [`open_lv`], scanning the devices `env` names; the LV device itself (mirror state,
+/// resync) rather than a plain device.
+pub fn open_lv_in(env: &Env, spec: &str) -> Result<Arc<LvDevice>, String> {
+    let path = spec.strip_prefix(LVM_PREFIX).unwrap_or(spec);
+    let (vg_name, lv_name) = split_lv_path(path).ok_or_else(|| format!("{spec}: expected lvm:VG/LV"))?;
     let scan = env.scan();
     let found = scan.vgs.get(&vg_name).ok_or_else(|| {
         format!(
@@ -34,6 +43,8 @@ pub fn open_lv(spec: &str) -> Result<Arc<dyn Device>, String> {
         .iter()
         .filter_map(|p| scan.pv_by_uuid(&p.id).map(|i| (p.name.clone(), scan.pvs[i].dev.clone())))
         .collect();
-    let dev = LvDevice::new(found.vg.clone(), &lv_name, pvs).map_err(|e| e.to_string())?;
-    Ok(Arc::new(dev))
+    let dev = Arc::new(LvDevice::new(found.vg.clone(), &lv_name, pvs).map_err(|e| e.to_string())?);
+    // Mirrors: probe failed legs and resync stale regions in the background.
+    dev.start_monitor(MONITOR_INTERVAL);
+    Ok(dev)
 }

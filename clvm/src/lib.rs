@@ -54,6 +54,7 @@ pub mod clvmd;
 pub mod disk;
 pub mod lock;
 pub mod map;
+pub mod mirror;
 pub mod ops;
 pub mod scan;
 

@@ -155,16 +155,23 @@ fn map_segment(
 }
 
 /// An LV as a block device over the devices of its VG's PVs. Mirror writes go to every leg
-/// that has not failed; reads come from the first healthy leg (then the others on error);
-/// a leg whose device fails is dropped and the LV keeps serving from the rest.
+/// that has not failed, with the region log marking what they touch; reads come from a
+/// healthy leg (an in-sync one for a stale region), then the others on error; a leg whose
+/// device fails is dropped and the LV keeps serving from the rest. [`LvDevice::check_legs`]
+/// notices a failed leg that answers again and [`LvDevice::resync`] brings it back in sync;
+/// [`LvDevice::start_monitor`] does both in the background.
 pub struct LvDevice {
     vg: VolumeGroup,
     lv: String,
     size: u64,
     /// PV name in the VG → its device.
     pvs: BTreeMap<String, Arc<dyn Device>>,
-    /// PV names whose devices failed.
-    failed: std::sync::Mutex<Vec<String>>,
+    /// The region log and leg health, for a mirror.
+    mirror: Option<crate::mirror::Mirror>,
+    /// PV names holding mirror legs.
+    legs: Vec<String>,
+    /// PV names the LV (or its log) uses: what a sync flushes.
+    used: Vec<String>,
     degraded: AtomicBool,
 }
 
@@ -182,21 +189,57 @@ impl LvDevice {
         let size = lv_size(&vg, l);
         // Validate the whole map once, so I/O never meets a bad segment.
         let pieces = map(&vg, lv, 0, size)?;
-        let mut failed = Vec::new();
+        let mut missing = Vec::new();
+        let mut legs = Vec::new();
+        let mut used: Vec<String> = Vec::new();
         for p in &pieces {
+            for (n, _) in &p.copies {
+                if !used.contains(n) && pvs.contains_key(n) {
+                    used.push(n.clone());
+                }
+            }
             let present = p.copies.iter().filter(|(n, _)| pvs.contains_key(n)).count();
             if present == 0 {
                 let (n, _) = &p.copies[0];
                 return Err(MapError::BadArea { lv: lv.into(), area: format!("{n} (its device is missing)") });
             }
-            for (n, _) in &p.copies {
-                if !pvs.contains_key(n) && !failed.contains(n) {
-                    failed.push(n.clone());
+            if p.copies.len() > 1 {
+                for (n, _) in &p.copies {
+                    if !legs.contains(n) {
+                        legs.push(n.clone());
+                    }
+                    if !pvs.contains_key(n) && !missing.contains(n) {
+                        missing.push(n.clone());
+                    }
                 }
             }
         }
-        let degraded = AtomicBool::new(!failed.is_empty());
-        Ok(LvDevice { vg, lv: lv.to_owned(), size, pvs, failed: std::sync::Mutex::new(failed), degraded })
+        let mirror_seg = l.segments.iter().find(|s| s.segtype == "mirror").cloned();
+        let mirror = match mirror_seg {
+            None => None,
+            Some(seg) => {
+                let log = match &seg.mirror_log {
+                    Some(name) => {
+                        LvDevice::new(vg.clone(), name, pvs.clone()).ok().map(|d| Arc::new(d) as Arc<dyn Device>)
+                    }
+                    None => None,
+                };
+                let region = seg.region_size.unwrap_or(crate::ops::DEFAULT_REGION_SIZE);
+                let m = crate::mirror::Mirror::open(log, region, size).map_err(|e| MapError::BadSegment {
+                    lv: lv.into(),
+                    start: seg.start_extent,
+                    why: format!("mirror log: {e}"),
+                })?;
+                for n in &missing {
+                    m.fail(n);
+                }
+                Some(m)
+            }
+        };
+        let degraded = AtomicBool::new(!missing.is_empty());
+        // Only the PVs this LV lives on (the log syncs its own).
+        let pvs = pvs.into_iter().filter(|(n, _)| used.contains(n)).collect();
+        Ok(LvDevice { vg, lv: lv.to_owned(), size, pvs, mirror, legs, used, degraded })
     }
 
     /// Whether a mirror leg has been dropped.
@@ -204,19 +247,22 @@ impl LvDevice {
         self.degraded.load(Ordering::Relaxed)
     }
 
-    /// PV names whose devices failed.
+    /// PV names whose mirror legs failed.
     pub fn failed_pvs(&self) -> Vec<String> {
-        self.failed.lock().expect("failed list").clone()
+        self.mirror.as_ref().map(|m| m.failed_pvs()).unwrap_or_default()
     }
 
-    fn is_failed(&self, pv: &str) -> bool {
-        self.failed.lock().expect("failed list").iter().any(|p| p == pv)
+    /// Mirror regions waiting for a resync (0 for other LVs).
+    pub fn stale_regions(&self) -> usize {
+        self.mirror.as_ref().map_or(0, |m| m.stale_regions())
     }
 
-    fn fail(&self, pv: &str) {
-        let mut f = self.failed.lock().expect("failed list");
-        if !f.iter().any(|p| p == pv) {
-            f.push(pv.to_owned());
+    fn fail(&self, pv: &str, e: &DeviceError) {
+        if let Some(m) = &self.mirror {
+            if !m.is_failed(pv) {
+                tracing::warn!("{}/{}: the mirror leg on {pv} failed, dropping it: {e}", self.vg.name, self.lv);
+            }
+            m.fail(pv);
         }
         self.degraded.store(true, Ordering::Relaxed);
     }
@@ -227,6 +273,82 @@ impl LvDevice {
         }
         map(&self.vg, &self.lv, offset, len as u64)
             .map_err(|e| DeviceError::Io { offset, source: std::io::Error::other(e.to_string()) })
+    }
+
+    fn all_legs_failed(offset: u64) -> DeviceError {
+        DeviceError::Io { offset, source: std::io::Error::other("every leg of the mirror has failed") }
+    }
+
+    /// Probes each failed mirror leg; one that answers again is written from now on and read
+    /// once resynced. Returns the legs that came back.
+    pub fn check_legs(&self) -> Vec<String> {
+        let Some(m) = &self.mirror else { return vec![] };
+        let mut back = Vec::new();
+        for pv in m.failed_pvs() {
+            let Some(dev) = self.pvs.get(&pv) else { continue };
+            let mut b = [0u8; 512];
+            if dev.read_at(&mut b, 0).is_ok() {
+                tracing::info!("{}/{}: the mirror leg on {pv} answers again", self.vg.name, self.lv);
+                m.returned(&pv);
+                back.push(pv);
+            }
+        }
+        back
+    }
+
+    /// Copies every stale region from a healthy leg to the others (a leg that came back, or
+    /// regions a crash left marked). Returns the regions copied.
+    pub fn resync(&self) -> Result<u64, DeviceError> {
+        let Some(m) = &self.mirror else { return Ok(0) };
+        let copy = |off: u64, len: u64| -> Result<(), DeviceError> {
+            for p in self.pieces(off, len as usize)? {
+                let src = p
+                    .copies
+                    .iter()
+                    .find(|(pv, _)| !m.is_failed(pv) && !m.is_recovering(pv))
+                    .ok_or_else(|| Self::all_legs_failed(off))?;
+                let mut buf = vec![0u8; p.len as usize];
+                self.pvs[&src.0].read_at(&mut buf, src.1)?;
+                for (pv, o) in &p.copies {
+                    if pv != &src.0 && !m.is_failed(pv) {
+                        self.pvs[pv].write_at(&buf, *o)?;
+                    }
+                }
+            }
+            for (pv, dev) in &self.pvs {
+                if self.legs.contains(pv) && !m.is_failed(pv) {
+                    dev.sync()?;
+                }
+            }
+            Ok(())
+        };
+        let n = m.resync(self.size, &copy)?;
+        if m.failed_pvs().is_empty() {
+            self.degraded.store(false, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+
+    /// A thread that, every `interval`, probes failed legs and resyncs stale regions while no
+    /// leg is failed; it ends when the device is dropped.
+    pub fn start_monitor(self: &Arc<Self>, interval: std::time::Duration) {
+        if self.mirror.is_none() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let _ = std::thread::Builder::new().name("clvm-mirror".into()).spawn(move || loop {
+            let Some(dev) = weak.upgrade() else { return };
+            dev.check_legs();
+            if dev.failed_pvs().is_empty() && dev.stale_regions() > 0 {
+                match dev.resync() {
+                    Ok(n) if n > 0 => tracing::info!("{}/{}: {n} regions resynced", dev.vg.name, dev.lv),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("{}/{}: resync: {e}", dev.vg.name, dev.lv),
+                }
+            }
+            drop(dev);
+            std::thread::sleep(interval);
+        });
     }
 }
 
@@ -239,31 +361,32 @@ impl Device for LvDevice {
         let mut at = 0usize;
         for p in self.pieces(offset, buf.len())? {
             let dst = &mut buf[at..at + p.len as usize];
+            let Some(m) = &self.mirror else {
+                let (pv, off) = &p.copies[0];
+                self.pvs[pv].read_at(dst, *off)?;
+                at += p.len as usize;
+                continue;
+            };
+            let stale = m.is_stale(offset + at as u64);
             let mut last = None;
             let mut ok = false;
             for (pv, off) in &p.copies {
-                if self.is_failed(pv) {
+                if m.is_failed(pv) || (m.is_recovering(pv) && stale) {
                     continue;
                 }
-                let dev = &self.pvs[pv];
-                match dev.read_at(dst, *off) {
+                match self.pvs[pv].read_at(dst, *off) {
                     Ok(()) => {
                         ok = true;
                         break;
                     }
-                    Err(e) if p.copies.len() > 1 => {
-                        tracing::warn!("{}/{}: leg on {pv} failed a read, dropping it: {e}", self.vg.name, self.lv);
-                        self.fail(pv);
+                    Err(e) => {
+                        self.fail(pv, &e);
                         last = Some(e);
                     }
-                    Err(e) => return Err(e),
                 }
             }
             if !ok {
-                return Err(last.unwrap_or(DeviceError::Io {
-                    offset,
-                    source: std::io::Error::other("every leg of the mirror has failed"),
-                }));
+                return Err(last.unwrap_or_else(|| Self::all_legs_failed(offset)));
             }
             at += p.len as usize;
         }
@@ -271,56 +394,75 @@ impl Device for LvDevice {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DeviceError> {
+        let pieces = self.pieces(offset, buf.len())?;
+        let Some(m) = &self.mirror else {
+            let mut at = 0usize;
+            for p in pieces {
+                let (pv, off) = &p.copies[0];
+                self.pvs[pv].write_at(&buf[at..at + p.len as usize], *off)?;
+                at += p.len as usize;
+            }
+            return Ok(());
+        };
+        let _guard = m.begin_write(offset, buf.len() as u64)?;
         let mut at = 0usize;
-        for p in self.pieces(offset, buf.len())? {
+        let mut everywhere = true;
+        let mut result = Ok(());
+        for p in pieces {
             let src = &buf[at..at + p.len as usize];
             let mut written = 0;
             let mut last = None;
             for (pv, off) in &p.copies {
-                if self.is_failed(pv) {
+                if m.is_failed(pv) {
+                    everywhere = false;
                     continue;
                 }
                 match self.pvs[pv].write_at(src, *off) {
                     Ok(()) => written += 1,
-                    Err(e) if p.copies.len() > 1 => {
-                        tracing::warn!("{}/{}: leg on {pv} failed a write, dropping it: {e}", self.vg.name, self.lv);
-                        self.fail(pv);
+                    Err(e) => {
+                        self.fail(pv, &e);
+                        everywhere = false;
                         last = Some(e);
                     }
-                    Err(e) => return Err(e),
                 }
             }
             if written == 0 {
-                return Err(last.unwrap_or(DeviceError::Io {
-                    offset,
-                    source: std::io::Error::other("every leg of the mirror has failed"),
-                }));
+                result = Err(last.unwrap_or_else(|| Self::all_legs_failed(offset)));
+                break;
             }
             at += p.len as usize;
         }
-        Ok(())
+        m.end_write(offset, buf.len() as u64, everywhere && result.is_ok());
+        result
     }
 
     fn sync(&self) -> Result<(), DeviceError> {
+        let Some(m) = &self.mirror else {
+            for pv in &self.used {
+                self.pvs[pv].sync()?;
+            }
+            return Ok(());
+        };
         let mut synced = 0;
         let mut last = None;
         for (pv, dev) in &self.pvs {
-            if self.is_failed(pv) {
+            if m.is_failed(pv) {
                 continue;
             }
             match dev.sync() {
                 Ok(()) => synced += 1,
-                Err(e) => {
+                Err(e) if self.legs.contains(pv) => {
                     // A leg that cannot make its writes stable is no longer a copy.
-                    self.fail(pv);
+                    self.fail(pv, &e);
                     last = Some(e);
                 }
+                Err(e) => return Err(e),
             }
         }
-        match (synced, last) {
-            (0, Some(e)) => Err(e),
-            _ => Ok(()),
+        if synced == 0 {
+            return Err(last.unwrap_or_else(|| Self::all_legs_failed(0)));
         }
+        m.after_sync()
     }
 }
 
@@ -439,5 +581,81 @@ mod tests {
         let mut b = [0u8; 4096];
         dev.read_at(&mut b, 0).unwrap();
         assert!(b.iter().all(|&x| x == 7));
+    }
+
+    /// Fails every access while `down`.
+    #[derive(Debug)]
+    struct Flaky {
+        inner: Arc<MemDevice>,
+        down: AtomicBool,
+    }
+
+    impl Device for Flaky {
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(DeviceError::Io { offset, source: std::io::Error::other("down") });
+            }
+            self.inner.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DeviceError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(DeviceError::Io { offset, source: std::io::Error::other("down") });
+            }
+            self.inner.write_at(buf, offset)
+        }
+        fn sync(&self) -> Result<(), DeviceError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(DeviceError::Io { offset: 0, source: std::io::Error::other("down") });
+            }
+            Ok(())
+        }
+    }
+
+    proptest! {
+        /// A leg that goes away mid-run and comes back: every write acknowledged meanwhile
+        /// reads back, and after the resync both legs hold exactly the data written.
+        #[test]
+        fn a_leg_that_returns_is_resynced(writes in proptest::collection::vec((0u64..65_536, 1usize..9000, any::<u8>()), 3..20),
+                                          down_at in 0usize..10, up_at in 0usize..20) {
+            let mut vg = vg_with(3, 64);
+            create(&mut vg, "m", 16, Layout::Mirror { copies: 1, region_size: 16, disk_log: true });
+            let (mut pvs, mems) = devices(&vg);
+            let leg1 = vg.lv("m_mimage_1").unwrap().segments[0].stripes[0].name.clone();
+            let k: usize = leg1[2..].parse().unwrap();
+            let flaky = Arc::new(Flaky { inner: mems[k].clone(), down: AtomicBool::new(false) });
+            pvs.insert(leg1.clone(), flaky.clone());
+            let log = LvDevice::new(vg.clone(), "m_mlog", pvs.clone()).unwrap();
+            crate::mirror::init_log(&log, 16, 16 * 4096, true).unwrap();
+            let dev = LvDevice::new(vg.clone(), "m", pvs.clone()).unwrap();
+            let size = dev.size() as usize;
+            let mut model = vec![0u8; size];
+            for (i, (off, len, b)) in writes.iter().enumerate() {
+                if i == down_at { flaky.down.store(true, Ordering::SeqCst); }
+                if i == up_at.max(down_at + 1) { flaky.down.store(false, Ordering::SeqCst); }
+                let off = *off as usize % size;
+                let len = (*len).min(size - off);
+                dev.write_at(&vec![*b; len], off as u64).unwrap();
+                model[off..off + len].fill(*b);
+                dev.sync().unwrap();
+            }
+            flaky.down.store(false, Ordering::SeqCst);
+            let mut back = vec![0u8; size];
+            dev.read_at(&mut back, 0).unwrap();
+            prop_assert!(back == model, "reads while degraded");
+            dev.check_legs();
+            dev.resync().unwrap();
+            prop_assert!(!dev.degraded());
+            prop_assert_eq!(dev.stale_regions(), 0);
+            // Each leg on its own holds the model.
+            for img in ["m_mimage_0", "m_mimage_1"] {
+                let leg = LvDevice::new(vg.clone(), img, pvs.clone()).unwrap();
+                let mut b = vec![0u8; size];
+                leg.read_at(&mut b, 0).unwrap();
+                prop_assert!(b == model, "{} differs after the resync", img);
+            }
+        }
     }
 }

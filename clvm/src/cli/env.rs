@@ -153,9 +153,20 @@ impl Env {
         out
     }
 
+    /// devices/gnbd_io_timeout: seconds after which a request to an unreachable gnbd server
+    /// fails (0, the default: wait for it forever). Mirrors over gnbd exports need it, so
+    /// that a dead server's leg is dropped instead of stalling the volume.
+    pub fn gnbd_io_timeout(&self) -> Option<std::time::Duration> {
+        match self.setting("devices/gnbd_io_timeout") {
+            Some(Value::Int(s)) if *s > 0 => Some(std::time::Duration::from_secs(*s as u64)),
+            Some(Value::Float(s)) if *s > 0.0 => Some(std::time::Duration::from_secs_f64(*s)),
+            _ => None,
+        }
+    }
+
     /// Opens one device by name (`gnbd://` through the client library).
     pub fn open(&self, spec: &str) -> anyhow::Result<Arc<dyn Device>> {
-        blockdev::open_device(spec).map_err(|e| failed(format!("Cannot use {spec}: {e}")))
+        blockdev::open_device_with(spec, self.gnbd_io_timeout()).map_err(|e| failed(format!("Cannot use {spec}: {e}")))
     }
 
     /// Scans the device list; unopenable devices are skipped with a warning (on stderr with
@@ -175,7 +186,7 @@ impl Env {
         let mut devs = Vec::new();
         let mut warnings = Vec::new();
         for spec in list {
-            match blockdev::open_device(&spec) {
+            match blockdev::open_device_with(&spec, self.gnbd_io_timeout()) {
                 Ok(d) => devs.push((spec, d)),
                 Err(e) => warnings.push(format!("WARNING: skipping {spec}: {e}")),
             }

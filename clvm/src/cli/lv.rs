@@ -156,6 +156,10 @@ pub struct Lvcreate {
     /// Wipe signatures: accepted for LVM2 compatibility.
     #[arg(short = 'W', long = "wipesignatures", value_name = "y|n")]
     pub wipesignatures: Option<String>,
+    /// Mirror: skip the initial copy of the first leg to the others (the legs' contents are
+    /// not yet meaningful, e.g. a filesystem will be made on it).
+    #[arg(long = "nosync")]
+    pub nosync: bool,
 }
 
 pub fn lvcreate(env: &Env, a: Lvcreate) -> anyhow::Result<()> {
@@ -288,6 +292,15 @@ pub fn lvcreate(env: &Env, a: Lvcreate) -> anyhow::Result<()> {
     ops::lvcreate(&mut vg, new, &mut || format_uuid(&disk::random_id())).map_err(|e| failed(e.to_string()))?;
     let devs = pv_devices(&tx, &found);
     tx.commit(&found, vg.clone(), &[])?;
+    if let Some(log) = vg.lv(&format!("{name}_mlog")).map(|l| l.name.clone()) {
+        // The region log: every region to copy, or none with --nosync.
+        let seg = vg.lv(&name).and_then(|l| l.segments.first()).cloned();
+        let region = seg.and_then(|s| s.region_size).unwrap_or(ops::DEFAULT_REGION_SIZE);
+        let bytes = crate::map::lv_size(&vg, vg.lv(&name).ok_or_else(|| failed("LV vanished"))?);
+        let dev = LvDevice::new(vg.clone(), &log, devs.clone()).map_err(|e| failed(e.to_string()))?;
+        crate::mirror::init_log(&dev, region, bytes, a.nosync)
+            .map_err(|e| failed(format!("Failed to initialise the mirror log of {vg_name}/{name}: {e}")))?;
+    }
     if zero {
         let dev = LvDevice::new(vg.clone(), &name, devs).map_err(|e| failed(e.to_string()))?;
         let n = dev.size().min(4096) as usize;
