@@ -5,6 +5,7 @@
 pub mod env;
 mod lv;
 mod pv;
+mod pvmove;
 mod reports;
 pub mod tx;
 mod vg;
@@ -68,6 +69,8 @@ pub enum Cmd {
     Pvremove(pv::Pvremove),
     /// Check a physical volume's label and metadata areas.
     Pvck(pv::Pvck),
+    /// Move the allocated extents of a physical volume to other physical volumes of its VG.
+    Pvmove(pvmove::Pvmove),
     /// Create a volume group.
     Vgcreate(vg::Vgcreate),
     /// Add physical volumes to a volume group.
@@ -117,6 +120,7 @@ pub const COMMANDS: &[&str] = &[
     "pvcreate",
     "pvremove",
     "pvck",
+    "pvmove",
     "vgcreate",
     "vgextend",
     "vgreduce",
@@ -163,6 +167,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Pvcreate(a) => pv::pvcreate(&env, a),
         Cmd::Pvremove(a) => pv::pvremove(&env, a),
         Cmd::Pvck(a) => pv::pvck(&env, a),
+        Cmd::Pvmove(a) => pvmove::pvmove(&env, a),
         Cmd::Vgcreate(a) => vg::vgcreate(&env, a),
         Cmd::Vgextend(a) => vg::vgextend(&env, a),
         Cmd::Vgreduce(a) => vg::vgreduce(&env, a),
