@@ -22,7 +22,8 @@ use std::process::ExitCode;
 ///               that dies holding a VG lock is fenced before the DLM gives the lock to
 ///               another node; its half-written commit is then read as the old or the new
 ///               metadata (the highest valid seqno) and repaired by the next change.
-///   (default)   DLM locks through dlm_controld, no quorum check (a static DLM mesh).
+///   (default)   cluster mode when fenced's socket exists, else DLM locks through
+///               dlm_controld with no quorum check (a static DLM mesh).
 ///   --single    no cluster: locks inside clvmd, for one node with clustered VGs.
 ///
 /// LOGGING:
@@ -42,7 +43,8 @@ struct Args {
     /// No cluster: keep the locks inside clvmd.
     #[arg(long, conflicts_with_all = ["cluster", "dlm_socket"])]
     single: bool,
-    /// Cluster mode: refuse changes while fenced reports the cluster inquorate.
+    /// Cluster mode: refuse changes while fenced reports the cluster inquorate (the default
+    /// when fenced's socket exists).
     #[arg(long)]
     cluster: bool,
     /// dlm_controld's socket.
@@ -62,10 +64,12 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     let signals = daemon::signals::install()?;
     daemon::log::init(&LogConfig::new("info", &args.log))?;
+    // As dlm_controld: cluster mode when asked, or when fenced is there to ask.
+    let cluster = args.cluster || args.fenced_socket.exists();
     let backend = if args.single {
         clvm::clvmd::Backend::Single
     } else {
-        clvm::clvmd::Backend::Dlm { socket: args.dlm_socket, fenced: args.cluster.then_some(args.fenced_socket) }
+        clvm::clvmd::Backend::Dlm { socket: args.dlm_socket, fenced: cluster.then_some(args.fenced_socket) }
     };
     let cfg = clvm::clvmd::Config { socket: args.socket, backend };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
