@@ -352,21 +352,110 @@ impl LvDevice {
     }
 }
 
+/// The buffer of a request on a linear or striped LV.
+enum Io<'a> {
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+}
+
+/// A run of a request on one PV: the PV's bytes `[dev_off, dev_off + len)` and where each
+/// part sits in the request's buffer.
+struct Run {
+    pv: String,
+    dev_off: u64,
+    len: u64,
+    parts: Vec<(usize, usize)>,
+}
+
+impl LvDevice {
+    /// Linear and striped I/O: the pieces that are contiguous on one PV become one request
+    /// (consecutive stripe rows are), and the PVs are worked on at the same time.
+    fn plain_io(&self, pieces: &[Piece], io: Io<'_>) -> Result<(), DeviceError> {
+        let mut runs: Vec<Run> = Vec::new();
+        let mut at = 0usize;
+        for p in pieces {
+            let (pv, off) = &p.copies[0];
+            match runs.iter_mut().rev().find(|r| &r.pv == pv) {
+                Some(r) if r.dev_off + r.len == *off => {
+                    r.len += p.len;
+                    r.parts.push((at, p.len as usize));
+                }
+                _ => runs.push(Run { pv: pv.clone(), dev_off: *off, len: p.len, parts: vec![(at, p.len as usize)] }),
+            }
+            at += p.len as usize;
+        }
+        let one_part = |r: &Run| r.parts.len() == 1;
+        match io {
+            Io::Read(buf) => {
+                if runs.len() == 1 && one_part(&runs[0]) {
+                    return self.pvs[&runs[0].pv].read_at(buf, runs[0].dev_off);
+                }
+                let done: Vec<Result<Vec<u8>, DeviceError>> = std::thread::scope(|s| {
+                    let hs: Vec<_> = runs
+                        .iter()
+                        .map(|r| {
+                            let dev = &self.pvs[&r.pv];
+                            s.spawn(move || {
+                                let mut b = vec![0u8; r.len as usize];
+                                dev.read_at(&mut b, r.dev_off).map(|()| b)
+                            })
+                        })
+                        .collect();
+                    hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(io_panic()))).collect()
+                });
+                for (r, d) in runs.iter().zip(done) {
+                    let d = d?;
+                    let mut o = 0usize;
+                    for &(at, len) in &r.parts {
+                        buf[at..at + len].copy_from_slice(&d[o..o + len]);
+                        o += len;
+                    }
+                }
+                Ok(())
+            }
+            Io::Write(buf) => {
+                if runs.len() == 1 && one_part(&runs[0]) {
+                    return self.pvs[&runs[0].pv].write_at(buf, runs[0].dev_off);
+                }
+                let done: Vec<Result<(), DeviceError>> = std::thread::scope(|s| {
+                    let hs: Vec<_> = runs
+                        .iter()
+                        .map(|r| {
+                            let dev = &self.pvs[&r.pv];
+                            s.spawn(move || {
+                                let mut b = Vec::with_capacity(r.len as usize);
+                                for &(at, len) in &r.parts {
+                                    b.extend_from_slice(&buf[at..at + len]);
+                                }
+                                dev.write_at(&b, r.dev_off)
+                            })
+                        })
+                        .collect();
+                    hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(io_panic()))).collect()
+                });
+                done.into_iter().collect()
+            }
+        }
+    }
+}
+
+fn io_panic() -> DeviceError {
+    DeviceError::Io { offset: 0, source: std::io::Error::other("an I/O thread panicked") }
+}
+
 impl Device for LvDevice {
     fn size(&self) -> u64 {
         self.size
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError> {
+        let pieces = self.pieces(offset, buf.len())?;
+        let Some(m) = &self.mirror else {
+            return self.plain_io(&pieces, Io::Read(buf));
+        };
         let mut at = 0usize;
-        for p in self.pieces(offset, buf.len())? {
+        for p in pieces {
             let dst = &mut buf[at..at + p.len as usize];
-            let Some(m) = &self.mirror else {
-                let (pv, off) = &p.copies[0];
-                self.pvs[pv].read_at(dst, *off)?;
-                at += p.len as usize;
-                continue;
-            };
             let stale = m.is_stale(offset + at as u64);
             let mut last = None;
             let mut ok = false;
@@ -396,13 +485,7 @@ impl Device for LvDevice {
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DeviceError> {
         let pieces = self.pieces(offset, buf.len())?;
         let Some(m) = &self.mirror else {
-            let mut at = 0usize;
-            for p in pieces {
-                let (pv, off) = &p.copies[0];
-                self.pvs[pv].write_at(&buf[at..at + p.len as usize], *off)?;
-                at += p.len as usize;
-            }
-            return Ok(());
+            return self.plain_io(&pieces, Io::Write(buf));
         };
         let _guard = m.begin_write(offset, buf.len() as u64)?;
         let mut at = 0usize;
