@@ -47,6 +47,11 @@ struct Cli {
     /// Threads per I/O measurement.
     #[arg(long, default_value_t = 8)]
     threads: usize,
+    /// For the I/O rows, each gnbd server sits in its own network namespace behind a link of
+    /// this many Mbit/s each way (as two servers with their own NICs); 0 puts them on
+    /// loopback, where they share this machine's CPUs and a stripe cannot gain.
+    #[arg(long, default_value_t = 1000)]
+    link_mbit: u32,
     /// Quick run: checks the machinery, not the speed.
     #[arg(long)]
     smoke: bool,
@@ -120,22 +125,76 @@ fn spawn_ready(cmd: &mut Command, what: &str) -> Result<Guard> {
     }
 }
 
-/// One gnbd_serv with exports of `size` bytes each; returns their gnbd:// names.
+/// A network namespace holding one server behind a veth link shaped to `mbit` each way
+/// (host side 198.18.50.N*4+1, server side +2); removed on drop.
+struct NetHost {
+    ns: String,
+    veth: String,
+    addr: String,
+}
+
+impl NetHost {
+    fn new(n: u32, mbit: u32) -> Result<NetHost> {
+        let ns = format!("clvmbench{}-{n}", std::process::id());
+        let veth = format!("cvb{n}h{}", std::process::id() % 10000);
+        let peer = format!("cvb{n}s{}", std::process::id() % 10000);
+        let (host, srv) = (format!("198.18.50.{}", n * 4 + 1), format!("198.18.50.{}", n * 4 + 2));
+        sh(Command::new("ip").args(["netns", "add", &ns]))?;
+        let h = NetHost { ns: ns.clone(), veth: veth.clone(), addr: srv.clone() };
+        sh(Command::new("ip").args(["link", "add", &veth, "type", "veth", "peer", "name", &peer]))?;
+        sh(Command::new("ip").args(["link", "set", &peer, "netns", &ns]))?;
+        sh(Command::new("ip").args(["addr", "add", &format!("{host}/30"), "dev", &veth]))?;
+        sh(Command::new("ip").args(["link", "set", &veth, "up"]))?;
+        let inns = |args: &[&str]| sh(Command::new("ip").args(["netns", "exec", &ns]).args(args));
+        inns(&["ip", "addr", "add", &format!("{srv}/30"), "dev", &peer])?;
+        inns(&["ip", "link", "set", &peer, "up"])?;
+        inns(&["ip", "link", "set", "lo", "up"])?;
+        let rate = format!("{mbit}mbit");
+        let tbf = ["root", "tbf", "rate", rate.as_str(), "burst", "512kb", "latency", "50ms"];
+        sh(Command::new("tc").args(["qdisc", "add", "dev", &veth]).args(tbf))?;
+        inns(&[&["tc", "qdisc", "add", "dev", peer.as_str()][..], &tbf[..]].concat())?;
+        Ok(h)
+    }
+}
+
+impl Drop for NetHost {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.veth]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// One gnbd_serv on loopback with exports of `size` bytes each; returns their gnbd:// names.
 fn server(bin: &Path, work: &Path, name: &str, exports: &[&str], size: u64) -> Result<(Guard, Vec<String>)> {
+    server_on(bin, work, name, exports, size, None)
+}
+
+/// As [`server`], in `host`'s namespace when given.
+fn server_on(
+    bin: &Path,
+    work: &Path,
+    name: &str,
+    exports: &[&str],
+    size: u64,
+    host: Option<&NetHost>,
+) -> Result<(Guard, Vec<String>)> {
     let state = work.join(format!("{name}-state"));
     std::fs::create_dir_all(&state)?;
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port()
     };
+    let addr = host.map_or("127.0.0.1".to_owned(), |h| h.addr.clone());
+    let mut cmd = match host {
+        Some(h) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &h.ns]).arg(bin.join("gnbd_serv"));
+            c
+        }
+        None => Command::new(bin.join("gnbd_serv")),
+    };
     let g = spawn_ready(
-        Command::new(bin.join("gnbd_serv")).arg("--state-dir").arg(&state).args([
-            "-p",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--foreground",
-        ]),
+        cmd.arg("--state-dir").arg(&state).args(["-p", &port.to_string(), "--bind", &addr, "--foreground"]),
         "gnbd_serv",
     )?;
     let mut uris = Vec::new();
@@ -152,7 +211,7 @@ fn server(bin: &Path, work: &Path, name: &str, exports: &[&str], size: u64) -> R
             h.sync_all()?;
         }
         sh(Command::new(bin.join("gnbd_export")).arg("--state-dir").arg(&state).args(["-e", e, "-d"]).arg(&f))?;
-        uris.push(format!("gnbd://127.0.0.1:{port}/{e}"));
+        uris.push(format!("gnbd://{addr}:{port}/{e}"));
     }
     Ok((g, uris))
 }
@@ -181,7 +240,7 @@ fn run(cli: &Cli) -> Result<()> {
     println!("load average before: {}", loadavg());
     let r = (|| -> Result<()> {
         metadata(&bin, &work, creates, rounds)?;
-        io(&bin, &work, rounds, runtime, cli.threads, cli.smoke)
+        io(&bin, &work, rounds, runtime, cli.threads, cli.smoke, cli.link_mbit)
     })();
     println!("load average after: {}", loadavg());
     let _ = std::fs::remove_dir_all(&work);
@@ -314,10 +373,19 @@ fn throughput(dev: &Arc<dyn Device>, threads: usize, secs: u64, bs: usize, rando
     bytes.load(std::sync::atomic::Ordering::Relaxed) as f64 / secs as f64
 }
 
-fn io(bin: &Path, work: &Path, rounds: usize, secs: u64, threads: usize, smoke: bool) -> Result<()> {
+fn io(bin: &Path, work: &Path, rounds: usize, secs: u64, threads: usize, smoke: bool, mbit: u32) -> Result<()> {
     let size = if smoke { 64u64 << 20 } else { 512 << 20 };
-    let (_a, ua) = server(bin, work, "ioa", &["d0", "d1"], size + (8 << 20))?;
-    let (_b, ub) = server(bin, work, "iob", &["d0"], size + (8 << 20))?;
+    let hosts = if mbit > 0 { Some((NetHost::new(1, mbit)?, NetHost::new(2, mbit)?)) } else { None };
+    let (ha, hb) = match &hosts {
+        Some((a, b)) => (Some(a), Some(b)),
+        None => (None, None),
+    };
+    let (_a, ua) = server_on(bin, work, "ioa", &["d0", "d1"], size + (8 << 20), ha)?;
+    let (_b, ub) = server_on(bin, work, "iob", &["d0"], size + (8 << 20), hb)?;
+    match mbit {
+        0 => println!("\nservers on loopback (they share this machine's CPUs)"),
+        m => println!("\neach server behind its own {m} Mbit/s link (network namespace, tbf both ways)"),
+    }
     let etc = work.join("etc-io");
     std::fs::create_dir_all(&etc)?;
     let clvm = |args: &[&str]| -> Result<String> {
