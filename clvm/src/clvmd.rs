@@ -96,13 +96,27 @@ pub struct Config {
     pub backend: Backend,
 }
 
-/// The scope a request names, as (lockspace, resource).
-pub fn parse_scope(scope: &str) -> Result<(String, &'static str), ControlError> {
+/// The scope a request names, as (lockspace, resource): `global`, `vg:VG`, or `lv:VG/UUID`
+/// (an LV's activation lock: resource = the LV's UUID in the VG's lockspace, as lvmlockd).
+pub fn parse_scope(scope: &str) -> Result<(String, String), ControlError> {
     if scope == "global" {
-        return Ok((GLOBAL_LOCKSPACE.into(), GLOBAL_RESOURCE));
+        return Ok((GLOBAL_LOCKSPACE.into(), GLOBAL_RESOURCE.into()));
+    }
+    if let Some(rest) = scope.strip_prefix("lv:") {
+        let (vg, uuid) = rest
+            .split_once('/')
+            .ok_or_else(|| ControlError::bad_request(format!("scope {scope:?}: expected lv:VG/LVUUID")))?;
+        let (ls, _) = parse_scope(&format!("vg:{vg}"))?;
+        if uuid.is_empty()
+            || uuid.len() > dlm::MAX_NAME
+            || !uuid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(ControlError::bad_request(format!("scope {scope:?}: {uuid:?} is not an LV UUID")));
+        }
+        return Ok((ls, uuid.to_owned()));
     }
     let Some(vg) = scope.strip_prefix("vg:") else {
-        return Err(ControlError::bad_request(format!("scope {scope:?}: expected global or vg:NAME")));
+        return Err(ControlError::bad_request(format!("scope {scope:?}: expected global, vg:NAME or lv:VG/LVUUID")));
     };
     crate::ops::check_name("Volume group", vg).map_err(|e| ControlError::bad_request(e.to_string()))?;
     let ls = format!("lvm_{vg}");
@@ -112,7 +126,7 @@ pub fn parse_scope(scope: &str) -> Result<(String, &'static str), ControlError> 
             dlm::MAX_NAME - 4
         )));
     }
-    Ok((ls, VG_RESOURCE))
+    Ok((ls, VG_RESOURCE.into()))
 }
 
 /// The value block for `seqno`.
@@ -423,12 +437,15 @@ mod tests {
 
     #[test]
     fn scopes_and_value_blocks() {
-        assert_eq!(parse_scope("global").unwrap(), ("lvm_global".into(), "GLLK"));
-        assert_eq!(parse_scope("vg:vg0").unwrap(), ("lvm_vg0".into(), "VGLK"));
+        assert_eq!(parse_scope("global").unwrap(), ("lvm_global".into(), "GLLK".into()));
+        assert_eq!(parse_scope("vg:vg0").unwrap(), ("lvm_vg0".into(), "VGLK".into()));
+        assert_eq!(parse_scope("lv:vg0/abc-DEF").unwrap(), ("lvm_vg0".into(), "abc-DEF".into()));
+        assert!(parse_scope("lv:vg0/").is_err());
+        assert!(parse_scope("lv:vg0").is_err());
+        assert!(parse_scope("lv:vg0/a b").is_err());
         assert!(parse_scope("vg:").is_err());
         assert!(parse_scope("vg:a/b").is_err());
         assert!(parse_scope(&format!("vg:{}", "x".repeat(61))).is_err());
-        assert!(parse_scope("lv:x").is_err());
         assert_eq!(seqno_of(&lvb_of(42)), Some(42));
         assert_eq!(seqno_of(&[0u8; 32]), None);
         assert_eq!(seqno_of(b"clvm"), None);
