@@ -259,4 +259,43 @@ mod tests {
         });
         assert_eq!(b.health().state, "active");
     }
+
+    /// A device that drives a runtime of its own (as `blockdev::GnbdDevice` does, and a
+    /// logical volume over gnbd exports): its blocking calls may `block_on` there.
+    #[derive(Debug)]
+    struct OwnRuntime {
+        rt: tokio::runtime::Runtime,
+        inner: blockdev::MemDevice,
+    }
+
+    impl Device for OwnRuntime {
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError> {
+            self.rt.block_on(async { self.inner.read_at(buf, offset) })
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DeviceError> {
+            self.rt.block_on(async { self.inner.write_at(buf, offset) })
+        }
+        fn sync(&self) -> Result<(), DeviceError> {
+            self.rt.block_on(async { self.inner.sync() })
+        }
+    }
+
+    #[test]
+    fn a_device_with_its_own_runtime_is_served_from_the_blocking_pool() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        let own = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        let b = DeviceBackend::new(Arc::new(OwnRuntime { rt: own, inner: blockdev::MemDevice::new(vec![0; 1 << 16]) }));
+        rt.block_on(async {
+            let writes: Vec<_> =
+                (0..16u8).map(|i| b.write(u64::from(i) * 4096, Arc::from(vec![i + 1; 4096]), i % 2 == 0)).collect();
+            for w in writes {
+                w.await.unwrap();
+            }
+            let got = b.read(0, 1 << 16).await.unwrap();
+            assert!(got.chunks(4096).enumerate().all(|(i, c)| c.iter().all(|&x| x == i as u8 + 1)));
+        });
+    }
 }

@@ -302,7 +302,16 @@ pub(crate) fn remove_served(
 ) -> Result<(), Removal> {
     match control::stop(&l.socket_path, force, Duration::from_secs(60)) {
         Ok(_) => {
-            wait_gone(pid, Duration::from_secs(30));
+            if pid == std::process::id() {
+                // Served by this process (`run_block_device` on a thread): its teardown
+                // removes the mountpoint last.
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while l.mountpoint.exists() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            } else {
+                wait_gone(pid, Duration::from_secs(30));
+            }
             // The process removes its own record; clean up whatever it could not.
             device::undo(l, loop_device, file, true).map_err(Removal::Loop)
         }

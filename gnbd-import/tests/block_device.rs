@@ -1,13 +1,13 @@
 //! `run_block_device` in-process: a `blockdev::FileDevice` (a temporary file) served as a
-//! loop device over FUSE with a stable name, written and read back with O_DIRECT through
-//! that name, its control socket answering `status` and refusing a `stop` while the device
-//! is held, then stopped and checked to leave nothing behind (loop device, link, mount,
-//! record, socket).
+//! loop device over FUSE with a stable name, written, discarded and read back with O_DIRECT
+//! through that name, its control socket answering `status`, `remove_block_device`
+//! refused while the device is held, then removing it, and nothing left behind (loop
+//! device, link, mount, record, socket).
 //!
 //! Needs root, /dev/fuse and loop devices. The test runs itself again inside
 //! `unshare -m --propagation private`, so its FUSE mount is seen by no other process.
 
-use gnbd_import::{control, run_block_device, BlockDeviceConfig, BlockRecord};
+use gnbd_import::{control, run_block_device, BlockDeviceConfig, BlockDeviceError, BlockRecord};
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -207,17 +207,17 @@ fn in_private_namespace() {
     assert_eq!(status.errors, 0, "{status:?}");
     {
         let _held = OpenOptions::new().read(true).custom_flags(libc::O_EXCL).open(&record.loop_device).unwrap();
-        match control::stop(&cfg.socket_path, false, Duration::from_secs(10)) {
-            Err(daemon::control::CallError::Remote(e)) => {
-                assert_eq!(e.kind, daemon::control::ErrorKind::Busy, "{e:?}")
+        match gnbd_import::remove_block_device(&record, false) {
+            Err(e @ BlockDeviceError::Busy { .. }) => {
+                assert!(e.to_string().contains(&*link.to_string_lossy()), "{e}")
             }
-            other => panic!("a stop of a held device answered {other:?}"),
+            other => panic!("removing a held device answered {other:?}"),
         }
     }
     drop(f);
 
-    // Stop through the control socket; everything is torn down.
-    control::stop(&cfg.socket_path, false, Duration::from_secs(10)).unwrap();
+    // Remove it (a stop on the control socket); everything is torn down.
+    gnbd_import::remove_block_device(&record, false).unwrap();
     if let Err(e) = running.wait(Duration::from_secs(60)) {
         panic!("run_block_device failed: {e:#}");
     }
