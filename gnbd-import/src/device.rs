@@ -262,7 +262,7 @@ pub struct BlockRecord {
     pub file: PathBuf,
 }
 
-/// Errors of [`read_block_record`] and [`remove_block_device`].
+/// Errors of [`read_block_record`], [`start_block_device`] and [`remove_block_device`].
 #[derive(Debug, thiserror::Error)]
 pub enum BlockDeviceError {
     #[error("{what} {path}: {source}")]
@@ -305,6 +305,54 @@ pub fn remove_block_device(record: &BlockRecord, force: bool) -> Result<(), Bloc
         Err(crate::Removal::Device(message)) => Err(BlockDeviceError::Device { name: l.name, message }),
         Err(crate::Removal::Loop(e)) => Err(e.into()),
     }
+}
+
+/// Runs `cmd`, a program that daemonises into a device process (`daemon::background`: the
+/// foreground exits 0 once the device is ready, or non-zero with `PROGRAM: why` on stderr),
+/// and reads the record the device wrote to `record_path`. The error is one line for the
+/// operator.
+pub(crate) fn start_process<R: serde::de::DeserializeOwned>(
+    cmd: &mut std::process::Command,
+    program: &str,
+    record_path: &Path,
+    log_path: &Path,
+) -> Result<R, String> {
+    let done = cmd
+        .stdin(std::process::Stdio::null())
+        // A daemon must not pin the directory its starter was started from.
+        .current_dir("/")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", cmd.get_program().to_string_lossy()))?;
+    if !done.status.success() {
+        // One line, `PROGRAM: why` (daemon::exit), or the toolkit's note that the
+        // process died before it was ready.
+        let said = String::from_utf8_lossy(&done.stderr);
+        let prefix = format!("{program}: ");
+        let said = said.lines().map(|l| l.strip_prefix(&prefix).unwrap_or(l)).collect::<Vec<_>>().join("; ");
+        return Err(if said.trim().is_empty() {
+            format!("it exited ({}) without a message; see {}", done.status, log_path.display())
+        } else {
+            said
+        });
+    }
+    let text = std::fs::read_to_string(record_path).map_err(|e| format!("no record after ready: {e}"))?;
+    serde_json::from_str(&text).map_err(|e| format!("corrupt record: {e}"))
+}
+
+/// Starts a device process the way `gnbd_import -i` does: runs `cmd` (the caller's own
+/// program re-run with a hidden flag, which calls `daemon::background::daemonize`, then
+/// [`run_block_device`] with a `ready` that calls `daemon::ready::ready`), waits for it to
+/// report ready or fail, and returns the [`BlockRecord`] it wrote at `cfg.record_path`.
+/// `program` is the name its error lines start with (`PROGRAM: why`); `log_path` is named
+/// when it dies without a word.
+pub fn start_block_device(
+    cmd: &mut std::process::Command,
+    program: &str,
+    cfg: &BlockDeviceConfig,
+    log_path: &Path,
+) -> Result<BlockRecord, BlockDeviceError> {
+    start_process(cmd, program, &cfg.record_path, log_path)
+        .map_err(|message| BlockDeviceError::Device { name: cfg.name.clone(), message })
 }
 
 /// Runs a device process serving `dev`: mounts a one-file FUSE filesystem at
