@@ -23,6 +23,8 @@ pub enum Scope {
     Global,
     /// One VG's metadata.
     Vg(String),
+    /// An LV's activation: (VG name, LV UUID).
+    Lv(String, String),
 }
 
 impl Scope {
@@ -31,6 +33,7 @@ impl Scope {
         match self {
             Scope::Global => "P_global".into(),
             Scope::Vg(v) => format!("V_{v}"),
+            Scope::Lv(_, uuid) => format!("A_{uuid}"),
         }
     }
 }
@@ -103,13 +106,19 @@ impl ClvmdSession {
         match scope {
             Scope::Global => "global".into(),
             Scope::Vg(v) => format!("vg:{v}"),
+            Scope::Lv(v, uuid) => format!("lv:{v}/{uuid}"),
         }
     }
 
-    /// Takes `scope`; returns the VG seqno its value block holds, if any.
+    /// Takes `scope`, waiting for it; returns the VG seqno its value block holds, if any.
     pub fn lock(&mut self, scope: &Scope, exclusive: bool) -> Result<Option<u64>, LockError> {
+        self.lock_with(scope, exclusive, false)
+    }
+
+    /// As [`ClvmdSession::lock`]; with `nowait`, refused at once when another holder has it.
+    pub fn lock_with(&mut self, scope: &Scope, exclusive: bool, nowait: bool) -> Result<Option<u64>, LockError> {
         let mode = if exclusive { crate::clvmd::LockMode::Ex } else { crate::clvmd::LockMode::Sh };
-        let req = crate::clvmd::Request::Lock { scope: Self::scope_name(scope), mode, nowait: false };
+        let req = crate::clvmd::Request::Lock { scope: Self::scope_name(scope), mode, nowait };
         let g: crate::clvmd::Granted = self.client.call(&req).map_err(|e| match e.remote() {
             Some(r) => LockError::Refused(format!("{}: {}", Self::scope_name(scope), r.message)),
             None => LockError::Refused(format!("clvmd: {e}")),

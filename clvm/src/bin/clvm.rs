@@ -14,5 +14,12 @@ fn main() -> ExitCode {
             return if usage { ExitCode::from(clvm::cli::env::EXIT_USAGE) } else { ExitCode::SUCCESS };
         }
     };
+    // An LV's device process runs in the background: the starter waits for it to be ready.
+    if let clvm::cli::Cmd::LvDevice(a) = &cli.cmd {
+        let log = a.log.log_file.clone();
+        if let Some(code) = daemon::background::daemonize(false, &daemon::background::Background::new("clvm", log)) {
+            return code;
+        }
+    }
     daemon::finish("clvm", clvm::cli::run(cli))
 }

@@ -350,6 +350,7 @@ pub fn lvresize(env: &Env, a: Lvresize, dir: Direction) -> anyhow::Result<()> {
         return Err(failed("--resizefs is not supported by this version: resize the filesystem with its own tool"));
     }
     let pv_specs: Vec<String> = a.args[1..].to_vec();
+    super::activate::refuse_if_active(env, &vg_name, &lv_name, "resizing it (online resize is not supported yet)")?;
     let mut tx = Tx::begin(env, false, &[vg_name.as_str()], true, &pv_specs)?;
     let found = tx.vg_for_change(&vg_name)?;
     let mut vg = found.vg.clone();
@@ -458,6 +459,18 @@ pub fn lvremove(env: &Env, a: Lvremove) -> anyhow::Result<()> {
                 errors.push(format!("Failed to find logical volume \"{vg_name}/{lv}\""));
                 continue;
             }
+            if super::activate::active_record(env, vg_name, lv).is_some() {
+                if a.force == 0 {
+                    errors.push(format!(
+                        "Logical volume {vg_name}/{lv} is active: deactivate it first (lvchange -an), or use -f"
+                    ));
+                    continue;
+                }
+                if let Err(e) = super::activate::deactivate(env, vg_name, lv, false) {
+                    errors.push(e.to_string());
+                    continue;
+                }
+            }
             ops::lvremove(&mut vg, lv).map_err(|e| failed(e.to_string()))?;
             removed.push(lv.clone());
         }
@@ -497,6 +510,7 @@ pub fn lvrename(env: &Env, a: Lvrename) -> anyhow::Result<()> {
         }
         _ => return Err(usage("lvrename VG OLD NEW, or lvrename VG/OLD VG/NEW")),
     };
+    super::activate::refuse_if_active(env, &vg_name, &old, "renaming it")?;
     let mut tx = Tx::begin(env, false, &[vg_name.as_str()], true, &[])?;
     let found = tx.vg_for_change(&vg_name)?;
     let mut vg = found.vg.clone();

@@ -2,6 +2,7 @@
 //! binary is called through a link of that name. Flags, messages and exit codes follow LVM2
 //! 2.03 (0 done, 3 bad command line, 5 refused or failed).
 
+pub mod activate;
 pub mod env;
 mod lv;
 mod pv;
@@ -101,6 +102,11 @@ pub enum Cmd {
     Lvremove(lv::Lvremove),
     /// Rename a logical volume.
     Lvrename(lv::Lvrename),
+    /// Activate or deactivate logical volumes (-a y|n|ey|sy|ly).
+    Lvchange(activate::Lvchange),
+    /// The device process of an active LV (started by lvchange/vgchange -a y).
+    #[command(hide = true)]
+    LvDevice(LvDeviceArgs),
     /// Report on physical volumes (LVM2's options: -o, -O, -S, --units, --reportformat, ...).
     Pvs(reports::Raw),
     /// Report on volume groups.
@@ -113,6 +119,15 @@ pub enum Cmd {
     Vgdisplay(reports::Raw),
     /// Show logical volumes (full, -c, -m).
     Lvdisplay(reports::Raw),
+}
+
+/// `clvm lv-device JOB`: the job as JSON (from activate) and the log options.
+#[derive(Debug, clap::Args)]
+pub struct LvDeviceArgs {
+    #[arg(value_name = "JOB")]
+    pub job: String,
+    #[command(flatten)]
+    pub log: daemon::log::LogArgs,
 }
 
 /// The classic names the binary answers to (links to it).
@@ -136,6 +151,7 @@ pub const COMMANDS: &[&str] = &[
     "lvresize",
     "lvremove",
     "lvrename",
+    "lvchange",
     "pvs",
     "vgs",
     "lvs",
@@ -183,6 +199,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Lvresize(a) => lv::lvresize(&env, a, lv::Direction::Either),
         Cmd::Lvremove(a) => lv::lvremove(&env, a),
         Cmd::Lvrename(a) => lv::lvrename(&env, a),
+        Cmd::Lvchange(a) => activate::lvchange(&env, a),
+        Cmd::LvDevice(a) => {
+            let job: activate::DeviceJob = serde_json::from_str(&a.job)
+                .map_err(|e| daemon::Failure::new(env::EXIT_USAGE, format!("bad device job: {e}")))?;
+            activate::device_main(job, &a.log)
+        }
         // The report layer parses LVM2's report options itself.
         Cmd::Pvs(a) => reports::run_report(env.common, R::Pvs, a),
         Cmd::Vgs(a) => reports::run_report(env.common, R::Vgs, a),

@@ -90,9 +90,16 @@ fn refused(e: report::ReportError) -> anyhow::Error {
     daemon::Failure::quiet(e.exit_code().clamp(1, 255) as u8).into()
 }
 
-/// LVs are not activated by this version: every LV reports inactive.
-fn state(_vg: &str, _lv: &str) -> LvState {
-    LvState::Inactive
+/// Whether VG/LV is active on this node (its device process alive), as the reports show it.
+fn state(env: &Env, vg: &str, lv: &str) -> LvState {
+    match super::activate::active_record(env, vg, lv) {
+        None => LvState::Inactive,
+        Some(r) => LvState::Active(report::ActiveLv {
+            open: gnbd_import::is_busy(&r.loop_device),
+            devno: devno(&r.loop_device.to_string_lossy()),
+            ..Default::default()
+        }),
+    }
 }
 
 pub fn run_report(common: Common, cmd: report::Command, raw: Raw) -> anyhow::Result<()> {
@@ -100,7 +107,7 @@ pub fn run_report(common: Common, cmd: report::Command, raw: Raw) -> anyhow::Res
     let args = ReportArgs::parse(cmd, &rest).map_err(refused)?;
     let env = Env::new(common)?;
     let scan = env.scan();
-    let out = report::report(&args, &source(&scan), &state).map_err(refused)?;
+    let out = report::report(&args, &source(&scan), &|vg, lv| state(&env, vg, lv)).map_err(refused)?;
     emit(out)
 }
 
@@ -109,6 +116,6 @@ pub fn run_display(common: Common, cmd: DisplayCommand, raw: Raw) -> anyhow::Res
     let args = DisplayArgs::parse(cmd, &rest).map_err(refused)?;
     let env = Env::new(common)?;
     let scan = env.scan();
-    let out = report::display(&args, &source(&scan), &state).map_err(refused)?;
+    let out = report::display(&args, &source(&scan), &|vg, lv| state(&env, vg, lv)).map_err(refused)?;
     emit(out)
 }

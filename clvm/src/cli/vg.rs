@@ -257,6 +257,26 @@ pub fn vgremove(env: &Env, a: Vgremove) -> anyhow::Result<()> {
             ));
             continue;
         }
+        let mut busy = None;
+        for lv in old.vg.logical_volumes.iter().filter(|l| l.status.iter().any(|s| s == "VISIBLE")) {
+            if super::activate::active_record(env, name, &lv.name).is_some() {
+                if a.force == 0 {
+                    busy = Some(format!(
+                        "Logical volume {name}/{} is active: deactivate it first (vgchange -an {name}), or use -f",
+                        lv.name
+                    ));
+                    break;
+                }
+                if let Err(e) = super::activate::deactivate(env, name, &lv.name, false) {
+                    busy = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if let Some(b) = busy {
+            errors.push(b);
+            continue;
+        }
         for lv in old.vg.logical_volumes.iter().filter(|l| l.status.iter().any(|s| s == "VISIBLE")) {
             env.say(format!("Logical volume \"{}\" successfully removed.", lv.name));
         }
@@ -289,6 +309,9 @@ pub fn vgrename(env: &Env, a: Vgrename) -> anyhow::Result<()> {
         tx.scan.vgs.values().find(|f| f.vg.id == a.old).map(|f| f.vg.name.clone()).unwrap_or(a.old.clone())
     };
     let old = tx.vg_for_change(&old_name)?;
+    for lv in &old.vg.logical_volumes {
+        super::activate::refuse_if_active(env, &old_name, &lv.name, "renaming its volume group")?;
+    }
     if tx.scan.vgs.contains_key(&a.new) {
         return Err(failed(format!("New volume group \"{}\" already exists", a.new)));
     }
@@ -299,11 +322,14 @@ pub fn vgrename(env: &Env, a: Vgrename) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `vgchange [-c y|n] [-x y|n] VG...`
+/// `vgchange [-a y|n|ey|sy|ly] [-c y|n] [-x y|n] VG...`
 #[derive(Debug, clap::Args)]
 pub struct Vgchange {
     #[arg(value_name = "VG")]
     pub vgs: Vec<String>,
+    /// Activate (y, ey, sy, ly) or deactivate (n) every LV of the VGs.
+    #[arg(short = 'a', long = "activate", value_name = "y|n|ey|sy|ly")]
+    pub activate: Option<String>,
     /// Clustered or not.
     #[arg(short = 'c', long = "clustered", value_name = "y|n")]
     pub clustered: Option<String>,
@@ -313,13 +339,25 @@ pub struct Vgchange {
 }
 
 pub fn vgchange(env: &Env, a: Vgchange) -> anyhow::Result<()> {
-    if a.clustered.is_none() && a.resizeable.is_none() {
-        return Err(daemon::Failure::new(super::env::EXIT_USAGE, "Need one or more command options: -c or -x").into());
+    if a.clustered.is_none() && a.resizeable.is_none() && a.activate.is_none() {
+        return Err(
+            daemon::Failure::new(super::env::EXIT_USAGE, "Need one or more command options: -a, -c or -x").into()
+        );
     }
     let mut tx = Tx::begin(env, false, &[], true, &[])?;
     let names: Vec<String> = if a.vgs.is_empty() { tx.scan.vgs.keys().cloned().collect() } else { a.vgs.clone() };
     drop(tx);
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    if let Some(act) = &a.activate {
+        let mode = super::activate::parse_activate(act)?;
+        let tx = Tx::begin(env, false, &refs, false, &[])?;
+        for name in &names {
+            super::activate::vgchange_activate(env, &tx, name, mode)?;
+        }
+        if a.clustered.is_none() && a.resizeable.is_none() {
+            return Ok(());
+        }
+    }
     tx = Tx::begin(env, false, &refs, true, &[])?;
     for name in &names {
         let old = tx.vg(name)?.clone();
