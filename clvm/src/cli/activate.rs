@@ -127,10 +127,40 @@ pub fn activate(env: &Env, tx: &Tx<'_>, vg: &str, lv: &str, mode: Mode) -> anyho
     Ok(true)
 }
 
+/// Processes that hold `dev` open (their /proc/PID/fd links), as `fuser` finds them: the
+/// pid and command name of each.
+pub fn holders(dev: &std::path::Path) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return out };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
+        if fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == dev)) {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default().trim().to_owned();
+            out.push((pid, comm));
+        }
+    }
+    out
+}
+
 /// Deactivates VG/LV: refused while it is open (mounted, held) unless `force`.
 pub fn deactivate(env: &Env, vg: &str, lv: &str, force: bool) -> anyhow::Result<bool> {
     let cfg = config(env, vg, lv);
     let Ok(r) = gnbd_import::read_block_record(&cfg.record_path) else { return Ok(false) };
+    if !force {
+        let held = holders(&r.loop_device);
+        if let Some((pid, comm)) = held.first() {
+            return Err(failed(format!(
+                "Logical volume {vg}/{lv} in use: {} (pid {pid}) holds {} open",
+                comm,
+                r.loop_device.display()
+            )));
+        }
+    }
     gnbd_import::remove_block_device(&r, force).map_err(|e| match e {
         gnbd_import::BlockDeviceError::Busy { .. } => {
             failed(format!("Logical volume {vg}/{lv} in use: unmount it (or close it) first"))
