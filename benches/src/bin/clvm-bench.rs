@@ -10,6 +10,10 @@
 //!   gnbd export against the export itself, and through a 2-way striped LV over two gnbd
 //!   servers against one export; interleaved rounds, medians.
 //!
+//! - **fio rows**: fio (io_uring, direct I/O) on `/dev/VG/LV` of the activated linear and
+//!   striped LVs against fio on a `gnbd_import` of the export itself (the same FUSE + loop
+//!   path), interleaved rounds, medians.
+//!
 //! Prints the 1-minute load average before and after. Runs as root (losetup).
 
 use std::path::{Path, PathBuf};
@@ -425,6 +429,7 @@ fn io(bin: &Path, work: &Path, rounds: usize, secs: u64, threads: usize, smoke: 
     let lin = open_lv(&ua[1], "lvm:bio1/lin")?;
     let one: Arc<dyn Device> = blockdev::open_device(&ub[0])?;
     let str2 = open_lv(&two, "lvm:bio2/str")?;
+    fio_rows(bin, work, &etc, rounds, secs, &ua, &ub)?;
     let rows: [(&str, usize, bool, bool); 4] = [
         ("seqread 1M", 1 << 20, false, false),
         ("seqwrite 1M", 1 << 20, false, true),
@@ -457,5 +462,124 @@ fn io(bin: &Path, work: &Path, rounds: usize, secs: u64, threads: usize, smoke: 
             m[3] / m[2]
         );
     }
+    Ok(())
+}
+
+/// Removes the bench's imports and deactivates its LVs on drop.
+struct Devices<'a> {
+    bin: &'a Path,
+    work: &'a Path,
+    etc: &'a Path,
+    lvs: Vec<String>,
+}
+
+impl Drop for Devices<'_> {
+    fn drop(&mut self) {
+        for lv in &self.lvs {
+            let _ = Command::new(self.bin.join("clvm"))
+                .args(["lvchange", "-an", lv, "--clvmd-socket", "/nonexistent", "--config"])
+                .arg(activation_conf(self.work))
+                .env("LVM_SYSTEM_DIR", self.etc)
+                .status();
+        }
+        let _ = Command::new(self.bin.join("gnbd_import"))
+            .arg("--state-dir")
+            .arg(self.work.join("imp"))
+            .arg("--dev-dir")
+            .arg(self.work.join("impdev"))
+            .args(["-R", "-f"])
+            .status();
+    }
+}
+
+fn activation_conf(work: &Path) -> String {
+    format!(
+        "backup/backup=0 backup/archive=0 activation/run_dir=\"{}\" activation/dev_dir=\"{}\"",
+        work.join("act-run").display(),
+        work.join("act-dev").display()
+    )
+}
+
+fn fio(dev: &Path, rw: &str, bs: usize, qd: usize, secs: u64) -> Result<f64> {
+    let out = sh(Command::new("fio").args([
+        "--name=b",
+        &format!("--rw={rw}"),
+        &format!("--bs={bs}"),
+        &format!("--iodepth={qd}"),
+        "--ioengine=io_uring",
+        "--direct=1",
+        "--time_based",
+        &format!("--runtime={secs}"),
+        "--output-format=json",
+        &format!("--filename={}", dev.display()),
+    ]))?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("fio JSON")?;
+    let side = &v["jobs"][0][if rw.contains("read") { "read" } else { "write" }];
+    Ok(side["bw_bytes"].as_f64().context("fio bw_bytes")? / 1e6)
+}
+
+fn fio_rows(bin: &Path, work: &Path, etc: &Path, rounds: usize, secs: u64, ua: &[String], ub: &[String]) -> Result<()> {
+    if !Command::new("sh").args(["-c", "command -v fio"]).stdout(Stdio::null()).status()?.success() {
+        bail!("fio is not installed (scripts/deps.sh installs it)");
+    }
+    let mut devs = Devices { bin, work, etc, lvs: vec![] };
+    // The exports as devices: gnbd_import of A's d1 (the linear LV's PV) and of B's d0.
+    let import = |uri: &str| -> Result<PathBuf> {
+        let rest = uri.trim_start_matches("gnbd://");
+        let (hostport, export) = rest.split_once('/').context("uri")?;
+        let (host, port) = hostport.rsplit_once(':').context("port")?;
+        sh(Command::new(bin.join("gnbd_import"))
+            .arg("--state-dir")
+            .arg(work.join("imp"))
+            .arg("--dev-dir")
+            .arg(work.join("impdev"))
+            .args(["-i", host, "-p", port, "-n", export]))?;
+        Ok(work.join("impdev").join(export))
+    };
+    // A's d1 and B's d0: distinct names, so one state directory holds both.
+    let raw = import(&ua[1])?;
+    let one = import(&ub[0])?;
+    for lv in ["bio1/lin", "bio2/str"] {
+        sh(Command::new(bin.join("clvm"))
+            .args(["lvchange", "-ay", lv, "--clvmd-socket", "/nonexistent", "--devices"])
+            .arg(format!("{},{},{}", ua[0], ua[1], ub[0]))
+            .arg("--config")
+            .arg(activation_conf(work))
+            .env("LVM_SYSTEM_DIR", etc))?;
+        devs.lvs.push(lv.into());
+    }
+    let lin = work.join("act-dev/bio1/lin");
+    let str2 = work.join("act-dev/bio2/str");
+    let jobs: [(&str, &str, usize, usize); 4] = [
+        ("seqread 1M qd8", "read", 1 << 20, 8),
+        ("seqwrite 1M qd8", "write", 1 << 20, 8),
+        ("randread 4k qd32", "randread", 4096, 32),
+        ("randwrite 4k qd32", "randwrite", 4096, 32),
+    ];
+    println!("\nfio on the devices (io_uring, direct), {secs} s each, median of {rounds} interleaved rounds (MB/s)");
+    println!(
+        "  {:<18} {:>10} {:>10} {:>7}   {:>10} {:>10} {:>7}",
+        "row", "export", "linear LV", "ratio", "1 export", "2-stripe", "ratio"
+    );
+    for (name, rw, bs, qd) in jobs {
+        let mut v: [Vec<f64>; 4] = Default::default();
+        for _ in 0..rounds {
+            for (i, d) in [&raw, &lin, &one, &str2].into_iter().enumerate() {
+                v[i].push(fio(d, rw, bs, qd, secs)?);
+            }
+        }
+        let m: Vec<f64> = v.iter_mut().map(|x| median(x)).collect();
+        println!(
+            "  {:<18} {:>10.1} {:>10.1} {:>6.2}x   {:>10.1} {:>10.1} {:>6.2}x",
+            name,
+            m[0],
+            m[1],
+            m[1] / m[0],
+            m[2],
+            m[3],
+            m[3] / m[2]
+        );
+    }
+    drop(devs);
     Ok(())
 }
