@@ -18,7 +18,15 @@ pub const LVM_PREFIX: &str = "lvm:";
 /// with a leg missing opens degraded.
 pub fn open_lv(spec: &str) -> Result<Arc<dyn Device>, String> {
     let env = Env::new(Common::default()).map_err(|e| e.to_string())?;
-    Ok(open_lv_in(&env, spec)?)
+    let dev = open_lv_in(&env, spec)?;
+    if dev.is_mirror() && dev.clustered() {
+        // Each opener keeps its own region state over one disk log: two nodes at once would
+        // clear each other's marks (a cluster mirror log is not built yet).
+        return Err(format!(
+            "{spec} is a mirror in a clustered VG: use it through exclusive activation on one node (lvchange -aey) and its /dev path"
+        ));
+    }
+    Ok(dev)
 }
 
 /// As [`open_lv`], scanning the devices `env` names; the LV device itself (mirror state,

@@ -242,6 +242,16 @@ impl LvDevice {
         Ok(LvDevice { vg, lv: lv.to_owned(), size, pvs, mirror, legs, used, degraded })
     }
 
+    /// Whether the LV is a mirror.
+    pub fn is_mirror(&self) -> bool {
+        self.mirror.is_some()
+    }
+
+    /// Whether its VG is clustered.
+    pub fn clustered(&self) -> bool {
+        crate::ops::is_clustered(&self.vg)
+    }
+
     /// Whether a mirror leg has been dropped.
     pub fn degraded(&self) -> bool {
         self.degraded.load(Ordering::Relaxed)
@@ -459,7 +469,11 @@ impl Device for LvDevice {
             let stale = m.is_stale(offset + at as u64);
             let mut last = None;
             let mut ok = false;
-            for (pv, off) in &p.copies {
+            // In-sync regions are read from either leg, spread by region; stale ones from the
+            // first healthy leg.
+            let first = if stale { 0 } else { (m.region_of(offset + at as u64) as usize) % p.copies.len() };
+            let order = p.copies.iter().cycle().skip(first).take(p.copies.len());
+            for (pv, off) in order {
                 if m.is_failed(pv) || (m.is_recovering(pv) && stale) {
                     continue;
                 }

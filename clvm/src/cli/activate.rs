@@ -98,6 +98,12 @@ pub fn activate(env: &Env, tx: &Tx<'_>, vg: &str, lv: &str, mode: Mode) -> anyho
         .filter(|l| l.status.iter().any(|s| s == "VISIBLE"))
         .ok_or_else(|| failed(format!("Failed to find logical volume \"{vg}/{lv}\"")))?;
     let clustered = ops::is_clustered(&found.vg);
+    let mirror = l.segments.iter().any(|s| s.segtype == "mirror");
+    if clustered && mirror && mode == Mode::Shared {
+        return Err(failed(format!(
+            "{vg}/{lv} is a mirror: shared activation needs a cluster mirror log, not supported yet (use -aey)"
+        )));
+    }
     if clustered && mode != Mode::Local && tx.clvmd_mode().is_none() {
         return Err(failed(format!("Cannot activate {vg}/{lv} in clustered VG {vg}: clvmd is not running")));
     }
