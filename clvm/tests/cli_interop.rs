@@ -494,3 +494,29 @@ fn pvmove_moves_the_data_and_stock_agrees() -> Result<()> {
     rig.clvm(&["vgremove", "-f", &vg])?;
     Ok(())
 }
+
+#[test]
+fn classic_names_run_their_command() -> Result<()> {
+    let rig = Rig::new(1)?;
+    let links = rig.etc.join("sbin");
+    std::fs::create_dir_all(&links)?;
+    for name in ["vgcreate", "lvcreate", "lvs", "vgremove"] {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_clvm"), links.join(name))?;
+    }
+    let vg = unique("nvg");
+    let run = |args: &[&str]| -> Result<String> {
+        let out = Command::new(links.join(args[0]))
+            .args(&args[1..])
+            .args(["--devices", rig.dev(0)])
+            .env("LVM_SYSTEM_DIR", &rig.etc)
+            .output()?;
+        ensure!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    run(&["vgcreate", &vg, rig.dev(0)])?;
+    run(&["lvcreate", "-L", "4M", "-n", "x", &vg])?;
+    let lvs = run(&["lvs", "--noheadings", "-o", "lv_name,vg_name", &vg])?;
+    ensure!(lvs.split_whitespace().collect::<Vec<_>>() == ["x", vg.as_str()], "lvs through its link: {lvs:?}");
+    run(&["vgremove", "-f", &vg])?;
+    Ok(())
+}
