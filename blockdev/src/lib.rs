@@ -72,11 +72,17 @@ impl FileDevice {
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, DeviceError> {
         let path = path.into();
         let spec = path.display().to_string();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|source| DeviceError::Open { spec: spec.clone(), source })?;
+        // Read-write; a device this process may only read (a read-only medium, a mounted
+        // disk the kernel keeps to itself) is opened read-only: its writes fail.
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            // EPERM, EACCES, EROFS.
+            Err(e) if matches!(e.raw_os_error(), Some(1 | 13 | 30)) => OpenOptions::new()
+                .read(true)
+                .open(&path)
+                .map_err(|_| DeviceError::Open { spec: spec.clone(), source: e })?,
+            Err(source) => return Err(DeviceError::Open { spec, source }),
+        };
         let size = Self::end_of(&file).map_err(|source| DeviceError::Open { spec, source })?;
         Ok(FileDevice { file, size: AtomicU64::new(size) })
     }

@@ -124,7 +124,7 @@ fn pjdfstest_on_a_striped_lv_over_two_gnbd_exports() {
     let quoted: Vec<String> = uris.iter().map(|u| format!("\"{u}\"")).collect();
     std::fs::write(
         etc.join("clvm.conf"),
-        format!("devices {{\n\tdevices = [ {} ]\n\tscan = [ ]\n}}\n", quoted.join(", ")),
+        format!("devices {{\n\tdevices = [ {} ]\n\tscan = [ ]\n\tscan_partitions = 0\n}}\n", quoted.join(", ")),
     )
     .unwrap();
     let clvm = |args: &[&str]| {

@@ -124,8 +124,11 @@ impl Env {
         self.setting_dir("backup/archive_dir", "archive")
     }
 
-    /// The devices to scan: `--devices`, else clvm.conf's `devices/devices` list plus every
-    /// block device and file under the `devices/scan` directories (default `/dev/gnbd`).
+    /// The devices to scan: `--devices`, else clvm.conf's `devices/devices` list, every
+    /// block device and file under the `devices/scan` directories (default `/dev/gnbd`), and,
+    /// unless `devices/scan_partitions = 0`, every block device in /proc/partitions (as LVM2
+    /// scans them) except RAM disks and the loop devices of active LVs (an LV is not a PV
+    /// here, as with LVM2's default `scan_lvs = 0`).
     pub fn device_list(&self) -> Vec<String> {
         if !self.common.devices.is_empty() {
             return self.common.devices.clone();
@@ -145,6 +148,13 @@ impl Env {
             let mut names: Vec<String> = rd.filter_map(|e| e.ok()).map(|e| e.path().display().to_string()).collect();
             names.sort();
             for n in names {
+                if !out.contains(&n) {
+                    out.push(n);
+                }
+            }
+        }
+        if !matches!(self.setting("devices/scan_partitions"), Some(Value::Int(0))) {
+            for n in partitions() {
                 if !out.contains(&n) {
                     out.push(n);
                 }
@@ -230,6 +240,34 @@ impl Env {
     pub fn now(&self) -> i64 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
     }
+}
+
+/// Block devices from /proc/partitions, without RAM disks and the loop devices serving active
+/// LVs (their backing file is an activation's FUSE file, fsname `clvm:VG/LV`).
+fn partitions() -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string("/proc/partitions") else { return vec![] };
+    let lv_files: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("clvm:"))
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        .collect();
+    let mut out = Vec::new();
+    for line in text.lines().skip(2) {
+        let Some(name) = line.split_whitespace().nth(3) else { continue };
+        if name.starts_with("ram") || name.starts_with("zram") {
+            continue;
+        }
+        if name.starts_with("loop") {
+            let backing = std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")).unwrap_or_default();
+            let backing = backing.trim();
+            if backing.is_empty() || lv_files.iter().any(|m| backing.starts_with(m.as_str())) {
+                continue;
+            }
+        }
+        out.push(format!("/dev/{name}"));
+    }
+    out
 }
 
 /// `--config "a/b=1 c/d=\"x\""` or a full config text.
