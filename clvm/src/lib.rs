@@ -1,6 +1,15 @@
-//! clvm: the cluster volume manager. This crate owns, so far, the foundation every other part
-//! stands on: LVM2's on-disk format, byte-compatible with what Debian's lvm2 2.03 reads and
-//! writes.
+//! clvm: the cluster volume manager, LVM2-compatible. Layers, bottom up:
+//!
+//! - the on-disk format, byte-compatible with what Debian's lvm2 2.03 reads and writes
+//!   (sans-IO, below);
+//! - [`disk`]: PVs on `blockdev` devices (files, block devices, `gnbd://` exports): reading
+//!   labels and texts, pvcreate's layout, the three-step commit;
+//! - [`scan`]: which devices are PVs and which text of each VG is current;
+//! - [`alloc`] and [`ops`]: extent allocation and the changes each command makes to a VG
+//!   (sans-IO);
+//! - [`map`]: LV offsets to PV offsets, and an LV as a device ([`map::LvDevice`]);
+//!
+//! The format layer:
 //!
 //! - [`label`]: the `LABELONE` label in one of the first four sectors and its `pv_header`
 //!   (PV UUID, device size, data / metadata / bootloader area lists).
@@ -36,5 +45,17 @@
 #![forbid(unsafe_code)]
 
 mod format;
+pub mod report;
+
+pub mod activate;
+pub mod alloc;
+pub mod cli;
+pub mod clvmd;
+pub mod disk;
+pub mod lock;
+pub mod map;
+pub mod mirror;
+pub mod ops;
+pub mod scan;
 
 pub use format::{crc, label, mda, text, vg};

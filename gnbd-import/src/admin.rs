@@ -4,7 +4,7 @@ use crate::{check_free, list, remove, ConnectOptions, DeviceConfig, ImportError,
 use gnbd_client::{list_exports_with, ClientError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 /// Default NBD port.
@@ -169,27 +169,8 @@ pub fn start_device(exe: &Path, cfg: &DeviceConfig, log_level: Option<&str>) -> 
     if let Some(level) = log_level {
         cmd.arg("--log-level").arg(level);
     }
-    let done = cmd
-        .stdin(Stdio::null())
-        // A daemon must not pin the directory gnbd_import was started from.
-        .current_dir("/")
-        .output()
-        .map_err(|source| ImportError::Io { what: "cannot run", path: exe.to_path_buf(), source })?;
-    let fail = |message: String| ImportError::Device { name: cfg.name.clone(), message };
-    if !done.status.success() {
-        // One line, `gnbd_import: why` (daemon::exit), or the toolkit's note that the
-        // process died before it was ready.
-        let said = String::from_utf8_lossy(&done.stderr);
-        let said = said.lines().map(|l| l.strip_prefix("gnbd_import: ").unwrap_or(l)).collect::<Vec<_>>().join("; ");
-        let said = if said.trim().is_empty() {
-            format!("it exited ({}) without a message; see {}", done.status, cfg.log_path().display())
-        } else {
-            said
-        };
-        return Err(fail(said));
-    }
-    let text = std::fs::read_to_string(cfg.record_path()).map_err(|e| fail(format!("no record after ready: {e}")))?;
-    serde_json::from_str(&text).map_err(|e| fail(format!("corrupt record: {e}")))
+    crate::device::start_process(&mut cmd, "gnbd_import", &cfg.record_path(), &cfg.log_path())
+        .map_err(|message| ImportError::Device { name: cfg.name.clone(), message })
 }
 
 fn show(env: &Env, json: bool) -> anyhow::Result<String> {

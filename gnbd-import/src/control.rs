@@ -1,7 +1,8 @@
-//! A device process's control socket, `STATE_DIR/imports/NAME.sock` (mode 0600: root only):
-//! the suite's local control protocol (`daemon::control`: JSON lines, requests tagged `op`,
-//! replies `{"ok":VALUE}` or `{"error":{"kind":..,"message":..}}`). `gnbd_import -l` asks
-//! for the status, `gnbd_import -r` for the stop.
+//! A device process's control socket, `STATE_DIR/imports/NAME.sock` for an import, the
+//! configured path for [`run_block_device`](crate::run_block_device) (mode 0600: root
+//! only): the suite's local control protocol (`daemon::control`: JSON lines, requests
+//! tagged `op`, replies `{"ok":VALUE}` or `{"error":{"kind":..,"message":..}}`).
+//! `gnbd_import -l` asks for the status, `gnbd_import -r` for the stop.
 //!
 //! | request | ok value | errors |
 //! |---|---|---|
@@ -10,15 +11,15 @@
 //!
 //! `force` may be left out (false).
 
+use crate::backend::Backend;
 use crate::fs::IoStats;
 use crate::loopdev::is_busy;
 use daemon::control::{CallError, Conn, ControlError};
 use daemon::Signals;
-use gnbd_client::{Client, ConnectionState};
 use serde::{Deserialize, Serialize};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -39,7 +40,8 @@ pub enum Request {
 /// Live status from a device process (the `ok` value of `status`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
-    /// `connected`, `reconnecting`, `failed: ...`, `closed`.
+    /// `connected`, `reconnecting`, `failed: ...`, `closed` (a gnbd import); `active` (a
+    /// local device).
     pub state: String,
     pub reconnects: u64,
     pub resubmitted: u64,
@@ -57,30 +59,28 @@ pub struct Stopping {
 }
 
 /// What a device process serves its socket with.
-pub(crate) struct Served {
+pub(crate) struct Served<B> {
     pub name: String,
-    /// Weak: the main thread closes the client on the way out.
-    pub client: Weak<Client>,
+    /// Weak: the main thread closes the backend on the way out.
+    pub backend: Weak<B>,
     pub stats: Arc<IoStats>,
     pub loop_device: PathBuf,
     pub link: PathBuf,
     pub signals: Signals,
+    /// Set by the teardown before it connects once to end [`Served::run`].
+    pub closing: Arc<AtomicBool>,
 }
 
-impl Served {
+impl<B: Backend> Served<B> {
     fn status(&self) -> Result<Status, ControlError> {
-        let client = self.client.upgrade().ok_or_else(|| ControlError::unavailable("the device is being removed"))?;
-        let state = match client.state() {
-            ConnectionState::Connected => "connected".to_string(),
-            ConnectionState::Reconnecting => "reconnecting".to_string(),
-            ConnectionState::Failed(e) => format!("failed: {e}"),
-            ConnectionState::Closed => "closed".to_string(),
-        };
+        let backend = self.backend.upgrade().ok_or_else(|| ControlError::unavailable("the device is being removed"))?;
+        let health = backend.health();
+        drop(backend);
         let s = &self.stats;
         Ok(Status {
-            state,
-            reconnects: client.reconnects(),
-            resubmitted: client.resubmitted(),
+            state: health.state,
+            reconnects: health.reconnects,
+            resubmitted: health.resubmitted,
             reads: s.reads.load(Ordering::Relaxed),
             writes: s.writes.load(Ordering::Relaxed),
             flushes: s.flushes.load(Ordering::Relaxed),
@@ -112,14 +112,23 @@ impl Served {
         Ok(())
     }
 
-    /// Serves `listener`, one connection at a time, for the life of the process.
+    /// Serves `listener`, one connection at a time, until [`close`] ends it.
     pub fn run(self, listener: UnixListener) {
         for conn in listener.incoming().flatten() {
+            if self.closing.load(Ordering::SeqCst) {
+                return;
+            }
             if let Err(e) = self.serve(conn) {
                 tracing::debug!(error = %e, "control connection ended");
             }
         }
     }
+}
+
+/// Ends the [`Served::run`] loop serving `socket` (before the socket file is removed).
+pub(crate) fn close(socket: &Path, closing: &AtomicBool) {
+    closing.store(true, Ordering::SeqCst);
+    let _ = std::os::unix::net::UnixStream::connect(socket);
 }
 
 /// How the device process is named in messages about its socket.

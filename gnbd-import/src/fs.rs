@@ -1,26 +1,27 @@
-//! The FUSE side of an import: a one-file filesystem whose file is the export.
+//! The FUSE side of a device process: a one-file filesystem whose file is the device.
 //!
-//! The mount holds a single regular file, `device`, as large as the export. Every FUSE
-//! request on it becomes a [`Client`] request, started on the tokio runtime and answered
-//! from there, so the kernel can keep many requests in flight (loop devices in direct-I/O
+//! The mount holds a single regular file, `device`, as large as the [`Backend`] (a gnbd
+//! export, or any `blockdev::Device`). Every FUSE request on it becomes a backend call,
+//! started on the tokio runtime and answered from there, so the kernel can keep many
+//! requests in flight (loop devices in direct-I/O
 //! mode submit asynchronous direct I/O; `FUSE_ASYNC_DIO` and a raised background limit let
-//! it reach the client undiluted). The file is opened with `FOPEN_DIRECT_IO`: the importing
+//! it reach the backend undiluted). The file is opened with `FOPEN_DIRECT_IO`: the importing
 //! node keeps no page cache of a device other nodes may be writing.
 //!
-//! | FUSE request | NBD request |
-//! |---|---|
-//! | read | `NBD_CMD_READ` (split by the client above the server's maximum) |
-//! | write (with `O_SYNC`/`O_DSYNC`: FUA) | `NBD_CMD_WRITE` |
-//! | fsync, fdatasync | `NBD_CMD_FLUSH` |
-//! | fallocate `PUNCH_HOLE` | `NBD_CMD_TRIM` |
-//! | fallocate `ZERO_RANGE` | `NBD_CMD_WRITE_ZEROES` |
+//! | FUSE request | backend call | NBD request (gnbd export) |
+//! |---|---|---|
+//! | read | `read` | `NBD_CMD_READ` (split by the client above the server's maximum) |
+//! | write (with `O_SYNC`/`O_DSYNC`: FUA) | `write` | `NBD_CMD_WRITE` |
+//! | fsync, fdatasync | `flush` | `NBD_CMD_FLUSH` |
+//! | fallocate `PUNCH_HOLE` | `trim` | `NBD_CMD_TRIM` |
+//! | fallocate `ZERO_RANGE` | `write_zeroes` | `NBD_CMD_WRITE_ZEROES` |
 
+use crate::backend::{Backend, BackendError};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
     ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
-use gnbd_client::{Client, ClientError};
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,10 +49,10 @@ pub struct IoStats {
     pub errors: AtomicU64,
 }
 
-/// The filesystem: one file backed by `client`.
+/// The filesystem: one file backed by `backend`.
 #[derive(Debug)]
-pub struct DeviceFs {
-    client: Arc<Client>,
+pub struct DeviceFs<B> {
+    backend: Arc<B>,
     rt: Handle,
     size: u64,
     read_only: bool,
@@ -59,10 +60,13 @@ pub struct DeviceFs {
     stats: Arc<IoStats>,
 }
 
-impl DeviceFs {
-    pub fn new(client: Arc<Client>, rt: Handle, read_only: bool, stats: Arc<IoStats>) -> Self {
-        let size = client.size();
-        Self { client, rt, size, read_only, created: SystemTime::now(), stats }
+impl<B: Backend> DeviceFs<B> {
+    /// Serves `backend` through requests spawned on `rt`; read-only when asked or when the
+    /// backend is.
+    pub fn new(backend: Arc<B>, rt: Handle, read_only: bool, stats: Arc<IoStats>) -> Self {
+        let size = backend.size();
+        let read_only = read_only || backend.read_only();
+        Self { backend, rt, size, read_only, created: SystemTime::now(), stats }
     }
 
     fn attr(&self, ino: INodeNo) -> FileAttr {
@@ -94,22 +98,22 @@ impl DeviceFs {
     fn clamp(&self, offset: u64, len: u64) -> Option<u64> {
         (offset < self.size).then(|| len.min(self.size - offset))
     }
-
-    fn fail(stats: &IoStats, e: &ClientError) -> Errno {
-        stats.errors.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(error = %e, "request failed");
-        Errno::from_i32(e.errno())
-    }
 }
 
-fn errno_ok(r: Result<(), ClientError>, stats: &IoStats, reply: ReplyEmpty) {
+fn fail(stats: &IoStats, e: &impl BackendError) -> Errno {
+    stats.errors.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(error = %e, "request failed");
+    Errno::from_i32(e.errno())
+}
+
+fn errno_ok(r: Result<(), impl BackendError>, stats: &IoStats, reply: ReplyEmpty) {
     match r {
         Ok(()) => reply.ok(),
-        Err(e) => reply.error(DeviceFs::fail(stats, &e)),
+        Err(e) => reply.error(fail(stats, &e)),
     }
 }
 
-impl Filesystem for DeviceFs {
+impl<B: Backend> Filesystem for DeviceFs<B> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let wanted = InitFlags::FUSE_ASYNC_DIO | InitFlags::FUSE_PARALLEL_DIROPS;
         let _ = config.add_capabilities(wanted & config.capabilities());
@@ -190,16 +194,16 @@ impl Filesystem for DeviceFs {
         let Some(len) = self.clamp(offset, size as u64) else {
             return reply.data(&[]);
         };
-        let client = self.client.clone();
+        let backend = self.backend.clone();
         let stats = self.stats.clone();
         self.rt.spawn(async move {
             stats.reads.fetch_add(1, Ordering::Relaxed);
-            match client.read(offset, len as usize).await {
+            match backend.read(offset, len as usize).await {
                 Ok(data) => {
-                    reply.data(&data);
-                    client.recycle(data);
+                    reply.data(data.as_ref());
+                    backend.recycle(data);
                 }
-                Err(e) => reply.error(DeviceFs::fail(&stats, &e)),
+                Err(e) => reply.error(fail(&stats, &e)),
             }
         });
     }
@@ -228,29 +232,29 @@ impl Filesystem for DeviceFs {
         }
         let fua = flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0;
         let data: Arc<[u8]> = Arc::from(data);
-        let client = self.client.clone();
+        let backend = self.backend.clone();
         let stats = self.stats.clone();
         self.rt.spawn(async move {
             stats.writes.fetch_add(1, Ordering::Relaxed);
             let len = data.len() as u32;
-            match client.write_shared(offset, data, fua).await {
+            match backend.write(offset, data, fua).await {
                 Ok(()) => reply.written(len),
-                Err(e) => reply.error(DeviceFs::fail(&stats, &e)),
+                Err(e) => reply.error(fail(&stats, &e)),
             }
         });
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        // close(2): nothing is buffered here (every write was answered by the server).
+        // close(2): nothing is buffered here (every write was answered by the backend).
         reply.ok();
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let client = self.client.clone();
+        let backend = self.backend.clone();
         let stats = self.stats.clone();
         self.rt.spawn(async move {
             stats.flushes.fetch_add(1, Ordering::Relaxed);
-            errno_ok(client.flush().await, &stats, reply);
+            errno_ok(backend.flush().await, &stats, reply);
         });
     }
 
@@ -271,17 +275,17 @@ impl Filesystem for DeviceFs {
             // Nothing of the range lies inside the device.
             return if mode & libc::FALLOC_FL_KEEP_SIZE != 0 { reply.ok() } else { reply.error(Errno::EPERM) };
         };
-        let client = self.client.clone();
+        let backend = self.backend.clone();
         let stats = self.stats.clone();
         if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
             self.rt.spawn(async move {
                 stats.trims.fetch_add(1, Ordering::Relaxed);
-                errno_ok(client.trim(offset, len).await, &stats, reply);
+                errno_ok(backend.trim(offset, len).await, &stats, reply);
             });
         } else if mode & libc::FALLOC_FL_ZERO_RANGE != 0 {
             self.rt.spawn(async move {
                 stats.writes.fetch_add(1, Ordering::Relaxed);
-                errno_ok(client.write_zeroes(offset, len).await, &stats, reply);
+                errno_ok(backend.write_zeroes(offset, len).await, &stats, reply);
             });
         } else if mode & !libc::FALLOC_FL_KEEP_SIZE == 0 && len == length {
             // Plain allocation inside the device: the blocks exist already.

@@ -24,18 +24,43 @@
 //!
 //! The CLI side ([`start_device`], [`list`], [`remove`]) only talks to those processes and
 //! reads their records, so it can run at any time, as often as wanted.
+//!
+//! The device process does not depend on the export: its FUSE file is served from a
+//! [`Backend`], the gnbd client for an import, or any [`blockdev::Device`] through
+//! [`DeviceBackend`]. [`run_block_device`] runs the same process (mount, loop device, link,
+//! record, control socket, teardown) for a `blockdev::Device` under names the caller
+//! chooses, as the volume manager does to activate a logical volume as `/dev/VG/LV`:
+//!
+//! ```no_run
+//! use gnbd_import::{run_block_device, BlockDeviceConfig};
+//! use std::path::Path;
+//! use std::sync::Arc;
+//!
+//! let signals = daemon::signals::install()?;
+//! let dev = Arc::new(blockdev::FileDevice::open("/srv/lv0.img")?);
+//! let cfg = BlockDeviceConfig::in_dir(Path::new("/run/clvm"), "vg0-lv0", "vg0/lv0", Path::new("/dev/vg0/lv0"), "clvm");
+//! run_block_device(dev, cfg, signals, |record| println!("{}", record.loop_device.display()))?;
+//! # Ok::<(), anyhow::Error>(())
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod backend;
 pub mod control;
+mod device;
 mod fs;
 mod loopdev;
 
+pub use backend::{Backend, BackendError, DeviceBackend, Health};
 pub use control::{Request, Status, Stopping};
+pub use device::{
+    read_block_record, remove_block_device, run_block_device, start_block_device, BlockDeviceConfig, BlockDeviceError,
+    BlockRecord,
+};
 pub use fs::{DeviceFs, IoStats, DEVICE_FILE};
 pub use loopdev::{attach, detach, is_busy, LoopError};
 
-use daemon::control::{CallError, SocketAccess};
+use daemon::control::CallError;
 use daemon::Signals;
 use gnbd_client::{Client, ClientOptions};
 use serde::{Deserialize, Serialize};
@@ -159,6 +184,18 @@ impl DeviceConfig {
     pub fn link(&self) -> PathBuf {
         self.dev_dir.join(&self.name)
     }
+    fn layout(&self) -> device::Layout {
+        device::Layout {
+            name: self.name.clone(),
+            mountpoint: self.mountpoint(),
+            link: self.link(),
+            record_path: self.record_path(),
+            socket_path: self.socket_path(),
+            fsname: format!("gnbd:{}", self.name),
+            subtype: "gnbd".into(),
+            read_only: self.read_only,
+        }
+    }
 }
 
 fn imports_dir(state_dir: &Path) -> PathBuf {
@@ -204,11 +241,6 @@ fn read_record(path: &Path) -> Result<Record, ImportError> {
     })
 }
 
-fn write_record(path: &Path, r: &Record) -> Result<(), ImportError> {
-    let text = serde_json::to_string_pretty(r).expect("records serialise");
-    daemon::write_atomic(path, text.as_bytes()).map_err(io_err("cannot write", path))
-}
-
 /// Every import recorded under `state_dir`, with live status where the process answers.
 pub fn list(state_dir: &Path) -> Result<Vec<Listed>, ImportError> {
     let dir = imports_dir(state_dir);
@@ -240,25 +272,58 @@ pub fn remove(state_dir: &Path, name: &str, force: bool) -> Result<(), ImportErr
         return Err(ImportError::NotImported { name: name.into() });
     }
     let record = read_record(&path)?;
-    match control::stop(&record.config.socket_path(), force, Duration::from_secs(60)) {
-        Ok(_) => {
-            wait_gone(record.pid, Duration::from_secs(30));
-            // The process removes its own record; clean up whatever it could not.
-            cleanup_dead(&record, true)
-        }
-        Err(CallError::Remote(e)) if e.kind == daemon::control::ErrorKind::Busy => {
+    let layout = record.config.layout();
+    match remove_served(&layout, record.pid, &record.loop_device, &record.file, force) {
+        Ok(()) => Ok(()),
+        Err(Removal::Busy) => {
             Err(ImportError::Busy { name: name.into(), device: record.config.link().display().to_string() })
         }
-        Err(CallError::Remote(e)) => Err(ImportError::Device { name: name.into(), message: e.message }),
+        Err(Removal::Device(message)) => Err(ImportError::Device { name: name.into(), message }),
+        Err(Removal::Loop(e)) => Err(e.into()),
+    }
+}
+
+/// Why [`remove_served`] did not remove a device.
+pub(crate) enum Removal {
+    Busy,
+    /// The device process refused with this message.
+    Device(String),
+    Loop(LoopError),
+}
+
+/// Stops the device process serving `l` (pid `pid`) through its control socket and waits
+/// for it to exit, then cleans up what it could not; or, when it does not answer, undoes
+/// what it left behind.
+pub(crate) fn remove_served(
+    l: &device::Layout,
+    pid: u32,
+    loop_device: &Path,
+    file: &Path,
+    force: bool,
+) -> Result<(), Removal> {
+    match control::stop(&l.socket_path, force, Duration::from_secs(60)) {
+        Ok(_) => {
+            if pid == std::process::id() {
+                // Served by this process (`run_block_device` on a thread): its teardown
+                // removes the mountpoint last.
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while l.mountpoint.exists() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            } else {
+                wait_gone(pid, Duration::from_secs(30));
+            }
+            // The process removes its own record; clean up whatever it could not.
+            device::undo(l, loop_device, file, true).map_err(Removal::Loop)
+        }
+        Err(CallError::Remote(e)) if e.kind == daemon::control::ErrorKind::Busy => Err(Removal::Busy),
+        Err(CallError::Remote(e)) => Err(Removal::Device(e.message)),
         Err(_) => {
             // The device process is gone: undo what it left behind.
-            if !force && is_busy(&record.loop_device) {
-                return Err(ImportError::Busy {
-                    name: name.into(),
-                    device: record.config.link().display().to_string(),
-                });
+            if !force && is_busy(loop_device) {
+                return Err(Removal::Busy);
             }
-            cleanup_dead(&record, force)
+            device::undo(l, loop_device, file, force).map_err(Removal::Loop)
         }
     }
 }
@@ -274,27 +339,6 @@ fn wait_gone(pid: u32, limit: Duration) {
     let deadline = std::time::Instant::now() + limit;
     while pid_alive(pid) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Undoes a device's traces: loop device, link, FUSE mount, socket, record, mountpoint.
-fn cleanup_dead(record: &Record, lazy: bool) -> Result<(), ImportError> {
-    let cfg = &record.config;
-    if loopdev::backing_file(&record.loop_device).is_some_and(|f| f == record.file) {
-        detach(&record.loop_device)?;
-    }
-    remove_link(&cfg.link(), &record.loop_device);
-    loopdev::unmount(&cfg.mountpoint(), lazy);
-    let _ = std::fs::remove_file(cfg.socket_path());
-    let _ = std::fs::remove_dir(cfg.mountpoint());
-    let _ = std::fs::remove_file(cfg.record_path());
-    Ok(())
-}
-
-/// Removes `link` if it still points at `target` (a newer import may own the name).
-fn remove_link(link: &Path, target: &Path) {
-    if std::fs::read_link(link).is_ok_and(|t| t == target) {
-        let _ = std::fs::remove_file(link);
     }
 }
 
@@ -321,14 +365,7 @@ pub fn check_free(state_dir: &Path, name: &str) -> Result<(), ImportError> {
 /// forced stop does. `ready` is called once with the record when the device is usable.
 pub fn run_device(cfg: DeviceConfig, signals: Signals, ready: impl FnOnce(&Record)) -> anyhow::Result<()> {
     use anyhow::Context;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        // Replies to FUSE are blocking writes that copy up to 1 MiB each: more threads than
-        // cores keep the sockets served while some of them copy.
-        .worker_threads(4)
-        .thread_name("gnbd-import-io")
-        .enable_all()
-        .build()
-        .context("cannot start the I/O runtime")?;
+    let rt = device::io_runtime("gnbd-import-io")?;
     let mut opts = cfg.connect.client_options(&cfg.addr, &cfg.export);
     opts.connections = cfg.connections.max(1);
     opts.io_timeout = (cfg.timeout_secs > 0).then(|| Duration::from_secs(cfg.timeout_secs));
@@ -336,95 +373,19 @@ pub fn run_device(cfg: DeviceConfig, signals: Signals, ready: impl FnOnce(&Recor
         rt.block_on(Client::connect(opts))
             .with_context(|| format!("cannot import '{}' from {}", cfg.export, cfg.server))?,
     );
-    let size = client.size();
-    let read_only = cfg.read_only || client.flags() & nbd_proto::consts::NBD_FLAG_READ_ONLY != 0;
-
-    std::fs::create_dir_all(cfg.dir()).with_context(|| format!("cannot create {}", cfg.dir().display()))?;
-    let mnt = cfg.mountpoint();
-    loopdev::unmount(&mnt, true); // a stale mount left by a killed process
-    std::fs::create_dir_all(&mnt).with_context(|| format!("cannot create {}", mnt.display()))?;
-    let stats = Arc::new(IoStats::default());
-    let fs = DeviceFs::new(client.clone(), rt.handle().clone(), read_only, stats.clone());
-    let mut fuse_cfg = fuser::Config::default();
-    fuse_cfg.mount_options = vec![
-        fuser::MountOption::FSName(format!("gnbd:{}", cfg.name)),
-        fuser::MountOption::Subtype("gnbd".into()),
-        fuser::MountOption::NoExec,
-        fuser::MountOption::NoSuid,
-        fuser::MountOption::NoDev,
-    ];
-    fuse_cfg.n_threads = Some(2);
-    fuse_cfg.clone_fd = true;
-    let session =
-        fuser::spawn_mount(fs, &mnt, &fuse_cfg).with_context(|| format!("cannot mount FUSE at {}", mnt.display()))?;
-    let file = mnt.join(DEVICE_FILE);
-    let loop_device = match attach(&file, read_only) {
-        Ok(d) => d,
-        Err(e) => {
-            drop(session);
-            return Err(e).context("cannot attach a loop device");
-        }
-    };
-    let link = cfg.link();
-    let linked = (|| -> std::io::Result<()> {
-        std::fs::create_dir_all(&cfg.dev_dir)?;
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&loop_device, &link)
-    })();
-    let record = Record { config: cfg.clone(), pid: std::process::id(), size, loop_device: loop_device.clone(), file };
-    let setup = linked
-        .with_context(|| format!("cannot create {}", link.display()))
-        .and_then(|()| write_record(&cfg.record_path(), &record).map_err(Into::into));
-    let listener = setup.and_then(|()| {
-        daemon::control::bind(&cfg.socket_path(), SocketAccess::Owner)
-            .with_context(|| format!("cannot bind {}", cfg.socket_path().display()))
-    });
-    let listener = match listener {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = cleanup_dead(&record, true);
-            drop(session);
-            return Err(e);
-        }
-    };
-    tracing::info!(name = %cfg.name, device = %loop_device.display(), size, "imported");
-    ready(&record);
-
-    let served = control::Served {
-        name: cfg.name.clone(),
-        client: Arc::downgrade(&client),
-        stats,
-        loop_device: loop_device.clone(),
-        link: link.clone(),
-        signals: signals.clone(),
-    };
-    std::thread::Builder::new()
-        .name("gnbd-import-ctl".into())
-        .spawn(move || served.run(listener))
-        .context("cannot start the control thread")?;
-    let sig = signals.wait_stop();
-    tracing::info!(name = %cfg.name, signal = sig, "stopping");
-    daemon::ready::stopping();
-
-    // Orderly teardown: loop device, name, FUSE mount, client, record.
-    if let Err(e) = detach(&loop_device) {
-        tracing::warn!(error = %e, "cannot detach the loop device");
-    }
-    remove_link(&link, &loop_device);
-    let _ = std::fs::remove_file(cfg.record_path());
-    let _ = std::fs::remove_file(cfg.socket_path());
-    if loopdev::unmount(&mnt, false) {
-        let _ = session.join();
-    } else {
-        // Still held (a forced stop of a busy device): detach lazily; the kernel aborts the
-        // FUSE connection when this process exits, failing what is left with EIO.
-        loopdev::unmount(&mnt, true);
-        std::mem::forget(session);
-    }
-    let _ = std::fs::remove_dir(&mnt);
-    if let Ok(c) = Arc::try_unwrap(client) {
-        rt.block_on(c.close());
-    }
-    tracing::info!(name = %cfg.name, "removed");
-    Ok(())
+    let layout = cfg.layout();
+    device::serve(
+        client,
+        rt,
+        &layout,
+        signals,
+        |a| Record {
+            config: cfg.clone(),
+            pid: std::process::id(),
+            size: a.size,
+            loop_device: a.loop_device.clone(),
+            file: a.file.clone(),
+        },
+        ready,
+    )
 }

@@ -30,11 +30,7 @@ pub enum AdminError {
 pub fn run(state_dir: &Path, action: Action) -> Result<String, AdminError> {
     let req = match action {
         Action::Create { name, path, cached, readonly, description, tls } => {
-            let path = crate::export::absolute(&path);
-            match std::fs::metadata(&path) {
-                Ok(_) => {}
-                Err(e) => return Err(AdminError::BadPath { path, why: e.to_string() }),
-            }
+            let path = resolve_device(&path)?;
             ControlRequest::Export { spec: ExportSpec { name, path, cached, readonly, description, tls } }
         }
         Action::Remove { name, force } => ControlRequest::Remove { name, force },
@@ -52,6 +48,33 @@ pub fn run(state_dir: &Path, action: Action) -> Result<String, AdminError> {
         ControlReply::Done { message } => Ok(format!("gnbd_export: {message}\n")),
         other => Err(AdminError::Unexpected(Box::new(other))),
     }
+}
+
+/// The path to export: as given, or for `VG/LV` (not a path that exists) the activated
+/// logical volume `/dev/VG/LV`, as GNBD exported LVs.
+pub fn resolve_device(path: &Path) -> Result<PathBuf, AdminError> {
+    let abs = crate::export::absolute(path);
+    let err = match std::fs::metadata(&abs) {
+        Ok(_) => return Ok(abs),
+        Err(e) => e,
+    };
+    let s = path.to_string_lossy();
+    let lv_like = path.is_relative()
+        && s.split('/').count() == 2
+        && s.split('/').all(|p| !p.is_empty() && !p.starts_with('.') && !p.starts_with('-'));
+    if lv_like {
+        let dev = Path::new("/dev").join(path);
+        if std::fs::metadata(&dev).is_ok() {
+            return Ok(dev);
+        }
+        return Err(AdminError::BadPath {
+            path: path.to_path_buf(),
+            why: format!(
+                "no such file, and no logical volume {s} is active on this node (/dev/{s}): activate it with lvchange -ay {s}"
+            ),
+        });
+    }
+    Err(AdminError::BadPath { path: abs, why: err.to_string() })
 }
 
 /// Sizes the way operators read them: exact bytes are in `--json`.
@@ -146,5 +169,22 @@ mod tests {
         let cols: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(cols, ["disk0", "1.0", "GiB", "uncached", "ro", "1", "/srv/disk0.img"]);
         assert_eq!(human_size(512), "512 B");
+    }
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::*;
+
+    #[test]
+    fn lv_names_resolve_to_dev_or_say_how_to_activate() {
+        let tmp = std::env::temp_dir().join(format!("resolve-{}", std::process::id()));
+        std::fs::write(&tmp, b"x").unwrap();
+        assert_eq!(resolve_device(&tmp).unwrap(), tmp);
+        let e = resolve_device(Path::new("novg-xyz/nolv")).unwrap_err().to_string();
+        assert!(e.contains("lvchange -ay novg-xyz/nolv"), "{e}");
+        let e = resolve_device(Path::new("/nonexistent/file")).unwrap_err().to_string();
+        assert!(!e.contains("lvchange"), "{e}");
+        let _ = std::fs::remove_file(&tmp);
     }
 }

@@ -35,12 +35,19 @@ pub fn gnbd_export_cmd(state_dir: &Path) -> Command {
 pub struct ServerBuilder {
     args: Vec<OsString>,
     unix: bool,
+    port: u16,
 }
 
 impl ServerBuilder {
     /// Passes one more argument to `gnbd_serv`.
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
         self.args.push(arg.into());
+        self
+    }
+
+    /// Listen on this TCP port (kept across [`Server::restart`]) instead of a free one.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
         self
     }
 
@@ -62,7 +69,8 @@ impl ServerBuilder {
             args.push("--unix".into());
             args.push(path.into());
         }
-        let mut server = Server { child: None, port: 0, unix, control: None, args, state_dir, log_path, dir };
+        let mut server =
+            Server { child: None, port: 0, fixed_port: self.port, unix, control: None, args, state_dir, log_path, dir };
         server.spawn();
         server
     }
@@ -77,6 +85,8 @@ impl ServerBuilder {
 pub struct Server {
     child: Option<Child>,
     port: u16,
+    /// The port asked for (0: any free one).
+    fixed_port: u16,
     unix: Option<PathBuf>,
     /// The network control channel (`--cluster-key`), from ` control=ADDR` in the ready line.
     control: Option<SocketAddr>,
@@ -109,7 +119,7 @@ impl Server {
         let mut cmd = Command::new(serv_bin());
         cmd.arg("--state-dir")
             .arg(&self.state_dir)
-            .args(["-p", "0", "--bind", "127.0.0.1", "--foreground"])
+            .args(["-p", &self.fixed_port.to_string(), "--bind", "127.0.0.1", "--foreground"])
             .args(&self.args)
             .env("RUST_BACKTRACE", "1")
             // Plain logs in the log file (tracing-subscriber honours NO_COLOR).
@@ -261,7 +271,8 @@ impl Server {
     }
 
     /// SIGKILL the server (if running) and start a new one with the same state directory
-    /// and arguments; waits for its ready line. The port usually changes.
+    /// and arguments; waits for its ready line. The port usually changes (not when the
+    /// server was built with [`ServerBuilder::port`]).
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();

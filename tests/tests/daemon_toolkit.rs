@@ -241,6 +241,36 @@ fn dlm_controld_notifies_survives_hup_and_stops_on_term() {
 }
 
 #[test]
+fn clvmd_notifies_survives_hup_and_stops_on_term() {
+    let dir = TempDir::new();
+    let log = dir.join("clvmd.log");
+    let sock = dir.join("clvmd.sock");
+    let notify = NotifySocket::new(dir.path());
+    let (mut child, line) = spawn_until_ready(
+        Command::new(bin_dir().join("clvmd"))
+            .args(["--single", "--socket"])
+            .arg(&sock)
+            .arg("--log-file")
+            .arg(&log)
+            .env("NOTIFY_SOCKET", &notify.path)
+            .stderr(Stdio::null()),
+        READY_TIMEOUT,
+    );
+    assert!(line.starts_with("clvmd: ready mode single"), "{line}");
+    notify.wait_ready_status("clvmd: ready", Duration::from_secs(5));
+    assert_hup_reopens_log(child.id(), &log);
+    // A second clvmd on the same socket is refused while the first runs.
+    let second = gnbd_tests::run_timeout(
+        Command::new(bin_dir().join("clvmd")).args(["--single", "--socket"]).arg(&sock),
+        Duration::from_secs(10),
+    );
+    assert_eq!(second.status.code(), Some(1), "second clvmd: {second:?}");
+    let status = stop(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+    assert!(!sock.exists(), "the socket is removed on stop");
+}
+
+#[test]
 fn fenced_started_by_cman_tool_notifies_and_survives_hup() {
     let nodes = gnbd_tests::corosync::Nodes::new(1);
     nodes.write_conf(&nodes.simple_conf("toolkit", 1, 1000, ""));

@@ -23,6 +23,9 @@ EXAMPLES
         gnbd_export -e disk0 -d /srv/disk0.img
         gnbd_export -e shared -d /dev/sdb -o
 
+    Export a logical volume activated on this node (lvchange -ay vg0/data):
+        gnbd_export -e data -d vg0/data
+
     List exports, as a table or as JSON:
         gnbd_export -l
         gnbd_export -l --json
@@ -50,7 +53,7 @@ struct Args {
     /// Create export NAME (needs -d).
     #[arg(short = 'e', long = "export", value_name = "NAME", requires = "device")]
     export: Option<String>,
-    /// Backing file or block device for -e.
+    /// Backing file or block device for -e; VG/LV for an active logical volume (/dev/VG/LV).
     #[arg(short = 'd', long = "device", value_name = "PATH")]
     device: Option<PathBuf>,
     /// Cached export: serve through the page cache instead of O_DIRECT.
