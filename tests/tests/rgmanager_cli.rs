@@ -1,6 +1,6 @@
 //! The service manager's command lines: man-page style `--help`, clean failures without a
 //! running rgmanager, and `rg_test` running real resource agents (ip, script, fs) inside a
-//! node namespace without any cluster.
+//! node namespace without any cluster, and the lvm agent activating an LV through clvm.
 
 use std::process::Command;
 
@@ -110,4 +110,50 @@ fn rg_test_runs_ip_script_and_fs_agents_in_order() {
     let out = nodes.run(0, "rg_test", &["test", conf, "start", "service", "nope"]);
     out.assert_code(1, "unknown service");
     assert!(out.stderr_str().contains("no service named \"nope\""), "{}", out.describe());
+}
+
+#[test]
+fn rg_test_activates_a_logical_volume_exclusively() {
+    // A local VG on a file: clvm finds it through $LVM_SYSTEM_DIR/clvm.conf, which rg_test's
+    // lvm agent inherits. The VG name is our own: activation links /dev/VG/LV.
+    let dir = gnbd_tests::TempDir::new();
+    let pv = dir.join("pv.img");
+    std::fs::File::create(&pv).unwrap().set_len(64 << 20).unwrap();
+    std::fs::write(dir.join("clvm.conf"), format!("devices {{\n devices = [ \"{}\" ]\n}}\n", pv.display())).unwrap();
+    let vg = format!("rgt{}", std::process::id());
+    let clvm = |args: &[&str]| {
+        gnbd_tests::run(Command::new(bin_dir().join("clvm")).env("LVM_SYSTEM_DIR", dir.path()).args(args))
+    };
+    clvm(&["pvcreate", pv.to_str().unwrap()]).assert_success("pvcreate");
+    clvm(&["vgcreate", "-c", "n", &vg, pv.to_str().unwrap()]).assert_success("vgcreate");
+    clvm(&["lvcreate", "-L", "16M", "-n", "data", &vg]).assert_success("lvcreate");
+    let conf = dir.join("cluster.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"<cluster name="c" config_version="1"><clusternodes><clusternode name="n" nodeid="1"/></clusternodes>
+               <rm><service name="vol"><lvm name="vol" vg_name="{vg}" lv_name="data"/></service></rm></cluster>"#
+        ),
+    )
+    .unwrap();
+    let rg_test = |args: &[&str]| {
+        let mut c = Command::new(bin_dir().join("rg_test"));
+        c.env("LVM_SYSTEM_DIR", dir.path()).arg("test").arg(&conf).args(args);
+        gnbd_tests::run(&mut c)
+    };
+    let link = std::path::PathBuf::from(format!("/dev/{vg}/data"));
+    rg_test(&["status", "service", "vol"]).assert_code(1, "status before start");
+    rg_test(&["start", "service", "vol"]).assert_success("rg_test start");
+    let active = std::fs::read_link(&link);
+    let status = rg_test(&["status", "service", "vol"]);
+    let attrs = clvm(&["lvs", "--noheadings", "-o", "lv_attr", &format!("{vg}/data")]).stdout_str();
+    rg_test(&["stop", "service", "vol"]).assert_success("rg_test stop");
+    assert!(active.is_ok_and(|t| t.to_string_lossy().starts_with("/dev/loop")), "/dev/{vg}/data after start");
+    status.assert_success("status while active");
+    assert!(attrs.trim().starts_with("-wi-a"), "{attrs}");
+    assert!(!link.exists(), "{} left after stop", link.display());
+    let out = rg_test(&["status", "service", "vol"]);
+    out.assert_code(1, "status after stop");
+    assert!(out.stderr_str().contains("not active"), "{}", out.describe());
+    let _ = std::fs::remove_dir(format!("/dev/{vg}"));
 }

@@ -10,14 +10,16 @@
 //! | `script` | `FILE start` (LSB) | `FILE stop` | `FILE status`: 0 running, anything else down |
 //! | `fs`, `clusterfs` | `mount` (`mount.gfs` for gfs) | `umount`, killing users with `force_unmount` | mounted |
 //! | `gnbd_export` | `gnbd_export -e NAME -d DEVICE` | `gnbd_export -r NAME -O` | listed by `gnbd_export -l` |
+//! | `lvm` | `clvm lvchange -aey VG/LV` (`vgchange` without `lv_name`) | `-an` | every LV active in `clvm lvs` |
 //!
-//! `lvm`, `nfsexport` and `nfsclient` are parsed but not run: starting one fails with a
+//! `nfsexport` and `nfsclient` are parsed but not run: starting one fails with a
 //! clear message. Every command runs with a time limit ([`Env`]).
 
 mod exec;
 mod fs;
 mod gnbd;
 mod ip;
+mod lvm;
 mod script;
 
 use std::time::Duration;
@@ -122,7 +124,8 @@ pub fn act(env: &Env, res: &Resource, action: Action) -> Result<(), AgentError> 
         ResourceKind::Script => script::act(env, res, action),
         ResourceKind::Fs | ResourceKind::ClusterFs => fs::act(env, res, action),
         ResourceKind::GnbdExport => gnbd::act(env, res, action),
-        ResourceKind::Lvm | ResourceKind::NfsExport | ResourceKind::NfsClient => {
+        ResourceKind::Lvm => lvm::act(env, res, action),
+        ResourceKind::NfsExport | ResourceKind::NfsClient => {
             if action == Action::Stop {
                 // Nothing of it can be up.
                 Ok(())

@@ -11,7 +11,7 @@ use daemon::log::{LogArgs, LogConfig};
 const AFTER_HELP: &str = "\
 DESCRIPTION
     rgmanager keeps the services of cluster.conf's <rm> section running. Each service is a
-    tree of resources (ip, script, fs, clusterfs, gnbd_export) started parents first and
+    tree of resources (ip, script, fs, clusterfs, gnbd_export, lvm) started parents first and
     stopped children first. Every service has one owner in the cluster: its state (owner,
     last owner, started/stopped/disabled/failed/...) lives in the value block of a DLM lock
     per service and changes only under that lock, so every node sees the same owner.
