@@ -131,6 +131,10 @@ impl Device for FileDevice {
     }
 }
 
+/// Connections a [`GnbdDevice`] opens when the server offers multi-conn (gnbd_import's
+/// default too).
+pub const GNBD_CONNECTIONS: usize = 4;
+
 /// A gnbd (NBD) export used directly through the client library.
 #[derive(Debug)]
 pub struct GnbdDevice {
@@ -174,6 +178,9 @@ impl GnbdDevice {
             .map_err(|source| DeviceError::Open { spec: spec.into(), source })?;
         let mut opts = gnbd_client::ClientOptions::new(addr, name);
         opts.io_timeout = io_timeout;
+        // As gnbd_import's default: several connections when the server offers multi-conn,
+        // so requests from many threads do not queue behind one socket.
+        opts.connections = GNBD_CONNECTIONS;
         if let Some(t) = io_timeout {
             opts.connect_timeout = opts.connect_timeout.min(t);
         }
