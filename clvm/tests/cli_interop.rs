@@ -9,63 +9,14 @@
 //! - `vgcfgbackup` files go both ways through `vgcfgrestore`;
 //! - refusals are one line and exit code 5.
 
+mod common;
+
 use anyhow::{bail, ensure, Context, Result};
 use clvm::scan::Scan;
 use clvm::vg::{Segment, VolumeGroup};
+use common::{require_lvm2, unique, LoopDev, CMD_TIMEOUT_S as TIMEOUT, LVM_CONFIG};
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Once;
-
-const LVM_CONFIG: &str = "global/activation=0 backup/backup=0 backup/archive=0";
-const TIMEOUT: &str = "60";
-const DEV_SIZE: u64 = 64 << 20;
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-fn require_lvm2() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let have = || Command::new("sh").args(["-c", "command -v pvcreate"]).output().is_ok_and(|o| o.status.success());
-        if !have() {
-            let _ = Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends", "lvm2"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status();
-        }
-        assert!(have(), "lvm2 is required for these tests and could not be installed: run scripts/deps.sh as root");
-    });
-}
-
-/// A loop device over a sparse file; detached and deleted on drop.
-struct LoopDev {
-    dev: String,
-    file: PathBuf,
-}
-
-impl LoopDev {
-    fn new() -> Result<LoopDev> {
-        let file = std::env::temp_dir().join(unique("clvm-cli-") + ".img");
-        std::fs::File::create(&file).and_then(|f| f.set_len(DEV_SIZE))?;
-        let out = Command::new("timeout").args([TIMEOUT, "losetup", "-f", "--show"]).arg(&file).output()?;
-        if !out.status.success() {
-            let _ = std::fs::remove_file(&file);
-            bail!("losetup failed (root and loop devices needed): {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(LoopDev { dev: String::from_utf8_lossy(&out.stdout).trim().to_owned(), file })
-    }
-}
-
-impl Drop for LoopDev {
-    fn drop(&mut self) {
-        let _ = Command::new("timeout").args([TIMEOUT, "losetup", "-d", &self.dev]).status();
-        let _ = std::fs::remove_file(&self.file);
-    }
-}
 
 /// Loop devices plus a private LVM_SYSTEM_DIR for our commands.
 struct Rig {

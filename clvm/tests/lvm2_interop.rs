@@ -12,90 +12,16 @@
 //! lvm2 cannot activate here (no device-mapper), so every command runs with activation off.
 //! The tests need root (losetup) and lvm2; without them they fail, saying what is missing.
 
+mod common;
+
 use anyhow::{bail, ensure, Context, Result};
 use clvm::label::{format_uuid, DiskLocn, Label, LABEL_SCAN_SIZE};
 use clvm::mda::{MdaHeader, MDA_HEADER_SIZE};
 use clvm::text::{self, Node, Section, Value};
 use clvm::vg::{Area, Extra, LogicalVolume, Segment, VolumeGroup};
-use std::os::unix::fs::FileExt;
+use common::{require_lvm2, unique, LoopDev, CMD_TIMEOUT_S, DEV_SIZE, LVM_CONFIG};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Once;
-
-/// Activation off (no device-mapper here); no backup or archive files under /etc/lvm.
-const LVM_CONFIG: &str = "global/activation=0 backup/backup=0 backup/archive=0";
-/// Seconds any one lvm2 or losetup command may take.
-const CMD_TIMEOUT_S: &str = "60";
-const DEV_SIZE: u64 = 64 << 20;
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-/// Installs lvm2 when `pvcreate` is missing (as scripts/deps.sh does); fails clearly if it cannot.
-fn require_lvm2() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let have = || Command::new("sh").args(["-c", "command -v pvcreate"]).output().is_ok_and(|o| o.status.success());
-        if !have() {
-            let _ = Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends", "lvm2"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status();
-        }
-        assert!(have(), "lvm2 is required for these tests and could not be installed: run scripts/deps.sh as root");
-    });
-}
-
-/// A loop device over a sparse file; detached and deleted on drop.
-struct LoopDev {
-    dev: String,
-    file: PathBuf,
-}
-
-impl LoopDev {
-    fn new() -> Result<LoopDev> {
-        let file = std::env::temp_dir().join(unique("clvm-interop-") + ".img");
-        std::fs::File::create(&file)
-            .and_then(|f| f.set_len(DEV_SIZE))
-            .with_context(|| format!("creating {}", file.display()))?;
-        let out = Command::new("timeout")
-            .args([CMD_TIMEOUT_S, "losetup", "-f", "--show"])
-            .arg(&file)
-            .output()
-            .context("running losetup")?;
-        if !out.status.success() {
-            let _ = std::fs::remove_file(&file);
-            bail!("losetup -f --show failed (root and loop devices needed): {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        Ok(LoopDev { dev, file })
-    }
-
-    fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let f = std::fs::File::open(&self.dev).with_context(|| format!("opening {}", self.dev))?;
-        let mut b = vec![0u8; len];
-        f.read_exact_at(&mut b, offset).with_context(|| format!("reading {} at {offset}", self.dev))?;
-        Ok(b)
-    }
-
-    fn write(&self, offset: u64, bytes: &[u8]) -> Result<()> {
-        let f =
-            std::fs::OpenOptions::new().write(true).open(&self.dev).with_context(|| format!("opening {}", self.dev))?;
-        f.write_all_at(bytes, offset).with_context(|| format!("writing {} at {offset}", self.dev))?;
-        f.sync_all().with_context(|| format!("syncing {}", self.dev))
-    }
-}
-
-impl Drop for LoopDev {
-    fn drop(&mut self) {
-        let _ = Command::new("timeout").args([CMD_TIMEOUT_S, "losetup", "-d", &self.dev]).status();
-        let _ = std::fs::remove_file(&self.file);
-    }
-}
 
 /// Runs an lvm2 command restricted to `devs`; its stdout, or an error with its output.
 fn lvm(devs: &[LoopDev], args: &[&str]) -> Result<String> {

@@ -9,6 +9,8 @@
 //!
 //! Needs root (losetup) and lvm2; without them the test fails saying what is missing.
 
+mod common;
+
 use anyhow::{bail, ensure, Context, Result};
 use clvm::label::{format_uuid, Label, LABEL_SCAN_SIZE};
 use clvm::mda::MdaHeader;
@@ -17,77 +19,9 @@ use clvm::report::{
 };
 use clvm::text::{self, Node, Section};
 use clvm::vg::{Area, Extra, LogicalVolume, Segment, VolumeGroup};
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::PathBuf;
+use common::{require_lvm2, unique, LoopDev, CMD_TIMEOUT_S, LVM_CONFIG};
+use std::os::unix::fs::MetadataExt;
 use std::process::Command as Cmd;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-const LVM_CONFIG: &str = "global/activation=0 backup/backup=0 backup/archive=0";
-const CMD_TIMEOUT_S: &str = "60";
-const DEV_SIZE: u64 = 64 << 20;
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-fn require_lvm2() {
-    let have = || Cmd::new("sh").args(["-c", "command -v pvcreate"]).output().is_ok_and(|o| o.status.success());
-    if !have() {
-        let _ = Cmd::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends", "lvm2"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
-    }
-    assert!(have(), "lvm2 is required for these tests and could not be installed: run scripts/deps.sh as root");
-}
-
-struct LoopDev {
-    dev: String,
-    file: PathBuf,
-    size: u64,
-}
-
-impl LoopDev {
-    fn new() -> Result<LoopDev> {
-        LoopDev::with_size(DEV_SIZE)
-    }
-
-    fn with_size(size: u64) -> Result<LoopDev> {
-        let file = std::env::temp_dir().join(unique("clvm-report-") + ".img");
-        std::fs::File::create(&file)
-            .and_then(|f| f.set_len(size))
-            .with_context(|| format!("creating {}", file.display()))?;
-        let out = Cmd::new("timeout").args([CMD_TIMEOUT_S, "losetup", "-f", "--show"]).arg(&file).output()?;
-        if !out.status.success() {
-            let _ = std::fs::remove_file(&file);
-            bail!("losetup -f --show failed (root and loop devices needed): {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(LoopDev { dev: String::from_utf8_lossy(&out.stdout).trim().to_owned(), file, size })
-    }
-
-    fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let f = std::fs::File::open(&self.dev)?;
-        let mut b = vec![0u8; len];
-        f.read_exact_at(&mut b, offset).with_context(|| format!("reading {} at {offset}", self.dev))?;
-        Ok(b)
-    }
-
-    fn write(&self, offset: u64, bytes: &[u8]) -> Result<()> {
-        let f = std::fs::OpenOptions::new().write(true).open(&self.dev)?;
-        f.write_all_at(bytes, offset)?;
-        f.sync_all()?;
-        Ok(())
-    }
-}
-
-impl Drop for LoopDev {
-    fn drop(&mut self) {
-        let _ = Cmd::new("timeout").args([CMD_TIMEOUT_S, "losetup", "-d", &self.dev]).status();
-        let _ = std::fs::remove_file(&self.file);
-    }
-}
 
 /// Runs a stock lvm2 command restricted to `devs`: (status, stdout, stderr).
 fn lvm_raw(devs: &[LoopDev], args: &[&str]) -> Result<(i32, String, String)> {
