@@ -147,8 +147,9 @@ pub struct Lvcreate {
     /// Mirror region size (default 2 MiB).
     #[arg(short = 'R', long = "regionsize", value_name = "SIZE")]
     pub regionsize: Option<String>,
-    /// Activation: n (the only choice until this version activates LVs on creation).
-    #[arg(short = 'a', long = "activate", value_name = "y|n")]
+    /// Activate the new LV (y, ey, sy, ly: /dev/VG/LV, see lvchange) or not (n, the
+    /// default here: each active LV costs a device process, so activation is asked for).
+    #[arg(short = 'a', long = "activate", value_name = "y|n|ey|sy|ly")]
     pub activate: Option<String>,
     /// Zero the first 4 KiB of the new LV (y, the default) or not (n).
     #[arg(short = 'Z', long = "zero", value_name = "y|n")]
@@ -174,13 +175,10 @@ pub fn lvcreate(env: &Env, a: Lvcreate) -> anyhow::Result<()> {
     if a.size.is_some() == a.extents.is_some() {
         return Err(usage("Please specify either size or extents (not both)."));
     }
-    if let Some(v) = &a.activate {
-        if super::vg::yes_no("-a", v.trim_start_matches(['e', 's', 'l']))? {
-            return Err(failed(
-                "Activation on creation is not available in this version: create with -an and activate with lvchange/vgchange when it is",
-            ));
-        }
-    }
+    let activate = match &a.activate {
+        Some(v) => super::activate::parse_activate(v)?,
+        None => None,
+    };
     let zero = match &a.zero {
         Some(z) => super::vg::yes_no("-Z", z)?,
         None => true,
@@ -309,6 +307,12 @@ pub fn lvcreate(env: &Env, a: Lvcreate) -> anyhow::Result<()> {
             .map_err(|e| failed(format!("Failed to zero the start of {vg_name}/{name}: {e}")))?;
     }
     env.say(format!("Logical volume \"{name}\" created."));
+    if let Some(mode) = activate {
+        // The change's locks go first (the VG lock's value block gets the new seqno).
+        drop(tx);
+        let tx = Tx::begin(env, false, &[vg_name.as_str()], false, &[])?;
+        super::activate::activate(env, &tx, &vg_name, &name, mode)?;
+    }
     Ok(())
 }
 
