@@ -52,6 +52,11 @@ pub trait Device: Send + Sync + std::fmt::Debug {
         let _ = (wait, shared);
         Ok(())
     }
+    /// The asynchronous client behind a `gnbd://` device, for callers that can keep many
+    /// requests in flight without a thread each (None for every other device).
+    fn gnbd_client(&self) -> Option<&gnbd_client::Client> {
+        None
+    }
 }
 
 fn check_range(offset: u64, len: usize, size: u64) -> Result<(), DeviceError> {
@@ -209,6 +214,9 @@ impl Device for GnbdDevice {
     }
     fn sync(&self) -> Result<(), DeviceError> {
         self.rt.block_on(self.client.flush()).map_err(|e| DeviceError::Remote { offset: 0, reason: e.to_string() })
+    }
+    fn gnbd_client(&self) -> Option<&gnbd_client::Client> {
+        Some(&self.client)
     }
 }
 

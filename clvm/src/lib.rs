@@ -57,5 +57,6 @@ pub mod map;
 pub mod mirror;
 pub mod ops;
 pub mod scan;
+pub mod serve;
 
 pub use format::{crc, label, mda, text, vg};

@@ -277,7 +277,18 @@ impl LvDevice {
         self.degraded.store(true, Ordering::Relaxed);
     }
 
-    fn pieces(&self, offset: u64, len: usize) -> Result<Vec<Piece>, DeviceError> {
+    /// The device of PV `name` (one the LV uses).
+    pub fn pv_device(&self, name: &str) -> Option<&Arc<dyn Device>> {
+        self.pvs.get(name)
+    }
+
+    /// The PVs the LV uses.
+    pub fn used_pvs(&self) -> &[String] {
+        &self.used
+    }
+
+    /// The pieces of `len` bytes at `offset` (checked against the LV's size).
+    pub fn pieces(&self, offset: u64, len: usize) -> Result<Vec<Piece>, DeviceError> {
         if offset.checked_add(len as u64).is_none_or(|e| e > self.size) {
             return Err(DeviceError::OutOfRange { offset, len, size: self.size });
         }
@@ -369,31 +380,39 @@ enum Io<'a> {
 }
 
 /// A run of a request on one PV: the PV's bytes `[dev_off, dev_off + len)` and where each
-/// part sits in the request's buffer.
-struct Run {
-    pv: String,
-    dev_off: u64,
-    len: u64,
-    parts: Vec<(usize, usize)>,
+/// part sits in the request's buffer (`(offset in the buffer, length)`, in order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub pv: String,
+    pub dev_off: u64,
+    pub len: u64,
+    pub parts: Vec<(usize, usize)>,
+}
+
+/// The pieces of a linear or striped request grouped into runs: pieces contiguous on one PV
+/// become one run (consecutive stripe rows are).
+pub fn runs(pieces: &[Piece]) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    let mut at = 0usize;
+    for p in pieces {
+        let (pv, off) = &p.copies[0];
+        match runs.iter_mut().rev().find(|r| &r.pv == pv) {
+            Some(r) if r.dev_off + r.len == *off => {
+                r.len += p.len;
+                r.parts.push((at, p.len as usize));
+            }
+            _ => runs.push(Run { pv: pv.clone(), dev_off: *off, len: p.len, parts: vec![(at, p.len as usize)] }),
+        }
+        at += p.len as usize;
+    }
+    runs
 }
 
 impl LvDevice {
     /// Linear and striped I/O: the pieces that are contiguous on one PV become one request
     /// (consecutive stripe rows are), and the PVs are worked on at the same time.
     fn plain_io(&self, pieces: &[Piece], io: Io<'_>) -> Result<(), DeviceError> {
-        let mut runs: Vec<Run> = Vec::new();
-        let mut at = 0usize;
-        for p in pieces {
-            let (pv, off) = &p.copies[0];
-            match runs.iter_mut().rev().find(|r| &r.pv == pv) {
-                Some(r) if r.dev_off + r.len == *off => {
-                    r.len += p.len;
-                    r.parts.push((at, p.len as usize));
-                }
-                _ => runs.push(Run { pv: pv.clone(), dev_off: *off, len: p.len, parts: vec![(at, p.len as usize)] }),
-            }
-            at += p.len as usize;
-        }
+        let runs = runs(pieces);
         let one_part = |r: &Run| r.parts.len() == 1;
         match io {
             Io::Read(buf) => {

@@ -373,8 +373,18 @@ pub fn run_block_device(
     signals: Signals,
     ready: impl FnOnce(&BlockRecord),
 ) -> anyhow::Result<()> {
+    run_backend_device(Arc::new(DeviceBackend::new(dev)), cfg, signals, ready)
+}
+
+/// As [`run_block_device`], serving any [`Backend`] (one that keeps many requests in flight
+/// without a thread each, say).
+pub fn run_backend_device<B: Backend + std::fmt::Debug>(
+    backend: Arc<B>,
+    cfg: BlockDeviceConfig,
+    signals: Signals,
+    ready: impl FnOnce(&BlockRecord),
+) -> anyhow::Result<()> {
     let rt = io_runtime("blockdev-io")?;
-    let backend = Arc::new(DeviceBackend::new(dev));
     let l = cfg.layout();
     serve(
         backend,

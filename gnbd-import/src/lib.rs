@@ -54,8 +54,8 @@ mod loopdev;
 pub use backend::{Backend, BackendError, DeviceBackend, Health};
 pub use control::{Request, Status, Stopping};
 pub use device::{
-    read_block_record, remove_block_device, run_block_device, start_block_device, BlockDeviceConfig, BlockDeviceError,
-    BlockRecord,
+    read_block_record, remove_block_device, run_backend_device, run_block_device, start_block_device,
+    BlockDeviceConfig, BlockDeviceError, BlockRecord,
 };
 pub use fs::{DeviceFs, IoStats, DEVICE_FILE};
 pub use loopdev::{attach, detach, is_busy, LoopError};

@@ -201,7 +201,7 @@ pub fn device_main(job: DeviceJob, log: &daemon::log::LogArgs) -> anyhow::Result
     };
     let env = Env::new(common)?;
     let dev = crate::activate::open_lv_in(&env, &format!("{}/{}", job.vg, job.lv)).map_err(failed)?;
-    gnbd_import::run_block_device(dev, job.block.clone(), signals, |r| {
+    let ready = |r: &BlockRecord| {
         daemon::ready::ready(&format!(
             "clvm: ready lv={}/{} device={} loop={}",
             job.vg,
@@ -209,7 +209,13 @@ pub fn device_main(job: DeviceJob, log: &daemon::log::LogArgs) -> anyhow::Result
             r.config.link.display(),
             r.loop_device.display()
         ))
-    })
+    };
+    // Straight on the exports' async clients where it can (linear/striped over gnbd PVs),
+    // else through the LV device on the blocking pool.
+    match crate::serve::LvBackend::new(dev.clone()) {
+        Some(b) => gnbd_import::run_backend_device(std::sync::Arc::new(b), job.block.clone(), signals, ready),
+        None => gnbd_import::run_block_device(dev, job.block.clone(), signals, ready),
+    }
 }
 
 /// `lvchange -a y|n|ey|sy|ly VG/LV...`
