@@ -285,6 +285,31 @@ impl Nodes {
         });
     }
 
+    /// Writes a cluster.conf named `cluster` whose members are fenced through fence_gnbd
+    /// against `storage` (method `storage`, no post-fail delay), joins every member, and waits
+    /// until the cluster is formed and every member is in the fence domain.
+    pub fn form_fenced_by(&self, cluster: &str, token_ms: u32, storage: &StorageHost) {
+        let fence = |i: usize| {
+            format!(
+                r#"<fence><method name="storage"><device name="gnbd" nodename="{}"/></method></fence>"#,
+                node_name(i)
+            )
+        };
+        let extra = format!(
+            r#"<fence_daemon post_fail_delay="0" post_join_delay="120"/><fencedevices>{}</fencedevices>"#,
+            storage.fence_device()
+        );
+        self.write_conf(&self.conf_with(cluster, 1, token_ms, fence, &extra));
+        self.join_all();
+        self.wait_formed();
+        let members = self.members();
+        for i in 0..members {
+            self.wait_fence(i, &format!("{members} domain members"), |s| {
+                s["nodes"].as_array().is_some_and(|n| n.iter().filter(|n| n["in_domain"] == true).count() == members)
+            });
+        }
+    }
+
     /// Waits until every cluster node reports all members and quorum (panics after 90 s
     /// per node).
     pub fn wait_formed(&self) {

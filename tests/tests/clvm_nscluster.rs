@@ -13,7 +13,7 @@
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use gnbd_tests::corosync::{fenced_by, node_name, Nodes, StorageHost};
+use gnbd_tests::corosync::{fenced_by, Nodes, StorageHost};
 use gnbd_tests::{bin_dir, gnbd_export_cmd, require_tool, run_timeout, OutputExt};
 
 const TOKEN_MS: u32 = 1000;
@@ -53,24 +53,7 @@ impl Cluster {
             uris.push(format!("gnbd://{}/pv{k}", storage.addr));
         }
         let mut c = Cluster { daemons: Vec::new(), devices: uris.join(","), storage, nodes };
-        let fence = |i: usize| {
-            format!(
-                r#"<fence><method name="storage"><device name="gnbd" nodename="{}"/></method></fence>"#,
-                node_name(i)
-            )
-        };
-        let extra = format!(
-            r#"<fence_daemon post_fail_delay="0" post_join_delay="120"/><fencedevices>{}</fencedevices>"#,
-            c.storage.fence_device()
-        );
-        c.nodes.write_conf(&c.nodes.conf_with("clvmc", 1, TOKEN_MS, fence, &extra));
-        c.nodes.join_all();
-        c.nodes.wait_formed();
-        for i in 0..MEMBERS {
-            c.nodes.wait_fence(i, "3 domain members", |s| {
-                s["nodes"].as_array().unwrap().iter().filter(|n| n["in_domain"] == true).count() == MEMBERS
-            });
-        }
+        c.nodes.form_fenced_by("clvmc", TOKEN_MS, &c.storage);
         for i in 0..MEMBERS {
             c.daemons.push(c.nodes.spawn(i, "dlm_controld", &[], "dlm.log"));
         }

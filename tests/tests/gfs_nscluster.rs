@@ -23,7 +23,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use gnbd_tests::cluster::control;
-use gnbd_tests::corosync::{fenced_by, node_addr, node_name, Nodes, StorageHost};
+use gnbd_tests::corosync::{fenced_by, node_addr, Nodes, StorageHost};
 use gnbd_tests::{gnbd_export_cmd, require_tool, run_timeout, OutputExt};
 
 const TOKEN_MS: u32 = 1000;
@@ -117,24 +117,7 @@ impl Cluster {
         run_timeout(gnbd_export_cmd(&c.storage.state).args(["-e", "shared", "-d"]).arg(&img), Duration::from_secs(60))
             .assert_success("gnbd_export -e shared");
 
-        let fence = |i: usize| {
-            format!(
-                r#"<fence><method name="storage"><device name="gnbd" nodename="{}"/></method></fence>"#,
-                node_name(i)
-            )
-        };
-        let extra = format!(
-            r#"<fence_daemon post_fail_delay="0" post_join_delay="120"/><fencedevices>{}</fencedevices>"#,
-            c.storage.fence_device()
-        );
-        c.nodes.write_conf(&c.nodes.conf_with("alpha", 1, TOKEN_MS, fence, &extra));
-        c.nodes.join_all();
-        c.nodes.wait_formed();
-        for i in 0..MEMBERS {
-            c.nodes.wait_fence(i, "3 domain members", |s| {
-                s["nodes"].as_array().unwrap().iter().filter(|n| n["in_domain"] == true).count() == MEMBERS
-            });
-        }
+        c.nodes.form_fenced_by("alpha", TOKEN_MS, &c.storage);
         for i in 0..MEMBERS {
             c.dlms.push(c.nodes.spawn(i, "dlm_controld", &[], "dlm.log"));
         }

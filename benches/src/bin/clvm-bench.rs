@@ -220,6 +220,31 @@ fn server_on(
     Ok((g, uris))
 }
 
+/// The medians of `rounds` interleaved measurements of the four devices of an I/O row
+/// (export, linear LV, one export, 2-stripe): `measure(i)` measures device `i`.
+fn interleaved(rounds: usize, mut measure: impl FnMut(usize) -> Result<f64>) -> Result<[f64; 4]> {
+    let mut v: [Vec<f64>; 4] = Default::default();
+    for _ in 0..rounds {
+        for (i, col) in v.iter_mut().enumerate() {
+            col.push(measure(i)?);
+        }
+    }
+    Ok(v.map(|mut x| median(&mut x)))
+}
+
+/// One I/O row: the four medians and the two ratios (linear/export, stripe/one export).
+fn print_row(name: &str, width: usize, m: &[f64; 4]) {
+    println!(
+        "  {name:<width$} {:>10.1} {:>10.1} {:>6.2}x   {:>10.1} {:>10.1} {:>6.2}x",
+        m[0],
+        m[1],
+        m[1] / m[0],
+        m[2],
+        m[3],
+        m[3] / m[2]
+    );
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -444,23 +469,10 @@ fn io(bin: &Path, work: &Path, rounds: usize, secs: u64, threads: usize, smoke: 
         "row", "export", "linear LV", "ratio", "1 export", "2-stripe", "ratio"
     );
     for (name, bs, random, write) in rows {
-        let mut v: [Vec<f64>; 4] = Default::default();
-        for _ in 0..rounds {
-            for (i, d) in [&raw, &lin, &one, &str2].into_iter().enumerate() {
-                v[i].push(throughput(d, threads, secs, bs, random, write) / 1e6);
-            }
-        }
-        let m: Vec<f64> = v.iter_mut().map(|x| median(x)).collect();
-        println!(
-            "  {:<14} {:>10.1} {:>10.1} {:>6.2}x   {:>10.1} {:>10.1} {:>6.2}x",
-            name,
-            m[0],
-            m[1],
-            m[1] / m[0],
-            m[2],
-            m[3],
-            m[3] / m[2]
-        );
+        let m = interleaved(rounds, |i| {
+            Ok(throughput([&raw, &lin, &one, &str2][i], threads, secs, bs, random, write) / 1e6)
+        })?;
+        print_row(name, 14, &m);
     }
     Ok(())
 }
@@ -562,23 +574,8 @@ fn fio_rows(bin: &Path, work: &Path, etc: &Path, rounds: usize, secs: u64, ua: &
         "row", "export", "linear LV", "ratio", "1 export", "2-stripe", "ratio"
     );
     for (name, rw, bs, qd) in jobs {
-        let mut v: [Vec<f64>; 4] = Default::default();
-        for _ in 0..rounds {
-            for (i, d) in [&raw, &lin, &one, &str2].into_iter().enumerate() {
-                v[i].push(fio(d, rw, bs, qd, secs)?);
-            }
-        }
-        let m: Vec<f64> = v.iter_mut().map(|x| median(x)).collect();
-        println!(
-            "  {:<18} {:>10.1} {:>10.1} {:>6.2}x   {:>10.1} {:>10.1} {:>6.2}x",
-            name,
-            m[0],
-            m[1],
-            m[1] / m[0],
-            m[2],
-            m[3],
-            m[3] / m[2]
-        );
+        let m = interleaved(rounds, |i| fio([&raw, &lin, &one, &str2][i], rw, bs, qd, secs))?;
+        print_row(name, 18, &m);
     }
     drop(devs);
     Ok(())

@@ -382,17 +382,10 @@ pub fn parse_size(s: &str, default_unit: char) -> Result<u64, String> {
 
 /// A size as LVM2's messages print it: `8.00 MiB`.
 pub fn display_size(bytes: u64) -> String {
-    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    let mut u = 0;
-    let mut v = bytes as f64;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        return format!("{bytes} B");
-    }
-    format!("{v:.2} {}", UNITS[u])
+    // LVM2's messages use its human units ('h') with the short suffix: the report layer's
+    // `dm_size_to_string`.
+    let human = crate::report::Units { unit_type: 'h', factor: 0, suffix: true };
+    human.size(bytes / 512, crate::report::SuffixType::Short)
 }
 
 /// `VG/LV`, `/dev/VG/LV` or `/dev/mapper/VG-LV` as (VG, LV).
